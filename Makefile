@@ -1,0 +1,62 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+# Every target that needs Python creates .venv itself when it is missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+LF := $(VENV)/bin/leukoflow
+STAMP := $(VENV)/.installed-stamp
+SHARED ?= ../shared
+PROFILE ?= quick
+
+export LEUKOFLOW_HOME ?= $(CURDIR)/.leukoflow
+export KERAS_HOME ?= $(LEUKOFLOW_HOME)/keras
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: help setup system-deps weights data run test test-fast compile serve bench report clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install the pinned dependencies
+
+system-deps:  ## Debian packages the tests need (kubectl, chromium) and the browser driver
+	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubectl; }
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then (cd tests/browser && npm ci --silent --no-audit --no-fund); fi
+
+weights:  ## put the offline ImageNet weights where Keras's standard loading path looks
+	@mkdir -p $(KERAS_HOME)/models
+	@if [ -d $(SHARED)/weights/keras ]; then cp -u $(SHARED)/weights/keras/*.h5 $(KERAS_HOME)/models/; fi
+
+data: $(STAMP)  ## dvc pull the dataset into data/
+	$(VENV)/bin/dvc pull -q
+
+run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROFILE=quick|full)
+	$(LF) pipeline run --local --profile $(PROFILE) --data-dir data
+
+test: $(STAMP) system-deps  ## the whole test suite
+	$(PY) -m pytest -q
+
+compile: $(STAMP)  ## compile the pipeline to KFP IR YAML
+	$(LF) pipeline compile --output $(LEUKOFLOW_HOME)/pipeline.yaml
+
+serve: $(STAMP)  ## serve the promoted model (gRPC 8500, REST and page 8501)
+	$(LF) serve --model_config_file=$(LEUKOFLOW_HOME)/serving/models.config --batching_parameters_file=serving/batching.config --monitoring_config_file=serving/monitoring.config --enable_batching
+
+bench: $(STAMP) weights data  ## every benchmark; writes benchmarks/results/
+	$(PY) -m benchmarks.run_all
+
+report: $(STAMP)  ## docs/results.md from the latest pipeline run
+	$(LF) report --output docs/results.md
+
+clean:  ## remove local state (not the venv, not data/)
+	rm -rf $(LEUKOFLOW_HOME)

@@ -1,0 +1,122 @@
+"""Configuration in one place: data-step defaults, training profiles, gate floors.
+
+Every executor takes its parameters explicitly; these are the defaults the CLI,
+the pipeline and the tests share. Values measured on the real data say so.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+
+from components import domain
+
+# The component image every KFP component names as base_image (built from infra/docker/).
+COMPONENT_IMAGE: str = os.environ.get("LEUKOFLOW_IMAGE", "ghcr.io/leukoflow/leukoflow:0.1.0")
+
+SEED: int = 42
+
+# ---------------------------------------------------------------- data steps
+SPLIT_RATIOS: tuple[float, float, float] = (0.70, 0.15, 0.15)
+MIN_IMAGES_PER_CLASS: int = 20          # validation: per-class minimum count (critical)
+MIN_SIDE, MAX_SIDE = 32, 8192           # validation: plausible image sides in pixels
+BLANK_STD_MAX: float = 2.0              # a pixel std below this (0-255) is a blank image
+SATURATED_MEAN_MIN: float = 250.0       # a mean brightness above this is a saturated image
+DEDUP_HAMMING: int = 4                  # pHash distance at or below which images are near-duplicates
+NUM_SHARDS: int = 8
+
+# ---------------------------------------------------------------- models and profiles
+MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything one training run needs besides the data."""
+
+    name: str
+    image_size: int = domain.IMAGE_SIZE
+    weights: str = "imagenet"            # "imagenet" (standard Keras path), "none", or a file path
+    brightness: str = "none"             # domain.BRIGHTNESS_METHODS, applied inside the model graph
+    batch_size: int = 32
+    epochs: int = 50                     # phase 1 (frozen base for transfer models)
+    learning_rate: float = 1e-3
+    fine_tune_epochs: int = 0            # phase 2: unfreeze the top of the base
+    fine_tune_layers: int = 0            # how many layers at the top of the base to unfreeze
+    fine_tune_learning_rate: float = 1e-5
+    patience: int = 8                    # early stopping on validation loss, best weights restored
+    cache_features: bool = False         # frozen base: compute base features once, train the head on them
+    augment: bool = True
+    dropout: float = 0.3
+    label_smoothing: float = 0.0
+    mixed_precision: bool = True         # only where a GPU is present
+    seed: int = SEED
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **overrides) -> "ModelConfig":
+        return replace(self, **overrides)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of model configs; `quick` fits 2 CPU cores, `full` is the paper's protocol."""
+
+    name: str
+    image_size: int
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+
+
+def _quick() -> Profile:
+    size = 128
+    return Profile(
+        name="quick",
+        image_size=size,
+        models={
+            "cnn": ModelConfig("cnn", image_size=size, weights="none", epochs=15, patience=4, learning_rate=2e-3),
+            "resnet50": ModelConfig("resnet50", image_size=96, epochs=3, patience=2, cache_features=False),
+            "mobilenetv2": ModelConfig("mobilenetv2", image_size=size, epochs=40, patience=6, cache_features=True, augment=False),
+        },
+    )
+
+
+def _full() -> Profile:
+    size = domain.IMAGE_SIZE
+    return Profile(
+        name="full",
+        image_size=size,
+        models={
+            "cnn": ModelConfig("cnn", weights="none", epochs=50, patience=10, learning_rate=1e-3),
+            "resnet50": ModelConfig("resnet50", epochs=15, fine_tune_epochs=35, fine_tune_layers=40, learning_rate=1e-3),
+            "mobilenetv2": ModelConfig("mobilenetv2", epochs=15, fine_tune_epochs=35, fine_tune_layers=50, learning_rate=1e-3),
+        },
+    )
+
+
+PROFILES: dict[str, Profile] = {"quick": _quick(), "full": _full()}
+
+
+def profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}") from None
+
+
+def model_config(profile_name: str, model: str, **overrides) -> ModelConfig:
+    """The config of `model` in `profile_name`, with overrides applied."""
+    prof = profile(profile_name)
+    if model not in prof.models:
+        raise ValueError(f"unknown model {model!r}; expected one of {', '.join(prof.models)}")
+    return prof.models[model].with_overrides(**overrides) if overrides else prof.models[model]
+
+
+# ---------------------------------------------------------------- gate
+GATE_MIN_MACRO_F1: float = 0.85
+GATE_MIN_CLASS_RECALL: float = 0.75
+GATE_MIN_ROBUST_ACCURACY: float = 0.50   # worst accuracy under the evaluation's perturbations
+GATE_MACRO_F1_MARGIN: float = 0.02       # candidates within this of the best are "as good"
+GATE_MAX_REGRESSION: float = 0.01        # a challenger may lose at most this much macro-F1 vs the champion
+
+REGISTERED_MODEL_NAME: str = "leukemia-classifier"
+SERVED_MODEL_NAME: str = "leukemia"

@@ -1,0 +1,1 @@
+"""Image features shared by validation, serving's request log and the drift monitor."""

@@ -1,0 +1,58 @@
+"""`leukoflow`: one CLI over every step. Each subcommand lives beside the code it runs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from pipelines.lazy_cli import LazyGroup
+
+DATA_COMMANDS = {
+    "validate": "components.validate.cli:app",
+    "dedup": "components.dedup.cli:app",
+    "preprocess": "components.preprocess.cli:app",
+    "split": "components.split.cli:app",
+}
+
+COMMANDS = {
+    "data": "pipelines.cli:data",
+    "train": "components.train.cli:app",
+    "evaluate": "components.evaluate.cli:app",
+    "promote": "components.promote.cli:promote_app",
+    "registry": "components.promote.cli:registry_app",
+    "serve": "serving.cli:serve_app",
+    "predict": "serving.cli:predict_app",
+    "monitor": "monitoring.cli:app",
+    "pipeline": "pipelines.pipeline_cli:app",
+    "report": "pipelines.report:app",
+}
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+data = LazyGroup(
+    name="data",
+    lazy=DATA_COMMANDS,
+    help="Data steps: validate, dedup, preprocess, split.",
+    context_settings=CONTEXT,
+)
+
+app = LazyGroup(
+    name="leukoflow",
+    lazy=COMMANDS,
+    help="Leukemia blood-smear classification: data, training, promotion, serving, monitoring.",
+    context_settings=CONTEXT,
+)
+
+
+def main() -> None:
+    """Console entry point; logs go to stderr so `--json` output stays clean."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app()
+
+
+if __name__ == "__main__":
+    main()
