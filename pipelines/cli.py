@@ -23,7 +23,7 @@ COMMANDS = {
     "promote": "components.promote.cli:promote_app",
     "registry": "components.promote.cli:registry_app",
     "serve": "serving.cli:serve_app",
-    "predict": "serving.cli:predict_app",
+    "predict": "serving.predict:app",
     "monitor": "monitoring.cli:app",
     "pipeline": "pipelines.pipeline_cli:app",
     "report": "pipelines.report:app",
