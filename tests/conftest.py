@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic image sets that stand in for the real data (no ../shared, no network)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # so tests can `from fixtures.synthetic import ...`
+    sys.path.insert(0, str(TESTS_DIR))
+
+from fixtures.synthetic import make_synthetic_dataset  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _leukoflow_home(tmp_path_factory, monkeypatch):
+    """Every test's runs land in a temporary LEUKOFLOW_HOME, never in the repo's .leukoflow/."""
+    if "LEUKOFLOW_HOME" not in os.environ or not os.environ["LEUKOFLOW_HOME"].startswith(str(tmp_path_factory.getbasetemp())):
+        monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path_factory.getbasetemp() / "leukoflow-home"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> dict:
+    """The synthetic set with every defect (duplicates, corrupt, grayscale, RGBA, cross-label). Read-only."""
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    return make_synthetic_dataset(root, per_class=12, size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def clean_synthetic_data(tmp_path_factory) -> dict:
+    """Only clean, unique, learnable images (no duplicates or defects). Read-only."""
+    root = tmp_path_factory.mktemp("synthetic-clean") / "data"
+    return make_synthetic_dataset(root, per_class=12, size=32, seed=1, defects=False)
