@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from fixtures.synthetic import make_synthetic_dataset  # noqa: E402
 @pytest.fixture(autouse=True)
 def _leukoflow_home(tmp_path_factory, monkeypatch):
     """Every test's runs land in a temporary LEUKOFLOW_HOME, never in the repo's .leukoflow/."""
-    if "LEUKOFLOW_HOME" not in os.environ or not os.environ["LEUKOFLOW_HOME"].startswith(str(tmp_path_factory.getbasetemp())):
-        monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path_factory.getbasetemp() / "leukoflow-home"))
+    monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path_factory.getbasetemp() / "leukoflow-home"))
 
 
 @pytest.fixture(scope="session")
