@@ -64,7 +64,7 @@ class Profile:
 
     name: str
     image_size: int
-    models: dict[str, ModelConfig] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)  # every model uses the profile's image_size
 
 
 def _quick() -> Profile:
@@ -74,7 +74,7 @@ def _quick() -> Profile:
         image_size=size,
         models={
             "cnn": ModelConfig("cnn", image_size=size, weights="none", epochs=15, patience=4, learning_rate=2e-3),
-            "resnet50": ModelConfig("resnet50", image_size=96, epochs=3, patience=2, cache_features=False),
+            "resnet50": ModelConfig("resnet50", image_size=size, epochs=3, patience=2, cache_features=False),
             "mobilenetv2": ModelConfig("mobilenetv2", image_size=size, epochs=40, patience=6, cache_features=True, augment=False),
         },
     )
