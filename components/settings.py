@@ -93,7 +93,20 @@ def _full() -> Profile:
     )
 
 
-PROFILES: dict[str, Profile] = {"quick": _quick(), "full": _full()}
+def _smoke() -> Profile:
+    """Tiny images and few epochs: the test suite's end-to-end runs on synthetic data."""
+    size = 32
+    return Profile(
+        name="smoke",
+        image_size=size,
+        models={
+            name: ModelConfig(name, image_size=size, weights="none", batch_size=16, epochs=2, patience=2, mixed_precision=False)
+            for name in MODEL_NAMES
+        },
+    )
+
+
+PROFILES: dict[str, Profile] = {"quick": _quick(), "full": _full(), "smoke": _smoke()}
 
 
 def profile(name: str) -> Profile:
