@@ -28,7 +28,29 @@ class LazyGroup(click.Group):
         module_name, attribute = self.lazy[name].split(":")
         target = getattr(importlib.import_module(module_name), attribute)
         if isinstance(target, typer.Typer):
-            command = typer.main.get_command(target)
-            command.name = name
-            return command
+            return _TyperCommand(name, typer.main.get_command(target))
         return target
+
+
+class _TyperCommand(click.Command):
+    """Runs a Typer app through its own `main`.
+
+    Typer (>= 0.20) vendors its own click, so its exceptions (`typer.Exit`, usage
+    errors) are not click's: invoked directly from this click group they would
+    surface as tracebacks. Handing the raw arguments to the Typer command's own
+    standalone `main` lets Typer report them and exit with the right code.
+    """
+
+    def __init__(self, name: str, command) -> None:
+        super().__init__(
+            name,
+            help=command.help,
+            short_help=getattr(command, "short_help", None),
+            add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )
+        self.params = [click.Argument(["args"], nargs=-1, type=click.UNPROCESSED)]
+        self.command = command
+
+    def invoke(self, ctx: click.Context):
+        return self.command.main(list(ctx.params["args"]), prog_name=ctx.command_path, standalone_mode=True)
