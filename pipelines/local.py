@@ -1,0 +1,96 @@
+"""Run the pipeline here, whole, under KFP's local SubprocessRunner, and summarise the run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from components import home
+
+
+def _new_run_dir(root: Path, before: set[Path]) -> Path | None:
+    created = [p for p in root.iterdir() if p.is_dir() and p not in before]
+    return max(created, key=lambda p: p.stat().st_mtime) if created else None
+
+
+def summarize_run(run_dir: Path) -> dict:
+    """Where each artifact of a finished local run is, and each model's headline figures."""
+    models: dict[str, dict] = {}
+    for metrics_path in sorted(run_dir.rglob("metrics.json")):
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "model" not in metrics or "accuracy" not in metrics:
+            continue
+        models[metrics["model"]] = {
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+            "saved_model": metrics.get("saved_model"),
+            "metrics": str(metrics_path),
+        }
+    artifacts = {
+        str(p.relative_to(run_dir)): str(p)
+        for p in sorted(run_dir.glob("*/*"))
+        if p.name not in ("executor_output.json",) and not p.name.startswith(".")
+    }
+    decision = next(iter(sorted(run_dir.rglob("decision.json"))), None)
+    return {
+        "pipeline_root": str(run_dir),
+        "models": models,
+        "decision": json.loads(decision.read_text()) if decision else None,
+        "artifacts": artifacts,
+    }
+
+
+def run_local(
+    data_dir: str | Path,
+    profile: str = "quick",
+    pipeline_root: str | Path | None = None,
+    models: list[str] | None = None,
+    weights: dict[str, str] | None = None,
+    drift_report: str = "",
+    promote: bool = True,
+    quiet_stdout: bool = True,
+) -> dict:
+    """Run the whole pipeline locally; returns {"status", "pipeline_root", "models", ...}.
+
+    KFP's local runner logs to stdout; with `quiet_stdout` those logs go to stderr
+    so a caller's `--json` output stays one object.
+    """
+    from kfp import local
+
+    from components import settings
+    from pipelines.pipeline import leukoflow_pipeline
+
+    data_path = Path(data_dir).resolve()
+    root = Path(pipeline_root or home.pipeline_root()).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    settings.profile(profile)  # fail early on an unknown profile
+    before = {p for p in root.iterdir() if p.is_dir()}
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+
+    started = time.time()
+    status, error = "SUCCEEDED", None
+    redirect = contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext()
+    with redirect:
+        try:
+            leukoflow_pipeline(
+                data_dir=str(data_path),
+                profile=profile,
+                models=list(models or settings.MODEL_NAMES),
+                weights=json.dumps(weights or {}),
+                drift_report=drift_report,
+                promote=promote,
+            )
+        except Exception as exc:  # the runner raises on a failed task; report it, keep the summary
+            status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+    run_dir = _new_run_dir(root, before)
+    summary = summarize_run(run_dir) if run_dir else {"pipeline_root": None, "models": {}}
+    summary.update(status=status, wall_time_s=round(time.time() - started, 1), profile=profile)
+    if error:
+        summary["error"] = error
+    return summary

@@ -1,0 +1,103 @@
+"""`leukoflow pipeline compile|run|schedule`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from components import home
+from components.cli_output import emit, fail
+
+app = typer.Typer(add_completion=False, help="Compile, run or schedule the Kubeflow pipeline.", no_args_is_help=True)
+
+
+def _parse_weights(values: list[str]) -> dict[str, str]:
+    weights = {}
+    for value in values:
+        model, sep, spec = value.partition("=")
+        if not sep or not model or not spec:
+            raise typer.BadParameter(f"expected MODEL=imagenet|none|PATH, got {value!r}", param_hint="--weights")
+        weights[model] = spec
+    return weights
+
+
+@app.command()
+def compile(
+    output: Path = typer.Option(Path("pipeline.yaml"), "--output", "-o", help="Where to write the KFP IR YAML."),
+    data_pvc: str = typer.Option("", help="Mount this PersistentVolumeClaim at /data in the data steps (cluster)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compile the pipeline to KFP IR YAML for a cluster."""
+    from pipelines.pipeline import compile_pipeline
+
+    path = compile_pipeline(output, data_pvc=data_pvc or None)
+    emit({"output": str(path)}, as_json, lambda r: f"wrote {r['output']}")
+
+
+@app.command()
+def run(
+    local: bool = typer.Option(False, "--local", help="Run here under kfp.local.SubprocessRunner (no cluster)."),
+    profile: str = typer.Option("quick", help="quick (2 CPU cores, about 20 min) or full (the paper's protocol)."),
+    data_dir: Path = typer.Option(home.default_data_dir(), help="Dataset root with class folders (`dvc pull` fills data/)."),
+    model: list[str] = typer.Option([], "--model", help="Train only these models (repeatable); default all three."),
+    weights: list[str] = typer.Option([], "--weights", help="Override pretrained weights: MODEL=imagenet|none|PATH (repeatable)."),
+    drift_report: str = typer.Option("", help="Drift report that triggered this run (recorded with the run)."),
+    no_promote: bool = typer.Option(False, "--no-promote", help="Evaluate and gate, but never promote."),
+    pipeline_root: Path = typer.Option(None, help="Where run artifacts go; default .leukoflow/pipeline-root."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, pipeline_root, models."),
+) -> None:
+    """Run the whole pipeline (locally with --local)."""
+    if not local:
+        fail("only --local runs from this command; on a cluster, upload the compiled YAML (see README)", as_json)
+    from components.data_discovery import missing_data_message
+
+    problem = missing_data_message(data_dir)
+    if problem:
+        fail(problem, as_json)
+    from pipelines.local import run_local
+
+    summary = run_local(
+        data_dir=data_dir,
+        profile=profile,
+        pipeline_root=pipeline_root,
+        models=model or None,
+        weights=_parse_weights(weights),
+        drift_report=drift_report,
+        promote=not no_promote,
+    )
+    ordered = {"status": summary["status"], "pipeline_root": summary["pipeline_root"], "models": summary["models"]}
+    ordered.update({k: v for k, v in summary.items() if k not in ordered})
+    emit(ordered, as_json, _human_summary)
+    if summary["status"] != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+def _human_summary(summary: dict) -> str:
+    lines = [f"pipeline {summary['status']} in {summary.get('wall_time_s')} s", f"artifacts: {summary['pipeline_root']}"]
+    for name, figures in summary["models"].items():
+        lines.append(f"  {name:<12} accuracy {figures['accuracy']:.4f}  macro-F1 {figures['macro_f1']:.4f}  {figures['saved_model']}")
+    decision = summary.get("decision")
+    if decision:
+        lines.append(f"gate: {decision.get('summary') or decision}")
+    if summary.get("error"):
+        lines.append(f"error: {summary['error']}")
+    return "\n".join(lines)
+
+
+@app.command()
+def schedule(
+    cron: str = typer.Option(..., help="KFP cron expression with seconds, e.g. '0 0 3 * * *' (daily 03:00)."),
+    experiment: str = typer.Option("leukoflow", help="Experiment name; created if missing."),
+    host: str = typer.Option(None, envvar="KFP_HOST", help="KFP API endpoint; default from the in-cluster config."),
+    package: Path = typer.Option(None, help="Compiled pipeline YAML; compiled now when not given."),
+    job_name: str = typer.Option("leukoflow-retrain", help="Name of the recurring run."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Create a KFP recurring run of the pipeline."""
+    from monitoring.schedule import create_schedule
+    from pipelines.pipeline import compile_pipeline
+
+    package_path = package or compile_pipeline(home.home() / "pipeline.yaml")
+    result = create_schedule(cron=cron, experiment=experiment, package_path=str(package_path), host=host, job_name=job_name)
+    emit(result, as_json)
