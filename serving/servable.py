@@ -19,7 +19,6 @@ WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 DEFAULT_SIGNATURE = "serving_default"
 # TF Serving replays at most this many warmup records (kMaxNumWarmupRecords is 1000).
 MAX_WARMUP_RECORDS = 1000
-_INTERNAL_SIGNATURES = ("__saved_model_init_op",)
 
 
 class SignatureNotFound(KeyError):
@@ -39,7 +38,8 @@ def read_signature_defs(version_dir: str | Path) -> dict[str, Any]:
     graphs = [m for m in proto.meta_graphs if "serve" in m.meta_info_def.tags] or list(proto.meta_graphs)
     if not graphs:
         raise ValueError(f"{version_dir}: saved_model.pb has no MetaGraph")
-    return {k: v for k, v in graphs[0].signature_def.items() if k not in _INTERNAL_SIGNATURES}
+    # Every entry, __saved_model_init_op included: TF Serving's GetModelMetadata returns them all.
+    return dict(graphs[0].signature_def.items())
 
 
 def _np_dtype(tf_dtype_enum: int) -> Any:
@@ -93,23 +93,20 @@ class Servable:
             out[alias] = (_np_dtype(info.dtype), shape)
         return out
 
-    def run(self, signature_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a signature on numpy inputs; returns every output as numpy (strings as bytes objects)."""
-        import tensorflow as tf
-
+    def prepare(self, signature_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check inputs against the signature (names, rank, fixed dims, dtype); return them in the signature's dtypes."""
         key = signature_name or DEFAULT_SIGNATURE
         sig = self.signature(key)
         expected = set(sig.inputs)
         if set(inputs) != expected:
             missing = sorted(expected - set(inputs))
             extra = sorted(set(inputs) - expected)
-            parts = []
-            if missing:
-                parts.append(f"missing input(s): {', '.join(missing)}")
-            if extra:
-                parts.append(f"unexpected input(s): {', '.join(extra)}")
-            raise InputError(f"inputs of signature {key!r} are {', '.join(sorted(expected))}; " + "; ".join(parts))
-        tensors = {}
+            raise InputError(
+                f"input size does not match signature: {len(inputs)}!={len(expected)} "
+                f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(sorted(expected))}}}). "
+                f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}."
+            )
+        out = {}
         for alias, (dtype, shape) in self.input_specs(key).items():
             arr = np.asarray(inputs[alias])
             if shape is not None:
@@ -118,21 +115,30 @@ class Servable:
                         f"input {alias!r} has shape {list(arr.shape)}; signature {key!r} expects "
                         f"{['?' if s == -1 else s for s in shape]}"
                     )
-            try:
-                if dtype is object:
-                    if arr.dtype.kind not in ("O", "S", "U"):
-                        raise TypeError(f"got {arr.dtype}")
-                    tensors[alias] = tf.constant(arr.astype(object) if arr.dtype.kind == "U" else arr, dtype=tf.string)
-                else:
-                    if arr.dtype.kind in ("O", "S", "U"):
-                        raise TypeError(f"got {arr.dtype}")
-                    tensors[alias] = tf.constant(arr.astype(dtype, copy=False))
-            except (TypeError, ValueError) as exc:
+            is_text = arr.dtype.kind in ("O", "S", "U")
+            if (dtype is object) != is_text or (dtype is not object and arr.dtype.kind not in "biuf"):
                 want = "string" if dtype is object else np.dtype(dtype).name
-                raise InputError(f"input {alias!r} must be {want}: {exc}") from None
-        fn = self._loaded.signatures[key]
-        result = fn(**tensors)
+                raise InputError(f"input {alias!r} must be {want}, got {arr.dtype.name}")
+            if dtype is object:
+                out[alias] = arr.astype(object) if arr.dtype.kind == "U" else arr
+            else:
+                out[alias] = arr.astype(dtype, copy=False)
+        return out
+
+    def run_prepared(self, signature_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a signature on inputs already checked by prepare()."""
+        import tensorflow as tf
+
+        key = signature_name or DEFAULT_SIGNATURE
+        if key not in self._loaded.signatures:
+            raise SignatureNotFound(f'Serving signature key "{key}" not found.')
+        tensors = {k: tf.constant(v, dtype=tf.string) if v.dtype == object else tf.constant(v) for k, v in inputs.items()}
+        result = self._loaded.signatures[key](**tensors)
         return {k: v.numpy() for k, v in result.items()}
+
+    def run(self, signature_name: str | None, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a signature on numpy inputs; returns every output as numpy (strings as bytes objects)."""
+        return self.run_prepared(signature_name, self.prepare(signature_name, inputs))
 
     def warmup_records(self) -> list[Any]:
         """The PredictionLog records of `assets.extra/tf_serving_warmup_requests` (empty if absent)."""
