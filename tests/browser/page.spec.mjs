@@ -1,0 +1,116 @@
+// Drives the prediction page in Debian's headless Chromium (playwright-core, no downloaded browser).
+// Usage: node page.spec.mjs BASE_URL IMAGE TEXT_FILE [SCREENSHOT.png]
+// Prints one JSON object with what the page showed; exits non-zero (with the reason) on any failed check.
+import { chromium } from "playwright-core";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+const [baseUrl, imagePath, textPath, screenshotPath] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const timeout = 60000;
+const result = { checks: [] };
+
+function check(condition, what) {
+  if (!condition) throw new Error(`check failed: ${what}`);
+  result.checks.push(what);
+}
+
+const userDataDir = mkdtempSync(join(tmpdir(), "leukoflow-chromium-"));
+let context;
+try {
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath,
+    headless: true,
+    viewport: { width: 1100, height: 900 },
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(timeout);
+  const consoleErrors = [];
+  page.on("pageerror", (err) => consoleErrors.push(String(err)));
+  const external = [];
+  page.on("request", (req) => {
+    const url = req.url();
+    if (!url.startsWith(baseUrl) && !url.startsWith("data:") && !url.startsWith("blob:")) external.push(url);
+  });
+
+  await page.goto(baseUrl + "/", { waitUntil: "load" });
+  await page.waitForSelector("#model-status.ok");
+  result.model_status = (await page.textContent("#model-status")).trim();
+  check(/version \d+/.test(result.model_status), "the header names the model version");
+  check(await page.isVisible(".disclaimer"), "the disclaimer is shown");
+
+  // 1. A real image: stage, four bars, version, then the heatmap toggle.
+  await page.setInputFiles("#file", imagePath);
+  const card = page.locator(".card").first();
+  await card.locator(".stage-name").waitFor();
+  result.stage = (await card.locator(".stage-name").textContent()).trim();
+  result.stage_class = await card.locator(".stage-name").getAttribute("data-class");
+  check(["Benign", "Early", "Pre", "Pro"].includes(result.stage_class), "a stage from the four classes is shown");
+  result.bars = await card.locator(".bars li").count();
+  check(result.bars === 4, "four confidence bars");
+  const widths = await card.locator(".bars .fill").evaluateAll((els) => els.map((e) => parseFloat(e.style.width)));
+  const total = widths.reduce((a, b) => a + b, 0);
+  check(Math.abs(total - 100) < 1.5, `bar widths add up to 100% (got ${total.toFixed(1)})`);
+  result.meta = (await card.locator(".meta").textContent()).trim();
+  check(/version \d+/.test(result.meta), "the card names the version that answered");
+  result.low_confidence = await card.locator("[data-testid=low-confidence]").count();
+
+  const toggle = card.locator("button.toggle");
+  await page.waitForFunction(() => {
+    const b = document.querySelector(".card button.toggle");
+    return b && !b.disabled;
+  });
+  const before = await card.locator("img.preview").getAttribute("src");
+  await toggle.click();
+  check((await toggle.getAttribute("aria-pressed")) === "true", "the toggle is pressed");
+  const after = await card.locator("img.preview").getAttribute("src");
+  check(before.startsWith("blob:") && after.startsWith("data:image/png;base64,"), "the heatmap overlay replaces the image");
+  await page.waitForFunction(() => {
+    const img = document.querySelector(".card img.preview");
+    return img && img.complete && img.naturalWidth > 0;
+  });
+  check(await card.locator(".legend").first().isVisible(), "the heatmap legend is shown");
+  result.attention = ((await card.locator(".attention").textContent().catch(() => "")) || "").trim();
+  if (screenshotPath) {
+    await page.screenshot({ path: screenshotPath, fullPage: true });
+    result.screenshot = screenshotPath;
+  }
+  await toggle.click();
+  check((await card.locator("img.preview").getAttribute("src")) === before, "toggling back shows the original image");
+
+  // 2. A text file: a readable error, not a blank page or a stack trace.
+  await page.setInputFiles("#file", textPath);
+  const bad = page.locator(".card").first();
+  await bad.locator(".error").waitFor();
+  result.text_error = (await bad.locator(".error").textContent()).trim();
+  check(/could not be read as an image/i.test(result.text_error), "the text file gets the not-an-image message");
+  check(!/Traceback|at \w+\.\w+ \(/.test(result.text_error), "no stack trace");
+
+  // 3. Server unreachable (requests fail at the network): a readable message.
+  await page.route("**/*:predict", (route) => route.abort("connectionrefused"));
+  await page.setInputFiles("#file", imagePath);
+  const down = page.locator(".card").first();
+  await down.locator(".error").waitFor();
+  result.down_error = (await down.locator(".error").textContent()).trim();
+  check(/cannot reach the model server/i.test(result.down_error), "a failed request says the server cannot be reached");
+  await page.unroute("**/*:predict");
+
+  result.cards = await page.locator(".card").count();
+  check(result.cards === 3, "one card per upload");
+  check(consoleErrors.length === 0, `no JavaScript errors (${consoleErrors.join("; ")})`);
+  check(external.length === 0, `nothing fetched from outside (${external.join(", ")})`);
+  result.ok = true;
+} catch (err) {
+  result.ok = false;
+  result.error = String(err && err.stack ? err.stack : err);
+} finally {
+  if (context) await context.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+}
+console.log(JSON.stringify(result));
+process.exit(result.ok ? 0 : 1);
