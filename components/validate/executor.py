@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
     "path", "rel_path", "label", "sha256", "width", "height", "mode", "format", "bytes",
-    "channels", "mean_brightness", "pixel_std", "status", "reason",
+    "channels", "mean_brightness", "pixel_std", "phash", "status", "reason",
 ]
 VARIANTS = ("original", "segmented")
 # A broken download (many unreadable files) is critical; a few bad files are quarantined.
@@ -123,6 +123,7 @@ def inspect_file(item: tuple[str, str, str]) -> dict:
     """One manifest row: hashes, geometry, decodability; never raises for a bad file."""
     from PIL import Image
 
+    from components.dedup.executor import perceptual_hash
     from monitoring.features import mean_brightness
 
     path, rel_path, label = item
@@ -140,9 +141,10 @@ def inspect_file(item: tuple[str, str, str]) -> dict:
         row["channels"] = int(rgb.shape[2]) if rgb.ndim == 3 else 1
         row["mean_brightness"] = round(mean_brightness(rgb), 4)
         row["pixel_std"] = round(float(rgb.std()), 4)
+        row["phash"] = perceptual_hash(data)  # dedup's hash, while the bytes are at hand
     except Exception as exc:  # noqa: BLE001 - any unreadable file is quarantined, never a crash
         row.update(status="quarantined", reason=f"{type(exc).__name__}: {exc}"[:300])
-        for key in ("width", "height", "mode", "format", "channels", "mean_brightness", "pixel_std"):
+        for key in ("width", "height", "mode", "format", "channels", "mean_brightness", "pixel_std", "phash"):
             row[key] = None
     return row
 

@@ -1,0 +1,1 @@
+"""Dedup: exact (sha256) and perceptual (pHash) duplicate groups, label conflicts excluded."""
