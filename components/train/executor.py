@@ -1,0 +1,272 @@
+"""run_train: one model from one config on the split step's shards, then the serving export."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from components import domain, records
+from components.settings import ModelConfig
+from components.train import input as train_input
+from components.train import models
+
+log = logging.getLogger(__name__)
+WARMUP_IMAGES = 4
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users (serving, KFP UI)
+    os.replace(tmp, path)
+
+
+def class_weights(train_labels: np.ndarray) -> dict[int, float]:
+    """'balanced' weights from the training counts (scikit-learn); classes absent from train get 1.0."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(train_labels)
+    weights = compute_class_weight("balanced", classes=present, y=train_labels)
+    out = {i: 1.0 for i in range(domain.NUM_CLASSES)}
+    out.update({int(c): float(w) for c, w in zip(present, weights)})
+    return out
+
+
+def _devices() -> list[str]:
+    import tensorflow as tf
+
+    return [d.name for d in tf.config.list_logical_devices("GPU")]
+
+
+def _one_hot(ds):
+    import tensorflow as tf
+
+    return ds.map(lambda x, y: (x, tf.one_hot(y, domain.NUM_CLASSES)), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _compile(model, learning_rate: float, label_smoothing: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def _callbacks(config: ModelConfig, checkpoint: Path) -> list:
+    import keras
+
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True),
+    ]
+
+
+def _fit(model, train, val, *, epochs: int, initial_epoch: int, config: ModelConfig, weights: dict, checkpoint: Path,
+         verbose: int) -> dict:
+    # Keras writes its progress to stdout; stdout belongs to `--json`, so send it to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        history = model.fit(
+            train,
+            validation_data=val,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            class_weight=weights,
+            callbacks=_callbacks(config, checkpoint),
+            verbose=verbose,
+        )
+    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def _cached_features(extractor, ds) -> tuple[np.ndarray, np.ndarray]:
+    feats, labels = [], []
+    for x, y in ds:
+        feats.append(np.asarray(extractor.predict_on_batch(x)))
+        labels.append(y.numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def _train_head_on_features(model, config: ModelConfig, split_dir: Path, weights: dict, checkpoint: Path,
+                            verbose: int) -> dict:
+    """Frozen base: compute pooled base features once, fit the head on them, copy the head into the model."""
+    import tensorflow as tf
+
+    if config.augment:
+        log.warning("cache_features: features are computed once, so augmentation is not applied to %s", config.name)
+    extractor = models.pooled_features_model(model)
+    started = time.perf_counter()
+    sets = {}
+    for split in ("train", "val"):
+        ds = train_input.dataset(split_dir, split, config.image_size, max(config.batch_size, 64), cache=False)
+        sets[split] = _cached_features(extractor, ds)
+    log.info("cached %s base features for train/val in %.1fs", config.name, time.perf_counter() - started)
+    head = models.head_model(config, sets["train"][0].shape[1])
+    _compile(head, config.learning_rate, config.label_smoothing)
+
+    def as_ds(split: str, shuffle: bool):
+        x, y = sets[split]
+        ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, domain.NUM_CLASSES)))
+        if shuffle:
+            ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+        return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    history = _fit(head, as_ds("train", True), as_ds("val", False), epochs=config.epochs, initial_epoch=0,
+                   config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
+    model.get_layer(models.OUTPUT_LAYER).set_weights(head.get_layer(models.OUTPUT_LAYER).get_weights())
+    return history
+
+
+def _save_curves(history: dict, path: Path, fine_tune_start: int | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        epochs = range(1, len(history.get(key, [])) + 1)
+        ax.plot(epochs, history.get(key, []), label=f"train {key}")
+        ax.plot(epochs, history.get(f"val_{key}", []), label=f"val {key}")
+        if fine_tune_start:
+            ax.axvline(fine_tune_start + 0.5, color="grey", linestyle="--", label="fine-tuning")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _merge(history: dict, extra: dict) -> dict:
+    for key, values in extra.items():
+        history.setdefault(key, []).extend(values)
+    return history
+
+
+def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, verbose: int | None = None) -> dict:
+    """Train `config.name` on split_dir/{train,val}; write keras/model.keras, saved_model/, history, curves, train.json."""
+    import keras
+    import tensorflow as tf
+
+    from components.train import export
+
+    split_dir, out_dir = Path(split_dir), Path(out_dir)
+    for split in ("train", "val"):
+        train_input.split_shards(split_dir, split)  # clear error before any work
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    verbose = verbose if verbose is not None else (1 if sys.stderr.isatty() else 2)
+
+    gpus = _devices()
+    mixed = bool(gpus) and config.mixed_precision
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    strategy = tf.distribute.MirroredStrategy() if gpus else tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    batch = config.batch_size * replicas
+
+    train_labels = train_input.labels(split_dir, "train")
+    weights = class_weights(train_labels)
+    counts = {domain.CLASS_NAMES[i]: int((train_labels == i).sum()) for i in range(domain.NUM_CLASSES)}
+    log.info("training %s on %d images %s, class weights %s, devices %s", config.name, len(train_labels), counts,
+             weights, gpus or ["cpu"])
+
+    try:
+        with strategy.scope():
+            model = models.build_model(config)
+            weights_used = model.weights_used
+            has_base = models.base_layer(model) is not None
+            checkpoint = out_dir / "checkpoints" / "best.weights.h5"
+            val_count = len(train_input.labels(split_dir, "val"))
+            val_ds = _one_hot(train_input.dataset(split_dir, "val", config.image_size, batch, count=val_count))
+            history: dict = {}
+            phases: list[str] = []
+            if config.cache_features and has_base:
+                history = _train_head_on_features(model, config, split_dir, weights,
+                                                  out_dir / "checkpoints" / "head.weights.h5", verbose)
+                phases += ["head_on_cached_features"] * len(history.get("loss", []))
+            else:
+                train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
+                                                        augment=config.augment, seed=config.seed,
+                                                        count=len(train_labels)))
+                _compile(model, config.learning_rate, config.label_smoothing)
+                history = _fit(model, train_ds, val_ds, epochs=config.epochs, initial_epoch=0, config=config,
+                               weights=weights, checkpoint=checkpoint, verbose=verbose)
+                phases += ["frozen_base" if has_base else "train"] * len(history.get("loss", []))
+            fine_tune_start = None
+            if has_base and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
+                fine_tune_start = len(phases)
+                unfrozen = models.set_fine_tune(model, config.fine_tune_layers)
+                log.info("fine-tuning the top %d layers of the base (%d with weights) at lr %g",
+                         config.fine_tune_layers, unfrozen, config.fine_tune_learning_rate)
+                train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
+                                                        augment=config.augment, seed=config.seed + 1,
+                                                        count=len(train_labels)))
+                _compile(model, config.fine_tune_learning_rate, config.label_smoothing)
+                extra = _fit(model, train_ds, val_ds, epochs=fine_tune_start + config.fine_tune_epochs,
+                             initial_epoch=fine_tune_start, config=config, weights=weights, checkpoint=checkpoint,
+                             verbose=verbose)
+                _merge(history, extra)
+                phases += ["fine_tune"] * len(extra.get("loss", []))
+            if not model.optimizer:
+                _compile(model, config.learning_rate, config.label_smoothing)
+            with contextlib.redirect_stdout(sys.stderr):
+                val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    train_time = time.perf_counter() - started
+
+    keras_path = out_dir / "keras" / "model.keras"
+    keras_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_keras = keras_path.with_name(".model.tmp.keras")
+    model.save(tmp_keras)
+    os.replace(tmp_keras, keras_path)
+
+    warmup = [ex["encoded"] for _, ex in zip(range(WARMUP_IMAGES), records.iter_examples(split_dir / "val"))]
+    saved_model = export.export_saved_model(model, out_dir / "saved_model", model_name=config.name,
+                                            image_size=config.image_size, brightness=config.brightness,
+                                            warmup_images=warmup, keras_path=keras_path)
+
+    history["phase"] = phases
+    _atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
+    _save_curves(history, out_dir / "curves.png", fine_tune_start)
+    result = {
+        "model": config.name,
+        "config": config.to_dict(),
+        "weights_used": weights_used,
+        "params": int(model.count_params()),
+        "trainable_params": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+        "epochs_run": len(phases),
+        "best_epoch": int(np.argmin(history["val_loss"])) + 1 if history.get("val_loss") else None,
+        "val_accuracy": float(val_accuracy),
+        "val_loss": float(val_loss),
+        "train_images": int(len(train_labels)),
+        "train_counts": counts,
+        "class_weights": {domain.CLASS_NAMES[i]: w for i, w in weights.items()},
+        "devices": gpus or ["cpu"],
+        "mixed_precision": mixed,
+        "replicas": replicas,
+        "train_time_s": round(train_time, 2),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "keras_model": str(keras_path.resolve()),
+        "saved_model": str(saved_model.resolve()),
+        "out_dir": str(out_dir.resolve()),
+    }
+    _atomic_write_text(out_dir / "train.json", json.dumps(result, indent=2))
+    log.info("%s: val accuracy %.4f after %d epochs in %.1fs (weights: %s)", config.name, val_accuracy,
+             len(phases), result["wall_time_s"], weights_used)
+    return result

@@ -1,0 +1,149 @@
+"""Export a trained Keras model as the serving SavedModel (docs/architecture.md, "The exported SavedModel").
+
+Signatures: `serving_default` (encoded bytes), `predict_pixels` (float pixels) and `classify`
+(tf.Example, TF Serving's Classify API). Decoding and resizing use the domain module's graph
+functions, so serving cannot drift from training. `assets.extra/` holds TF Serving warmup
+requests, `leukoflow.json` and a copy of the Keras model (for Grad-CAM on the serving page).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from components import domain, settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+LOW_CONFIDENCE_THRESHOLD = 0.6  # the serving page flags a top probability below this
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+WARMUP_FILE = "tf_serving_warmup_requests"
+META_FILE = "leukoflow.json"
+
+
+def _set_method_name(export_dir: Path, signature: str, method: str) -> None:
+    """tf.saved_model.save writes every signature as 'predict'; TF Serving's Classify API needs 'classify'."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb_path = export_dir / "saved_model.pb"
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(pb_path.read_bytes())
+    for meta_graph in proto.meta_graphs:
+        if signature in meta_graph.signature_def:
+            meta_graph.signature_def[signature].method_name = method
+    pb_path.write_bytes(proto.SerializeToString())
+
+
+def write_warmup(path: Path, images: Sequence[bytes], model_name: str = settings.SERVED_MODEL_NAME) -> int:
+    """TF Serving warmup file: TFRecord of PredictionLog, one serving_default request per image."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for encoded in images:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
+            )
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto([encoded], dtype=tf.string, shape=[1]))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+            count += 1
+    return count
+
+
+def export_saved_model(
+    model: "keras.Model",
+    export_dir: str | Path,
+    *,
+    model_name: str,
+    image_size: int,
+    brightness: str,
+    warmup_images: Sequence[bytes] = (),
+    keras_path: str | Path | None = None,
+) -> Path:
+    """Write the serving SavedModel to `export_dir` (via a temporary sibling, then renamed)."""
+    import keras
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    export_dir.parent.mkdir(parents=True, exist_ok=True)
+    names = tf.constant(domain.CLASS_NAMES)
+    size = int(image_size)
+
+    def outputs(pixels):
+        probabilities = tf.cast(model(pixels, training=False), tf.float32)
+        return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
+
+    def decode_batch(images):
+        # Brightness is applied by the model's own layer, so decode + resize only here.
+        return tf.map_fn(
+            lambda encoded: domain.tf_preprocess_encoded(encoded, size, "none"),
+            images,
+            fn_output_signature=tf.TensorSpec([size, size, domain.CHANNELS], tf.float32),
+        )
+
+    def serve(images):
+        return outputs(decode_batch(images))
+
+    def predict_pixels(pixels):
+        return outputs(pixels)
+
+    def classify(inputs):
+        parsed = tf.io.parse_example(inputs, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
+        probabilities = outputs(decode_batch(parsed["image/encoded"]))["probabilities"]
+        classes = tf.tile(names[None, :], [tf.shape(probabilities)[0], 1])
+        return {"classes": classes, "scores": probabilities}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint(
+        "predict_pixels",
+        predict_pixels,
+        input_signature=[tf.TensorSpec([None, size, size, domain.CHANNELS], tf.float32, name="pixels")],
+    )
+    archive.add_endpoint("classify", classify, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+
+    tmp = Path(tempfile.mkdtemp(prefix=".saved_model.", dir=export_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the server may run as another user
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        _set_method_name(tmp, "classify", CLASSIFY_METHOD)
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        write_warmup(extra / WARMUP_FILE, list(warmup_images))
+        meta = {
+            "model": model_name,
+            "image_size": size,
+            "brightness": brightness,
+            "class_names": list(domain.CLASS_NAMES),
+            "low_confidence_threshold": LOW_CONFIDENCE_THRESHOLD,
+            "signatures": ["serving_default", "predict_pixels", "classify"],
+            "keras_model": "model.keras" if keras_path else None,
+        }
+        (extra / META_FILE).write_text(json.dumps(meta, indent=2))
+        if keras_path:
+            shutil.copy2(keras_path, extra / "model.keras")
+        if export_dir.exists():
+            shutil.rmtree(export_dir)
+        tmp.rename(export_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return export_dir
+
+
+def read_meta(export_dir: str | Path) -> dict:
+    """assets.extra/leukoflow.json of an exported model."""
+    return json.loads((Path(export_dir) / "assets.extra" / META_FILE).read_text())
+
+
+def dir_size(path: str | Path) -> int:
+    """Bytes on disk of every file under `path`."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

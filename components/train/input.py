@@ -1,0 +1,145 @@
+"""tf.data input from the split step's shards: parallel parse, cache, shuffle, augment (train only), prefetch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from components import domain, records
+
+if TYPE_CHECKING:  # pragma: no cover
+    import tensorflow as tf
+
+# Augmentation strengths: geometry is free on smears (no canonical orientation); colour jitter
+# is kept moderate because stain colour carries real signal on this data.
+ROTATION = 0.5          # fraction of 2*pi: any angle
+ZOOM = 0.15
+SHIFT = 0.1
+BRIGHTNESS_DELTA = 0.08  # additive, on [0, 1] pixels
+CONTRAST = 0.15          # factor in [1 - c, 1 + c]
+HUE_DELTA = 0.03         # fraction of the hue circle
+SATURATION = 0.2         # factor in [1 - s, 1 + s]
+
+
+def split_shards(split_dir: str | Path, split: str) -> list[str]:
+    """The shard files of one split, with an error naming what is missing."""
+    directory = Path(split_dir) / split
+    if not directory.is_dir():
+        raise FileNotFoundError(f"split directory {directory} does not exist (expected {split_dir}/{{train,val,test}}/)")
+    return records.shard_paths(directory)
+
+
+def stored_size(split_dir: str | Path, split: str = "train") -> int:
+    """The side of `image/pixels` in the shards (set by the preprocess step)."""
+    import tensorflow as tf
+
+    for raw in tf.data.TFRecordDataset(split_shards(split_dir, split)).take(1):
+        return int(tf.io.parse_single_example(raw, records.feature_spec())["image/size"])
+    raise ValueError(f"{split_dir}/{split} has no records")
+
+
+def labels(split_dir: str | Path, split: str) -> np.ndarray:
+    """All labels of a split, in shard order (parses only the label feature)."""
+    import tensorflow as tf
+
+    spec = {"image/label": tf.io.FixedLenFeature([], tf.int64)}
+    ds = tf.data.TFRecordDataset(split_shards(split_dir, split)).map(
+        lambda r: tf.io.parse_single_example(r, spec)["image/label"], num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return np.fromiter(ds.as_numpy_iterator(), dtype=np.int64)
+
+
+def _augmenter(seed: int):
+    """A batch -> batch augmentation: Keras geometric layers plus per-image colour jitter in tf ops."""
+    import keras
+    import tensorflow as tf
+
+    geometry = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            keras.layers.RandomRotation(ROTATION, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom(ZOOM, fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="reflect", seed=seed + 3),
+        ],
+        name="augment_geometry",
+    )
+
+    def colour(images: "tf.Tensor") -> "tf.Tensor":
+        n = tf.shape(images)[0]
+
+        def draw(low: float, high: float, offset: int) -> "tf.Tensor":
+            return tf.random.uniform([n, 1, 1, 1], low, high, seed=seed + offset)
+
+        x = images + draw(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, 10)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = tf.clip_by_value((x - mean) * draw(1 - CONTRAST, 1 + CONTRAST, 11) + mean, 0.0, 1.0)
+        hsv = tf.image.rgb_to_hsv(x)
+        h = tf.math.floormod(hsv[..., 0:1] + draw(-HUE_DELTA, HUE_DELTA, 12), 1.0)
+        s = tf.clip_by_value(hsv[..., 1:2] * draw(1 - SATURATION, 1 + SATURATION, 13), 0.0, 1.0)
+        return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([h, s, hsv[..., 2:3]], axis=-1)), 0.0, 1.0)
+
+    def apply(images: "tf.Tensor") -> "tf.Tensor":
+        return colour(tf.clip_by_value(geometry(images, training=True), 0.0, 1.0))
+
+    return apply
+
+
+def dataset(
+    split_dir: str | Path,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    training: bool = False,
+    augment: bool = False,
+    seed: int = 42,
+    cache: bool = True,
+    count: int | None = None,
+) -> "tf.data.Dataset":
+    """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards."""
+    import tensorflow as tf
+
+    files = split_shards(split_dir, split)
+    stored = stored_size(split_dir, split)
+    autotune = tf.data.AUTOTUNE
+
+    def parse(serialized):
+        pixels, label = records.parse_pixels(serialized, stored)
+        image = tf.image.convert_image_dtype(pixels, tf.float32)
+        if stored != image_size:
+            image = domain.tf_resize(image, image_size)
+        return image, label
+
+    # Interleave shards so reading is parallel too; deterministic order keeps runs reproducible.
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=autotune, deterministic=True
+    )
+    ds = ds.map(parse, num_parallel_calls=autotune, deterministic=True)
+    if count is not None:  # a known epoch length: Keras then shows progress and does not warn at epoch end
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    if cache:
+        ds = ds.cache()  # decoded, resized pixels: later epochs skip parsing entirely
+    if training:
+        ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if training and augment:
+        aug = _augmenter(seed)
+        ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=autotune)
+    return ds.prefetch(autotune)
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    return max(1, math.ceil(count / batch_size))
+
+
+def pixels_and_labels(split_dir: str | Path, split: str, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A whole split in memory (float32 [N, size, size, 3], int64 [N]); for evaluation and benchmarks."""
+    xs, ys = [], []
+    for x, y in dataset(split_dir, split, image_size, 256, cache=False):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    if not xs:
+        raise ValueError(f"{split_dir}/{split} has no records")
+    return np.concatenate(xs), np.concatenate(ys)

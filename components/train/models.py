@@ -1,0 +1,283 @@
+"""The three model builders: one function from one ModelConfig to a keras.Model.
+
+Every model takes float32 [size, size, 3] in [0, 1] (the domain contract), applies the
+configured brightness adjustment and its own normalisation inside the graph, runs a
+backbone whose last 4-D output is the layer named `feature_map` (Grad-CAM hooks there),
+then global average pooling, dropout and a float32 softmax layer named `probabilities`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from components import domain
+from components.settings import ModelConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import keras
+
+log = logging.getLogger(__name__)
+
+BASE_LAYER_NAME = "base"
+FEATURE_LAYER = "feature_map"
+OUTPUT_LAYER = "probabilities"
+# Sizes for which Keras publishes MobileNetV2 ImageNet weights (it picks the file by input size).
+MOBILENET_SIZES = (96, 128, 160, 192, 224)
+# Few steps per epoch on this data (~70): moving statistics must settle within a few epochs.
+BN_MOMENTUM = 0.9
+RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights were asked for but could not be found or downloaded."""
+
+
+def mobilenet_notop_name(size: int) -> str:
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5"
+
+
+def keras_cache_dir() -> Path:
+    """Where `keras.utils.get_file(..., cache_subdir="models")` looks: $KERAS_HOME/models (default ~/.keras/models)."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        base = keras_home()
+    except ImportError:  # pragma: no cover - private API moved
+        base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    base = os.path.expanduser(base)
+    if os.path.isdir(base) and not os.access(base, os.W_OK):  # keras falls back to /tmp/.keras then
+        base = "/tmp/.keras"
+    return Path(base) / "models"
+
+
+
+_LAYER_CACHE: tuple | None = None
+
+
+def _layers() -> tuple:
+    """The two small graph layers, defined lazily so importing this module does not import Keras."""
+    global _LAYER_CACHE
+    if _LAYER_CACHE is not None:
+        return _LAYER_CACHE
+    import keras
+
+    @keras.saving.register_keras_serializable(package="leukoflow")
+    class Brightness(keras.layers.Layer):
+        """domain.tf_adjust_brightness inside the model, so serving applies it too."""
+
+        def __init__(self, method: str = "none", **kwargs):
+            super().__init__(**kwargs)
+            if method not in domain.BRIGHTNESS_METHODS:
+                raise ValueError(f"unknown brightness method {method!r}; expected one of {domain.BRIGHTNESS_METHODS}")
+            self.method = method
+
+        def call(self, inputs):
+            return domain.tf_adjust_brightness(inputs, self.method)
+
+        def get_config(self):
+            return {**super().get_config(), "method": self.method}
+
+    @keras.saving.register_keras_serializable(package="leukoflow")
+    class Normalize(keras.layers.Layer):
+        """The backbone's own input normalisation from [0, 1] pixels: 'tf' -> [-1, 1], 'caffe' -> BGR minus ImageNet mean."""
+
+        def __init__(self, mode: str = "tf", **kwargs):
+            super().__init__(**kwargs)
+            if mode not in ("tf", "caffe"):
+                raise ValueError(f"unknown normalisation {mode!r}")
+            self.mode = mode
+
+        def call(self, inputs):
+            from keras import ops
+
+            if self.mode == "tf":  # == mobilenet_v2.preprocess_input(x * 255)
+                return inputs * 2.0 - 1.0
+            # == resnet50.preprocess_input(x * 255): RGB -> BGR, subtract the ImageNet channel means.
+            bgr = ops.flip(inputs * 255.0, axis=-1)
+            return bgr - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=inputs.dtype)
+
+        def get_config(self):
+            return {**super().get_config(), "mode": self.mode}
+
+    _LAYER_CACHE = (Brightness, Normalize)
+    return _LAYER_CACHE
+
+
+def resolve_weights(config: ModelConfig) -> tuple[str | None, str]:
+    """(value for keras.applications `weights=`, what is loaded in words) for a config.
+
+    "imagenet" is looked up where Keras's standard loading path looks; for MobileNetV2 at a
+    size Keras has no file for, the 224 no-top file is loaded by path (conv weights do not
+    depend on the input size). A missing file raises WeightsNotFoundError naming the path.
+    """
+    weights = config.weights
+    if config.name == "cnn" or weights in ("none", "", None):
+        return None, "random init"
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"weights file {path} for {config.name} does not exist; pass an existing .h5/.weights.h5 file, "
+                "--weights imagenet (Keras cache) or --weights none (random init)"
+            )
+        return str(path.resolve()), str(path.resolve())
+    cache = keras_cache_dir()
+    if config.name == "mobilenetv2":
+        if config.image_size in MOBILENET_SIZES:
+            wanted = cache / mobilenet_notop_name(config.image_size)
+            if wanted.is_file():
+                return "imagenet", str(wanted)
+        fallback = cache / mobilenet_notop_name(224)
+        if fallback.is_file():
+            return str(fallback), str(fallback)
+        wanted = cache / mobilenet_notop_name(config.image_size if config.image_size in MOBILENET_SIZES else 224)
+    else:
+        wanted = cache / RESNET50_NOTOP
+        if wanted.is_file():
+            return "imagenet", str(wanted)
+    return "imagenet", f"download:{wanted}"  # not cached: let Keras try its download, caught below
+
+
+def _missing_message(config: ModelConfig, wanted: str, error: Exception) -> str:
+    return (
+        f"ImageNet weights for {config.name} not found: Keras looked for {wanted} "
+        f"(its cache, $KERAS_HOME/models) and the download failed ({type(error).__name__}: {error}). "
+        f"Supply them by copying the no-top .h5 file there (`make weights` copies ../shared/weights/keras/*.h5 "
+        f"into $KERAS_HOME/models), by passing a file path as weights (--weights /path/file.h5), or train "
+        f"from random init with --weights none."
+    )
+
+
+def _backbone(config: ModelConfig, shape: tuple[int, int, int]) -> tuple["keras.Model", str, str]:
+    """(base model, normalisation mode, weights used) for a transfer model."""
+    import keras
+
+    arg, used = resolve_weights(config)
+    factory = {"resnet50": keras.applications.ResNet50, "mobilenetv2": keras.applications.MobileNetV2}[config.name]
+    mode = "caffe" if config.name == "resnet50" else "tf"
+    try:
+        base = factory(include_top=False, weights=arg, input_shape=shape)
+    except Exception as exc:  # noqa: BLE001 - download/IO errors come in many types
+        if used.startswith("download:"):
+            raise WeightsNotFoundError(_missing_message(config, used.removeprefix("download:"), exc)) from exc
+        raise
+    if used.startswith("download:"):
+        used = used.removeprefix("download:")
+    base.name = BASE_LAYER_NAME
+    return base, mode, used
+
+
+def _cnn_backbone(x, config: ModelConfig):
+    """A compact CNN: a strided stem, then separable-conv blocks with BatchNorm and pooling."""
+    import keras
+    from keras import layers
+
+    reg = keras.regularizers.l2(1e-5)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, kernel_regularizer=reg, name="stem_conv")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    side = (config.image_size + 1) // 2
+    for i, filters in enumerate((48, 96, 160, 256)):
+        # Downsample only while the map is larger than 4x4: tiny inputs keep enough positions for BatchNorm.
+        stride = 2 if side > 4 else 1
+        side = (side + stride - 1) // stride
+        shortcut = layers.Conv2D(filters, 1, strides=stride, padding="same", use_bias=False, name=f"b{i}_proj")(x)
+        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"b{i}_proj_bn")(shortcut)
+        for j in range(2):
+            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False,
+                                       depthwise_regularizer=reg, pointwise_regularizer=reg, name=f"b{i}_sep{j}")(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"b{i}_bn{j}")(x)
+            if j == 0:
+                x = layers.Activation("relu", name=f"b{i}_relu{j}")(x)
+        x = layers.MaxPooling2D(3, strides=stride, padding="same", name=f"b{i}_pool")(x)
+        x = layers.Add(name=f"b{i}_add")([x, shortcut])  # residual: trains faster and deeper on few epochs
+        x = layers.Activation("relu", name=f"b{i}_out")(x)
+    return x
+
+
+def build_model(config: ModelConfig) -> "keras.Model":
+    """Build the model `config.name` (cnn, resnet50, mobilenetv2); `model.weights_used` says what was loaded."""
+    import keras
+    from keras import layers
+
+    Brightness, Normalize = _layers()
+    size = config.image_size
+    inputs = keras.Input((size, size, domain.CHANNELS), dtype="float32", name="pixels")
+    x = Brightness(config.brightness, name="brightness")(inputs)
+    if config.name == "cnn":
+        x = Normalize("tf", name="normalize")(x)
+        x = _cnn_backbone(x, config)
+        used = "random init"
+    elif config.name in ("resnet50", "mobilenetv2"):
+        base, mode, used = _backbone(config, (size, size, domain.CHANNELS))
+        base.trainable = False  # phase 1; set_fine_tune() unfreezes the top later
+        x = Normalize(mode, name="normalize")(x)
+        x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    else:
+        raise ValueError(f"unknown model {config.name!r}; expected one of cnn, resnet50, mobilenetv2")
+    x = layers.Identity(name=FEATURE_LAYER)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    outputs = layers.Dense(domain.NUM_CLASSES, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+    model = keras.Model(inputs, outputs, name=config.name)
+    model.weights_used = used
+    return model
+
+
+def head_model(config: ModelConfig, feature_dim: int) -> "keras.Model":
+    """The classifier head alone (pooled features -> probabilities), for training on cached base features."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((feature_dim,), name="features")
+    x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(inputs)
+    outputs = layers.Dense(domain.NUM_CLASSES, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+    return keras.Model(inputs, outputs, name=f"{config.name}_head")
+
+
+def pooled_features_model(model: "keras.Model") -> "keras.Model":
+    """The model up to global average pooling (what the head sees)."""
+    import keras
+
+    return keras.Model(model.inputs, model.get_layer("gap").output)
+
+
+def base_layer(model: "keras.Model") -> "keras.Model | None":
+    try:
+        return model.get_layer(BASE_LAYER_NAME)
+    except ValueError:
+        return None
+
+
+def set_fine_tune(model: "keras.Model", layers_to_unfreeze: int) -> int:
+    """Unfreeze the top `layers_to_unfreeze` layers of the base (BatchNorm stays frozen); returns trainable layer count."""
+    import keras
+
+    base = base_layer(model)
+    if base is None or layers_to_unfreeze <= 0:
+        return 0
+    base.trainable = True
+    cut = max(0, len(base.layers) - layers_to_unfreeze)
+    count = 0
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+        count += int(layer.trainable and bool(layer.weights))
+    return count
+
+
+def gradcam_model(model: "keras.Model") -> "keras.Model":
+    """(feature_map, probabilities) from the same inputs, for Grad-CAM."""
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer(FEATURE_LAYER).output, model.output])
+
+
+def load_keras_model(path: str | Path) -> "keras.Model":
+    """Load a saved model.keras (registers the custom layers first)."""
+    import keras
+
+    _layers()
+    return keras.saving.load_model(str(path), compile=False)
