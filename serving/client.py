@@ -1,0 +1,291 @@
+"""A small TensorFlow Serving client on the official `tensorflow_serving.apis` stubs.
+
+Works the same against `leukoflow serve` and the real `tensorflow_model_server`: Predict, Classify,
+GetModelStatus and GetModelMetadata, a deadline per call, bounded exponential backoff on UNAVAILABLE
+(a server restarting or a pod being replaced), optional TLS. Images are sent as encoded bytes; TIFF
+(common from microscope cameras) is converted to PNG here because `tf.io.decode_image` cannot read it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from components import domain, settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET = "127.0.0.1:8500"
+DEFAULT_SIGNATURE = "serving_default"
+INPUT_KEY = "images"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# Magic numbers of what tf.io.decode_image reads: sent unchanged.
+_TF_DECODABLE = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+_TIFF = (b"II*\x00", b"MM\x00*")
+
+
+class ServingError(RuntimeError):
+    """A call failed; `code` is the gRPC status code name (e.g. NOT_FOUND, INVALID_ARGUMENT)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class ServerUnavailable(ServingError):
+    """The server could not be reached (UNAVAILABLE after every retry)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: the class, every class's confidence, and the version that answered."""
+
+    label: str
+    confidences: dict[str, float]
+    model_version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "confidences": self.confidences, "model_version": self.model_version}
+
+
+def is_tiff(data: bytes) -> bool:
+    return data[:4] in _TIFF
+
+
+def prepare_image(data: bytes) -> bytes:
+    """Bytes the served graph can decode: TIFF (and other Pillow-only formats) become PNG, the rest is unchanged."""
+    if not data:
+        raise ValueError("empty image")
+    if data.startswith(_TF_DECODABLE) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return data
+    from PIL import Image
+
+    rgb = domain.load_rgb(data)  # raises ImageDecodeError naming the problem when Pillow cannot read it either
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def backoff_delays(retries: int, initial_s: float, max_s: float, jitter: bool = True) -> list[float]:
+    """Delays before each retry: doubling from `initial_s`, capped at `max_s`, jittered down by up to half."""
+    delays = [min(max_s, initial_s * (2**i)) for i in range(retries)]
+    return [random.uniform(0.5 * d, d) for d in delays] if jitter else delays
+
+
+@dataclass
+class ServingClient:
+    """gRPC client for one served model; use as a context manager or call `close()`."""
+
+    target: str = DEFAULT_TARGET
+    model_name: str = settings.SERVED_MODEL_NAME
+    deadline_s: float = 10.0          # per call, retries included
+    retries: int = 4                  # extra attempts on UNAVAILABLE
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    root_cert: Path | None = None     # PEM root certificate: TLS when set
+    client_cert: Path | None = None   # PEM certificate and key for mutual TLS
+    client_key: Path | None = None
+    _channel: Any = field(default=None, init=False, repr=False)
+
+    # ------------------------------------------------------------------ connection
+
+    def _open(self) -> Any:
+        if self._channel is None:
+            import grpc
+
+            options = [
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ]
+            if self.root_cert:
+                key = Path(self.client_key).read_bytes() if self.client_key else None
+                cert = Path(self.client_cert).read_bytes() if self.client_cert else None
+                creds = grpc.ssl_channel_credentials(Path(self.root_cert).read_bytes(), key, cert)
+                self._channel = grpc.secure_channel(self.target, creds, options=options)
+            else:
+                self._channel = grpc.insecure_channel(self.target, options=options)
+        return self._channel
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def __enter__(self) -> "ServingClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prediction_stub(self) -> Any:
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        return prediction_service_pb2_grpc.PredictionServiceStub(self._open())
+
+    def _model_stub(self) -> Any:
+        from tensorflow_serving.apis import model_service_pb2_grpc
+
+        return model_service_pb2_grpc.ModelServiceStub(self._open())
+
+    def call(self, method: Callable[..., Any], request: Any, deadline_s: float | None = None) -> Any:
+        """Run one unary RPC within the deadline, retrying UNAVAILABLE with bounded exponential backoff."""
+        import grpc
+
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        end = time.monotonic() + budget
+        delays = backoff_delays(self.retries, self.initial_backoff_s, self.max_backoff_s)
+        for attempt in range(self.retries + 1):
+            remaining = end - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details() or ""
+                if code != grpc.StatusCode.UNAVAILABLE:
+                    raise ServingError(code.name, details) from None
+                delay = delays[attempt] if attempt < len(delays) else None
+                if delay is None or time.monotonic() + delay >= end:
+                    raise ServerUnavailable(
+                        "UNAVAILABLE",
+                        f"cannot reach TensorFlow Serving at {self.target} after {attempt + 1} attempt(s): {details}",
+                    ) from None
+                log.warning("UNAVAILABLE from %s (attempt %d), retrying in %.2fs", self.target, attempt + 1, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    # ------------------------------------------------------------------ requests
+
+    def _model_spec(self, spec: Any, label: str | None, version: int | None, signature: str | None) -> None:
+        if label is not None and version is not None:
+            raise ValueError("give a version label or a version, not both")
+        spec.name = self.model_name
+        if version is not None:
+            spec.version.value = int(version)
+        elif label:
+            spec.version_label = label
+        if signature is not None:
+            spec.signature_name = signature
+
+    def predict_raw(
+        self,
+        images: Sequence[bytes],
+        label: str | None = None,
+        version: int | None = None,
+        signature: str = DEFAULT_SIGNATURE,
+        deadline_s: float | None = None,
+    ) -> Any:
+        """The PredictResponse for already-encoded image bytes (no conversion)."""
+        from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        self._model_spec(request.model_spec, label, version, signature)
+        request.inputs[INPUT_KEY].CopyFrom(
+            tensor_pb2.TensorProto(
+                dtype=types_pb2.DT_STRING,
+                tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(images))]),
+                string_val=list(images),
+            )
+        )
+        return self.call(self._prediction_stub().Predict, request, deadline_s)
+
+    def predict(
+        self,
+        images: Sequence[bytes],
+        label: str | None = None,
+        version: int | None = None,
+        deadline_s: float | None = None,
+    ) -> list[Prediction]:
+        """Classify encoded images (any format Pillow reads; TIFF converted to PNG first)."""
+        import numpy as np
+        from tensorflow.python.framework import tensor_util  # proto -> ndarray without building a graph
+
+        response = self.predict_raw([prepare_image(b) for b in images], label, version, DEFAULT_SIGNATURE, deadline_s)
+        probs = np.asarray(tensor_util.MakeNdarray(response.outputs["probabilities"]), dtype=float)
+        served = response.model_spec.version.value if response.model_spec.HasField("version") else None
+        if probs.shape != (len(images), domain.NUM_CLASSES):
+            raise ServingError("INTERNAL", f"expected probabilities of shape {(len(images), domain.NUM_CLASSES)}, got {probs.shape}")
+        return [
+            Prediction(
+                label=domain.CLASS_NAMES[int(row.argmax())],
+                confidences={name: float(p) for name, p in zip(domain.CLASS_NAMES, row)},
+                model_version=served,
+            )
+            for row in probs
+        ]
+
+    def classify(
+        self,
+        images: Sequence[bytes],
+        label: str | None = None,
+        version: int | None = None,
+        signature: str = "classify",
+        deadline_s: float | None = None,
+    ) -> list[dict[str, float]]:
+        """The Classify API over tf.Examples (`image/encoded`): per image, class -> score."""
+        from tensorflow.core.example import example_pb2, feature_pb2
+        from tensorflow_serving.apis import classification_pb2
+
+        request = classification_pb2.ClassificationRequest()
+        self._model_spec(request.model_spec, label, version, signature)
+        for data in images:
+            example = example_pb2.Example()
+            example.features.feature["image/encoded"].CopyFrom(
+                feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[prepare_image(data)]))
+            )
+            request.input.example_list.examples.append(example)
+        response = self.call(self._prediction_stub().Classify, request, deadline_s)
+        return [
+            {c.label: float(c.score) for c in result.classes}
+            for result in response.result.classifications
+        ]
+
+    def status(self, label: str | None = None, version: int | None = None, deadline_s: float | None = None) -> list[dict]:
+        """GetModelStatus: per version, its state (AVAILABLE, LOADING, ...) and error, as TF Serving reports them."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._model_spec(request.model_spec, label, version, None)
+        response = self.call(self._model_stub().GetModelStatus, request, deadline_s)
+        state_name = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [
+            {
+                "version": int(v.version),
+                "state": state_name(v.state),
+                "error_code": int(v.status.error_code),
+                "error_message": v.status.error_message,
+            }
+            for v in response.model_version_status
+        ]
+
+    def metadata(self, label: str | None = None, version: int | None = None, deadline_s: float | None = None) -> dict:
+        """GetModelMetadata: the served version and each signature's input and output names, dtypes and shapes."""
+        from tensorflow.core.framework import types_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._model_spec(request.model_spec, label, version, None)
+        response = self.call(self._prediction_stub().GetModelMetadata, request, deadline_s)
+        sigmap = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sigmap)
+
+        def tensors(infos: Any) -> dict:
+            return {
+                key: {
+                    "dtype": types_pb2.DataType.Name(info.dtype),
+                    "shape": None if info.tensor_shape.unknown_rank else [d.size for d in info.tensor_shape.dim],
+                }
+                for key, info in infos.items()
+            }
+
+        signatures = {
+            name: {"method_name": sig.method_name, "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
+            for name, sig in sigmap.signature_def.items()
+        }
+        return {"model": response.model_spec.name, "version": int(response.model_spec.version.value), "signatures": signatures}
