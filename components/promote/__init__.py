@@ -1,0 +1,1 @@
+"""Promotion: the gate's decision, infra validation, the TF Serving model store and the MLflow registry."""

@@ -1,0 +1,66 @@
+"""Fixtures for the promotion tests: a fresh LEUKOFLOW_HOME per test, tiny SavedModels, a split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import promote_helpers as H  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _template_db(tmp_path_factory) -> Path:
+    """An initialised MLflow sqlite db (schema migrations run once, then copied per test)."""
+    from components.promote import registry
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    registry.client(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch, _template_db) -> Path:
+    """Each test gets its own model store, models.config and registry."""
+    h = tmp_path / "home"
+    h.mkdir()
+    shutil.copy(_template_db, h / "mlflow.db")
+    monkeypatch.setenv("LEUKOFLOW_HOME", str(h))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return h
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """Exported tiny SavedModels: good, worse (wrong on one class), broken (probabilities sum to 1.5), no warmup."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("models")
+    worse = H.GOOD_W.copy()
+    worse[:, [0, 3]] = worse[:, [3, 0]]  # Benign and Pro swapped
+    out = {}
+    for name, kw in {"good": {}, "good2": {"bias": 0.1}, "worse": {"weights": worse}, "broken": {"broken": True},
+                     "nowarmup": {"warmup": False}}.items():
+        train_dir = root / f"train-{name}"
+        train_dir.mkdir()
+        out[name] = H.export_tiny(train_dir / "saved_model", **kw)
+        (train_dir / "train.json").write_text(json.dumps({
+            "model": name, "config": {"name": name, "image_size": H.SIZE, "epochs": 1}, "weights_used": "none",
+            "epochs_run": 1}))
+    np.testing.assert_equal(len(out), 5)
+    return out
+
+
+@pytest.fixture(scope="session")
+def split_dir(tmp_path_factory) -> Path:
+    return H.make_split(tmp_path_factory.mktemp("split") / "split")
+
+
+@pytest.fixture(scope="session")
+def other_split_dir(tmp_path_factory) -> Path:
+    return H.make_split(tmp_path_factory.mktemp("split2") / "split", seed=1)
