@@ -10,6 +10,8 @@ from pathlib import Path
 
 from kfp import compiler, dsl
 
+from components import settings
+
 from components.dedup.component import dedup_op
 from components.evaluate.component import compare_op, evaluate_op
 from components.preprocess.component import preprocess_op
@@ -77,10 +79,10 @@ def make_pipeline(data_pvc: str | None = None):
     def leukoflow_pipeline(
         data_dir: str = "/data",
         profile: str = "quick",
-        models: list = ["cnn", "resnet50", "mobilenetv2"],  # noqa: B006 (KFP parameters need literal defaults)
+        models: list = list(settings.MODEL_NAMES),  # noqa: B006 (KFP reads the default at definition time)
         weights: str = "{}",
-        seed: int = 42,
-        dedup_hamming: int = 4,
+        seed: int = settings.SEED,
+        dedup_hamming: int = settings.DEDUP_HAMMING,
         drift_report: str = "",
         promote: bool = True,
     ):

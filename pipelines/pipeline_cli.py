@@ -50,11 +50,12 @@ def run(
     """Run the whole pipeline (locally with --local)."""
     if not local:
         fail("only --local runs from this command; on a cluster, upload the compiled YAML (see README)", as_json)
-    from components.data_discovery import missing_data_message
+    from components.validate.executor import DataNotFoundError, discover
 
-    problem = missing_data_message(data_dir)
-    if problem:
-        fail(problem, as_json)
+    try:
+        discover(data_dir)
+    except DataNotFoundError as exc:
+        fail(str(exc), as_json)
     from pipelines.local import run_local
 
     summary = run_local(
