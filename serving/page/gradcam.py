@@ -69,7 +69,12 @@ def _build(version_dir: str) -> Explainer:
     path = Path(version_dir) / MODEL_FILE
     if not path.is_file():
         raise ExplainError(f"this model version has no Keras model for explanations ({path} is missing)", 501)
-    model = keras.saving.load_model(path, compile=False)
+    try:  # the trainer's custom layers (brightness, normalisation) must be registered before loading
+        from components.train.models import load_keras_model
+    except ImportError:  # pragma: no cover - a server image without the training code
+        model = keras.saving.load_model(path, compile=False)
+    else:
+        model = load_keras_model(path)
     try:
         feature = model.get_layer(FEATURE_LAYER)
     except ValueError:

@@ -1,0 +1,85 @@
+"""`leukoflow serve`: the TF-Serving-compatible server, with tensorflow_model_server's flag names."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from components.cli_output import emit, fail
+
+log = logging.getLogger(__name__)
+
+serve_app = typer.Typer(add_completion=False)
+
+
+@serve_app.command()
+def serve(
+    port: int = typer.Option(8500, "--port", help="gRPC port."),
+    rest_api_port: int = typer.Option(8501, "--rest_api_port", help="REST (and page) port; -1 disables REST."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 to listen on every interface."),
+    model_name: str = typer.Option("default", "--model_name", help="Model name when serving one --model_base_path."),
+    model_base_path: Optional[str] = typer.Option(None, "--model_base_path", help="Directory of integer version subdirectories."),
+    model_config_file: Optional[str] = typer.Option(None, "--model_config_file", help="ModelServerConfig text proto (models.config)."),
+    model_config_file_poll_wait_seconds: float = typer.Option(
+        0, "--model_config_file_poll_wait_seconds", help="Re-read the config file this often (0: never)."),
+    file_system_poll_wait_seconds: float = typer.Option(
+        1, "--file_system_poll_wait_seconds", help="Look for new versions in base paths this often (0: never)."),
+    enable_batching: bool = typer.Option(False, "--enable_batching", help="Batch concurrent requests on the server."),
+    batching_parameters_file: Optional[str] = typer.Option(
+        None, "--batching_parameters_file", help="BatchingParameters text proto (max_batch_size, batch_timeout_micros, ...)."),
+    monitoring_config_file: Optional[str] = typer.Option(
+        None, "--monitoring_config_file", help="MonitoringConfig text proto enabling /monitoring/prometheus/metrics."),
+    ssl_config_file: Optional[str] = typer.Option(
+        None, "--ssl_config_file", help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)."),
+    rest_api_num_threads: int = typer.Option(16, "--rest_api_num_threads", help="REST requests processed at once."),
+    grpc_max_threads: int = typer.Option(16, "--grpc_max_threads", help="gRPC worker threads."),
+    request_log_dir: Optional[str] = typer.Option(
+        None, "--request_log_dir", help="Request log directory for the drift monitor (default: LEUKOFLOW_HOME/requests); 'none' disables."),
+    max_image_pixels: int = typer.Option(50_000_000, "--max_image_pixels", help="Refuse images with more decoded pixels."),
+    max_batch_size: int = typer.Option(256, "--max_batch_size", help="Refuse requests with more images than this."),
+    max_message_bytes: int = typer.Option(64 * 1024 * 1024, "--max_message_bytes", help="Refuse larger request bodies/messages."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once serving."),
+) -> None:
+    """Serve SavedModels over gRPC (TF Serving's PredictionService/ModelService) and REST (/v1/models/...)."""
+    from components import home
+    from serving.limits import Limits
+    from serving.server import Server, ServerOptions
+
+    if request_log_dir is None:
+        request_log_dir = str(home.request_log_dir())
+    options = ServerOptions(
+        port=port, rest_api_port=rest_api_port, host=host, model_name=model_name, model_base_path=model_base_path,
+        model_config_file=model_config_file, model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching,
+        batching_parameters_file=batching_parameters_file, monitoring_config_file=monitoring_config_file,
+        ssl_config_file=ssl_config_file, rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
+        request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
+        limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size),
+    )
+    for flag, path in (("--model_config_file", model_config_file), ("--batching_parameters_file", batching_parameters_file),
+                       ("--monitoring_config_file", monitoring_config_file), ("--ssl_config_file", ssl_config_file)):
+        if path and not Path(path).is_file():
+            fail(f"{flag}: no such file {path}", as_json)
+    try:
+        server = Server(options).start()
+    except Exception as exc:  # noqa: BLE001 - a bad config is a clear message, not a traceback
+        fail(f"cannot start the server: {getattr(exc, 'message', None) or exc}", as_json)
+        return
+    emit(
+        {"status": "serving", "host": host, "grpc_port": server.grpc_port, "rest_port": server.rest_port,
+         "models": {m: server.core.manager.loaded_versions(m) for m in server.core.manager.models()}},
+        as_json,
+        lambda r: f"serving {', '.join(f'{m} {v}' for m, v in r['models'].items())} on gRPC {host}:{r['grpc_port']}"
+        f" and REST {host}:{r['rest_port']}",
+    )
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("shutting down")
+    server.stop()

@@ -1,0 +1,285 @@
+"""The server: one ServingCore (models, limits, batching, metrics, request log) behind gRPC and REST.
+
+`Server(options).start()` binds both ports (0 picks a free one; see `.grpc_port` / `.rest_port`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.batching import Batcher, BatchingParameters, load_batching_parameters
+from serving.errors import ServingError, from_exception, invalid_argument
+from serving.limits import Limits, check_batch, decode_checked
+from serving.manager import ModelEntry, ModelManager, load_model_config
+from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
+from serving.servable import Servable
+
+log = logging.getLogger(__name__)
+
+PREDICT = "tensorflow/serving/predict"
+CLASSIFY = "tensorflow/serving/classify"
+REGRESS = "tensorflow/serving/regress"
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """TF Serving's SSLConfig: PEM contents (a path to a PEM file is accepted too)."""
+
+    server_key: bytes
+    server_cert: bytes
+    custom_ca: bytes | None = None
+    client_verify: bool = False
+
+
+def _pem(value: str, field_name: str) -> bytes:
+    if value and not value.lstrip().startswith("-----BEGIN") and Path(value).is_file():
+        return Path(value).read_bytes()
+    if value and not value.lstrip().startswith("-----BEGIN"):
+        raise ValueError(f"ssl config: {field_name} is neither PEM text nor a readable file")
+    return value.encode()
+
+
+def parse_ssl_config(text: str) -> SSLConfig:
+    """Parse the SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)."""
+    from google.protobuf import text_encoding
+
+    values: dict[str, Any] = {}
+    pattern = re.compile(r'(\w+)\s*:\s*((?:"(?:[^"\\]|\\.)*"\s*)+|true|false)', re.S)
+    for m in pattern.finditer(re.sub(r"(?m)^\s*#.*$", "", text)):
+        key, raw = m.group(1), m.group(2).strip()
+        if key not in ("server_key", "server_cert", "custom_ca", "client_verify"):
+            raise ValueError(f"ssl config: unknown field {key!r}")
+        if raw in ("true", "false"):
+            values[key] = raw == "true"
+        else:
+            parts = re.findall(r'"((?:[^"\\]|\\.)*)"', raw, re.S)
+            values[key] = "".join(text_encoding.CUnescape(p).decode() for p in parts)
+    if not values.get("server_key") or not values.get("server_cert"):
+        raise ValueError("ssl config: server_key and server_cert are required")
+    return SSLConfig(
+        server_key=_pem(values["server_key"], "server_key"),
+        server_cert=_pem(values["server_cert"], "server_cert"),
+        custom_ca=_pem(values["custom_ca"], "custom_ca") if values.get("custom_ca") else None,
+        client_verify=bool(values.get("client_verify", False)),
+    )
+
+
+@dataclass
+class ServerOptions:
+    """Everything `leukoflow serve` can set (TF Serving's flag names in the CLI)."""
+
+    port: int = 8500
+    rest_api_port: int = 8501
+    host: str = "127.0.0.1"
+    model_name: str = "default"
+    model_base_path: str | None = None
+    model_config_file: str | None = None
+    model_config_file_poll_wait_seconds: float = 0
+    file_system_poll_wait_seconds: float = 1
+    enable_batching: bool = False
+    batching_parameters_file: str | None = None
+    monitoring_config_file: str | None = None
+    ssl_config_file: str | None = None
+    rest_api_num_threads: int = 16
+    grpc_max_threads: int = 16
+    request_log_dir: str | None = None
+    request_log_images: bool = False
+    limits: Limits = field(default_factory=Limits)
+    warmup: bool = True
+
+
+class RequestLogger:
+    """Per-image records for the drift monitor, written by a background thread (a full queue drops, never blocks)."""
+
+    def __init__(self, directory: str | Path, store_images: bool = False, max_pending: int = 1000) -> None:
+        from monitoring.request_log import RequestLog
+
+        self._log = RequestLog(directory, store_images=store_images)
+        self.store_images = store_images
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: dict) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+
+    def _drain(self) -> None:
+        from components import domain
+        from monitoring.features import image_features
+
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                rgb = item.pop("_rgb")
+                probs = item.pop("_probs")
+                record = {
+                    **item,
+                    "predicted_label": domain.CLASS_NAMES[int(np.argmax(probs))],
+                    "confidences": {c: float(p) for c, p in zip(domain.CLASS_NAMES, probs)},
+                    "features": image_features(rgb) if rgb is not None else {},
+                }
+                self._log.append(record)
+            except Exception as exc:  # noqa: BLE001 - logging must never break serving
+                log.warning("request log: %s", exc)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+class ServingCore:
+    """What both front ends call: resolve a ModelSpec, check limits, run (batched or not), record."""
+
+    def __init__(self, manager: ModelManager, limits: Limits, metrics: Metrics, batcher: Batcher | None = None,
+                 request_logger: RequestLogger | None = None) -> None:
+        self.manager = manager
+        self.limits = limits
+        self.metrics = metrics
+        self.batcher = batcher
+        self.request_logger = request_logger
+
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        return self.manager.resolve(name, version, label)
+
+    def decode_images(self, alias: str, values: np.ndarray) -> list[np.ndarray]:
+        """Check every encoded image of a string input (format, pixels); returns the decoded RGB arrays."""
+        flat = values.reshape(-1) if values.ndim else values.reshape(1)
+        return [decode_checked(alias, i, v, self.limits) for i, v in enumerate(flat)]
+
+    def execute(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
+                label: str | None = None, images: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Check batch limits, prepare inputs, run through the batcher when enabled, and log per image."""
+        start = time.perf_counter()
+        sig = servable.signature(signature_name)
+        for alias, arr in inputs.items():
+            if np.ndim(arr) >= 1:
+                check_batch(alias, int(np.shape(arr)[0]), self.limits)
+        if images is None and sig.method_name == PREDICT:
+            images = []
+            for alias, arr in inputs.items():
+                info = sig.inputs.get(alias)
+                if info is not None and info.dtype == 7 and np.asarray(arr).dtype.kind in "OS":  # DT_STRING: encoded images
+                    images.extend(self.decode_images(alias, np.asarray(arr)))
+        prepared = servable.prepare(signature_name, inputs)
+        if self.batcher is not None:
+            key = (id(servable), signature_name,
+                   tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
+            outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x))
+        else:
+            outputs = servable.run_prepared(signature_name, prepared)
+        if self.metrics:
+            n = len(images) if images else 0
+            if n:
+                self.metrics.images.labels(servable.name, str(servable.version)).inc(n)
+            if self.batcher is None:
+                self.metrics.batch_size.observe(max(1, next((v.shape[0] for v in prepared.values() if v.ndim), 1)))
+        self._log(servable, signature_name, label, outputs, inputs, images, time.perf_counter() - start)
+        return outputs
+
+    def _log(self, servable: Servable, signature_name: str, label: str | None, outputs: dict, inputs: dict,
+             images: list[np.ndarray] | None, seconds: float) -> None:
+        if self.request_logger is None:
+            return
+        probs = outputs.get("probabilities", outputs.get("scores"))
+        if probs is None or np.ndim(probs) != 2:
+            return
+        rgbs: list[Any] = list(images or [])
+        if not rgbs and "pixels" in inputs:
+            rgbs = [np.clip(np.asarray(p, np.float32) * 255.0, 0, 255).astype(np.uint8) for p in inputs["pixels"]]
+        labels = [label] if label else self.manager.labels_of(servable.name, servable.version)
+        encoded: list[Any] = []
+        if self.request_logger.store_images:
+            encoded = [v for a in inputs.values() if np.asarray(a).dtype.kind in "OS" for v in np.asarray(a).reshape(-1)]
+        for i, row in enumerate(np.asarray(probs)):
+            self.request_logger.submit({
+                "model": servable.name, "version": servable.version, "label": labels[0] if labels else None,
+                "signature": signature_name, "latency_ms": round(seconds * 1000.0, 3),
+                "_rgb": rgbs[i] if i < len(rgbs) else None, "_probs": row,
+                "image": encoded[i] if i < len(encoded) else None,
+            })
+
+
+def _model_entries(options: ServerOptions) -> tuple[list[ModelEntry], Path | None]:
+    if options.model_config_file:
+        if options.model_base_path:
+            raise ValueError("--model_config_file and --model_base_path cannot both be given")
+        path = Path(options.model_config_file)
+        return load_model_config(path), path
+    if not options.model_base_path:
+        raise ValueError("give --model_config_file, or --model_name and --model_base_path")
+    return [ModelEntry(name=options.model_name, base_path=Path(options.model_base_path).absolute())], None
+
+
+class Server:
+    """gRPC + REST over one ServingCore."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.grpc_port: int | None = None
+        self.rest_port: int | None = None
+        self._grpc = None
+        self._rest = None
+
+    def start(self) -> "Server":
+        from serving.grpc_server import start_grpc_server
+        from serving.rest_server import start_rest_server
+
+        opts = self.options
+        entries, config_path = _model_entries(opts)
+        monitoring = load_monitoring_config(opts.monitoring_config_file) if opts.monitoring_config_file else MonitoringConfig()
+        ssl = parse_ssl_config(Path(opts.ssl_config_file).read_text()) if opts.ssl_config_file else None
+        metrics = Metrics()
+        batcher = None
+        if opts.enable_batching:
+            params = load_batching_parameters(opts.batching_parameters_file) if opts.batching_parameters_file else BatchingParameters()
+            batcher = Batcher(params, on_batch=metrics.batch_size.observe)
+            log.info("batching enabled: %s", params)
+        request_logger = None
+        if opts.request_log_dir:
+            try:
+                request_logger = RequestLogger(opts.request_log_dir, store_images=opts.request_log_images)
+            except ImportError:
+                log.info("monitoring.request_log is not available; request log off")
+        manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded)
+        manager.start()
+        manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
+        self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger)
+        self.core.config_path = config_path
+        self._grpc, self.grpc_port = start_grpc_server(self.core, opts.host, opts.port, opts.grpc_max_threads, ssl)
+        if opts.rest_api_port >= 0:  # TF Serving: 0 disables REST; here 0 picks a free port and -1 disables
+            self._rest, self.rest_port = start_rest_server(
+                self.core, opts.host, opts.rest_api_port, opts.rest_api_num_threads, monitoring, ssl)
+        log.info("serving %s: gRPC %s:%s, REST %s:%s%s", ", ".join(manager.models()), opts.host, self.grpc_port,
+                 opts.host, self.rest_port, " (TLS)" if ssl else "")
+        return self
+
+    def stop(self) -> None:
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=1).wait()
+        self.core.manager.stop()
+        if self.core.batcher:
+            self.core.batcher.stop()
+        if self.core.request_logger:
+            self.core.request_logger.close()
+
+    def wait(self) -> None:
+        if self._grpc is not None:
+            self._grpc.wait_for_termination()
