@@ -1,0 +1,1 @@
+"""Preprocess: RGB, resize with the serving graph's ops, TFRecord shards."""

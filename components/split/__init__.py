@@ -1,0 +1,1 @@
+"""Split: stratified, seeded, group-aware train/val/test split of the deduplicated images."""

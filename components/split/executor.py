@@ -1,0 +1,197 @@
+"""Split the deduplicated images into train/val/test: stratified by class, seeded, group-aware.
+
+The unit of assignment is a duplicate group (dedup's `group_id`), so every member
+of a group lands in one split (no leakage), and within each class the groups are
+shuffled with the seed and cut at the cumulative 70/15/15 image counts. The
+preprocessed records are then routed into `out_dir/{train,val,test}/` shards.
+
+Outputs in `out_dir`: `split.csv` (id, path, label, group_id, split), `counts.csv`,
+`counts.md`, `split.json`, and the shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from components import domain, records, settings
+
+log = logging.getLogger(__name__)
+
+
+class SplitError(ValueError):
+    """The data cannot be split as asked (a class too small, bad ratios, leakage)."""
+
+
+def assign_splits(frame, ratios: tuple[float, float, float], seed: int):
+    """Return a copy of `frame` (label, group_id, path) with a `split` column.
+
+    Deterministic for a given seed and set of rows, whatever their input order.
+    """
+    import numpy as np
+
+    if len(ratios) != 3 or any(r <= 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise SplitError(f"ratios must be three positive numbers summing to 1, got {ratios}")
+    frame = frame.sort_values("path").reset_index(drop=True).copy()
+    labels_per_group = frame.groupby("group_id")["label"].nunique()
+    mixed = labels_per_group[labels_per_group > 1]
+    if not mixed.empty:
+        raise SplitError(f"groups with more than one label (run dedup, which excludes them): {list(mixed.index)[:5]}")
+
+    needed = math.ceil(1.0 / min(ratios))  # so the smallest split gets at least one group
+    split_of: dict[str, str] = {}
+    cut = np.cumsum(ratios)[:2]
+    for index, label in enumerate(domain.CLASS_NAMES):
+        rows = frame[frame["label"] == label]
+        groups = sorted(rows["group_id"].unique())
+        if len(groups) < needed:
+            raise SplitError(
+                f"class {label} has {len(rows)} images in {len(groups)} duplicate groups; a "
+                f"{'/'.join(str(round(r * 100)) for r in ratios)} split needs at least {needed} groups per class"
+            )
+        rng = np.random.default_rng([seed, index])
+        order = [groups[i] for i in rng.permutation(len(groups))]
+        sizes = rows.groupby("group_id").size()
+        total, seen = len(rows), 0
+        for group in order:
+            size = int(sizes[group])
+            position = (seen + size / 2) / total  # the group's midpoint along the class's image count
+            split = records.SPLITS[int(np.searchsorted(cut, position, side="right"))]
+            split_of[group] = split
+            seen += size
+        present = {split_of[g] for g in groups}
+        missing = [s for s in records.SPLITS if s not in present]
+        if missing:
+            raise SplitError(f"class {label} ({len(rows)} images) is too small: no image left for {', '.join(missing)}")
+    frame["split"] = frame["group_id"].map(split_of)
+    return frame
+
+
+def check_no_leakage(frame, hamming: int = settings.DEDUP_HAMMING) -> None:
+    """Raise SplitError if a duplicate group, a content hash, or a near-duplicate pair spans two splits.
+
+    The near-duplicate check recomputes pairs from the pHashes (when kept.csv has
+    them) instead of trusting the group ids.
+    """
+    from components.dedup.executor import near_pairs
+
+    for column in ("group_id", "id"):
+        spread = frame.groupby(column)["split"].nunique()
+        leaked = spread[spread > 1]
+        if not leaked.empty:
+            raise SplitError(f"leakage: {len(leaked)} {column} values in more than one split, e.g. {leaked.index[0]}")
+    if "phash" in frame.columns and frame["phash"].astype(bool).all():
+        hashes = [int(h, 16) for h in frame["phash"]]
+        splits = frame["split"].tolist()
+        paths = frame["path"].tolist()
+        crossing = [(i, j, d) for (i, j), d in near_pairs(hashes, hamming).items() if splits[i] != splits[j]]
+        if crossing:
+            i, j, d = crossing[0]
+            raise SplitError(f"leakage: {len(crossing)} near-duplicate pairs (pHash distance <= {hamming}) span "
+                             f"two splits, e.g. {paths[i]} ({splits[i]}) and {paths[j]} ({splits[j]}, distance {d})")
+
+
+def counts_table(frame):
+    """Per-class counts per split, with totals (a DataFrame: label, train, val, test, total)."""
+    import pandas as pd
+
+    table = pd.crosstab(frame["label"], frame["split"]).reindex(
+        index=list(domain.CLASS_NAMES), columns=list(records.SPLITS), fill_value=0)
+    table["total"] = table.sum(axis=1)
+    table.loc["total"] = table.sum(axis=0)
+    return table.reset_index().rename(columns={"index": "label"})
+
+
+def counts_markdown(table) -> str:
+    columns = list(table.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|---" + "|---:" * (len(columns) - 1) + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def route_records(preprocessed_dir: str | Path, out_dir: Path, split_of: dict[str, str], num_shards: int) -> dict:
+    """Copy each preprocessed record into its split's shards; every id must be found exactly once."""
+    import tensorflow as tf
+
+    from components.preprocess.executor import ShardWriter
+
+    totals = {s: sum(1 for v in split_of.values() if v == s) for s in records.SPLITS}
+    writers = {s: ShardWriter(out_dir / s, num_shards, totals[s]) for s in records.SPLITS}
+    spec = {"image/id": tf.io.FixedLenFeature([], tf.string)}
+    seen: set[str] = set()
+    ignored = 0
+    for path in records.shard_paths(preprocessed_dir):
+        for raw in tf.data.TFRecordDataset(path):
+            image_id = tf.io.parse_single_example(raw, spec)["image/id"].numpy().decode()
+            if image_id not in split_of:
+                ignored += 1
+                continue
+            if image_id in seen:
+                raise SplitError(f"record {image_id} appears twice in {preprocessed_dir}")
+            seen.add(image_id)
+            writers[split_of[image_id]].write(raw.numpy())
+    shards = {s: w.close() for s, w in writers.items()}
+    missing = set(split_of) - seen
+    if missing:
+        raise SplitError(f"{len(missing)} images of the split have no preprocessed record in {preprocessed_dir} "
+                         f"(e.g. {sorted(missing)[0]}); re-run preprocess on the same kept.csv")
+    if ignored:
+        log.warning("%d preprocessed records are not in the kept manifest and were not routed", ignored)
+    return shards
+
+
+def run_split(
+    kept_csv: str | Path,
+    preprocessed_dir: str | Path | None,
+    out_dir: str | Path,
+    ratios: tuple[float, float, float] = settings.SPLIT_RATIOS,
+    seed: int = settings.SEED,
+    num_shards: int = settings.NUM_SHARDS,
+    hamming: int = settings.DEDUP_HAMMING,
+) -> dict:
+    """Split kept.csv, check for leakage, write the manifests and (if given) route the records."""
+    import pandas as pd
+
+    from components.validate.executor import write_csv_atomic, write_json_atomic
+
+    kept_csv = Path(kept_csv)
+    if not kept_csv.is_file():
+        raise FileNotFoundError(f"{kept_csv} not found; run `leukoflow data dedup` first")
+    kept = pd.read_csv(kept_csv, dtype={"sha256": str, "group_id": str, "phash": str}, keep_default_na=False)
+    if "group_id" not in kept.columns:
+        raise SplitError(f"{kept_csv} has no group_id column; it must be dedup's kept.csv")
+    columns = ["sha256", "path", "label", "group_id"] + (["phash"] if "phash" in kept.columns else [])
+    frame = assign_splits(kept[columns].rename(columns={"sha256": "id"}), tuple(ratios), seed)
+    check_no_leakage(frame, hamming)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = frame[["id", "path", "label", "group_id", "split"]]
+    write_csv_atomic(frame.sort_values(["split", "path"]), out / "split.csv")
+    table = counts_table(frame)
+    write_csv_atomic(table, out / "counts.csv")
+    markdown = counts_markdown(table)
+    (out / "counts.md.tmp").write_text(markdown)
+    (out / "counts.md.tmp").replace(out / "counts.md")
+
+    shards = (route_records(preprocessed_dir, out, dict(zip(frame["id"], frame["split"])), num_shards)
+              if preprocessed_dir else {})
+    by_split = table.set_index("label")
+    result = {
+        "images": int(len(frame)),
+        "seed": seed,
+        "ratios": list(ratios),
+        "counts": {s: int(by_split.loc["total", s]) for s in records.SPLITS},
+        "per_class": {c: {s: int(by_split.loc[c, s]) for s in records.SPLITS} for c in domain.CLASS_NAMES},
+        "groups": int(frame["group_id"].nunique()),
+        "leakage_check": f"passed: no duplicate group, content hash or pHash pair within {hamming} bits in two splits",
+        "split_csv": str(out / "split.csv"),
+        "counts_md": str(out / "counts.md"),
+        "table": markdown,
+        "shards": shards,
+    }
+    write_json_atomic(result, out / "split.json")
+    log.info("split: %s", result["counts"])
+    return result
