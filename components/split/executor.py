@@ -11,6 +11,7 @@ Outputs in `out_dir`: `split.csv` (id, path, label, group_id, split), `counts.cs
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -149,7 +150,7 @@ def run_split(
     ratios: tuple[float, float, float] = settings.SPLIT_RATIOS,
     seed: int = settings.SEED,
     num_shards: int = settings.NUM_SHARDS,
-    hamming: int = settings.DEDUP_HAMMING,
+    hamming: int | None = None,
 ) -> dict:
     """Split kept.csv, check for leakage, write the manifests and (if given) route the records."""
     import pandas as pd
@@ -162,6 +163,9 @@ def run_split(
     kept = pd.read_csv(kept_csv, dtype={"sha256": str, "group_id": str, "phash": str}, keep_default_na=False)
     if "group_id" not in kept.columns:
         raise SplitError(f"{kept_csv} has no group_id column; it must be dedup's kept.csv")
+    if hamming is None:  # check leakage at the threshold dedup used, recorded beside kept.csv
+        dedup_json = kept_csv.parent / "dedup.json"
+        hamming = json.loads(dedup_json.read_text())["hamming"] if dedup_json.is_file() else settings.DEDUP_HAMMING
     columns = ["sha256", "path", "label", "group_id"] + (["phash"] if "phash" in kept.columns else [])
     frame = assign_splits(kept[columns].rename(columns={"sha256": "id"}), tuple(ratios), seed)
     check_no_leakage(frame, hamming)
@@ -178,6 +182,9 @@ def run_split(
 
     shards = (route_records(preprocessed_dir, out, dict(zip(frame["id"], frame["split"])), num_shards)
               if preprocessed_dir else {})
+    if preprocessed_dir and (Path(preprocessed_dir) / "preprocess.json").is_file():
+        # Beside the shards, so training knows their image size and the brightness method.
+        (out / "preprocess.json").write_text((Path(preprocessed_dir) / "preprocess.json").read_text())
     by_split = table.set_index("label")
     result = {
         "images": int(len(frame)),

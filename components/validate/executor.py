@@ -329,3 +329,44 @@ def failure_message(result: dict) -> str:
             ) if o["unexpected_count"] is not None else ""
             details.append(f"{o['name']}{seen}")
     return "critical expectations failed: " + "; ".join(details) + f" (see {result['data_docs']})"
+
+
+def publish_docs(result: dict, html_path: str | Path) -> None:
+    """One HTML file (a KFP HTML artifact) holding GE's rendered validation page of each suite, unchanged.
+
+    Each page is embedded whole (iframe srcdoc); the complete Data Docs site,
+    with its index and styles, stays beside the manifest in data_docs/.
+    """
+    import html
+
+    docs = Path(result["data_docs"]).parent
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>leukoflow data validation</title></head><body>",
+             "<h1>Great Expectations validation results</h1>"]
+    for page in sorted((docs / "validations").rglob("*.html")):
+        suite = page.relative_to(docs / "validations").parts[0]
+        parts.append(f"<h2>{html.escape(suite)}</h2><iframe style='width:100%;height:90vh;border:1px solid #ccc' "
+                     f"srcdoc=\"{html.escape(page.read_text(), quote=True)}\"></iframe>")
+    parts.append("</body></html>")
+    tmp = Path(str(html_path) + ".tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(html_path)
+
+
+def report_markdown(result: dict) -> str:
+    """A short markdown summary of the validation: counts, quarantine, every expectation."""
+    lines = [
+        "# Data validation",
+        "",
+        f"- images found: {result['images']} (valid {result['valid']}, quarantined {len(result['quarantined'])})",
+        "- per class: " + ", ".join(f"{c} {n}" for c, n in result["per_class"].items()),
+        f"- result: {'passed' if result['success'] else 'FAILED: ' + ', '.join(result['failed_expectations'])}",
+        "",
+        "| expectation | critical | result | unexpected |",
+        "|---|---|---|---:|",
+    ]
+    for o in result["expectations"]:
+        lines.append(f"| {o['name']} | {'yes' if o['critical'] else 'no'} | {'pass' if o['success'] else 'fail'} | "
+                     f"{'' if o['unexpected_count'] is None else o['unexpected_count']} |")
+    if result["quarantined"]:
+        lines += ["", "## Quarantined", ""] + [f"- {p}" for p in result["quarantined"]]
+    return "\n".join(lines) + "\n"
