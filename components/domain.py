@@ -98,9 +98,10 @@ def tf_decode(encoded: "tf.Tensor") -> "tf.Tensor":
     """
     import tensorflow as tf
 
-    image = tf.io.decode_image(encoded, channels=CHANNELS, dtype=tf.float32, expand_animations=False)
+    # Decode as uint8, then convert: TF's WebP decoder only supports uint8 ("WebP only supports uint8 for dtype").
+    image = tf.io.decode_image(encoded, channels=CHANNELS, expand_animations=False)
     image.set_shape([None, None, CHANNELS])
-    return image
+    return tf.image.convert_image_dtype(image, tf.float32)
 
 
 def tf_resize(image: "tf.Tensor", size: int = IMAGE_SIZE) -> "tf.Tensor":
