@@ -38,21 +38,24 @@ def home(tmp_path, monkeypatch, _template_db) -> Path:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     """Exported tiny SavedModels: good, worse (wrong on one class), broken (probabilities sum to 1.5), no warmup."""
-    import numpy as np
-
     root = tmp_path_factory.mktemp("models")
     worse = H.GOOD_W.copy()
     worse[:, [0, 3]] = worse[:, [3, 0]]  # Benign and Pro swapped
     out = {}
-    for name, kw in {"good": {}, "good2": {"bias": 0.1}, "worse": {"weights": worse}, "broken": {"broken": True},
-                     "nowarmup": {"warmup": False}}.items():
+    for name, kw in {"good": {}, "worse": {"weights": worse}, "broken": {"broken": True}}.items():
         train_dir = root / f"train-{name}"
         train_dir.mkdir()
         out[name] = H.export_tiny(train_dir / "saved_model", **kw)
-        (train_dir / "train.json").write_text(json.dumps({
+    # copies of "good": a distinct artefact that behaves the same, and one without its warmup file
+    for name, change in {"good2": lambda d: (d / "assets.extra" / "note.txt").write_text("retrained"),
+                         "nowarmup": lambda d: (d / "assets.extra" / "tf_serving_warmup_requests").unlink()}.items():
+        out[name] = root / f"train-{name}" / "saved_model"
+        shutil.copytree(out["good"], out[name])
+        change(out[name])
+    for name, path in out.items():
+        (path.parent / "train.json").write_text(json.dumps({
             "model": name, "config": {"name": name, "image_size": H.SIZE, "epochs": 1}, "weights_used": "none",
             "epochs_run": 1}))
-    np.testing.assert_equal(len(out), 5)
     return out
 
 

@@ -1,0 +1,397 @@
+"""run_promote: gate the candidates, validate the chosen one in the serving layer, and promote it.
+
+Promotion writes three things that must agree: the MLflow registry version, the model store version and
+`models.config`. The order is: (1) an MLflow run and model version with no alias yet (status `pending`;
+its number becomes the store version, so one number names the model everywhere), (2) the store version,
+(3) `models.config` in TF Serving's two steps, (4) the model card, the aliases and status `promoted`.
+If any step fails, everything done so far is undone (config restored from its snapshot, store version
+removed, registry version and its run deleted, aliases restored) and the run fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from components import home, settings
+from components.promote import gate as gate_mod
+from components.promote import model_store, model_card, registry
+from components.promote.gate import Candidate, Decision, Policy
+
+log = logging.getLogger(__name__)
+
+
+class PromotionError(RuntimeError):
+    """A promotion failed; the model store, models.config and the registry were restored."""
+
+
+# ---------------------------------------------------------------- inputs and provenance
+
+
+def load_candidate(path: str | Path) -> Candidate:
+    """An evaluation output (directory with metrics.json, or the metrics.json itself) as a Candidate."""
+    path = Path(path)
+    metrics_path = path / "metrics.json" if path.is_dir() else path
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"no metrics.json at {metrics_path}")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{metrics_path}: not valid JSON: {exc}") from exc
+    cand = Candidate.from_metrics(metrics, source=str(metrics_path.parent))
+    if not cand.saved_model or not (Path(cand.saved_model) / "saved_model.pb").is_file():
+        local = metrics_path.parent / "saved_model"
+        if (local / "saved_model.pb").is_file():
+            cand.saved_model = str(local)
+    return cand
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def split_hash(split_dir: str | Path | None) -> str | None:
+    """sha256 of split.csv (the split manifest), or None without a split directory."""
+    if split_dir is None:
+        return None
+    csv = Path(split_dir) / "split.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"no split.csv in {split_dir}")
+    return sha256_file(csv)
+
+
+def tree_hash(directory: str | Path) -> str:
+    """sha256 over a directory's relative paths and contents (identifies a SavedModel)."""
+    h = hashlib.sha256()
+    root = Path(directory)
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def dvc_data_hash(dvc_file: Path | None = None) -> str:
+    """The md5 of `data/` recorded in data.dvc at the repo root ('unknown' if absent)."""
+    import yaml
+
+    dvc_file = dvc_file or home.REPO_ROOT / "data.dvc"
+    try:
+        outs = yaml.safe_load(dvc_file.read_text()).get("outs") or []
+        return str(outs[0].get("md5") or "unknown")
+    except (OSError, AttributeError, IndexError, yaml.YAMLError):
+        return "unknown"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=home.REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_decision(decision: Decision, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    _atomic_write(out / "decision.json", json.dumps(decision.to_dict(), indent=2, default=str))
+    _atomic_write(out / "decision.md", gate_mod.to_markdown(decision))
+    return out / "decision.json", out / "decision.md"
+
+
+def read_decision(path: str | Path) -> Decision:
+    path = Path(path)
+    path = path / "decision.json" if path.is_dir() else path
+    return Decision.from_dict(json.loads(path.read_text()))
+
+
+# ---------------------------------------------------------------- the gate
+
+
+def _test_set(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
+    from components import records
+
+    images, labels = [], []
+    for ex in records.iter_examples(Path(split_dir) / "test"):
+        images.append(ex["encoded"])
+        labels.append(ex["label"])
+    return images, labels
+
+
+def _serving_macro_f1(saved_model: str | Path, images: list[bytes], labels: list[int]) -> float:
+    from sklearn.metrics import f1_score
+
+    from components import domain
+    from components.promote.infra_validation import serving_predictions
+
+    preds = serving_predictions(saved_model, images)
+    return float(f1_score(labels, preds, average="macro", labels=list(range(domain.NUM_CLASSES)), zero_division=0))
+
+
+def compare_with_champion(chosen: Candidate, champion: dict[str, Any], cand_split: str | None,
+                          split_dir: str | Path | None, policy: Policy) -> dict[str, Any]:
+    """Step 4 of the rule on one test split: recorded figures if the split is the same, else re-evaluate both."""
+    tags = champion["tags"]
+    ch_split = tags.get("split_hash")
+    if cand_split and ch_split == cand_split and tags.get("macro_f1") is not None:
+        ch_f1, cand_f1 = float(tags["macro_f1"]), float(chosen.macro_f1)
+        measured = f"the same test split {cand_split[:12]} (recorded metrics)"
+    else:
+        model_path = tags.get("model_path")
+        why = (f"champion v{champion['version']} was evaluated on split {str(ch_split)[:12]}, "
+               f"the candidate on {str(cand_split)[:12]}")
+        if split_dir is None or not model_path or not (Path(model_path) / "saved_model.pb").is_file():
+            return {"ok": False, "reason": f"{why}, and the champion cannot be re-evaluated (no split directory or "
+                    "no champion model in the store); promote manually with `leukoflow registry promote`",
+                    "measured_on": None, "candidate_f1": None, "champion_f1": None, "delta": 0.0}
+        images, labels = _test_set(split_dir)
+        log.info("%s: re-evaluating both on %d test images through serving_default", why, len(images))
+        ch_f1 = _serving_macro_f1(model_path, images, labels)
+        cand_f1 = _serving_macro_f1(chosen.saved_model, images, labels)
+        measured = f"the candidate's test split {str(cand_split)[:12]} ({len(images)} images, both re-evaluated through serving_default)"
+    ok, reason = gate_mod.check_regression(cand_f1, ch_f1, policy)
+    return {"ok": ok, "reason": reason, "measured_on": measured, "candidate_f1": cand_f1, "champion_f1": ch_f1,
+            "delta": cand_f1 - ch_f1}
+
+
+def run_gate(candidates: list[str | Path], out_dir: str | Path, split_dir: str | Path | None = None,
+             policy: Policy = Policy(), infra_images: int = 8, registry_uri: str | None = None) -> Decision:
+    """Decide (floors, margin, cost, infra validation, champion); writes decision.json and decision.md."""
+    from components.promote import infra_validation
+
+    cands = [load_candidate(p) for p in candidates]
+    s_hash = split_hash(split_dir)
+    if s_hash:
+        for c in cands:
+            c.split_hash = c.split_hash or s_hash
+    else:
+        hashes = {c.split_hash for c in cands if c.split_hash}
+        s_hash = hashes.pop() if len(hashes) == 1 else None
+    selection = gate_mod.select(cands, policy)
+    chosen = selection.chosen
+    infra = regression = champion_info = None
+    if chosen is not None:
+        if not chosen.saved_model or not (Path(chosen.saved_model) / "saved_model.pb").is_file():
+            infra = {"ok": False, "reason": f"no SavedModel at {chosen.saved_model}", "checks": []}
+        else:
+            images = infra_validation.test_images(split_dir, infra_images)
+            infra = infra_validation.validate(chosen.saved_model, images or _warmup_only_images(chosen.saved_model))
+        champ = registry.champion(uri=registry_uri)
+        if champ is not None:
+            t = champ["tags"]
+            champion_info = {"version": champ["version"], "model": t.get("model"), "macro_f1": _f(t.get("macro_f1")),
+                             "split_hash": t.get("split_hash"), "model_path": t.get("model_path")}
+            if infra["ok"]:
+                if t.get("saved_model_sha256") and t["saved_model_sha256"] == tree_hash(chosen.saved_model):
+                    regression = {"ok": False, "reason": f"{chosen.name} is identical to the champion v{champ['version']}",
+                                  "measured_on": None, "candidate_f1": None, "champion_f1": None, "delta": 0.0}
+                else:
+                    regression = compare_with_champion(chosen, champ, s_hash, split_dir, policy)
+    decision = gate_mod.decide(selection, policy, champion_info, regression, infra, s_hash)
+    write_decision(decision, out_dir)
+    log.info("gate: %s", decision.summary)
+    return decision
+
+
+def _f(v: Any) -> float | None:
+    return None if v in (None, "") else float(v)
+
+
+def _warmup_only_images(saved_model: str | Path) -> list[bytes]:
+    """Without a split, send the warmup request's images as the test requests."""
+    try:
+        from serving.servable import Servable
+
+        import tensorflow as tf
+
+        images: list[bytes] = []
+        for entry in Servable(name="", version=0, path=Path(saved_model), signatures={}).warmup_records():
+            if entry.WhichOneof("log_type") == "predict_log" and "images" in entry.predict_log.request.inputs:
+                images += [bytes(b) for b in tf.make_ndarray(entry.predict_log.request.inputs["images"]).reshape(-1)]
+        return images
+    except Exception:  # no usable warmup: validation then fails with "no test images"
+        return []
+
+
+# ---------------------------------------------------------------- applying a decision
+
+
+def _train_info(saved_model: str | Path) -> dict[str, Any]:
+    path = Path(saved_model).parent / "train.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable", pipeline_run_id: str = "",
+                   base: str | Path | None = None, config_path: str | Path | None = None,
+                   registry_uri: str | None = None,
+                   between: Callable[[model_store.ServingState], None] | None = None) -> Decision:
+    """Write registry, model store and models.config for a promoted decision, all or nothing."""
+    if not decision.promoted:
+        raise PromotionError(decision.summary)
+    if label not in model_store.LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {', '.join(model_store.LABELS)}")
+    out_dir = Path(out_dir)
+    saved_model = Path(decision.chosen_saved_model)
+    metrics = json.loads((Path(decision.chosen_source) / "metrics.json").read_text())
+    train = _train_info(saved_model)
+    provenance = {"data_hash": dvc_data_hash(), "git_commit": git_commit(),
+                  "pipeline_run_id": pipeline_run_id or "manual", "split_hash": decision.split_hash or "unknown"}
+    tags = {**provenance, "model": decision.chosen, "macro_f1": metrics.get("macro_f1"),
+            "accuracy": metrics.get("accuracy"), "gate_decision": decision.summary[:4900],
+            "saved_model_sha256": tree_hash(saved_model), "status": "pending"}
+    params = {"model": decision.chosen, "config": train.get("config") or {},
+              "weights_used": train.get("weights_used", "unknown"), "epochs_run": train.get("epochs_run", "unknown")}
+    config_path = Path(config_path or home.models_config_path())
+    step = "start"
+    with model_store.store_lock(base):
+        model_store.clean_stale_temporaries(base)
+        config_snap = model_store.snapshot_config(config_path)
+        model_store.read_models_config(config_path)  # refuse to start on an unreadable config
+        reg_snap = registry.snapshot(uri=registry_uri)
+        version = run_id = None
+        wrote_store = False
+        try:
+            step = "registry version"
+            version, run_id = registry.create_version(saved_model, metrics, params, tags,
+                                                      artifacts=[out_dir / "decision.md"], uri=registry_uri,
+                                                      description=f"{decision.chosen}: {decision.reason}"[:4000])
+            step = "model store"
+            version_dir = model_store.write_version(saved_model, version, base)
+            wrote_store = True
+            step = "models.config"
+            model_store.move_label(label, version, config_path, base, between=between)
+            step = "model card"
+            decision.version, decision.label = version, label
+            card_path = out_dir / "model_card.md"
+            _atomic_write(card_path, model_card.render(version, metrics, train, provenance, decision.summary,
+                                                       model_card.low_confidence_threshold(saved_model)))
+            c = registry.client(registry_uri)
+            c.log_artifact(run_id, str(card_path))
+            c.log_artifact(run_id, str(write_decision(decision, out_dir)[1]))
+            run = c.get_run(run_id)
+            step = "registry aliases"
+            registry.set_version_tags(version, {
+                "model_card": f"{run.info.artifact_uri}/model_card.md", "model_path": str(version_dir),
+                "serving_version": str(version), "status": "promoted",
+                "low_confidence_threshold": str(model_card.low_confidence_threshold(saved_model)),
+            }, uri=registry_uri)
+            registry.assign_label(version, label, uri=registry_uri)
+        except BaseException as exc:
+            log.error("promotion failed at %s: %s; restoring the previous state", step, exc)
+            model_store.restore_config(config_snap, config_path)
+            if wrote_store and version is not None:
+                model_store.remove_version(version, base)
+            if version is not None:
+                registry.delete_version(version, run_id, uri=registry_uri)
+            registry.restore(reg_snap, uri=registry_uri)
+            decision.version = decision.label = None
+            raise PromotionError(f"promotion failed at step '{step}': {exc}; the model store, models.config and "
+                                 "the registry keep their previous state") from exc
+    write_decision(decision, out_dir)
+    return decision
+
+
+def run_promote(candidates: list[str | Path], out_dir: str | Path | None = None, split_dir: str | Path | None = None,
+                label: str = "stable", pipeline_run_id: str = "", policy: Policy = Policy(), dry_run: bool = False,
+                step_wait_s: float = 0.0, registry_uri: str | None = None) -> dict[str, Any]:
+    """Gate the candidates and promote the chosen one; returns the result dict the CLI prints."""
+    out_dir = Path(out_dir or home.reports_dir() / f"promote-{uuid.uuid4().hex[:8]}")
+    decision = run_gate(candidates, out_dir, split_dir, policy, registry_uri=registry_uri)
+    if decision.promoted and not dry_run:
+        decision = apply_decision(decision, out_dir, label, pipeline_run_id, registry_uri=registry_uri,
+                                  between=model_store.sleep_between(step_wait_s))
+    return {
+        "promoted": decision.promoted and not dry_run, "chosen": decision.chosen, "version": decision.version,
+        "label": decision.label, "summary": decision.summary if not dry_run or not decision.promoted
+        else f"would promote {decision.chosen} (dry run): {decision.reason}",
+        "decision_md": str(out_dir / "decision.md"), "decision_json": str(out_dir / "decision.json"),
+        "model_card": str(out_dir / "model_card.md") if decision.version is not None else None,
+        "model_path": str(model_store.version_path(decision.version)) if decision.version is not None else None,
+        "rows": [asdict(r) for r in decision.rows],
+    }
+
+
+# ---------------------------------------------------------------- operations
+
+
+def list_models(registry_uri: str | None = None, config_path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Registry versions joined with the labels and served versions of models.config."""
+    state = model_store.read_state(config_path)
+    labels_of: dict[int, list[str]] = {}
+    for lab, v in (state.labels if state else {}).items():
+        labels_of.setdefault(v, []).append(lab)
+    out = []
+    for v in registry.versions(uri=registry_uri):
+        t = v["tags"]
+        labs = sorted(labels_of.get(v["version"], []))
+        out.append({
+            "version": v["version"], "aliases": v["aliases"], "label": labs[0] if labs else None, "labels": labs,
+            "served": bool(state and v["version"] in state.versions), "model": t.get("model"),
+            "macro_f1": _f(t.get("macro_f1")), "accuracy": _f(t.get("accuracy")), "model_path": t.get("model_path"),
+            "status": t.get("status"), "model_card": t.get("model_card"), "split_hash": t.get("split_hash"),
+            "data_hash": t.get("data_hash"), "git_commit": t.get("git_commit"), "pipeline_run_id": t.get("pipeline_run_id"),
+        })
+    return out
+
+
+def _set_label(version: int, label: str, registry_uri: str | None, config_path: str | Path | None,
+               history: list[int] | None, between: Callable | None) -> None:
+    """Move a label in models.config and the matching alias in the registry, together or not at all."""
+    config_path = Path(config_path or home.models_config_path())
+    with model_store.store_lock():
+        config_snap = model_store.snapshot_config(config_path)
+        reg_snap = registry.snapshot(uri=registry_uri)
+        try:
+            model_store.move_label(label, version, config_path, between=between)
+            registry.assign_label(version, label, uri=registry_uri, history=history)
+        except BaseException as exc:
+            model_store.restore_config(config_snap, config_path)
+            registry.restore(reg_snap, uri=registry_uri)
+            raise PromotionError(f"moving label {label} to version {version} failed: {exc}; previous state kept") from exc
+
+
+def promote_version(version: int, label: str, registry_uri: str | None = None, config_path: str | Path | None = None,
+                    step_wait_s: float = 0.0) -> dict[str, Any]:
+    """Manual step: put `label` (stable|canary) on a registered version that is in the model store."""
+    record = registry.get_version(version, uri=registry_uri)
+    if record is None:
+        raise ValueError(f"version {version} is not in the registry")
+    if record["tags"].get("status") != "promoted" or not model_store.version_path(version).is_dir():
+        raise ValueError(f"version {version} is not a complete version in the model store")
+    _set_label(version, label, registry_uri, config_path, None, model_store.sleep_between(step_wait_s))
+    return {"version": version, "label": label, "aliases": registry.get_aliases(uri=registry_uri),
+            "serving": model_store.read_state(config_path).to_dict()}
+
+
+def rollback(registry_uri: str | None = None, config_path: str | Path | None = None,
+             step_wait_s: float = 0.0) -> dict[str, Any]:
+    """Stable back to the previous champion: models.config label and registry alias together."""
+    history = registry.champion_history(uri=registry_uri)
+    if len(history) < 2:
+        raise ValueError("no previous champion to roll back to" + (f" (only version {history[0]})" if history else ""))
+    current, previous = history[-1], history[-2]
+    if not model_store.version_path(previous).is_dir():
+        raise ValueError(f"previous champion version {previous} is no longer in the model store")
+    _set_label(previous, "stable", registry_uri, config_path, history[:-1], model_store.sleep_between(step_wait_s))
+    registry.set_version_tags(current, {"rolled_back": "true"}, uri=registry_uri)
+    return {"rolled_back_from": current, "version": previous, "label": "stable",
+            "aliases": registry.get_aliases(uri=registry_uri), "serving": model_store.read_state(config_path).to_dict()}

@@ -1,0 +1,98 @@
+"""The model card of a promoted version (Markdown): data, metrics with intervals, use and limitations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from components import domain
+
+DEFAULT_LOW_CONFIDENCE = 0.6
+CITATION = ('Aria, M., Ghaderzadeh, M., Bashash, D., Abolghasemi, H., Asadi, F., Hosseini, A. (2021). '
+            '"Acute Lymphoblastic Leukemia (ALL) image dataset". Kaggle. doi:10.34740/KAGGLE/DSV/2175623')
+
+
+def low_confidence_threshold(saved_model_dir: str | Path | None) -> float:
+    """The threshold the trainer wrote into assets.extra/leukoflow.json (default 0.6)."""
+    if saved_model_dir:
+        meta = Path(saved_model_dir) / "assets.extra" / "leukoflow.json"
+        if meta.is_file():
+            data = json.loads(meta.read_text())
+            for key in ("low_confidence_threshold", "low_confidence"):
+                if data.get(key) is not None:
+                    return float(data[key])
+    return DEFAULT_LOW_CONFIDENCE
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _num(v: Any, d: int = 4) -> str:
+    return "–" if v is None else f"{float(v):.{d}f}"
+
+
+def _ci(ci: Any, fmt=_pct) -> str:
+    return f" (95% CI {fmt(ci[0])}–{fmt(ci[1])})" if ci and len(ci) == 2 else ""
+
+
+def render(version: int | None, metrics: dict[str, Any], train: dict[str, Any] | None, provenance: dict[str, str],
+           decision_summary: str, threshold: float) -> str:
+    """The card's Markdown. `provenance`: data_hash, split_hash, git_commit, pipeline_run_id."""
+    train = train or {}
+    config = train.get("config") or {}
+    model = metrics.get("model", "?")
+    weights = train.get("weights_used", config.get("weights", "?"))
+    lines = [
+        f"# Model card: {model}" + (f", version {version}" if version is not None else ""), "",
+        "## Model", "",
+        f"- Architecture: {model}; parameters: {metrics.get('params', '–'):,}" if isinstance(metrics.get("params"), int)
+        else f"- Architecture: {model}; parameters: {metrics.get('params', '–')}",
+        f"- Pretrained weights: {weights}",
+        f"- Input: encoded image bytes (JPEG, PNG, BMP, GIF, WebP), resized in the graph to {config.get('image_size', '?')} px",
+        f"- Output: probabilities over {', '.join(domain.CLASS_NAMES)} and the arg-max label",
+        f"- Size: {metrics.get('size_bytes', '–')} bytes; CPU latency p50 (batch 1): {(metrics.get('latency_ms') or {}).get('batch1_p50', '–')} ms",
+        "", "## Data", "",
+        f"- Dataset: {CITATION}.",
+        f"- Data version (DVC md5 of `data/`): `{provenance.get('data_hash', 'unknown')}`",
+        f"- Split manifest sha256: `{provenance.get('split_hash', 'unknown')}`; test images: {metrics.get('test_images', '–')}",
+        f"- Code: git commit `{provenance.get('git_commit', 'unknown')}`; pipeline run `{provenance.get('pipeline_run_id') or '–'}`",
+        "", "## Metrics (test split)", "",
+        f"- Accuracy: {_pct(metrics.get('accuracy'))}{_ci(metrics.get('accuracy_ci'))}",
+        f"- Macro-F1: {_num(metrics.get('macro_f1'))}{_ci(metrics.get('macro_f1_ci'), _num)}",
+        f"- Weighted F1: {_num(metrics.get('weighted_f1'))}",
+        "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+    ]
+    for name in domain.CLASS_NAMES:
+        pc = (metrics.get("per_class") or {}).get(name, {})
+        lines.append(f"| {name} | {_num(pc.get('precision'))} | {_num(pc.get('recall'))} | {_num(pc.get('f1'))} | {pc.get('support', '–')} |")
+    base = metrics.get("shortcut_baseline") or {}
+    lines += [
+        "", "### Shortcut baseline", "",
+        f"A classifier on global colour and brightness statistics alone reaches accuracy {_pct(base.get('accuracy'))}, "
+        f"macro-F1 {_num(base.get('macro_f1'))}. On this data, colour almost gives the class away: a high score here does "
+        "not show that the model reads cell morphology.",
+        "", "### Robustness (accuracy under perturbations)", "",
+        "| perturbation | accuracy |", "|---|---|",
+    ]
+    for k, v in (metrics.get("robustness") or {}).items():
+        lines.append(f"| {k} | {_pct(v)} |")
+    lines += [
+        f"| worst | {_pct(metrics.get('robustness_worst'))} |",
+        "", "## Intended use", "",
+        "Decision support for a pathologist reviewing peripheral blood smear images for acute lymphoblastic "
+        "leukemia stage (Benign, Early, Pre, Pro). **It is not a diagnosis** and must not be used without a "
+        "qualified reviewer.",
+        "", f"Low-confidence threshold: {threshold:.2f} — predictions whose top probability is below it are flagged "
+        "\"low confidence: refer to a pathologist\".",
+        "", "## Limitations", "",
+        "- Image-level split: the public data has no patient IDs, so images of one patient may fall in both train and "
+        "test; the scores are likely optimistic for new patients. Near-duplicates were removed before the split.",
+        "- One source (one lab, one stain protocol, one microscope): a change of stain or lamp shifts colour and "
+        "brightness, which the model relies on heavily; the drift monitor watches for this.",
+        "- ResNet50 is trained here without ImageNet weights unless the weights above say otherwise.",
+        "- Four classes only; other haematological conditions are out of scope.",
+        "", "## Promotion", "", decision_summary, "",
+    ]
+    return "\n".join(lines)
