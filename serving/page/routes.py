@@ -4,8 +4,9 @@ The REST server calls `handle()` for every path outside `/v1/` and `/monitoring/
 `POST /v1/models/{name}[/versions/{v}|/labels/{l}]:explain`. Routes:
 
 - `GET /` the page; `GET /ui/page.css`, `GET /ui/page.js` its files (from the package, no build step)
-- `GET /ui/model?name=leukemia[&label=stable|&version=N]` which version answers, its classes and
-  low-confidence threshold, and the upload limits (JSON)
+- `GET /ui/models/{name}[/versions/{v}|/labels/{l}]` (or `/ui/model?name=..&label=..`) which version
+  answers, its classes and low-confidence threshold, and the upload limits (JSON); with neither version
+  nor label, the `stable` label when the server has one, else the latest version
 - `POST /v1/models/{name}[/versions/{v}|/labels/{l}]:explain` Grad-CAM for `{"instances": [{"b64": ...}]}`
 
 Predictions themselves go through the standard `:predict`, the path hospital systems use.
@@ -53,6 +54,10 @@ DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_EXPLAIN_INSTANCES = 8
 
+# /ui/model (default model, `stable` or latest) or /ui/models/{name}[/versions/{v}|/labels/{l}]
+_MODEL_INFO = re.compile(
+    r"^/ui/model(?:s/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+)|/labels/(?P<label>[^/]+))?)?/?$"
+)
 _EXPLAIN = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?:explain$")
 
 
@@ -259,13 +264,14 @@ def handle(method: str, path: str, headers: dict, body: bytes, manager: Any) -> 
         status, resp_headers, content = _static(route)
         return status, resp_headers, b"" if method == "HEAD" else content
 
-    if route == "/ui/model":
+    info = _MODEL_INFO.match(route)
+    if info:
         if method != "GET":
             return _error(405, f"Method {method} not allowed on {route}")
-        query = parse_qs(parts.query)
-        name = (query.get("name") or [settings.SERVED_MODEL_NAME])[0]
-        version = (query.get("version") or [None])[0] or None
-        label = (query.get("label") or [None])[0] or None
+        query = parse_qs(parts.query)  # /ui/model?name=..&label=.. also works where the query reaches us
+        name = info["name"] or (query.get("name") or [settings.SERVED_MODEL_NAME])[0]
+        version = info["version"] or (query.get("version") or [None])[0] or None
+        label = info["label"] or (query.get("label") or [None])[0] or None
         try:
             return _json(200, model_info(manager, name, version, label))
         except Exception as exc:  # noqa: BLE001 - the page shows the message

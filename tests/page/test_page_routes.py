@@ -87,14 +87,15 @@ def test_other_paths_are_not_the_pages(manager):
 
 
 def test_model_info_names_version_label_threshold_and_limits(manager):
-    status, info = _json(routes.handle("GET", "/ui/model?name=leukemia", {}, b"", manager))
+    status, info = _json(routes.handle("GET", "/ui/models/leukemia", {}, b"", manager))
     assert status == 200
+    assert _json(routes.handle("GET", "/ui/model?name=leukemia", {}, b"", manager)) == (status, info)
     assert info["version"] == 1 and info["label"] == "stable"
     assert info["class_names"] == ["Benign", "Early", "Pre", "Pro"]
     assert info["low_confidence_threshold"] == 0.6 and info["threshold_source"] == "model"
     assert info["max_pixels"] == 1_000_000 and 0 < info["max_upload_bytes"] < 1_000_000
     assert info["explain"] is True
-    status, info = _json(routes.handle("GET", "/ui/model?version=1", {}, b"", manager))
+    status, info = _json(routes.handle("GET", "/ui/models/leukemia/versions/1", {}, b"", manager))
     assert status == 200 and info["version"] == 1 and info["label"] is None and info["name"] == "leukemia"
     manager.labels.pop("stable")
     try:  # no labels (a server started with --model_base_path): the latest version answers
@@ -105,12 +106,14 @@ def test_model_info_names_version_label_threshold_and_limits(manager):
 
 
 def test_model_info_errors_are_readable(manager):
-    status, body = _json(routes.handle("GET", "/ui/model?name=other", {}, b"", manager))
+    status, body = _json(routes.handle("GET", "/ui/models/other", {}, b"", manager))
     assert status == 404 and body["error"] == "Servable not found for request: Latest(other)"
-    status, body = _json(routes.handle("GET", "/ui/model?label=canary", {}, b"", manager))
+    status, body = _json(routes.handle("GET", "/ui/models/leukemia/labels/canary", {}, b"", manager))
     assert status == 400 and "Unrecognized servable version label: canary" in body["error"]
-    status, body = _json(routes.handle("GET", "/ui/model?version=x", {}, b"", manager))
+    status, body = _json(routes.handle("GET", "/ui/models/leukemia/versions/x", {}, b"", manager))
     assert status == 400 and "x" in body["error"]
+    status, body = _json(routes.handle("GET", "/ui/model?name=other&label=stable", {}, b"", manager))
+    assert status == 404 and "Latest(other)" in body["error"]
 
 
 def test_default_threshold_when_the_model_has_none(manager, tmp_path):

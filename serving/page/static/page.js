@@ -87,10 +87,10 @@
   }
 
   function modelUrl() {
-    var q = "name=" + encodeURIComponent(MODEL);
-    if (VERSION) q += "&version=" + encodeURIComponent(VERSION);
-    else if (LABEL) q += "&label=" + encodeURIComponent(LABEL);
-    return "/ui/model?" + q;
+    var url = "/ui/models/" + encodeURIComponent(MODEL);
+    if (VERSION) url += "/versions/" + encodeURIComponent(VERSION);
+    else if (LABEL) url += "/labels/" + encodeURIComponent(LABEL);
+    return url;
   }
 
   function loadModel() {
@@ -238,7 +238,7 @@
     list.setAttribute("aria-label", "Confidence for every class");
     for (var i = 0; i < probs.length; i++) {
       var name = names[i] || String(i);
-      var item = el("li", i === prediction.index ? "top" : "");
+      var item = el("li", i === prediction.index ? "best" : "");
       item.appendChild(el("span", "cls", stageName(name)));
       var track = el("span", "track");
       track.setAttribute("aria-hidden", "true");

@@ -1,0 +1,89 @@
+"""The prediction page in a real browser: Debian's headless Chromium driven by playwright-core.
+
+A live `serving.server.Server` on a tiny exported model (ephemeral ports) serves the page; the
+Node script `page.spec.mjs` uploads an image, reads the stage and the four bars, toggles the
+heatmap, uploads a text file and simulates the server being unreachable. Skipped only when
+Chromium itself is missing (`make test` installs it via `make system-deps`).
+Set LEUKOFLOW_SCREENSHOT=1 (or a path) to save a screenshot (default docs/page.png).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from page.tiny_model import build_model, encode_png, export, quadrant_images
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+pytestmark = pytest.mark.browser
+
+
+def _screenshot_path() -> str | None:
+    value = os.environ.get("LEUKOFLOW_SCREENSHOT", "")
+    if not value:
+        return None
+    return str(REPO / "docs" / "page.png") if value in ("1", "true", "yes") else str(Path(value).resolve())
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """The real server, REST and page on an ephemeral port, version 1 labelled `stable`."""
+    from serving.server import Server, ServerOptions
+
+    root = tmp_path_factory.mktemp("page-server")
+    base = root / "models" / "leukemia"
+    # Untrained, so every prediction is below this threshold and the low-confidence flag must show.
+    export(build_model(seed=3), base / "1", threshold=0.99)
+    config = root / "models.config"
+    config.write_text(
+        'model_config_list {\n  config {\n    name: "leukemia"\n'
+        f'    base_path: "{base}"\n    model_platform: "tensorflow"\n'
+        "    model_version_policy { specific { versions: 1 } }\n"
+        '    version_labels { key: "stable" value: 1 }\n  }\n}\n'
+    )
+    server = Server(ServerOptions(port=0, rest_api_port=0, model_config_file=str(config),
+                                 file_system_poll_wait_seconds=0)).start()
+    yield server
+    server.stop()
+
+
+def test_page_in_headless_chromium(live_server, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (make system-deps installs Debian's chromium)")
+    node = shutil.which("node")
+    assert node, "node is needed to drive the browser (Debian's nodejs)"
+    assert (HERE / "node_modules" / "playwright-core").is_dir(), "playwright-core is missing: run `make system-deps`"
+
+    image = tmp_path / "smear.png"
+    x, _ = quadrant_images(1, size=64, seed=7)
+    image.write_bytes(encode_png(x[0]))
+    text = tmp_path / "notes.txt"
+    text.write_text("This is a text file, not a smear image.\n")
+    shot = _screenshot_path()
+
+    url = f"http://127.0.0.1:{live_server.rest_port}"
+    cmd = [node, str(HERE / "page.spec.mjs"), url, str(image), str(text)] + ([shot] if shot else [])
+    proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(lines[-1])
+    assert proc.returncode == 0 and result["ok"], result.get("error") or proc.stderr
+
+    assert result["stage_class"] in ("Benign", "Early", "Pre", "Pro")
+    assert result["bars"] == 4
+    assert "version 1" in result["meta"] and "stable" in result["meta"]
+    assert result["low_confidence"] == 1  # threshold 0.99 from the model's leukoflow.json
+    assert "could not be read as an image" in result["text_error"]
+    assert "not a supported format" in result["text_error"] or "not an image" in result["text_error"]
+    assert "Cannot reach the model server" in result["down_error"]
+    if shot:
+        assert Path(shot).stat().st_size > 10_000
