@@ -105,7 +105,9 @@ def from_exception(exc: BaseException) -> ServingError:
                 "Unimplemented": grpc.StatusCode.UNIMPLEMENTED,
                 "NotFound": grpc.StatusCode.NOT_FOUND,
             }
-            return ServingError(code_by_name.get(name, grpc.StatusCode.INTERNAL), exc.message.split("\n")[0])
+            # Graph errors read "Graph execution error:\n\nDetected at node ...<stack>\n\n<message>\n\t[[node]]".
+            message = exc.message.strip().split("\n\n")[-1].splitlines()[0].strip() or exc.message
+            return ServingError(code_by_name.get(name, grpc.StatusCode.INTERNAL), message)
     except ImportError:  # pragma: no cover
         pass
     return internal(f"{type(exc).__name__}: {exc}")
