@@ -30,8 +30,9 @@ setup: $(STAMP)  ## create .venv and install the pinned dependencies
 
 system-deps:  ## Debian packages the tests need (kubectl, chromium) and the browser driver
 	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubectl; }
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
-	@if [ -f tests/browser/package.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then (cd tests/browser && npm ci --silent --no-audit --no-fund); fi
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	@command -v npm >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	@if [ -f tests/browser/package-lock.json ] && [ ! -d tests/browser/node_modules/playwright-core ]; then (cd tests/browser && npm ci --silent --no-audit --no-fund); fi
 
 weights:  ## put the offline ImageNet weights where Keras's standard loading path looks
 	@mkdir -p $(KERAS_HOME)/models
