@@ -1,0 +1,50 @@
+"""`make bench`: every benchmark, then one Markdown summary of their tables.
+
+Each benchmark is a module here that writes benchmarks/results/<name>.json and <name>.md;
+this runs them one after another (they measure speed, so never in parallel) and joins the
+Markdown into benchmarks/results/summary.md.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+BENCHMARKS = ("dedup", "input_pipeline", "drift", "serving", "pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = list(argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    failures = []
+    for name in names:
+        print(f"== benchmark {name}", flush=True)
+        started = time.time()
+        code = subprocess.call([sys.executable, "-m", f"benchmarks.{name}"], cwd=REPO)
+        print(f"== {name}: exit {code} in {time.time() - started:.0f} s", flush=True)
+        if code:
+            failures.append(name)
+    parts = [
+        "# Benchmark summary",
+        "",
+        f"Written by `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
+        f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU. Each figure stands beside its reference, measured in the same run.",
+        "",
+    ]
+    for name in BENCHMARKS:
+        md = RESULTS / f"{name}.md"
+        parts += [md.read_text().strip(), ""] if md.exists() else [f"### {name}", "", "not run yet", ""]
+    if failures:
+        parts += [f"Failed this time: {', '.join(failures)}.", ""]
+    (RESULTS / "summary.md").write_text("\n".join(parts))
+    print("\n".join(parts))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
