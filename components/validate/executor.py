@@ -140,7 +140,8 @@ def inspect_file(item: tuple[str, str, str]) -> dict:
         rgb = domain.load_rgb(data)
         row["channels"] = int(rgb.shape[2]) if rgb.ndim == 3 else 1
         row["mean_brightness"] = round(mean_brightness(rgb), 4)
-        row["pixel_std"] = round(float(rgb.std()), 4)
+        # Blank = no spatial variation in any channel (a uniform colour is blank too).
+        row["pixel_std"] = round(float(rgb.reshape(-1, 3).std(axis=0).max()), 4)
         row["phash"] = perceptual_hash(data)  # dedup's hash, while the bytes are at hand
     except Exception as exc:  # noqa: BLE001 - any unreadable file is quarantined, never a crash
         row.update(status="quarantined", reason=f"{type(exc).__name__}: {exc}"[:300])

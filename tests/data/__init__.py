@@ -1,0 +1,1 @@
+"""Tests of the four data steps: validate, dedup, preprocess, split."""
