@@ -1,12 +1,12 @@
 // Drives the prediction page in Debian's headless Chromium (playwright-core, no downloaded browser).
-// Usage: node page.spec.mjs BASE_URL IMAGE TEXT_FILE [SCREENSHOT.png]
+// Usage: node page.spec.mjs BASE_URL IMAGE SECOND_IMAGE TEXT_FILE [SCREENSHOT.png]
 // Prints one JSON object with what the page showed; exits non-zero (with the reason) on any failed check.
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [baseUrl, imagePath, textPath, screenshotPath] = process.argv.slice(2);
+const [baseUrl, imagePath, secondImagePath, textPath, screenshotPath] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const timeout = 60000;
 const result = { checks: [] };
@@ -44,10 +44,10 @@ try {
   check(/version \d+/.test(result.model_status), "the header names the model version");
   check(await page.isVisible(".disclaimer"), "the disclaimer is shown");
 
-  // 1. A real image: stage, four bars, version, then the heatmap toggle.
-  await page.setInputFiles("#file", imagePath);
-  const card = page.locator(".card").first();
-  await card.locator(".stage-name").waitFor();
+  // 1. Two images at once: one card each with a stage, four bars, the version, then the heatmap toggle.
+  await page.setInputFiles("#file", [secondImagePath, imagePath]);
+  await page.waitForFunction(() => document.querySelectorAll(".card .stage-name").length === 2);
+  const card = page.locator(".card").first(); // the newest card is on top: imagePath
   result.stage = (await card.locator(".stage-name").textContent()).trim();
   result.stage_class = await card.locator(".stage-name").getAttribute("data-class");
   check(["Benign", "Early", "Pre", "Pro"].includes(result.stage_class), "a stage from the four classes is shown");
@@ -91,7 +91,15 @@ try {
   check(/could not be read as an image/i.test(result.text_error), "the text file gets the not-an-image message");
   check(!/Traceback|at \w+\.\w+ \(/.test(result.text_error), "no stack trace");
 
-  // 3. Server unreachable (requests fail at the network): a readable message.
+  // 3. Too large: refused in the browser before anything is sent, naming the limit.
+  const info = await (await fetch(baseUrl + "/ui/models/leukemia")).json();
+  await page.setInputFiles("#file", { name: "huge.jpg", mimeType: "image/jpeg", buffer: Buffer.alloc(info.max_upload_bytes + 1, 1) });
+  const big = page.locator(".card").first();
+  await big.locator(".error").waitFor();
+  result.size_error = (await big.locator(".error").textContent()).trim();
+  check(/too large/i.test(result.size_error) && /limit/i.test(result.size_error), "an oversized file is refused with the limit named");
+
+  // 4. Server unreachable (requests fail at the network): a readable message.
   await page.route("**/*:predict", (route) => route.abort("connectionrefused"));
   await page.setInputFiles("#file", imagePath);
   const down = page.locator(".card").first();
@@ -101,7 +109,7 @@ try {
   await page.unroute("**/*:predict");
 
   result.cards = await page.locator(".card").count();
-  check(result.cards === 3, "one card per upload");
+  check(result.cards === 5, "one card per upload");
   check(consoleErrors.length === 0, `no JavaScript errors (${consoleErrors.join("; ")})`);
   check(external.length === 0, `nothing fetched from outside (${external.join(", ")})`);
   result.ok = true;

@@ -65,12 +65,16 @@ def test_page_in_headless_chromium(live_server, tmp_path):
     image = tmp_path / "smear.png"
     x, _ = quadrant_images(1, size=64, seed=7)
     image.write_bytes(encode_png(x[0]))
+    second = tmp_path / "second.jpg"
+    from PIL import Image
+
+    Image.fromarray((x[0][::-1] * 255).astype("uint8")).save(second, format="JPEG")
     text = tmp_path / "notes.txt"
     text.write_text("This is a text file, not a smear image.\n")
     shot = _screenshot_path()
 
     url = f"http://127.0.0.1:{live_server.rest_port}"
-    cmd = [node, str(HERE / "page.spec.mjs"), url, str(image), str(text)] + ([shot] if shot else [])
+    cmd = [node, str(HERE / "page.spec.mjs"), url, str(image), str(second), str(text)] + ([shot] if shot else [])
     proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=180,
                           env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -84,6 +88,7 @@ def test_page_in_headless_chromium(live_server, tmp_path):
     assert result["low_confidence"] == 1  # threshold 0.99 from the model's leukoflow.json
     assert "could not be read as an image" in result["text_error"]
     assert "not a supported format" in result["text_error"] or "not an image" in result["text_error"]
+    assert "too large" in result["size_error"]
     assert "Cannot reach the model server" in result["down_error"]
     if shot:
         assert Path(shot).stat().st_size > 10_000
