@@ -105,21 +105,52 @@ def _build(version_dir: str) -> Explainer:
 
 _CACHE: "OrderedDict[str, Explainer]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[str, threading.Lock] = {}   # one load at a time per version; other versions never wait
+
+
+def _cached(key: str) -> Explainer | None:
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    return None
 
 
 def load_explainer(version_dir: str | Path) -> Explainer:
     """The cached explainer of a version directory (versions are never overwritten, so the path is the key)."""
     key = str(Path(version_dir).resolve())
+    if (hit := _cached(key)) is not None:
+        return hit
     with _CACHE_LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]
-    explainer = _build(key)  # outside the lock: loading a big model must not stall other versions
-    with _CACHE_LOCK:
-        _CACHE[key] = explainer
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:  # a second request for the same version waits for the first load instead of repeating it
+        if (hit := _cached(key)) is not None:
+            return hit
+        explainer = _build(key)
+        with _CACHE_LOCK:
+            _CACHE[key] = explainer
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+            _KEY_LOCKS.pop(key, None)
     return explainer
+
+
+def preload(version_dir: str | Path) -> None:
+    """Start loading a version's explainer in the background (the page asks before the first heatmap)."""
+    key = str(Path(version_dir).resolve())
+    with _CACHE_LOCK:
+        if key in _CACHE or key in _KEY_LOCKS or not (Path(key) / MODEL_FILE).is_file():
+            return
+        _KEY_LOCKS[key] = threading.Lock()
+
+    def load() -> None:
+        try:
+            load_explainer(key)
+        except Exception:  # noqa: BLE001 - the explain request itself will report it
+            with _CACHE_LOCK:
+                _KEY_LOCKS.pop(key, None)
+
+    threading.Thread(target=load, name="gradcam-preload", daemon=True).start()
 
 
 def check_image_size(encoded: bytes, max_pixels: int) -> None:

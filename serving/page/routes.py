@@ -142,7 +142,7 @@ def _static(path: str) -> Response:
 
 def model_info(manager: Any, name: str, version: str | None = None, label: str | None = None) -> dict:
     """What the page shows about the answering model: version, label, classes, threshold, limits."""
-    from serving.page.gradcam import read_meta
+    from serving.page.gradcam import preload, read_meta
 
     used_label = label
     if version is None and label is None:
@@ -156,6 +156,7 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
     else:
         servable = _resolve(manager, name, version, label)
     meta = read_meta(servable.path)
+    preload(servable.path)  # the heatmap is usually asked for seconds later
     threshold = meta.get("low_confidence_threshold")
     threshold_source = "model" if isinstance(threshold, (int, float)) else "default"
     if threshold_source == "default":

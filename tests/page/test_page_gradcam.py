@@ -158,3 +158,19 @@ def test_models_built_and_exported_by_the_training_step(tmp_path, name="cnn", br
         result = gradcam.explain(explainer, encoded)
         np.testing.assert_allclose(result["probabilities"], probs, atol=1e-5)
         assert np.isfinite(np.array(result["heatmap"]["grid"])).all()
+
+
+def test_preload_and_concurrent_requests_share_one_load(tmp_path):
+    import threading
+
+    version = export(build_model(seed=5), tmp_path / "leukemia" / "6")
+    gradcam.preload(version)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(gradcam.load_explainer(version))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 3 and all(e is got[0] for e in got)
+    assert gradcam.load_explainer(version) is got[0]
+    gradcam.preload(tmp_path / "missing")  # nothing to load: no error, no thread left behind
