@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -77,6 +78,7 @@ def serve(
         lambda r: f"serving {', '.join(f'{m} {v}' for m, v in r['models'].items())} on gRPC {host}:{r['grpc_port']}"
         f" and REST {host}:{r['rest_port']}",
     )
+    sys.stdout.flush()  # whoever started us (a test, a supervisor) reads the ports now
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -1,0 +1,141 @@
+"""Dynamic batching: TF Serving's parameters file, merged batches, bounded queue (RESOURCE_EXHAUSTED)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import install_version
+from tiny_model import encode_png, sample_image
+
+pytestmark = pytest.mark.timeout(120)
+
+PARAMS = """
+# TF Serving batching parameters
+max_batch_size { value: 8 }
+batch_timeout_micros { value: 20000 }
+max_enqueued_batches { value: 2 }
+num_batch_threads { value: 1 }
+pad_variable_length_inputs: true
+"""
+
+
+def test_parse_batching_parameters():
+    from serving.batching import parse_batching_parameters
+
+    p = parse_batching_parameters(PARAMS)
+    assert (p.max_batch_size, p.batch_timeout_micros, p.max_enqueued_batches, p.num_batch_threads) == (8, 20000, 2, 1)
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_batching_parameters("max_batch_sise { value: 8 }")
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1"):
+        parse_batching_parameters("max_batch_size { value: 0 }")
+
+
+def test_batcher_merges_concurrent_requests_and_splits_results():
+    from serving.batching import Batcher, parse_batching_parameters
+
+    sizes: list[int] = []
+    batcher = Batcher(parse_batching_parameters(PARAMS), on_batch=sizes.append)
+    results: dict[int, np.ndarray] = {}
+
+    def run(x: dict) -> dict:
+        return {"y": x["x"] * 2}
+
+    def client(i: int) -> None:
+        results[i] = batcher.submit("k", {"x": np.full((2, 3), i, np.float32)}, run)["y"]
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.stop()
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], np.full((2, 3), 2 * i))
+    assert max(sizes) > 2  # at least two requests shared a batch
+    assert sum(sizes) == 8
+
+
+def test_batcher_queue_full_is_resource_exhausted_and_too_big_is_invalid():
+    from serving.batching import QUEUE_FULL, Batcher, parse_batching_parameters
+    from serving.errors import ServingError
+
+    release = threading.Event()
+    batcher = Batcher(parse_batching_parameters(PARAMS))
+
+    def slow(x: dict) -> dict:
+        release.wait(30)
+        return x
+
+    # One batch runs (blocked), then the queue holds max_enqueued_batches * max_batch_size = 16 rows.
+    running = threading.Thread(target=lambda: batcher.submit("k", {"x": np.zeros((8, 1))}, slow))
+    running.start()
+    time.sleep(0.3)
+    waiting = [threading.Thread(target=lambda: batcher.submit("k", {"x": np.zeros((8, 1))}, slow)) for _ in range(2)]
+    for t in waiting:
+        t.start()
+    time.sleep(0.1)
+    with pytest.raises(ServingError) as info:
+        batcher.submit("k", {"x": np.zeros((1, 1))}, slow)
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and info.value.message == QUEUE_FULL
+    with pytest.raises(ServingError) as too_big:
+        batcher.submit("k", {"x": np.zeros((9, 1))}, slow)
+    assert too_big.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert too_big.value.message == "Task size 9 is larger than maximum input batch size 8"
+    release.set()
+    for t in [running, *waiting]:
+        t.join(30)
+    batcher.stop()
+
+
+def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp_path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.server import Server, ServerOptions
+
+    base = tmp_path / "leukemia"
+    install_version(exported_versions, base, 1)
+    params = tmp_path / "batching.config"
+    params.write_text(PARAMS.replace("max_enqueued_batches { value: 2 }", "max_enqueued_batches { value: 100 }"))
+    srv = Server(ServerOptions(
+        port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base), enable_batching=True,
+        batching_parameters_file=str(params), file_system_poll_wait_seconds=0, request_log_dir=None,
+    )).start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        errors: list[str] = []
+        single = {}
+
+        def client(i: int) -> None:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "leukemia"
+            req.inputs["images"].CopyFrom(tf.make_tensor_proto([encode_png(sample_image(i))], dtype=tf.string))
+            try:
+                single[i] = tf.make_ndarray(stub.Predict(req, timeout=30).outputs["probabilities"])
+            except grpc.RpcError as exc:
+                errors.append(str(exc.details()))
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        servable = srv.core.manager.resolve("leukemia")
+        for i in range(12):  # each caller got its own row of the merged batch
+            alone = servable.run("", {"images": np.array([encode_png(sample_image(i))], dtype=object)})["probabilities"]
+            np.testing.assert_allclose(single[i], alone, rtol=1e-5, atol=1e-6)
+        text = srv.core.metrics.render().decode()
+        count = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_count")][0]
+        total = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_sum")][0]
+        assert float(total.split()[-1]) == 12  # every request once; warmup runs outside the batcher
+        assert float(count.split()[-1]) < 12  # fewer runs than requests: they were merged
+        channel.close()
+    finally:
+        srv.stop()

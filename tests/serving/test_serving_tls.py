@@ -1,0 +1,76 @@
+"""TLS: gRPC and HTTPS round trips with a self-signed certificate from TF Serving's SSLConfig file."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+import grpc
+import pytest
+import requests
+
+from conftest import install_version
+from tiny_model import encode_png, sample_image
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def self_signed() -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_tls_grpc_and_https_round_trip(exported_versions, tmp_path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.server import Server, ServerOptions, parse_ssl_config
+
+    key_pem, cert_pem = self_signed()
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    ssl_config = tmp_path / "ssl.config"
+    # TF Serving's SSLConfig holds the PEM text itself, escaped as a text-proto string.
+    escaped = lambda b: b.decode().replace("\n", "\\n")  # noqa: E731
+    ssl_config.write_text(f'server_key: "{escaped(key_pem)}"\nserver_cert: "{escaped(cert_pem)}"\nclient_verify: false\n')
+    assert parse_ssl_config(ssl_config.read_text()).server_cert == cert_pem
+    base = tmp_path / "leukemia"
+    install_version(exported_versions, base, 1)
+    srv = Server(ServerOptions(
+        port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base), ssl_config_file=str(ssl_config),
+        file_system_poll_wait_seconds=0, request_log_dir=None,
+    )).start()
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
+        with grpc.secure_channel(f"localhost:{srv.grpc_port}", creds) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "leukemia"
+            req.inputs["images"].CopyFrom(tf.make_tensor_proto([encode_png(sample_image(1))], dtype=tf.string))
+            assert stub.Predict(req, timeout=30).model_spec.version.value == 1
+        r = requests.get(f"https://localhost:{srv.rest_port}/v1/models/leukemia", verify=str(tmp_path / "cert.pem"), timeout=30)
+        assert r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+        with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP to the TLS port is refused
+            requests.get(f"http://localhost:{srv.rest_port}/v1/models/leukemia", timeout=10)
+        with grpc.insecure_channel(f"localhost:{srv.grpc_port}") as plain:
+            with pytest.raises(grpc.RpcError) as info:
+                prediction_service_pb2_grpc.PredictionServiceStub(plain).Predict(req, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert requests.get(f"https://localhost:{srv.rest_port}/v1/models/leukemia", verify=str(tmp_path / "cert.pem"), timeout=30).ok
+    finally:
+        srv.stop()
