@@ -39,6 +39,8 @@ def serve(
         None, "--ssl_config_file", help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)."),
     rest_api_num_threads: int = typer.Option(16, "--rest_api_num_threads", help="REST requests processed at once."),
     grpc_max_threads: int = typer.Option(16, "--grpc_max_threads", help="gRPC worker threads."),
+    allow_version_labels_for_unavailable_models: bool = typer.Option(
+        False, "--allow_version_labels_for_unavailable_models", help="Let a label name a version that is not loaded yet."),
     request_log_dir: Optional[str] = typer.Option(
         None, "--request_log_dir", help="Request log directory for the drift monitor (default: LEUKOFLOW_HOME/requests); 'none' disables."),
     max_image_pixels: int = typer.Option(50_000_000, "--max_image_pixels", help="Refuse images with more decoded pixels."),
@@ -58,7 +60,9 @@ def serve(
         model_config_file=model_config_file, model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
         file_system_poll_wait_seconds=file_system_poll_wait_seconds, enable_batching=enable_batching,
         batching_parameters_file=batching_parameters_file, monitoring_config_file=monitoring_config_file,
-        ssl_config_file=ssl_config_file, rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
+        ssl_config_file=ssl_config_file,
+        allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
+        rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size),
     )

@@ -118,7 +118,9 @@ class ModelManager:
         entries: list[ModelEntry],
         warmup: bool = True,
         on_change: Callable[[str, list[int], list[int]], None] | None = None,
+        allow_unavailable_labels: bool = False,
     ) -> None:
+        self.allow_unavailable_labels = allow_unavailable_labels  # --allow_version_labels_for_unavailable_models
         self._entries: dict[str, ModelEntry] = {e.name: e for e in entries}
         self._servables: dict[str, dict[int, Servable]] = {}
         self._labels: dict[str, dict[str, int]] = {}
@@ -265,6 +267,8 @@ class ModelManager:
         with self._lock:
             for entry in entries:
                 for label, version in entry.labels.items():
+                    if self.allow_unavailable_labels:
+                        break
                     if version not in self._servables.get(entry.name, {}):
                         raise failed_precondition(
                             f"Request to assign label to version {version} of model {entry.name}, "
@@ -273,16 +277,28 @@ class ModelManager:
             for entry in entries:
                 self._labels[entry.name] = dict(entry.labels)
 
-    def set_config(self, entries: list[ModelEntry]) -> None:
-        """Apply a new model config: load what it asks for, then move labels (ReloadConfig semantics)."""
+    def set_config(self, entries: list[ModelEntry], initial: bool = False) -> None:
+        """Apply a new model config (ServerCore::ReloadConfig semantics).
+
+        At start-up the versions are loaded first and the labels checked after. On a reload, as in TF
+        Serving, a label may only name a version that is available *before* the reload: moving a label
+        to a version this same config introduces is refused (FAILED_PRECONDITION) while the version
+        still loads, so the label move is a second step (the config-file poller retries it).
+        """
         with self._lock:
             self._entries = {e.name: e for e in entries}
-        self.reconcile()
-        self._apply_labels(entries)
+        if initial or self.allow_unavailable_labels:
+            self.reconcile()
+            self._apply_labels(entries)
+            return
+        try:
+            self._apply_labels(entries)
+        finally:
+            self.reconcile()
 
     def start(self) -> None:
         """Initial load; raises if a configured label cannot be applied (the server must not start)."""
-        self.set_config(list(self._entries.values()))
+        self.set_config(list(self._entries.values()), initial=True)
 
     # ------------------------------------------------------------ polling
 
@@ -302,9 +318,9 @@ class ModelManager:
                         next_cfg = now + config_poll_seconds
                         text = config_file.read_text()
                         if text != last_text:
-                            last_text = text
                             log.info("model config %s changed; reloading", config_file)
                             self.set_config(entries_from_proto(parse_model_config(text)))
+                            last_text = text  # only once applied: a refused label move is retried next poll
                     if now >= next_fs:
                         next_fs = now + fs_poll_seconds
                         self.reconcile()

@@ -95,6 +95,7 @@ class ServerOptions:
     request_log_images: bool = False
     limits: Limits = field(default_factory=Limits)
     warmup: bool = True
+    allow_version_labels_for_unavailable_models: bool = False
 
 
 class RequestLogger:
@@ -255,7 +256,8 @@ class Server:
                 request_logger = RequestLogger(opts.request_log_dir, store_images=opts.request_log_images)
             except ImportError:
                 log.info("monitoring.request_log is not available; request log off")
-        manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded)
+        manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
+                               allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models)
         manager.start()
         manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
         self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger)

@@ -137,6 +137,10 @@ def test_config_file_poll_moves_labels(exported_versions, tmp_path):
         manager = srv.core.manager
         assert manager.loaded_versions("leukemia") == [1]
         tmp = tmp_path / "models.config.tmp"
+        # Step 1: load version 2 beside version 1; step 2: label it.
+        tmp.write_text(models_config([("leukemia", base, [1, 2], {"stable": 1})]))
+        tmp.rename(config)
+        _wait(lambda: manager.loaded_versions("leukemia") == [1, 2], what="version 2 loaded")
         tmp.write_text(models_config([("leukemia", base, [1, 2], {"stable": 1, "canary": 2})]))
         tmp.rename(config)
         _wait(lambda: manager.labels("leukemia").get("canary") == 2, what="canary on version 2")
@@ -166,3 +170,23 @@ def test_startup_with_label_on_missing_version_fails(exported_versions, tmp_path
         Server(ServerOptions(port=0, rest_api_port=-1, model_config_file=str(config), request_log_dir=None,
                              file_system_poll_wait_seconds=0)).start()
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_reload_refuses_label_on_version_it_introduces_then_retry_applies(exported_versions, tmp_path):
+    """TF Serving: a label can only move to a version that is already available; the poller retries."""
+    from serving.errors import ServingError
+    from serving.manager import ModelManager, entries_from_proto, parse_model_config
+
+    base = tmp_path / "leukemia"
+    for v in (1, 2):
+        install_version(exported_versions, base, v)
+    one = entries_from_proto(parse_model_config(models_config([("leukemia", base, [1], {"stable": 1})])))
+    manager = ModelManager(one)
+    manager.start()
+    both = entries_from_proto(parse_model_config(models_config([("leukemia", base, [1, 2], {"stable": 2})])))
+    with pytest.raises(ServingError) as info:
+        manager.set_config(both)
+    assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert manager.loaded_versions("leukemia") == [1, 2] and manager.labels("leukemia") == {"stable": 1}
+    manager.set_config(both)  # version 2 is available now
+    assert manager.resolve("leukemia", label="stable").version == 2
