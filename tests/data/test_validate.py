@@ -57,11 +57,11 @@ def test_suite_passes_and_writes_data_docs(validated):
 
 
 def test_critical_failure_names_the_expectation(synthetic_data, tmp_path):
-    result = run_validate(synthetic_data["root"], tmp_path, min_per_class=100)
+    with pytest.raises(ValidationFailed, match="per_class_minimum_count"):
+        run_validate(synthetic_data["root"], tmp_path, min_per_class=100, raise_on_failure=True)
+    result = json.loads((tmp_path / "validation.json").read_text())  # written before it raised
     assert result["success"] is False
     assert result["failed_expectations"] == ["per_class_minimum_count"]
-    with pytest.raises(ValidationFailed, match="per_class_minimum_count"):
-        run_validate(synthetic_data["root"], tmp_path / "again", min_per_class=100, raise_on_failure=True)
 
 
 def test_non_critical_failures_are_warnings(tmp_path):
