@@ -250,6 +250,7 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
     if label not in model_store.LABELS:
         raise ValueError(f"unknown label {label!r}; expected one of {', '.join(model_store.LABELS)}")
     out_dir = Path(out_dir)
+    write_decision(decision, out_dir)  # the registry run logs decision.md
     saved_model = Path(decision.chosen_saved_model)
     metrics = json.loads((Path(decision.chosen_source) / "metrics.json").read_text())
     train = _train_info(saved_model)

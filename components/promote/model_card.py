@@ -43,7 +43,7 @@ def render(version: int | None, metrics: dict[str, Any], train: dict[str, Any] |
     train = train or {}
     config = train.get("config") or {}
     model = metrics.get("model", "?")
-    weights = train.get("weights_used", config.get("weights", "?"))
+    weights = train.get("weights_used") or metrics.get("weights_used") or config.get("weights", "?")
     lines = [
         f"# Model card: {model}" + (f", version {version}" if version is not None else ""), "",
         "## Model", "",

@@ -1,0 +1,139 @@
+"""`leukoflow promote` (gate + promotion) and `leukoflow registry list|rollback|promote` (operations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from components import settings
+from components.cli_output import emit, fail
+
+promote_app = typer.Typer(add_completion=False)
+registry_app = typer.Typer(add_completion=False, help="The model registry and the served labels: list, rollback, promote.")
+
+
+def _default_candidates() -> list[Path]:
+    from components.home import home
+
+    root = home() / "runs" / "evaluate"
+    return sorted(p for p in root.glob("*") if (p / "metrics.json").is_file()) if root.is_dir() else []
+
+
+def _default_split() -> Path | None:
+    from components.home import home
+
+    path = home() / "runs" / "data" / "split"
+    return path if (path / "split.csv").is_file() else None
+
+
+def _human_promote(result: dict) -> str:
+    lines = []
+    for r in result["rows"]:
+        status = "pass" if r["passes_floors"] else "fail (" + "; ".join(r["failures"]) + ")"
+        cost = f", cost {r['cost']:.3f}" if r["cost"] is not None else ""
+        lines.append(f"  {'*' if r['chosen'] else ' '} {r['name']:<12} macro-F1 {r['macro_f1']}, floors {status}{cost}")
+    lines += [f"decision: {result['decision_md']}", result["summary"]]
+    return "\n".join(lines)
+
+
+@promote_app.command()
+def promote(
+    candidates: list[Path] = typer.Option(None, "--candidates", help="Evaluation output directories (each with metrics.json); "
+                                          "repeat the option or list them after it. Default: every run under $LEUKOFLOW_HOME/runs/evaluate."),
+    extra: list[Path] = typer.Argument(None, help="More candidate directories.", show_default=False),
+    split_dir: Path = typer.Option(None, "--split-dir", help="The split the candidates were evaluated on (split.csv and test shards; "
+                                   "default: $LEUKOFLOW_HOME/runs/data/split)."),
+    out: Path = typer.Option(None, "--out", help="Where decision.md, decision.json and model_card.md go (default: $LEUKOFLOW_HOME/reports/promote-<id>)."),
+    label: str = typer.Option("stable", "--label", help="Label the promoted version gets: stable (alias champion) or canary (alias challenger)."),
+    pipeline_run_id: str = typer.Option("", "--pipeline-run-id", help="Pipeline run id recorded in the registry (default: manual)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Decide and write the decision only; change nothing."),
+    step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps (set to the server's config poll interval)."),
+    min_macro_f1: float = typer.Option(settings.GATE_MIN_MACRO_F1, "--min-macro-f1", help="Floor: macro-F1."),
+    min_class_recall: float = typer.Option(settings.GATE_MIN_CLASS_RECALL, "--min-class-recall", help="Floor: every class's recall."),
+    min_robust: float = typer.Option(settings.GATE_MIN_ROBUST_ACCURACY, "--min-robust-accuracy", help="Floor: worst accuracy under perturbations."),
+    margin: float = typer.Option(settings.GATE_MACRO_F1_MARGIN, "--margin", help="Candidates within this macro-F1 of the best count as equally good."),
+    max_regression: float = typer.Option(settings.GATE_MAX_REGRESSION, "--max-regression", help="Macro-F1 the new model may lose against the champion."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Gate the evaluated candidates and promote the best-balanced one (model store, models.config, registry)."""
+    from components.promote.executor import PromotionError, run_promote
+    from components.promote.gate import Policy
+
+    paths = list(candidates or []) + list(extra or []) or _default_candidates()
+    if not paths:
+        fail("no candidates: pass --candidates DIR... (evaluation outputs with metrics.json)", as_json)
+    if label not in ("stable", "canary"):
+        fail(f"--label must be stable or canary, got {label!r}", as_json)
+    policy = Policy(min_macro_f1, min_class_recall, min_robust, margin, max_regression)
+    try:
+        result = run_promote(paths, out, split_dir or _default_split(), label=label, pipeline_run_id=pipeline_run_id,
+                             policy=policy, dry_run=dry_run, step_wait_s=step_wait)
+    except (FileNotFoundError, ValueError, PromotionError) as exc:
+        fail(str(exc), as_json)
+    emit(result, as_json, _human_promote)
+
+
+def _human_list(result: dict) -> str:
+    rows = result["versions"]
+    if not rows:
+        return "no registered versions yet"
+    lines = [f"{'version':>7}  {'model':<12} {'macro-F1':>8} {'accuracy':>8}  {'label':<7} {'aliases':<20} model_path"]
+    for r in rows:
+        f1 = f"{r['macro_f1']:.4f}" if r["macro_f1"] is not None else "-"
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        lines.append(f"{r['version']:>7}  {str(r['model']):<12} {f1:>8} {acc:>8}  {str(r['label'] or '-'):<7} "
+                     f"{','.join(r['aliases']) or '-':<20} {r['model_path'] or '-'}")
+    return "\n".join(lines)
+
+
+@registry_app.command("list")
+def list_(as_json: bool = typer.Option(False, "--json", help="Print a JSON list of versions.")) -> None:
+    """Registered versions with metrics, aliases, serving labels and model paths."""
+    import sys
+
+    from components.cli_output import to_json
+    from components.promote.executor import list_models
+
+    try:
+        rows = list_models()
+    except ValueError as exc:
+        fail(str(exc), as_json)
+    if as_json:  # the documented form: a JSON list of objects
+        sys.stdout.write(to_json(rows) + "\n")
+        return
+    typer.echo(_human_list({"versions": rows}))
+
+
+@registry_app.command()
+def rollback(
+    step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Move stable (and the champion alias) back to the previous champion."""
+    from components.promote.executor import PromotionError, rollback as do_rollback
+
+    try:
+        result = do_rollback(step_wait_s=step_wait)
+    except (ValueError, PromotionError, FileNotFoundError) as exc:
+        fail(str(exc), as_json)
+    emit(result, as_json, lambda r: f"stable -> version {r['version']} (was {r['rolled_back_from']}); aliases {r['aliases']}")
+
+
+@registry_app.command("promote")
+def promote_version(
+    version: int = typer.Argument(..., help="Registered version to label."),
+    label: str = typer.Option(..., "--label", help="stable (alias champion) or canary (alias challenger)."),
+    step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Manual step: put a label on a registered version (registry and models.config together)."""
+    from components.promote.executor import PromotionError, promote_version as do_promote
+
+    if label not in ("stable", "canary"):
+        fail(f"--label must be stable or canary, got {label!r}", as_json)
+    try:
+        result = do_promote(version, label, step_wait_s=step_wait)
+    except (ValueError, PromotionError, FileNotFoundError) as exc:
+        fail(str(exc), as_json)
+    emit(result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}")

@@ -1,0 +1,56 @@
+"""gate_op and promote_op in a real KFP pipeline under the local SubprocessRunner: ParallelFor fan-in, dsl.If."""
+
+import json
+
+import promote_helpers as H
+from kfp import dsl, local
+from kfp.dsl import Artifact, Dataset, Output
+
+from components.promote import model_store, registry
+from components.promote.component import gate_op, promote_op
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def stage_eval_op(src: str, evaluation: Output[Artifact]):
+    import shutil
+
+    shutil.copytree(src, evaluation.path)
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def stage_split_op(src: str, split: Output[Dataset]):
+    import shutil
+
+    shutil.copytree(src, split.path)
+
+
+@dsl.pipeline(name="promote-test")
+def promote_pipeline(candidates: list, split_src: str):
+    split = stage_split_op(src=split_src)
+    with dsl.ParallelFor(candidates) as src:
+        ev = stage_eval_op(src=src)
+    gate = gate_op(evaluations=dsl.Collected(ev.outputs["evaluation"]), split=split.outputs["split"])
+    with dsl.If(gate.outputs["Output"] == True):  # noqa: E712 (KFP condition syntax)
+        promote_op(gate=gate.outputs["gate"], pipeline_run_id="kfp-local-test")
+
+
+def test_gate_and_promote_ops_in_local_pipeline(tmp_path, models, split_dir):
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
+    cands = [
+        H.make_candidate(tmp_path / "e", "resnet50", models["good2"], macro_f1=0.97, accuracy=0.97, params=25_600_000),
+        H.make_candidate(tmp_path / "e", "mobilenetv2", models["good"], macro_f1=0.96, accuracy=0.96, params=3_400_000),
+        H.make_candidate(tmp_path / "e", "cnn", models["worse"], macro_f1=0.72, accuracy=0.79, params=1_000),
+    ]
+    run = promote_pipeline(candidates=[str(c) for c in cands], split_src=str(split_dir))
+    assert model_store.list_versions() == [1] and model_store.read_state().labels == {"stable": 1}
+    (v,) = registry.versions()
+    assert v["tags"]["model"] == "mobilenetv2" and v["tags"]["pipeline_run_id"] == "kfp-local-test"
+    assert v["aliases"] == ["champion"]
+    del run
+    # second run: nothing passes the floors -> gate_op returns False, promote_op is skipped under dsl.If
+    promote_pipeline(candidates=[str(cands[2])], split_src=str(split_dir))
+    assert model_store.list_versions() == [1] and len(registry.versions()) == 1
+    decisions = sorted((tmp_path / "root").rglob("decision.json"), key=lambda p: p.stat().st_mtime)
+    last = json.loads(decisions[-1].read_text())
+    assert last["promoted"] is False and "no candidate passes the floors" in last["reason"]
+    assert not any("promote-op" in str(p) for p in decisions[-1:])
