@@ -190,15 +190,23 @@ def _colormap(heat: np.ndarray) -> np.ndarray:
 
 
 def _foreground(rgb: np.ndarray) -> np.ndarray:
-    """Stained cells: the more saturated pixels, Otsu-split as in monitoring.features."""
-    from skimage.filters import threshold_otsu
+    """The most strongly stained regions (white cells and their nuclei in Wright-Giemsa smears).
+
+    Saturation splits a smear into three populations: pale background, lightly stained red
+    cells, and the deeply stained leukocytes. The top class of a 3-level multi-Otsu on
+    saturation keeps the last; a plain Otsu split is the fallback for flat images.
+    """
+    from skimage.filters import threshold_multiotsu, threshold_otsu
 
     high, low = rgb.max(axis=-1), rgb.min(axis=-1)
     saturation = np.where(high > 0, (high - low) / np.maximum(high, 1e-6), 0.0)
     try:
-        return saturation > threshold_otsu(saturation)
-    except ValueError:  # a constant image
-        return np.zeros(saturation.shape, dtype=bool)
+        return saturation > threshold_multiotsu(saturation, classes=3)[1]
+    except ValueError:  # too few distinct values for three classes
+        try:
+            return saturation > threshold_otsu(saturation)
+        except ValueError:  # a constant image
+            return np.zeros(saturation.shape, dtype=bool)
 
 
 def _png_b64(rgb: np.ndarray) -> str:
@@ -271,7 +279,7 @@ def explain(
             "mean": float(norm.mean()),
             # peak position as fractions of height and width (0,0 = top-left)
             "peak": [(peak[0] + 0.5) / norm.shape[0], (peak[1] + 0.5) / norm.shape[1]],
-            # share of the heat on stained cells vs the share of the image they cover
+            # share of the heat on strongly stained cells vs the share of the image they cover
             "cell_attention": (float(heat[fg].sum()) / mass) if mass > 0 and fg.any() else None,
             "cell_area": float(fg.mean()),
         },

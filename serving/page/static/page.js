@@ -37,7 +37,7 @@
 
   function pct(p) {
     var v = p * 100;
-    return (v > 0 && v < 1 ? "<1" : v > 99 && v < 100 ? v.toFixed(1) : Math.round(v)) + "%";
+    return (v > 0 && v < 1 ? "<1" : v > 99 && v < 100 ? ">99" : Math.round(v)) + "%";
   }
 
   function showBanner(message) {
@@ -289,11 +289,15 @@
       ends.appendChild(el("span", null, "high"));
       legend.appendChild(ends);
       var h = result.heatmap || {};
-      if (typeof h.cell_attention === "number") {
-        var caution = h.cell_attention <= h.cell_area;
+      if (typeof h.cell_attention === "number" && h.cell_area > 0) {
+        // Attention share vs area share: 1x is what a map spread evenly over the image would give.
+        var ratio = h.cell_attention / h.cell_area;
+        var caution = ratio < 0.8;
+        var verdict = caution ? " The model looks mostly outside the stained cells (background or red cells): review with extra care."
+                    : ratio >= 1.5 ? " The model concentrates on the stained cells." : "";
         legend.appendChild(el("p", "attention" + (caution ? " caution" : ""),
-          pct(h.cell_attention) + " of the attention falls on stained cells, which cover " + pct(h.cell_area) +
-          " of the image." + (caution ? " The model is not focusing on the cells: review with extra care." : "")));
+          pct(h.cell_attention) + " of the attention falls on the strongly stained cells, which cover " +
+          pct(h.cell_area) + " of the image." + verdict));
       }
       parts.figure.appendChild(legend);
     }, function (err) {
