@@ -39,7 +39,7 @@ def _tiff(array: np.ndarray) -> bytes:
 class FlakyServer:
     """A real gRPC server with the official servicers; fails the first `fail_first` calls with UNAVAILABLE."""
 
-    def __init__(self, fail_first: int = 0, error: grpc.StatusCode | None = None):
+    def __init__(self, fail_first: int = 0, error: grpc.StatusCode | None = None, credentials=None):
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
         self.fail_first, self.error = fail_first, error
@@ -93,7 +93,10 @@ class FlakyServer:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Prediction(), self.server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(Models(), self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.target = f"127.0.0.1:{self.port}"
 
     def _gate(self, context, request) -> None:
