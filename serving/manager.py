@@ -121,6 +121,7 @@ class ModelManager:
         allow_unavailable_labels: bool = False,
     ) -> None:
         self.allow_unavailable_labels = allow_unavailable_labels  # --allow_version_labels_for_unavailable_models
+        self.limits: Any = None  # set by the server; the page reads it
         self._entries: dict[str, ModelEntry] = {e.name: e for e in entries}
         self._servables: dict[str, dict[int, Servable]] = {}
         self._labels: dict[str, dict[str, int]] = {}

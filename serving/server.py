@@ -258,6 +258,7 @@ class Server:
                 log.info("monitoring.request_log is not available; request log off")
         manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
                                allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models)
+        manager.limits = opts.limits  # the page (serving.page.routes) reads the server's limits here
         manager.start()
         manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
         self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger)
