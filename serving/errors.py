@@ -89,6 +89,8 @@ def from_exception(exc: BaseException) -> ServingError:
 
     if isinstance(exc, SignatureNotFound):
         return failed_precondition(str(exc.args[0]))
+    if isinstance(exc, RecursionError):
+        return invalid_argument("request is nested too deeply")
     if isinstance(exc, TimeoutError):
         return deadline_exceeded(str(exc) or "Deadline exceeded")
     if isinstance(exc, (InputError, ValueError, TypeError)):

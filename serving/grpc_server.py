@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from serving.errors import ServingError, from_exception, invalid_argument, unimplemented
+from serving.errors import ServingError, from_exception, invalid_argument
+from serving.limits import check_batch
 from serving.servable import DEFAULT_SIGNATURE, example_list
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,6 +139,7 @@ def run_classify(core: "ServingCore", servable: Any, label: str | None, signatur
     if len(sig.inputs) != 1:
         raise invalid_argument("Expected one input Tensor.")
     (alias,) = list(sig.inputs)
+    check_batch("examples", len(examples), core.limits)
     images = core.decode_images("examples", np.array(_example_images(examples), dtype=object))
     outputs = core.execute(servable, key, {alias: np.array(examples, dtype=object)}, label=label, images=images)
     scores = outputs.get("scores")

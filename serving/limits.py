@@ -26,6 +26,7 @@ class Limits:
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_batch_size: int = 256
+    max_request_pixels: int = 200_000_000  # all images of one request together: bounds decode time and memory
 
 
 def check_batch(alias: str, n: int, limits: Limits) -> None:
@@ -46,14 +47,12 @@ def check_message(size: int, limits: Limits) -> None:
         )
 
 
-def decode_checked(alias: str, index: int, data: bytes, limits: Limits) -> np.ndarray:
-    """Read the header, enforce format and max_image_pixels, then decode fully to RGB uint8.
+def image_header(alias: str, index: int, data: bytes, limits: Limits) -> tuple[str, int, int]:
+    """Read only the header: enforce the format and max_image_pixels; returns (format, width, height).
 
     Raises INVALID_ARGUMENT naming `alias[index]` for anything TF's decoder would not read or that is too large.
     """
     from PIL import Image, UnidentifiedImageError
-
-    from components import domain
 
     where = f"input {alias}[{index}]"
     if not isinstance(data, (bytes, bytearray)) or not data:
@@ -70,19 +69,57 @@ def decode_checked(alias: str, index: int, data: bytes, limits: Limits) -> np.nd
             f"{len(data)} bytes starting {bytes(data[:8])!r}"
         ) from None
     with img:
-        if img.format not in ACCEPTED_FORMATS:
-            raise invalid_argument(
-                f"{where} is {img.format}, not a supported format (JPEG, PNG, BMP, GIF, WebP); convert it first"
-            )
+        fmt = img.format or "unknown"
         width, height = img.size
-        if width * height > limits.max_image_pixels:
-            raise invalid_argument(
-                f"{where} is {width}x{height} = {width * height} pixels, more than the limit "
-                f"max_image_pixels={limits.max_image_pixels}"
-            )
-        if width == 0 or height == 0:
-            raise invalid_argument(f"{where} has no pixels ({width}x{height})")
-    try:
-        return domain.load_rgb(bytes(data))
-    except domain.ImageDecodeError as exc:
-        raise invalid_argument(f"{where} cannot be decoded ({img.format}): {exc.__cause__ or exc}") from None
+    if fmt not in ACCEPTED_FORMATS:
+        raise invalid_argument(f"{where} is {fmt}, not a supported format (JPEG, PNG, BMP, GIF, WebP); convert it first")
+    if width * height > limits.max_image_pixels:
+        raise invalid_argument(
+            f"{where} is {width}x{height} = {width * height} pixels, more than the limit "
+            f"max_image_pixels={limits.max_image_pixels}"
+        )
+    if width == 0 or height == 0:
+        raise invalid_argument(f"{where} has no pixels ({width}x{height})")
+    return fmt, width, height
+
+
+def check_images(alias: str, values: list[bytes], limits: Limits, keep: bool = False, keep_side: int = 512) -> list[np.ndarray]:
+    """Check every encoded image of a request (headers first, then the request's pixel total, then a full decode).
+
+    The full decode catches truncated and corrupt files before they reach the graph or a shared batch.
+    With keep, returns the RGB arrays (downscaled to at most keep_side, for the request log's features).
+    """
+    from components import domain
+
+    headers = [image_header(alias, i, v, limits) for i, v in enumerate(values)]
+    total = sum(w * h for _, w, h in headers)
+    if total > limits.max_request_pixels:
+        raise invalid_argument(
+            f"input {alias} holds {total} pixels in {len(values)} images, more than the limit "
+            f"max_request_pixels={limits.max_request_pixels}"
+        )
+    kept = []
+    for i, (v, (fmt, _, _)) in enumerate(zip(values, headers)):
+        try:
+            rgb = domain.load_rgb(bytes(v))
+        except domain.ImageDecodeError as exc:
+            raise invalid_argument(f"input {alias}[{i}] cannot be decoded ({fmt}): {exc.__cause__ or exc}") from None
+        if keep:
+            kept.append(_downscale(rgb, keep_side))
+    return kept
+
+
+def _downscale(rgb: np.ndarray, side: int) -> np.ndarray:
+    if max(rgb.shape[:2]) <= side:
+        return rgb
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((side, side))
+    return np.asarray(img)
+
+
+def decode_checked(alias: str, index: int, data: bytes, limits: Limits) -> np.ndarray:
+    """One image: header checks, then the full decode to RGB uint8."""
+    image_header(alias, index, data, limits)
+    return check_images(alias, [data], limits, keep=True, keep_side=1 << 30)[0]

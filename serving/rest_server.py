@@ -120,7 +120,7 @@ def predict_json(core: "ServingCore", name: str, version: int | None, label: str
     """:predict with TF Serving's row (instances -> predictions) and columnar (inputs -> outputs) formats."""
     try:
         req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise invalid_argument(f"JSON Parse error: {exc}") from None
     if not isinstance(req, dict):
         raise invalid_argument("JSON Value: not formatted correctly. Expecting object")
@@ -220,7 +220,7 @@ def classify_json(core: "ServingCore", name: str, version: int | None, label: st
     """:classify with TF Serving's JSON (examples, optional context) -> {"result": [[[class, score], ...]]}."""
     try:
         req = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise invalid_argument(f"JSON Parse error: {exc}") from None
     if not isinstance(req, dict) or "examples" not in req:
         raise invalid_argument("Missing 'examples' key")
@@ -397,7 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
         start = time.perf_counter()
         api_name, model, version_used, code = "rest_other", "", None, "OK"
         try:
-            body = self._read_body() if method in ("POST", "PUT") else b""
+            body = self._read_body()  # always: an unread body would be parsed as the next request
             mon = self.server.monitoring
             if mon.enable and path == mon.path:
                 self._send(200, core.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")

@@ -18,7 +18,7 @@ import numpy as np
 
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
 from serving.errors import ServingError, from_exception, invalid_argument
-from serving.limits import Limits, check_batch, decode_checked
+from serving.limits import Limits, check_batch, check_images
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
 from serving.servable import Servable
@@ -158,9 +158,9 @@ class ServingCore:
         return self.manager.resolve(name, version, label)
 
     def decode_images(self, alias: str, values: np.ndarray) -> list[np.ndarray]:
-        """Check every encoded image of a string input (format, pixels); returns the decoded RGB arrays."""
+        """Check every encoded image of a string input; returns RGB arrays only when the request log needs them."""
         flat = values.reshape(-1) if values.ndim else values.reshape(1)
-        return [decode_checked(alias, i, v, self.limits) for i, v in enumerate(flat)]
+        return check_images(alias, list(flat), self.limits, keep=self.request_logger is not None)
 
     def execute(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
                 label: str | None = None, images: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -170,13 +170,12 @@ class ServingCore:
         for alias, arr in inputs.items():
             if np.ndim(arr) >= 1:
                 check_batch(alias, int(np.shape(arr)[0]), self.limits)
+        prepared = servable.prepare(signature_name, inputs)  # names, rank, dtype first: cheap refusals before decoding
         if images is None and sig.method_name == PREDICT:
             images = []
-            for alias, arr in inputs.items():
-                info = sig.inputs.get(alias)
-                if info is not None and info.dtype == 7 and np.asarray(arr).dtype.kind in "OS":  # DT_STRING: encoded images
-                    images.extend(self.decode_images(alias, np.asarray(arr)))
-        prepared = servable.prepare(signature_name, inputs)
+            for alias, arr in prepared.items():
+                if sig.inputs[alias].dtype == 7:  # DT_STRING inputs of a predict signature are encoded images
+                    images.extend(self.decode_images(alias, arr))
         if self.batcher is not None:
             key = (id(servable), signature_name,
                    tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
@@ -184,7 +183,7 @@ class ServingCore:
         else:
             outputs = servable.run_prepared(signature_name, prepared)
         if self.metrics:
-            n = len(images) if images else 0
+            n = next((v.shape[0] for v in prepared.values() if v.ndim), 1)
             if n:
                 self.metrics.images.labels(servable.name, str(servable.version)).inc(n)
             if self.batcher is None:

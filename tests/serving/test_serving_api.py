@@ -39,7 +39,8 @@ def server(exported_versions, tmp_path_factory):
     srv = Server(ServerOptions(
         port=0, rest_api_port=0, model_config_file=str(config), monitoring_config_file=str(monitoring),
         file_system_poll_wait_seconds=0, request_log_dir=str(root / "requests"),
-        limits=Limits(max_message_bytes=4 * 1024 * 1024, max_image_pixels=10_000_000, max_batch_size=MAX_BATCH),
+        limits=Limits(max_message_bytes=4 * 1024 * 1024, max_image_pixels=10_000_000, max_batch_size=MAX_BATCH,
+                      max_request_pixels=15_000_000),
     )).start()
     srv.root = root
     yield srv
@@ -291,6 +292,7 @@ def _bad_corpus():
         "truncated_jpeg": ({"images": lambda: _tensor([jpeg[: len(jpeg) // 2]])}, "", "input images[0] cannot be decoded"),
         "tiff": ({"images": lambda: _tensor([encoded("TIFF")])}, "", "input images[0] is TIFF"),
         "huge_png": ({"images": lambda: _tensor([huge_png()])}, "", "max_image_pixels"),
+        "request_pixels": ({"images": lambda: _tensor([huge_png(3000)] * 2)}, "", "max_request_pixels"),
         "bad_second_image": ({"images": lambda: _tensor([encode_png(sample_image(1)), b"xx"])}, "", "input images[1]"),
         "wrong_dtype": ({"images": lambda: _tensor(np.zeros((1,), np.float32))}, "", "input 'images' must be string"),
         "wrong_shape": ({"pixels": lambda: _tensor(np.zeros((1, SIZE - 1, SIZE, 3), np.float32))}, "predict_pixels", "shape"),
@@ -398,6 +400,30 @@ def test_rest_oversized_batch_and_body(rest):
     assert r.status_code == 400 and "max_batch_size" in r.json()["error"]
     r = requests.post(f"{rest}/v1/models/leukemia:predict", data=b"x" * (5 * 1024 * 1024), timeout=30)
     assert r.status_code == 400 and "max_message_bytes" in r.json()["error"]
+
+
+def test_rest_hostile_bodies_keep_the_connection_usable(rest):
+    session = requests.Session()
+    deep = "[" * 100000 + "]" * 100000
+    r = session.post(f"{rest}/v1/models/leukemia:predict", data='{"instances": ' + deep + "}", timeout=30)
+    assert r.status_code == 400
+    r = session.post(f"{rest}/v1/models/leukemia:predict", json={"instances": [[[{"b64": "!!notbase64"}]]]}, timeout=30)
+    assert r.status_code == 400 and "base64" in r.json()["error"]
+    r = session.get(f"{rest}/v1/models/leukemia", data=b'{"a": 1}', timeout=30)  # a GET with a body
+    assert r.status_code == 200
+    assert session.get(f"{rest}/v1/models/leukemia", timeout=30).status_code == 200  # same keep-alive connection
+
+
+def test_classify_oversized_batch(stub):
+    from tensorflow_serving.apis import classification_pb2
+
+    req = classification_pb2.ClassificationRequest()
+    req.model_spec.name = "leukemia"
+    req.model_spec.signature_name = "classify"
+    for _ in range(MAX_BATCH + 1):
+        req.input.example_list.examples.add().features.feature["image/encoded"].bytes_list.value.append(b"x")
+    code, details = grpc_error(stub.Classify, req)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size" in details
 
 
 def test_prometheus_metrics_and_request_log(server, rest, stub):
