@@ -50,6 +50,8 @@ class Explainer:
     image_size: int
     class_names: tuple[str, ...]
     lock: threading.Lock
+    num_classes: int = 0
+    step: Any = None              # compiled (image, class or -1) -> (feature map, gradients, probabilities, class)
 
 
 def read_meta(version_dir: str | Path) -> dict:
@@ -100,7 +102,36 @@ def _build(version_dir: str) -> Explainer:
     shape = model.inputs[0].shape
     size = int(meta.get("image_size") or shape[1] or domain.IMAGE_SIZE)
     names = tuple(meta.get("class_names") or domain.CLASS_NAMES)
-    return Explainer(str(version_dir), grad_model, logits, head, size, names, threading.Lock())
+    explainer = Explainer(str(version_dir), grad_model, logits, head, size, names, threading.Lock(),
+                          num_classes=int(model.outputs[0].shape[-1]))
+    explainer.step = _compile_step(explainer)
+    return explainer
+
+
+def _compile_step(explainer: Explainer) -> Any:
+    """The forward pass and its gradients as one tf.function (traced once; eager is ~5x slower)."""
+    import tensorflow as tf
+
+    size = explainer.image_size
+
+    @tf.function(input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32), tf.TensorSpec([], tf.int32)])
+    def step(pixels, wanted):
+        with tf.GradientTape() as tape:
+            fmap, scores = explainer.grad_model(pixels, training=False)
+            tape.watch(fmap)
+            scores = tf.cast(scores, tf.float32)  # mixed-precision models compute in float16
+            if explainer.head is not None:  # features -> logits with the head's own weights
+                scores = tf.matmul(scores, tf.cast(explainer.head.kernel, tf.float32))
+                if explainer.head.bias is not None:
+                    scores = scores + tf.cast(explainer.head.bias, tf.float32)
+            probs = tf.nn.softmax(scores) if explainer.scores_are_logits else scores
+            index = tf.where(wanted >= 0, wanted, tf.cast(tf.argmax(probs[0]), tf.int32))
+            chosen = tf.gather(scores, index, axis=1)
+            target = chosen if explainer.scores_are_logits else tf.math.log(chosen + 1e-9)
+        grads = tape.gradient(target, fmap)
+        return tf.cast(fmap, tf.float32), tf.cast(grads, tf.float32), probs, index
+
+    return step
 
 
 _CACHE: "OrderedDict[str, Explainer]" = OrderedDict()
@@ -145,7 +176,11 @@ def preload(version_dir: str | Path) -> None:
 
     def load() -> None:
         try:
-            load_explainer(key)
+            explainer = load_explainer(key)
+            import tensorflow as tf
+
+            size = explainer.image_size  # trace the compiled step now, not on the first request
+            explainer.step(tf.zeros([1, size, size, 3]), tf.constant(-1, tf.int32))
         except Exception:  # noqa: BLE001 - the explain request itself will report it
             with _CACHE_LOCK:
                 _KEY_LOCKS.pop(key, None)
@@ -229,22 +264,12 @@ def explain(
 
     image = _decode(encoded)
     model_input = domain.tf_resize(image, explainer.image_size)[None]
-    with explainer.lock:  # one tape at a time per model: bounded memory under concurrent requests
-        with tf.GradientTape() as tape:
-            fmap_raw, scores = explainer.grad_model(model_input, training=False)
-            tape.watch(fmap_raw)
-            scores = tf.cast(scores, tf.float32)  # mixed-precision models compute in float16
-            if explainer.head is not None:  # features -> logits with the head's own weights
-                scores = tf.matmul(scores, tf.cast(explainer.head.kernel, tf.float32))
-                if explainer.head.bias is not None:
-                    scores = scores + tf.cast(explainer.head.bias, tf.float32)
-            probs = tf.nn.softmax(scores) if explainer.scores_are_logits else scores
-            index = int(tf.argmax(probs[0])) if class_index is None else int(class_index)
-            if not 0 <= index < probs.shape[-1]:
-                raise ExplainError(f"class index {index} is out of range for {probs.shape[-1]} classes")
-            target = scores[:, index] if explainer.scores_are_logits else tf.math.log(scores[:, index] + 1e-9)
-        grads = tf.cast(tape.gradient(target, fmap_raw), tf.float32)
-    fmap = tf.cast(fmap_raw, tf.float32)
+    if class_index is not None and not 0 <= int(class_index) < explainer.num_classes:
+        raise ExplainError(f"class index {class_index} is out of range for {explainer.num_classes} classes")
+    wanted = tf.constant(-1 if class_index is None else int(class_index), tf.int32)
+    with explainer.lock:  # one gradient pass at a time per model: bounded memory under concurrent requests
+        fmap, grads, probs, index = explainer.step(model_input, wanted)
+    index = int(index)
 
     # Channel weights = spatially averaged gradients; ReLU keeps what speaks for the class.
     weights = tf.reduce_mean(grads, axis=(1, 2))                      # [1, C]
