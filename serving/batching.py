@@ -135,7 +135,7 @@ class Batcher:
             queue.rows += size
             self._cond.notify()
         if not task.done.wait(timeout):
-            raise from_exception(TimeoutError("batched request timed out"))
+            raise from_exception(TimeoutError("Deadline exceeded while waiting in the batch queue"))
         if task.error is not None:
             raise task.error
         assert task.result is not None

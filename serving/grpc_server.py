@@ -235,6 +235,7 @@ def _servicer_classes() -> tuple[type, type]:
             start = time.perf_counter()
             code = "UNKNOWN"
             name, version, _ = spec_parts(request.model_spec) if request.HasField("model_spec") else ("", None, None)
+            self.core.set_deadline(context.time_remaining())
             try:
                 response = fn(self.core, request)
                 code = "OK"
@@ -243,6 +244,7 @@ def _servicer_classes() -> tuple[type, type]:
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
                 err = from_exception(exc)
                 code = err.code.name
+                version = getattr(self.core.local, "version", None) or version  # the version that failed, if resolved
                 if err.code == grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", api)
                 context.abort(err.code, err.message)

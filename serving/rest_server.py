@@ -395,7 +395,8 @@ class _Handler(BaseHTTPRequestHandler):
         core = self.server.core
         path = urlsplit(self.path).path
         start = time.perf_counter()
-        api_name, model, version_used, code = "rest_other", "", None, "OK"
+        api_name, model, code = "rest_other", "", "OK"
+        core.set_deadline(None)
         try:
             body = self._read_body()  # always: an unread body would be parsed as the next request
             mon = self.server.monitoring
@@ -443,7 +444,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         finally:
             if api_name != "rest_other":
-                core.metrics.observe(api_name, model, version_used, code, time.perf_counter() - start)
+                core.metrics.observe(api_name, model, getattr(core.local, "version", None), code, time.perf_counter() - start)
 
     def _page(self, method: str, path: str, body: bytes) -> bool:
         """Hand the request to serving.page.routes when that module exists."""

@@ -153,6 +153,12 @@ class ServingCore:
         self.metrics = metrics
         self.batcher = batcher
         self.request_logger = request_logger
+        self.local = threading.local()  # per request thread: deadline (s) set by the front end, version served
+
+    def set_deadline(self, seconds: float | None) -> None:
+        """Seconds the current request may still wait (a gRPC deadline); None for no deadline."""
+        self.local.deadline = seconds
+        self.local.version = None
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         return self.manager.resolve(name, version, label)
@@ -166,6 +172,7 @@ class ServingCore:
                 label: str | None = None, images: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Check batch limits, prepare inputs, run through the batcher when enabled, and log per image."""
         start = time.perf_counter()
+        self.local.version = servable.version
         sig = servable.signature(signature_name)
         for alias, arr in inputs.items():
             if np.ndim(arr) >= 1:
@@ -179,7 +186,8 @@ class ServingCore:
         if self.batcher is not None:
             key = (id(servable), signature_name,
                    tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
-            outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x))
+            outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x),
+                                          timeout=getattr(self.local, "deadline", None))
         else:
             outputs = servable.run_prepared(signature_name, prepared)
         if self.metrics:

@@ -139,3 +139,20 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
         channel.close()
     finally:
         srv.stop()
+
+
+def test_batcher_deadline_while_queued():
+    from serving.batching import Batcher, parse_batching_parameters
+    from serving.errors import ServingError
+
+    release = threading.Event()
+    batcher = Batcher(parse_batching_parameters(PARAMS))
+    blocker = threading.Thread(target=lambda: batcher.submit("k", {"x": np.zeros((8, 1))}, lambda x: (release.wait(30), x)[1]))
+    blocker.start()
+    time.sleep(0.2)
+    with pytest.raises(ServingError) as info:
+        batcher.submit("k", {"x": np.zeros((1, 1))}, lambda x: x, timeout=0.2)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    release.set()
+    blocker.join(30)
+    batcher.stop()
