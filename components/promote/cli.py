@@ -47,6 +47,8 @@ def promote(
     out: Path = typer.Option(None, "--out", help="Where decision.md, decision.json and model_card.md go (default: $LEUKOFLOW_HOME/reports/promote-<id>)."),
     label: str = typer.Option("stable", "--label", help="Label the promoted version gets: stable (alias champion) or canary (alias challenger)."),
     pipeline_run_id: str = typer.Option("", "--pipeline-run-id", help="Pipeline run id recorded in the registry (default: manual)."),
+    reference: Path = typer.Option(None, "--reference", help="Drift reference profile (file, or the reference step's directory) stored with the version."),
+    drift_report: str = typer.Option("", "--drift-report", help="The drift report that triggered this retraining (recorded in the registry)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide and write the decision only; change nothing."),
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps (set to the server's config poll interval)."),
     min_macro_f1: float = typer.Option(settings.GATE_MIN_MACRO_F1, "--min-macro-f1", help="Floor: macro-F1."),
@@ -68,7 +70,8 @@ def promote(
     policy = Policy(min_macro_f1, min_class_recall, min_robust, margin, max_regression)
     try:
         result = run_promote(paths, out, split_dir or _default_split(), label=label, pipeline_run_id=pipeline_run_id,
-                             policy=policy, dry_run=dry_run, step_wait_s=step_wait)
+                             policy=policy, dry_run=dry_run, step_wait_s=step_wait, reference=reference,
+                             drift_report=drift_report)
     except (FileNotFoundError, ValueError, PromotionError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, _human_promote)

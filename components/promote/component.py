@@ -7,7 +7,8 @@ task's single `Output`, not on a named output of a NamedTuple. The chosen model 
     evals = ...  # inside dsl.ParallelFor: evaluate_op(...).outputs["evaluation"]
     gate = gate_op(evaluations=dsl.Collected(evals), split=split_task.outputs["split"])
     with dsl.If(gate.outputs["Output"] == True):
-        promote_op(gate=gate.outputs["gate"], pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        promote_op(gate=gate.outputs["gate"], reference=reference_task.outputs["reference"],
+                   pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
 """
 
 from typing import List, NamedTuple
@@ -42,17 +43,24 @@ def promote_op(
     gate: Input[Artifact],
     promotion: Output[Artifact],
     model_card: Output[Markdown],
+    reference: Input[Dataset] = None,
+    drift_report: str = "",
     pipeline_run_id: str = "",
     label: str = "stable",
 ) -> NamedTuple("PromoteOutputs", [("version", int), ("model_path", str)]):
-    """Run components.promote.executor.apply_decision on the gate's decision (model store, models.config, registry)."""
+    """Run components.promote.executor.apply_decision on the gate's decision (model store, models.config, registry).
+
+    `reference` (optional): the reference step's feature profile, stored in the version for the drift monitor.
+    `drift_report`: the drift report that triggered this run, recorded in the registry.
+    """
     import shutil
     from collections import namedtuple
 
     from components.promote import model_store
     from components.promote.executor import apply_decision, read_decision
 
-    result = apply_decision(read_decision(gate.path), promotion.path, label=label, pipeline_run_id=pipeline_run_id)
+    result = apply_decision(read_decision(gate.path), promotion.path, label=label, pipeline_run_id=pipeline_run_id,
+                            reference=reference.path if reference is not None else None, drift_report=drift_report)
     shutil.copyfile(promotion.path + "/model_card.md", model_card.path)
     path = str(model_store.version_path(result.version))
     promotion.metadata.update({"version": result.version, "label": label, "model_path": path, "model": result.chosen})

@@ -240,11 +240,33 @@ def _train_info(saved_model: str | Path) -> dict[str, Any]:
         return {}
 
 
+REFERENCE_NAMES = ("reference_features.parquet", "reference.parquet", "reference_features.csv", "reference.csv")
+
+
+def reference_file(reference: str | Path | None) -> Path | None:
+    """The drift reference profile: a file, or the first known name in a directory (None if not given)."""
+    if reference is None or str(reference) == "":
+        return None
+    path = Path(reference)
+    if path.is_file():
+        return path
+    for name in REFERENCE_NAMES:
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(f"no reference profile ({', '.join(REFERENCE_NAMES)}) at {path}")
+
+
 def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable", pipeline_run_id: str = "",
                    base: str | Path | None = None, config_path: str | Path | None = None,
                    registry_uri: str | None = None,
-                   between: Callable[[model_store.ServingState], None] | None = None) -> Decision:
-    """Write registry, model store and models.config for a promoted decision, all or nothing."""
+                   between: Callable[[model_store.ServingState], None] | None = None,
+                   reference: str | Path | None = None, drift_report: str = "") -> Decision:
+    """Write registry, model store and models.config for a promoted decision, all or nothing.
+
+    `reference` (the training split's feature profile) is stored in the version as
+    `assets.extra/reference_features.<ext>` for the drift monitor and logged to the registry run;
+    `drift_report` (the report that triggered this retraining, if any) is recorded as a tag.
+    """
     if not decision.promoted:
         raise PromotionError(decision.summary)
     if label not in model_store.LABELS:
@@ -261,6 +283,10 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
             "saved_model_sha256": tree_hash(saved_model), "status": "pending"}
     params = {"model": decision.chosen, "config": train.get("config") or {},
               "weights_used": train.get("weights_used", "unknown"), "epochs_run": train.get("epochs_run", "unknown")}
+    ref = reference_file(reference)
+    extras = {f"assets.extra/reference_features{ref.suffix}": ref} if ref else {}
+    if drift_report:
+        tags["drift_report"] = str(drift_report)
     config_path = Path(config_path or home.models_config_path())
     step = "start"
     with model_store.store_lock(base):
@@ -273,10 +299,11 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
         try:
             step = "registry version"
             version, run_id = registry.create_version(saved_model, metrics, params, tags,
-                                                      artifacts=[out_dir / "decision.md"], uri=registry_uri,
+                                                      artifacts=[out_dir / "decision.md"] + ([ref] if ref else []),
+                                                      uri=registry_uri,
                                                       description=f"{decision.chosen}: {decision.reason}"[:4000])
             step = "model store"
-            version_dir = model_store.write_version(saved_model, version, base)
+            version_dir = model_store.write_version(saved_model, version, base, extras=extras)
             wrote_store = True
             step = "models.config"
             model_store.move_label(label, version, config_path, base, between=between)
@@ -294,6 +321,7 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
                 "model_card": f"{run.info.artifact_uri}/model_card.md", "model_path": str(version_dir),
                 "serving_version": str(version), "status": "promoted",
                 "low_confidence_threshold": str(model_card.low_confidence_threshold(saved_model)),
+                **({"reference_profile": str(version_dir / next(iter(extras)))} if extras else {}),
             }, uri=registry_uri)
             registry.assign_label(version, label, uri=registry_uri)
         except BaseException as exc:
@@ -313,13 +341,15 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
 
 def run_promote(candidates: list[str | Path], out_dir: str | Path | None = None, split_dir: str | Path | None = None,
                 label: str = "stable", pipeline_run_id: str = "", policy: Policy = Policy(), dry_run: bool = False,
-                step_wait_s: float = 0.0, registry_uri: str | None = None) -> dict[str, Any]:
+                step_wait_s: float = 0.0, registry_uri: str | None = None, reference: str | Path | None = None,
+                drift_report: str = "") -> dict[str, Any]:
     """Gate the candidates and promote the chosen one; returns the result dict the CLI prints."""
     out_dir = Path(out_dir or home.reports_dir() / f"promote-{uuid.uuid4().hex[:8]}")
     decision = run_gate(candidates, out_dir, split_dir, policy, registry_uri=registry_uri)
     if decision.promoted and not dry_run:
         decision = apply_decision(decision, out_dir, label, pipeline_run_id, registry_uri=registry_uri,
-                                  between=model_store.sleep_between(step_wait_s))
+                                  between=model_store.sleep_between(step_wait_s), reference=reference,
+                                  drift_report=drift_report)
     return {
         "promoted": decision.promoted and not dry_run, "chosen": decision.chosen, "version": decision.version,
         "label": decision.label, "summary": decision.summary if not dry_run or not decision.promoted

@@ -95,6 +95,13 @@ def _copy_all_but_pb(src: Path, tmp: Path) -> None:
             shutil.copy2(item, tmp / item.name)
 
 
+def _copy_extras(extras: dict[str, Path], tmp: Path) -> None:
+    for rel, path in extras.items():
+        dest = tmp / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+
+
 def _copy_pb(src: Path, tmp: Path) -> None:
     shutil.copy2(src / PB_NAME, tmp / PB_NAME)
 
@@ -126,8 +133,12 @@ def clean_stale_temporaries(base: str | Path | None = None, name: str = settings
 
 
 def write_version(saved_model_dir: str | Path, version: int, base: str | Path | None = None,
-                  name: str = settings.SERVED_MODEL_NAME) -> Path:
-    """Copy a SavedModel into the store as `version`, atomically; never overwrites. Returns the version dir."""
+                  name: str = settings.SERVED_MODEL_NAME, extras: dict[str, Path] | None = None) -> Path:
+    """Copy a SavedModel into the store as `version`, atomically; never overwrites. Returns the version dir.
+
+    `extras` maps paths relative to the version dir (e.g. `assets.extra/reference_features.parquet`) to files
+    added to the copy; TF Serving ignores them.
+    """
     src = Path(saved_model_dir)
     if not (src / PB_NAME).is_file():
         raise FileNotFoundError(f"{src}: no {PB_NAME} (not a SavedModel directory)")
@@ -139,6 +150,7 @@ def write_version(saved_model_dir: str | Path, version: int, base: str | Path | 
     tmp = _make_temp(root, version)
     try:
         _copy_all_but_pb(src, tmp)
+        _copy_extras(extras or {}, tmp)
         _copy_pb(src, tmp)  # last: a reader polling for saved_model.pb never sees a half-copied model
         _fsync_tree(tmp)
         _rename_into_place(tmp, final)

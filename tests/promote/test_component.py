@@ -24,14 +24,26 @@ def stage_split_op(src: str, split: Output[Dataset]):
     shutil.copytree(src, split.path)
 
 
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
+def stage_reference_op(reference: Output[Dataset]):
+    import os
+
+    import pandas as pd
+
+    os.makedirs(reference.path)
+    pd.DataFrame({"brightness_mean": [0.5], "label": ["Benign"]}).to_parquet(reference.path + "/reference.parquet")
+
+
 @dsl.pipeline(name="promote-test")
 def promote_pipeline(candidates: list, split_src: str):
     split = stage_split_op(src=split_src)
+    reference = stage_reference_op()
     with dsl.ParallelFor(candidates) as src:
         ev = stage_eval_op(src=src)
     gate = gate_op(evaluations=dsl.Collected(ev.outputs["evaluation"]), split=split.outputs["split"])
     with dsl.If(gate.outputs["Output"] == True):  # noqa: E712 (KFP condition syntax)
-        promote_op(gate=gate.outputs["gate"], pipeline_run_id="kfp-local-test")
+        promote_op(gate=gate.outputs["gate"], reference=reference.outputs["reference"], pipeline_run_id="kfp-local-test",
+                   drift_report="")
 
 
 def test_gate_and_promote_ops_in_local_pipeline(tmp_path, models, split_dir):
@@ -46,6 +58,7 @@ def test_gate_and_promote_ops_in_local_pipeline(tmp_path, models, split_dir):
     (v,) = registry.versions()
     assert v["tags"]["model"] == "mobilenetv2" and v["tags"]["pipeline_run_id"] == "kfp-local-test"
     assert v["aliases"] == ["champion"]
+    assert (model_store.version_path(1) / "assets.extra" / "reference_features.parquet").is_file()
     del run
     # second run: nothing passes the floors -> gate_op returns False, promote_op is skipped under dsl.If
     promote_pipeline(candidates=[str(cands[2])], split_src=str(split_dir))

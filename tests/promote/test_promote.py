@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pandas as pd
 import pytest
 import promote_helpers as H
 from google.protobuf import text_format
@@ -31,11 +32,16 @@ def _config():
 def test_first_promotion_writes_store_config_and_registry(tmp_path, models, split_dir):
     cands = _cands(tmp_path, models, resnet50=("good2", 0.97, 25_600_000), mobilenetv2=("good", 0.96, 3_400_000),
                    cnn=("worse", 0.72, 1_000_000))
-    res = executor.run_promote(cands, tmp_path / "out", split_dir, pipeline_run_id="run-1")
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    pd.DataFrame({"brightness_mean": [0.5, 0.6], "label": ["Benign", "Pre"]}).to_parquet(ref_dir / "reference.parquet")
+    res = executor.run_promote(cands, tmp_path / "out", split_dir, pipeline_run_id="run-1", reference=ref_dir,
+                               drift_report="/reports/drift-1.json")
     assert res["promoted"] and res["chosen"] == "mobilenetv2" and res["version"] == 1, res["summary"]
-    # model store: a complete version named by models.config
+    # model store: a complete version named by models.config, carrying the drift reference for the monitor
     vdir = home.model_base() / "leukemia" / "1"
     assert (vdir / "saved_model.pb").is_file() and res["model_path"] == str(vdir)
+    assert pd.read_parquet(vdir / "assets.extra" / "reference_features.parquet")["label"].tolist() == ["Benign", "Pre"]
     entry = _config().model_config_list.config[0]
     assert list(entry.model_version_policy.specific.versions) == [1] and dict(entry.version_labels) == {"stable": 1}
     # decision and card
@@ -51,6 +57,8 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
     assert tags["model"] == "mobilenetv2" and tags["pipeline_run_id"] == "run-1" and tags["status"] == "promoted"
     assert tags["split_hash"] == executor.split_hash(split_dir) and tags["data_hash"].endswith(".dir")
     assert tags["model_card"].endswith("model_card.md") and "promoted mobilenetv2" in tags["gate_decision"]
+    assert tags["drift_report"] == "/reports/drift-1.json"
+    assert tags["reference_profile"] == str(vdir / "assets.extra" / "reference_features.parquet")
     c = registry.client()
     run = c.get_run(v["run_id"])
     assert run.data.metrics["macro_f1"] == pytest.approx(0.96)
@@ -59,7 +67,7 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
     assert run.data.params["config.image_size"] == str(H.SIZE)
     assert run.data.tags["git_commit"]
     arts = {a.path for a in c.list_artifacts(v["run_id"])}
-    assert {"saved_model", "model_card.md", "decision.md"} <= arts
+    assert {"saved_model", "model_card.md", "decision.md", "reference.parquet"} <= arts
     assert v["source"].endswith("/saved_model")
     with sqlite3.connect(home.home() / "mlflow.db") as db:  # really on the sqlite file
         assert db.execute("select count(*) from model_versions").fetchone()[0] == 1
