@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 
 from serving.errors import ServingError, from_exception, invalid_argument
-from serving.limits import check_batch
+from serving.limits import check_batch, example_images
 from serving.servable import DEFAULT_SIGNATURE, example_list
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,24 +106,6 @@ def predict(core: "ServingCore", request: Any) -> Any:
     return response
 
 
-def _example_images(examples: list[bytes]) -> list[bytes]:
-    """image/encoded of each serialized tf.Example (INVALID_ARGUMENT when one has none)."""
-    from tensorflow.core.example import example_pb2
-
-    out = []
-    for i, raw in enumerate(examples):
-        ex = example_pb2.Example()
-        try:
-            ex.ParseFromString(raw)
-        except Exception:  # noqa: BLE001
-            raise invalid_argument(f"input examples[{i}] is not a serialized tf.Example") from None
-        feat = ex.features.feature.get("image/encoded")
-        if feat is None or not feat.bytes_list.value:
-            raise invalid_argument(f"input examples[{i}] has no image/encoded bytes feature")
-        out.append(feat.bytes_list.value[0])
-    return out
-
-
 def run_classify(core: "ServingCore", servable: Any, label: str | None, signature_name: str,
                  examples: list[bytes]) -> tuple[str, list[list[tuple[str, float]]]]:
     """The Classify path shared by gRPC and REST on a resolved servable: (key, per example [(class, score)])."""
@@ -140,7 +122,7 @@ def run_classify(core: "ServingCore", servable: Any, label: str | None, signatur
         raise invalid_argument("Expected one input Tensor.")
     (alias,) = list(sig.inputs)
     check_batch("examples", len(examples), core.limits)
-    images = core.decode_images("examples", np.array(_example_images(examples), dtype=object))
+    images = core.decode_images("examples", np.array(example_images(examples), dtype=object))
     outputs = core.execute(servable, key, {alias: np.array(examples, dtype=object)}, label=label, images=images)
     scores = outputs.get("scores")
     classes = outputs.get("classes")

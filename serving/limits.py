@@ -123,3 +123,21 @@ def decode_checked(alias: str, index: int, data: bytes, limits: Limits) -> np.nd
     """One image: header checks, then the full decode to RGB uint8."""
     image_header(alias, index, data, limits)
     return check_images(alias, [data], limits, keep=True, keep_side=1 << 30)[0]
+
+
+def example_images(examples: list[bytes]) -> list[bytes]:
+    """image/encoded of each serialized tf.Example (INVALID_ARGUMENT when one is malformed or has none)."""
+    from tensorflow.core.example import example_pb2
+
+    out = []
+    for i, raw in enumerate(examples):
+        ex = example_pb2.Example()
+        try:
+            ex.ParseFromString(bytes(raw))
+        except Exception:  # noqa: BLE001 - any parse failure is the caller's input
+            raise invalid_argument(f"input examples[{i}] is not a serialized tf.Example") from None
+        feat = ex.features.feature.get("image/encoded")
+        if feat is None or not feat.bytes_list.value:
+            raise invalid_argument(f"input examples[{i}] has no image/encoded bytes feature")
+        out.append(feat.bytes_list.value[0])
+    return out

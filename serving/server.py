@@ -18,7 +18,7 @@ import numpy as np
 
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
 from serving.errors import ServingError, from_exception, invalid_argument
-from serving.limits import Limits, check_batch, check_images
+from serving.limits import Limits, check_batch, check_images, example_images
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
 from serving.servable import Servable
@@ -178,11 +178,16 @@ class ServingCore:
             if np.ndim(arr) >= 1:
                 check_batch(alias, int(np.shape(arr)[0]), self.limits)
         prepared = servable.prepare(signature_name, inputs)  # names, rank, dtype first: cheap refusals before decoding
-        if images is None and sig.method_name == PREDICT:
+        if images is None and sig.method_name in (PREDICT, CLASSIFY):
             images = []
             for alias, arr in prepared.items():
-                if sig.inputs[alias].dtype == 7:  # DT_STRING inputs of a predict signature are encoded images
+                if sig.inputs[alias].dtype != 7:  # DT_STRING
+                    continue
+                if sig.method_name == PREDICT:  # encoded images
                     images.extend(self.decode_images(alias, arr))
+                else:  # serialized tf.Examples carrying image/encoded (Predict on the classify signature)
+                    encoded = example_images(list(arr.reshape(-1)))
+                    images.extend(self.decode_images(alias, np.array(encoded, dtype=object)))
         if self.batcher is not None:
             key = (id(servable), signature_name,
                    tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))

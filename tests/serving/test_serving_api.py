@@ -297,6 +297,7 @@ def _bad_corpus():
         "wrong_dtype": ({"images": lambda: _tensor(np.zeros((1,), np.float32))}, "", "input 'images' must be string"),
         "wrong_shape": ({"pixels": lambda: _tensor(np.zeros((1, SIZE - 1, SIZE, 3), np.float32))}, "predict_pixels", "shape"),
         "wrong_rank": ({"images": lambda: _tensor([[encode_png(sample_image(1))]])}, "", "shape"),
+        "predict_on_classify_bad_example": ({"inputs": lambda: _tensor([b"\x00garbage"])}, "classify", "input examples[0]"),
         "wrong_input_name": ({"imgs": lambda: _tensor([encode_png(sample_image(1))])}, "", "input tensor alias not found"),
         "empty_batch": ({"images": lambda: _tensor(np.array([], dtype=object).astype(bytes), dtype=None)}, "", "empty batch"),
         "oversized_batch": ({"images": lambda: _tensor([encode_png(sample_image(1))] * (MAX_BATCH + 1))}, "", "max_batch_size"),
