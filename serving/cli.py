@@ -44,6 +44,7 @@ def serve(
     request_log_dir: Optional[str] = typer.Option(
         None, "--request_log_dir", help="Request log directory for the drift monitor (default: LEUKOFLOW_HOME/requests); 'none' disables."),
     max_image_pixels: int = typer.Option(50_000_000, "--max_image_pixels", help="Refuse images with more decoded pixels."),
+    max_request_pixels: int = typer.Option(200_000_000, "--max_request_pixels", help="Refuse requests whose images add up to more pixels."),
     max_batch_size: int = typer.Option(256, "--max_batch_size", help="Refuse requests with more images than this."),
     max_message_bytes: int = typer.Option(64 * 1024 * 1024, "--max_message_bytes", help="Refuse larger request bodies/messages."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once serving."),
@@ -64,7 +65,8 @@ def serve(
         allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
         rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
-        limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size),
+        limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
+                      max_request_pixels=max_request_pixels),
     )
     for flag, path in (("--model_config_file", model_config_file), ("--batching_parameters_file", batching_parameters_file),
                        ("--monitoring_config_file", monitoring_config_file), ("--ssl_config_file", ssl_config_file)):
