@@ -1,0 +1,156 @@
+"""`leukoflow monitor`: drift check, reference profile, trigger state."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from components.cli_output import emit, fail
+
+app = typer.Typer(add_completion=False, help="Drift monitoring: reference profiles, drift checks, the retraining trigger.")
+log = logging.getLogger("leukoflow.monitor")
+
+EXIT_DRIFT = 3  # distinct from 1 (an error) and 2 (bad usage), so a scheduler can tell drift apart
+
+
+def _human(result: dict) -> str:
+    lines = [f"status: {result['status']} ({result['images']} images)"]
+    if result.get("drifted_features"):
+        lines.append("drifted features: " + ", ".join(result["drifted_features"]))
+    lines.append(f"case mix changed: {result.get('case_mix_changed')}")
+    if result.get("moved"):
+        lines.append("moved: " + "; ".join(result["moved"]))
+    lines.append(f"report: {result['report_html']}")
+    if result.get("trigger"):
+        lines.append(f"retraining: {'started' if result['trigger'].get('triggered') else 'not started'} "
+                     f"({result['trigger'].get('reason')})")
+    return "\n".join(lines)
+
+
+def _parse_args(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--pipeline-arg {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+@app.command()
+def drift(
+    since: Optional[str] = typer.Option(None, "--since", help="Window from the request log: the last 90s/30m/24h/7d (default 24h)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Window from an image folder instead (class sub-folders give labels)."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference features file; default: the served version's assets.extra/reference_features.parquet."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Where model versions live (default $LEUKOFLOW_HOME/models/leukemia)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Model version: only its requests, and its reference (default: the version most requests in the window came from)."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Request log directory (default $LEUKOFLOW_HOME/requests)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Report folder (default $LEUKOFLOW_HOME/reports/drift/<UTC time>)."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", help="Evidently workspace (default $LEUKOFLOW_HOME/evidently)."),
+    no_workspace: bool = typer.Option(False, "--no-workspace", help="Do not add the run to the Evidently workspace."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="POST the summary here on drift (default $LEUKOFLOW_ALERT_WEBHOOK)."),
+    trigger: bool = typer.Option(False, "--trigger", help="On drift, start a retraining run (once per episode, with a cooldown)."),
+    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", envvar="KFP_HOST", help="KFP API endpoint; without it the retraining runs locally."),
+    pipeline_package: Optional[Path] = typer.Option(None, "--pipeline-package", help="Compiled pipeline for KFP (default $LEUKOFLOW_HOME/pipeline.yaml)."),
+    experiment: str = typer.Option("leukoflow-retraining", "--experiment", help="KFP experiment of the retraining runs."),
+    pipeline_arg: list[str] = typer.Option([], "--pipeline-arg", help="Extra pipeline parameter KEY=VALUE (repeatable)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local retraining: the dataset (default data/)."),
+    profile: str = typer.Option("quick", "--profile", help="Local retraining: training profile."),
+    cooldown: str = typer.Option("24h", "--cooldown", help="Least time between two retraining runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compare a window of served (or folder) images with the training reference; exit 3 on drift."""
+    from components import home, settings
+    from monitoring import drift as drift_mod
+
+    if since and images:
+        fail("use either --since (request log) or --images (a folder), not both", as_json)
+    try:
+        model_root = model_dir or home.model_base() / settings.SERVED_MODEL_NAME
+        if images is not None:
+            current = drift_mod.window_from_images(images)
+            source = f"images:{images}"
+        else:
+            window = drift_mod.parse_duration(since or "24h")
+            directory = log_dir or home.request_log_dir()
+            current = drift_mod.window_from_log(directory, window, version)
+            source = f"request-log:{directory} since {since or '24h'}"
+            if version is None and not current.empty and current["version"].notna().any():
+                version = str(current["version"].astype(str).mode().iloc[0])  # the version most requests saw
+        ref_path = drift_mod.resolve_reference(reference, model_root, version if reference is None else None)
+        ref_frame = drift_mod.reference_frame(ref_path)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+        out = output_dir or home.reports_dir() / "drift" / stamp
+        ws = None if no_workspace else (workspace or home.home() / "evidently")
+        summary = drift_mod.run_drift_check(ref_frame, current, out, ws, source=source, reference_path=str(ref_path))
+        pipeline_args = _parse_args(pipeline_arg)
+        cooldown_td = drift_mod.parse_duration(cooldown)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), as_json)
+        return
+
+    result = drift_mod.public_result(summary)
+    from monitoring import alerts
+
+    try:
+        result["alert"] = alerts.alert(result, webhook)
+    except ValueError as exc:  # a malformed webhook URL
+        fail(str(exc), as_json)
+    if trigger and summary["status"] != "insufficient_data":
+        from monitoring import trigger as trigger_mod
+
+        config = trigger_mod.TriggerConfig(
+            host=kfp_host,
+            package=str(pipeline_package) if pipeline_package else None,
+            experiment=experiment,
+            arguments=pipeline_args,
+            data_dir=str(data_dir) if data_dir else None,
+            profile=profile,
+            cooldown=cooldown_td,
+        )
+        result["trigger"] = trigger_mod.maybe_trigger(result, config)
+    emit(result, as_json, _human)
+    if result["status"] == "drift":
+        raise typer.Exit(EXIT_DRIFT)
+
+
+@app.command("reference")
+def reference_cmd(
+    split_dir: Path = typer.Option(..., "--split-dir", help="The split step's output (holds train/*.tfrecord)."),
+    output: Path = typer.Option(..., "--output", help="Reference file to write (.parquet or .csv)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Compute the reference profile: image features of the training split."""
+    from monitoring.reference import build_reference
+
+    try:
+        result = build_reference(split_dir, output)
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc), as_json)
+        return
+    emit(result, as_json, lambda r: f"reference: {r['images']} images {r['per_class']} -> {r['reference']}")
+
+
+@app.command("trigger-state")
+def trigger_state(
+    reset: bool = typer.Option(False, "--reset", help="Forget the episode and cooldown (the run history is kept)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show (or reset) the retraining trigger's record: episode, last run, cooldown."""
+    from monitoring import trigger as trigger_mod
+
+    path = trigger_mod.state_path()
+    try:
+        with trigger_mod.locked(path):
+            state = trigger_mod.load_state(path)
+            if reset:
+                state.update(episode=None, last_trigger=None)
+                trigger_mod.save_state(path, state)
+    except ValueError as exc:
+        fail(str(exc), as_json)
+        return
+    emit({"state_file": str(path), **state}, as_json)
