@@ -222,7 +222,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
                              verbose=verbose)
                 _merge(history, extra)
                 phases += ["fine_tune"] * len(extra.get("loss", []))
-            if not model.optimizer:
+            if getattr(model, "optimizer", None) is None:
                 _compile(model, config.learning_rate, config.label_smoothing)
             with contextlib.redirect_stdout(sys.stderr):
                 val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)

@@ -242,7 +242,7 @@ def pooled_features_model(model: "keras.Model") -> "keras.Model":
     """The model up to global average pooling (what the head sees)."""
     import keras
 
-    return keras.Model(model.inputs, model.get_layer("gap").output)
+    return keras.Model(model.input, model.get_layer("gap").output)
 
 
 def base_layer(model: "keras.Model") -> "keras.Model | None":
@@ -272,7 +272,7 @@ def gradcam_model(model: "keras.Model") -> "keras.Model":
     """(feature_map, probabilities) from the same inputs, for Grad-CAM."""
     import keras
 
-    return keras.Model(model.inputs, [model.get_layer(FEATURE_LAYER).output, model.output])
+    return keras.Model(model.input, [model.get_layer(FEATURE_LAYER).output, model.output])
 
 
 def load_keras_model(path: str | Path) -> "keras.Model":

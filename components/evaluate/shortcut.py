@@ -1,0 +1,64 @@
+"""The shortcut baseline: a gradient-boosted tree on global colour statistics alone.
+
+If it matches the deep models, their accuracy says little beyond "the stain colour gives the class away".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+HSV_BINS = 16
+SHORTCUT_SIZE = 96  # global colour statistics hardly depend on resolution; keeps the baseline cheap
+
+
+def colour_features(rgb: np.ndarray) -> np.ndarray:
+    """Per image: RGB mean and std per channel, and a 16-bin histogram of each HSV channel (54 numbers).
+
+    `rgb` is uint8 [N, H, W, 3] or float [N, H, W, 3] in [0, 1].
+    """
+    from skimage.color import rgb2hsv
+
+    x = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    flat = x.reshape(len(x), -1, 3)
+    stats = np.concatenate([flat.mean(axis=1), flat.std(axis=1)], axis=1)
+    hsv = rgb2hsv(x.reshape(-1, x.shape[2], 3)).reshape(len(x), -1, 3)
+    edges = np.linspace(0.0, 1.0, HSV_BINS + 1)
+    hists = [
+        np.stack([np.histogram(hsv[i, :, c], bins=edges)[0] for c in range(3)]).ravel() / hsv.shape[1]
+        for i in range(len(x))
+    ]
+    return np.concatenate([stats, np.asarray(hists, dtype=np.float32)], axis=1)
+
+
+def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+              seed: int = 42) -> dict:
+    """Fit HistGradientBoostingClassifier on train features, score on test: accuracy, macro-F1, Benign recall."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from components.evaluate.executor import classification_metrics
+
+    pred = HistGradientBoostingClassifier(random_state=seed).fit(train_x, train_y).predict(test_x)
+    m = classification_metrics(test_y, pred)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "benign_recall": m["per_class"]["Benign"]["recall"],
+            "features": "RGB mean/std per channel + 16-bin HSV histograms", "model": "HistGradientBoostingClassifier",
+            "train_images": int(len(train_y)), "test_images": int(len(test_y))}
+
+
+def split_features(split_dir: str | Path, split: str, size: int = SHORTCUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Colour features and labels of one split's shard pixels."""
+    from components.train import input as train_input
+
+    feats, labels = [], []
+    for x, y in train_input.dataset(split_dir, split, size, 128, cache=False):
+        feats.append(colour_features(x.numpy()))
+        labels.append(y.numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+
+
+def shortcut_on_split(split_dir: str | Path, seed: int = 42) -> dict:
+    """The shortcut baseline trained on split_dir/train and tested on split_dir/test."""
+    return fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed)
