@@ -37,7 +37,7 @@ def home(tmp_path, monkeypatch, _template_db) -> Path:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """Exported tiny SavedModels: good, worse (wrong on one class), broken (probabilities sum to 1.5), no warmup."""
+    """Tiny SavedModels from the trainer's export: good, worse (Benign/Pro swapped), broken (no softmax), no warmup."""
     root = tmp_path_factory.mktemp("models")
     worse = H.GOOD_W.copy()
     worse[:, [0, 3]] = worse[:, [3, 0]]  # Benign and Pro swapped

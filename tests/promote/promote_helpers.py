@@ -28,55 +28,21 @@ def class_image(label: int, seed: int = 0) -> np.ndarray:
     return np.clip(base + rng.integers(-10, 10, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
 
 
-def export_tiny(export_dir: str | Path, weights: np.ndarray = GOOD_W, broken: bool = False, warmup: bool = True,
-                bias: float = 0.0) -> Path:
-    """serving_default (images -> probabilities, label), classify, warmup file; `broken`: probs sum to 1.5."""
-    import tensorflow as tf
+def export_tiny(export_dir: str | Path, weights: np.ndarray = GOOD_W, broken: bool = False) -> Path:
+    """The trainer's real export (components.train.export) of a fixed Keras model: colour means -> Dense(4).
 
-    from components import domain
+    `broken` drops the softmax, so the "probabilities" do not sum to 1.
+    """
+    import keras
 
-    export_dir = Path(export_dir)
-    names = tf.constant(list(domain.CLASS_NAMES))
+    from components.train.export import export_saved_model
 
-    class Tiny(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = tf.Variable(np.asarray(weights, np.float32))
-            self.b = tf.Variable(np.array([bias, 0, 0, 0], np.float32))
-
-        def _probs(self, images):
-            pixels = tf.map_fn(lambda b: domain.tf_preprocess_encoded(b, size=SIZE), images,
-                               fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32))
-            probs = tf.nn.softmax(tf.reduce_mean(pixels, axis=[1, 2]) @ self.w + self.b)
-            return probs * 1.5 if broken else probs
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-        def serving_default(self, images):
-            probs = self._probs(images)
-            return {"probabilities": probs, "label": tf.gather(names, tf.argmax(probs, axis=1))}
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-        def classify(self, inputs):
-            parsed = tf.io.parse_example(inputs, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
-            scores = self._probs(parsed["image/encoded"])
-            return {"classes": tf.tile(names[None, :], [tf.shape(scores)[0], 1]), "scores": scores}
-
-    module = Tiny()
-    tf.saved_model.save(module, str(export_dir),
-                        signatures={"serving_default": module.serving_default, "classify": module.classify})
-    extra = export_dir / "assets.extra"
-    extra.mkdir(exist_ok=True)
-    (extra / "leukoflow.json").write_text(json.dumps({"model": "tiny", "image_size": SIZE, "low_confidence": 0.55}))
-    if warmup:
-        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-        req = predict_pb2.PredictRequest()
-        req.model_spec.name = "leukemia"
-        req.model_spec.signature_name = "serving_default"
-        req.inputs["images"].CopyFrom(tf.make_tensor_proto([png(class_image(0))], dtype=tf.string))
-        with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as w:
-            w.write(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
-    return export_dir
+    inputs = keras.Input((SIZE, SIZE, 3))
+    dense = keras.layers.Dense(4, activation=None if broken else "softmax")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([np.asarray(weights, np.float32), np.zeros(4, np.float32)])
+    return export_saved_model(model, export_dir, model_name="tiny", image_size=SIZE, brightness="none",
+                              warmup_images=[png(class_image(0))])
 
 
 def make_split(split_dir: Path, per_class: int = 3, seed: int = 0) -> Path:
