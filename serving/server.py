@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
-from serving.errors import ServingError, from_exception, invalid_argument
 from serving.limits import Limits, check_batch, check_images, example_images
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
