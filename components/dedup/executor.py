@@ -13,7 +13,6 @@ Outputs in `out_dir`: `kept.csv` (manifest rows kept, plus `group_id` and `phash
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -26,26 +25,17 @@ log = logging.getLogger(__name__)
 HASH_BITS = 64
 
 
-def perceptual_hash(data: bytes) -> str:
-    """imagehash's 64-bit pHash of encoded image bytes, as 16 hex digits.
-
-    RGB and grayscale images go to imagehash as decoded (it converts to L
-    itself); any other mode (RGBA, palette, CMYK, 16-bit) is first converted by
-    the domain module, as every other step does. Raises ImageDecodeError.
-    """
+def phash_rgb(rgb) -> str:
+    """imagehash's 64-bit pHash of a uint8 RGB array from `domain.load_rgb` (or that array as a PIL image), as 16 hex digits."""
     import imagehash
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            if img.mode not in ("RGB", "L"):
-                img = Image.fromarray(domain.load_rgb(data))
-            return str(imagehash.phash(img))
-    except domain.ImageDecodeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
-        raise domain.ImageDecodeError(f"cannot hash image: {exc}") from exc
+    return str(imagehash.phash(rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)))
+
+
+def perceptual_hash(data: bytes) -> str:
+    """pHash of encoded image bytes, decoded by the domain module like every other step (ImageDecodeError if not)."""
+    return phash_rgb(domain.load_rgb(data))
 
 
 def phash_file(path: str) -> int:
@@ -60,26 +50,34 @@ def near_pairs(hashes: list[int], max_distance: int, bits: int = HASH_BITS) -> d
     """All index pairs (i < j) whose hashes differ in at most `max_distance` bits, with the distance.
 
     Multi-index hashing: split the hash into max_distance + 1 chunks; any pair
-    within the distance agrees exactly on some chunk, so only bucket-mates are compared.
+    within the distance agrees exactly on some chunk, so only bucket-mates are
+    compared (vectorised per bucket). Negative hashes mark unreadable images and
+    are never paired.
     """
+    import numpy as np
+
     found: dict[tuple[int, int], int] = {}
-    if max_distance < 0 or len(hashes) < 2:
+    valid = np.array([i for i, h in enumerate(hashes) if h >= 0], dtype=np.int64)
+    if max_distance < 0 or len(valid) < 2:
         return found
+    values = np.array([hashes[i] for i in valid], dtype=np.uint64)
     parts = min(max_distance + 1, bits)
     bounds = [round(k * bits / parts) for k in range(parts + 1)]
     for lo, hi in zip(bounds, bounds[1:]):
-        mask = (1 << (hi - lo)) - 1
-        buckets: dict[int, list[int]] = defaultdict(list)
-        for index, value in enumerate(hashes):
-            if value >= 0:
-                buckets[(value >> lo) & mask].append(index)
-        for members in buckets.values():
-            for a, i in enumerate(members):
-                for j in members[a + 1:]:
-                    if (i, j) not in found:
-                        distance = (hashes[i] ^ hashes[j]).bit_count()
-                        if distance <= max_distance:
-                            found[(i, j)] = distance
+        keys = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+        order = np.argsort(keys, kind="stable")
+        starts = np.flatnonzero(np.r_[True, keys[order][1:] != keys[order][:-1]])
+        ends = np.r_[starts[1:], len(order)]
+        for start, end in zip(starts, ends):
+            if end - start < 2:
+                continue
+            members = order[start:end]
+            block = values[members]
+            distances = np.bitwise_count(block[:, None] ^ block[None, :])
+            a, b = np.nonzero(np.triu(distances <= max_distance, k=1))
+            for x, y, distance in zip(members[a], members[b], distances[a, b]):
+                i, j = int(valid[x]), int(valid[y])
+                found[(min(i, j), max(i, j))] = int(distance)
     return found
 
 

@@ -121,9 +121,9 @@ def settings_data_dir() -> str:
 
 def inspect_file(item: tuple[str, str, str]) -> dict:
     """One manifest row: hashes, geometry, decodability; never raises for a bad file."""
-    from PIL import Image
+    from PIL import Image, ImageStat
 
-    from components.dedup.executor import perceptual_hash
+    from components.dedup.executor import phash_rgb
     from monitoring.features import mean_brightness
 
     path, rel_path, label = item
@@ -140,9 +140,10 @@ def inspect_file(item: tuple[str, str, str]) -> dict:
         rgb = domain.load_rgb(data)
         row["channels"] = int(rgb.shape[2]) if rgb.ndim == 3 else 1
         row["mean_brightness"] = round(mean_brightness(rgb), 4)
-        # Blank = no spatial variation in any channel (a uniform colour is blank too).
-        row["pixel_std"] = round(float(rgb.reshape(-1, 3).std(axis=0).max()), 4)
-        row["phash"] = perceptual_hash(data)  # dedup's hash, while the bytes are at hand
+        pil = Image.fromarray(rgb)
+        # Blank = no spatial variation in any channel (a uniform colour is blank too); from histograms, fast.
+        row["pixel_std"] = round(max(ImageStat.Stat(pil).stddev), 4)
+        row["phash"] = phash_rgb(pil)  # dedup's hash, while the image is decoded anyway
     except Exception as exc:  # noqa: BLE001 - any unreadable file is quarantined, never a crash
         row.update(status="quarantined", reason=f"{type(exc).__name__}: {exc}"[:300])
         for key in ("width", "height", "mode", "format", "channels", "mean_brightness", "pixel_std", "phash"):

@@ -9,6 +9,7 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 def test_data_components_under_kfp_local(synthetic_data, tmp_path):
     from kfp import dsl, local
 
@@ -48,6 +49,7 @@ def test_data_components_under_kfp_local(synthetic_data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You may be attemping:RuntimeWarning")
 def test_validate_component_fails_on_critical_expectation(synthetic_data, tmp_path, capfd):
     from kfp import local
 

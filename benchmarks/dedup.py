@@ -1,0 +1,158 @@
+"""Dedup benchmark: the whole real set, beside decoding it alone, measured in the same run.
+
+    .venv/bin/python -m benchmarks.dedup [--data-dir data] [--repeats 3] [--workers N]
+
+Measured (best of --repeats, wall clock, same worker count):
+- decode alone: every file through `domain.load_rgb` (the floor any content-based dedup pays);
+- dedup from the raw folder: what `leukoflow data dedup --data-dir` does (manifest pass: read, sha256,
+  decode, brightness, pHash; then grouping, reports and kept.csv);
+- dedup from a manifest with `rehash`: the dedup step hashing every image itself;
+- the near-pair search alone (multi-index hashing over the 64-bit pHashes).
+Also records the findings (byte-identical pairs, exact and near groups, conflicts, kept) and the
+per-class split table of the kept images. Writes benchmarks/results/dedup.json and dedup.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TARGET_S = 10.0
+EXPECTED_EXACT_PAIRS = 40
+
+
+def _decode(path: str) -> int:
+    from components import domain
+
+    return int(domain.load_rgb(path).shape[0])
+
+
+def _best(fn, repeats: int) -> tuple[float, object]:
+    best, value = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        value = fn()
+        best = min(best, time.perf_counter() - started)
+    return best, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: data/ from dvc pull)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    args = parser.parse_args(argv)
+
+    from components import settings
+    from components.dedup.executor import near_pairs, run_dedup
+    from components.home import default_data_dir
+    from components.split.executor import run_split
+    from components.validate.executor import build_manifest, discover, write_csv_atomic
+    from components.validate.parallel import cpu_count, parallel_map
+
+    data_dir = Path(args.data_dir or default_data_dir())
+    workers = args.workers or cpu_count()
+    files = [str(p) for p, _ in discover(data_dir).files]
+    work = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    print(f"{len(files)} files under {data_dir}, {workers} workers, best of {args.repeats}", file=sys.stderr)
+
+    load_before = os.getloadavg()[0]
+    t_decode, _ = _best(lambda: parallel_map(_decode, files, workers), args.repeats)
+
+    def from_folder():
+        frame, _ = build_manifest(data_dir, workers=workers)
+        write_csv_atomic(frame, work / "manifest.csv")
+        return run_dedup(work / "manifest.csv", work / "from_folder", workers=workers)
+
+    t_folder, result = _best(from_folder, args.repeats)
+    t_rehash, rehashed = _best(
+        lambda: run_dedup(work / "manifest.csv", work / "rehash", workers=workers, rehash=True), args.repeats)
+    assert rehashed["groups"] == result["groups"], "hashes from the manifest and from the files disagree"
+
+    import pandas as pd
+
+    hashes = [int(h, 16) for h in pd.read_csv(work / "manifest.csv", dtype={"phash": str})["phash"].dropna()]
+    t_search, pairs = _best(lambda: near_pairs(hashes, settings.DEDUP_HAMMING), args.repeats)
+    load_after = os.getloadavg()[0]
+
+    split = run_split(result["kept_csv"], None, work / "split")
+    groups = json.loads((work / "from_folder" / "groups.json").read_text())["groups"]
+    sizes: dict[int, int] = {}
+    for g in groups:
+        sizes[len(g["members"])] = sizes.get(len(g["members"]), 0) + 1
+
+    record = {
+        "images": result["images"],
+        "workers": workers,
+        "cpu": platform.processor() or platform.machine(),
+        "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
+        "seconds": {
+            "decode_only": round(t_decode, 3),
+            "dedup_from_folder": round(t_folder, 3),
+            "dedup_rehash_from_manifest": round(t_rehash, 3),
+            "near_pair_search": round(t_search, 4),
+        },
+        "target_seconds": TARGET_S,
+        "within_target": t_folder <= TARGET_S and t_rehash <= TARGET_S,
+        "hamming": result["hamming"],
+        "exact_pairs": result["exact_pairs"],
+        "exact_pairs_expected": EXPECTED_EXACT_PAIRS,
+        "exact_groups": result["exact_groups"],
+        "near_groups": result["near_groups"],
+        "group_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "conflicts": len(result["conflicts"]),
+        "kept": result["kept"],
+        "removed": result["removed"],
+        "near_pairs_at_threshold": len(pairs),
+        "per_class_kept": result["per_class_kept"],
+        "split": {"seed": split["seed"], "counts": split["counts"], "per_class": split["per_class"]},
+    }
+    seconds = record["seconds"]
+    lines = [
+        "### Dedup of the real set",
+        "",
+        f"{result['images']} images, {workers} worker processes, best of {args.repeats}; "
+        f"load average {load_before:.1f} before, {load_after:.1f} after (a shared machine inflates wall times).",
+        "",
+        "| step | seconds | x decode |",
+        "|---|---:|---:|",
+        f"| decode alone (reference) | {seconds['decode_only']:.2f} | 1.00 |",
+        f"| dedup from the folder (manifest pass + grouping) | {seconds['dedup_from_folder']:.2f} | "
+        f"{t_folder / t_decode:.2f} |",
+        f"| dedup from a manifest, rehashing every image | {seconds['dedup_rehash_from_manifest']:.2f} | "
+        f"{t_rehash / t_decode:.2f} |",
+        f"| near-pair search alone (multi-index, {len(hashes)} hashes) | {seconds['near_pair_search']:.3f} | "
+        f"{t_search / t_decode:.3f} |",
+        "",
+        f"Target: whole set in at most {TARGET_S:.0f} s: {'met' if record['within_target'] else 'NOT met'}.",
+        "",
+        f"Found: {result['exact_pairs']} byte-identical pairs (expected {EXPECTED_EXACT_PAIRS}), "
+        f"{result['exact_groups']} exact-only groups and {result['near_groups']} groups with near-duplicates "
+        f"(pHash Hamming <= {result['hamming']}), group sizes {record['group_sizes']}, "
+        f"{len(result['conflicts'])} label conflicts; kept {result['kept']} of {result['images']}.",
+        "",
+        f"Split of the kept images (seed {split['seed']}):",
+        "",
+        split["table"].rstrip(),
+        "",
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dedup.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / "dedup.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    ok = result["exact_pairs"] == EXPECTED_EXACT_PAIRS
+    if not ok:
+        print(f"error: expected {EXPECTED_EXACT_PAIRS} byte-identical pairs, found {result['exact_pairs']}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
