@@ -15,6 +15,30 @@ app = typer.Typer(add_completion=False, help="Drift monitoring: reference profil
 log = logging.getLogger("leukoflow.monitor")
 
 EXIT_DRIFT = 3  # distinct from 1 (an error) and 2 (bad usage), so a scheduler can tell drift apart
+KEEP_REPORTS = 168  # an hourly check keeps a week of report folders (each a few MB of self-contained HTML)
+
+
+def _report_dir(root: Path) -> Path:
+    """A new folder named by the UTC time (a suffix when two checks share a second)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    candidate, index = root / stamp, 1
+    while candidate.exists():
+        index += 1
+        candidate = root / f"{stamp}-{index}"
+    return candidate
+
+
+def prune_reports(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` report folders under root; returns what was removed."""
+    import shutil
+
+    if keep <= 0 or not root.is_dir():
+        return []
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and (p / "report.json").exists()), key=lambda p: p.name)
+    removed = folders[:-keep]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return removed
 
 
 def _human(result: dict) -> str:
@@ -61,6 +85,7 @@ def drift(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local retraining: the dataset (default data/)."),
     profile: str = typer.Option("quick", "--profile", help="Local retraining: training profile."),
     cooldown: str = typer.Option("24h", "--cooldown", help="Least time between two retraining runs."),
+    keep: int = typer.Option(KEEP_REPORTS, "--keep", help="Report folders kept under the default report root (0 keeps all)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compare a window of served (or folder) images with the training reference; exit 3 on drift."""
@@ -83,8 +108,7 @@ def drift(
                 version = str(current["version"].astype(str).mode().iloc[0])  # the version most requests saw
         ref_path = drift_mod.resolve_reference(reference, model_root, version if reference is None else None)
         ref_frame = drift_mod.reference_frame(ref_path)
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
-        out = output_dir or home.reports_dir() / "drift" / stamp
+        out = output_dir or _report_dir(home.reports_dir() / "drift")
         ws = None if no_workspace else (workspace or home.home() / "evidently")
         summary = drift_mod.run_drift_check(ref_frame, current, out, ws, source=source, reference_path=str(ref_path))
         pipeline_args = _parse_args(pipeline_arg)
@@ -94,6 +118,8 @@ def drift(
         return
 
     result = drift_mod.public_result(summary)
+    if output_dir is None:
+        prune_reports(home.reports_dir() / "drift", keep)
     from monitoring import alerts
 
     try:
