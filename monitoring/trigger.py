@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DEFAULT_COOLDOWN = timedelta(hours=24)
 DEFAULT_EXPERIMENT = "leukoflow-retraining"
 KFP_HOST_ENV = "KFP_HOST"
+KFP_NAMESPACE_ENV = "KFP_NAMESPACE"  # multi-user KFP: the profile namespace runs are created in
 MAX_RUNS_KEPT = 100
 
 
@@ -56,6 +57,7 @@ class TriggerConfig:
     host: str | None = None                      # KFP API endpoint; None runs the pipeline locally
     package: str | None = None                   # compiled pipeline (cluster); default $LEUKOFLOW_HOME/pipeline.yaml
     experiment: str = DEFAULT_EXPERIMENT
+    namespace: str | None = field(default_factory=lambda: os.environ.get(KFP_NAMESPACE_ENV) or None)
     arguments: dict[str, Any] = field(default_factory=dict)  # extra pipeline parameters
     data_dir: str | None = None                  # local runs: the dataset
     profile: str = "quick"                       # local runs: training profile
@@ -154,6 +156,7 @@ def submit_kfp(config: TriggerConfig, report_json: str) -> dict[str, Any]:
         arguments={**config.arguments, "drift_report": report_json},
         run_name=f"retrain-on-drift-{stamp}",
         experiment_name=config.experiment,
+        namespace=config.namespace,
     )
     return {"mode": "kfp", "host": config.host, "run_id": getattr(result, "run_id", None), "package": str(package)}
 

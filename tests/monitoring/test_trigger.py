@@ -33,7 +33,8 @@ class RecordingClient:
         with open(self.calls_file, "a") as handle:
             handle.write(json.dumps(call, default=str) + "\n")
 
-    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None, **_):
+    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None,
+                                         namespace=None, **_):
         self._record(method="run", host=self.host, package=pipeline_file, arguments=arguments, experiment=experiment_name)
         return SimpleNamespace(run_id="run-1")
 
