@@ -24,6 +24,7 @@ REPO = HERE.parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.browser
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
 def _screenshot_path() -> str | None:
@@ -36,6 +37,7 @@ def _screenshot_path() -> str | None:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
     """The real server, REST and page on an ephemeral port, version 1 labelled `stable`."""
+    from serving.limits import Limits
     from serving.server import Server, ServerOptions
 
     root = tmp_path_factory.mktemp("page-server")
@@ -49,8 +51,10 @@ def live_server(tmp_path_factory):
         "    model_version_policy { specific { versions: 1 } }\n"
         '    version_labels { key: "stable" value: 1 }\n  }\n}\n'
     )
+    # A small message limit: the page must take the server's limit (and the oversized upload stays cheap).
+    limits = Limits(max_message_bytes=MAX_MESSAGE_BYTES)
     server = Server(ServerOptions(port=0, rest_api_port=0, model_config_file=str(config),
-                                 file_system_poll_wait_seconds=0)).start()
+                                 file_system_poll_wait_seconds=0, limits=limits)).start()
     yield server
     server.stop()
 
@@ -88,7 +92,45 @@ def test_page_in_headless_chromium(live_server, tmp_path):
     assert result["low_confidence"] == 1  # threshold 0.99 from the model's leukoflow.json
     assert "could not be read as an image" in result["text_error"]
     assert "not a supported format" in result["text_error"] or "not an image" in result["text_error"]
-    assert "too large" in result["size_error"]
+    assert "too large" in result["size_error"] and "1.5 MB" in result["size_error"]  # (2 MiB - JSON) * 3/4
     assert "Cannot reach the model server" in result["down_error"]
     if shot:
         assert Path(shot).stat().st_size > 10_000
+
+
+def test_page_routes_through_the_real_rest_server(live_server):
+    """The REST server hands `/`, `/ui/...` and `:explain` to the page, with its limits and error bodies."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    url = f"http://127.0.0.1:{live_server.rest_port}"
+
+    def call(path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+        request = urllib.request.Request(url + path, body, {"Content-Type": "application/json"} if body else {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    status, headers, html = call("/")
+    assert status == 200 and b"Decision support, not a diagnosis" in html
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    status, _, body = call("/ui/models/leukemia")
+    info = json.loads(body)
+    assert status == 200 and info["version"] == 1 and info["label"] == "stable"
+    assert info["max_upload_bytes"] == (MAX_MESSAGE_BYTES - 4096) * 3 // 4  # the server's limit, not a default
+    assert call("/no/such/page")[0] == 404
+
+    x, _ = quadrant_images(1, seed=8)
+    good = json.dumps({"instances": [{"b64": base64.b64encode(encode_png(x[0])).decode()}]}).encode()
+    status, _, body = call("/v1/models/leukemia/labels/stable:explain", good)
+    answer = json.loads(body)
+    assert status == 200 and answer["model_spec"] == {"name": "leukemia", "version": 1, "label": "stable"}
+    assert base64.b64decode(answer["explanations"][0]["overlay_png_b64"]).startswith(b"\x89PNG")
+    text = json.dumps({"instances": [{"b64": base64.b64encode(b"just text").decode()}]}).encode()
+    status, _, body = call("/v1/models/leukemia:explain", text)
+    assert status == 400 and "not an image" in json.loads(body)["error"]
+    status, _, body = call("/v1/models/other:explain", good)
+    assert status == 404 and json.loads(body)["error"] == "Servable not found for request: Latest(other)"
