@@ -185,13 +185,32 @@ def in_process(model_dir: Path, jpegs: list[bytes], iterations: int, duration_s:
     return {"latency": latency, "throughput_by_batch": throughput, "best_batch_throughput": max(throughput.values())}
 
 
-def start_server(config: Path, batching: bool, log_path: Path) -> tuple[subprocess.Popen, int, int]:
+BATCHING_CONFIG = REPO / "serving" / "batching.config"
+
+
+def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Path, str]:
+    """serving/batching.config with num_batch_threads set to this host's CPU count.
+
+    The checked-in value is sized for the Kubernetes CPU limit; TF Serving's guide sizes batch threads to
+    the cores, and on a smaller host extra threads only split the queue into smaller batches.
+    """
+    import re
+
+    threads = threads or os.cpu_count() or 1
+    text = re.sub(r"num_batch_threads\s*\{\s*value:\s*\d+\s*\}", f"num_batch_threads {{ value: {threads} }}",
+                  BATCHING_CONFIG.read_text())
+    path = workdir / "batching.config"
+    path.write_text(text)
+    return path, text
+
+
+def start_server(config: Path, batching: bool, log_path: Path, batching_config: Path = BATCHING_CONFIG) -> tuple[subprocess.Popen, int, int]:
     """`leukoflow serve` in its own process on free loopback ports; returns once both versions are loaded."""
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--rest_api_port", "0",
            "--model_config_file", str(config), "--monitoring_config_file", str(REPO / "serving/monitoring.config"),
            "--request_log_dir", "none", "--file_system_poll_wait_seconds", "0", "--json"]
     if batching:
-        cmd += ["--enable_batching", "--batching_parameters_file", str(REPO / "serving/batching.config")]
+        cmd += ["--enable_batching", "--batching_parameters_file", str(batching_config)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, env=env)
     line = proc.stdout.readline()  # one JSON object once serving
@@ -240,8 +259,8 @@ def rest_caller(port: int, jpegs: list[bytes]):
 
 
 def serve_and_measure(config: Path, jpegs: list[bytes], batching: bool, iterations: int, duration_s: float,
-                      clients: list[int], workdir: Path) -> dict:
-    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-batching-{batching}.log")
+                      clients: list[int], workdir: Path, batching_config: Path = BATCHING_CONFIG) -> dict:
+    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-batching-{batching}.log", batching_config)
     try:
         result: dict = {"rss_mb_two_versions": rss_mb(proc.pid)}
         if not batching:  # single-image latency is a property of the unbatched path (batching adds its timeout)
@@ -290,6 +309,7 @@ def markdown(results: dict) -> str:
         f"- batched throughput at {max(results['clients'])} clients / in-process best batch: {t['batched_fraction']:.2f} "
         f"(target >= {TARGET_BATCHED_FRACTION}): {'met' if t['batched_met'] else 'NOT met'}",
         f"- failed requests during the load tests: {t['errors']}",
+        f"- server batching: {' '.join(results['batching_parameters'])} (serving/batching.config, batch threads = host CPUs)",
     ]
     return "\n".join(lines) + "\n"
 
@@ -302,6 +322,7 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
         jpegs = load_jpegs(images)
         source, origin = find_model(model_dir, workdir)
         config = model_store(source, workdir)
+        batching_path, batching_text = host_batching_config(workdir)
         print(f"model: {source} ({origin}); {len(jpegs)} JPEGs", file=sys.stderr)
         # The reference is measured before and after the servers (the machine is shared, load drifts);
         # the targets compare against its better figures, which is the stricter comparison.
@@ -309,7 +330,7 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
         print(f"in-process p50 {before['latency']['p50_ms']:.1f} ms", file=sys.stderr)
         server = {
             "batching_off": serve_and_measure(config, jpegs, False, iterations, duration_s, clients, workdir),
-            "batching_on": serve_and_measure(config, jpegs, True, iterations, duration_s, clients, workdir),
+            "batching_on": serve_and_measure(config, jpegs, True, iterations, duration_s, clients, workdir, batching_path),
         }
         after = in_process(workdir / "models" / MODEL / "1", jpegs, iterations, duration_s)
         reference = min((before, after), key=lambda r: r["latency"]["p50_ms"])
@@ -326,6 +347,7 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
         "host": {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
                  "load_avg_1m": [load_before, os.getloadavg()[0]]},  # other work on the machine skews every figure
         "in_process": reference, "server": server,
+        "batching_parameters": [line for line in batching_text.splitlines() if line and not line.startswith("#")],
         "targets": {"grpc_p50_overhead_ms": overhead, "grpc_p50_met": overhead <= TARGET_GRPC_OVERHEAD_MS,
                     "batched_fraction": fraction, "batched_met": fraction >= TARGET_BATCHED_FRACTION, "errors": errors},
     }
