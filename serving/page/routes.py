@@ -47,8 +47,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-# Used when the model's leukoflow.json has no threshold (the model card's default).
-DEFAULT_LOW_CONFIDENCE = 0.7
+# Used when the model's leukoflow.json has no threshold: the trainer's and the model card's default.
+DEFAULT_LOW_CONFIDENCE = 0.6
 # Upload limits the page checks before sending; the server's own limits (manager.limits) win.
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
