@@ -4,7 +4,6 @@ Runs on a Kubeflow cluster from the compiled IR YAML, and whole, here, under
 `kfp.local.SubprocessRunner(use_venv=False)` (see pipelines/local.py).
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 
@@ -54,14 +53,13 @@ def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report
     compare_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]))
 
     gate = gate_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]), split=split.outputs["split"])
-    with dsl.If(gate.outputs["promote"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
+    with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
         with dsl.If(promote == True, name="promotion-enabled"):  # noqa: E712
             promote_task = promote_op(
-                decision=gate.outputs["decision"],
-                evaluations=dsl.Collected(evaluate.outputs["evaluation"]),
+                gate=gate.outputs["gate"],
                 reference=reference.outputs["reference"],
-                split=split.outputs["split"],
                 drift_report=drift_report,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             )
             promote_task.set_caching_options(False)
 
