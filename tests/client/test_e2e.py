@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -115,3 +116,30 @@ def test_rest_status_path_of_the_probes(server):
     assert body["model_version_status"][0]["state"] == "AVAILABLE"
     with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics", timeout=10) as r:
         assert r.status == 200
+
+
+def _post(port: int, path: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_rest_calls_from_the_operations_doc(server):
+    """The curl bodies docs/operations.md shows: b64 instances on a label path, and classify over examples."""
+    import base64
+
+    b64 = base64.b64encode(_encode(_rgb(3), "JPEG")).decode()
+    status, body = _post(server.rest_port, "/v1/models/leukemia/labels/stable:predict", {"instances": [{"b64": b64}]})
+    assert status == 200, body
+    (row,) = body["predictions"]
+    assert len(row["probabilities"]) == 4 and row["label"] in domain.CLASS_NAMES
+    status, body = _post(server.rest_port, "/v1/models/leukemia:classify",
+                         {"signature_name": "classify", "examples": [{"image/encoded": {"b64": b64}}]})
+    assert status == 200, body
+    assert [label for label, _ in body["result"][0]] == list(domain.CLASS_NAMES)
+    status, body = _post(server.rest_port, "/v1/models/leukemia/labels/nope:predict", {"instances": [{"b64": b64}]})
+    assert status in (400, 404) and "error" in body
