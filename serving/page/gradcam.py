@@ -100,7 +100,7 @@ def _build(version_dir: str) -> Explainer:
 
     meta = read_meta(version_dir)
     shape = model.inputs[0].shape
-    size = int(meta.get("image_size") or shape[1] or domain.IMAGE_SIZE)
+    size = int(shape[1] or meta.get("image_size") or domain.IMAGE_SIZE)  # the graph's own input size wins
     names = tuple(meta.get("class_names") or domain.CLASS_NAMES)
     explainer = Explainer(str(version_dir), grad_model, logits, head, size, names, threading.Lock(),
                           num_classes=int(model.outputs[0].shape[-1]))
