@@ -15,6 +15,7 @@ CMD ["--port=8500", \
      "--rest_api_port=8501", \
      "--model_config_file=/config/models.config", \
      "--model_config_file_poll_wait_seconds=60", \
+     "--allow_version_labels_for_unavailable_models=true", \
      "--file_system_poll_wait_seconds=30", \
      "--enable_batching=true", \
      "--batching_parameters_file=/config/batching.config", \

@@ -92,7 +92,7 @@ def test_flags_point_at_the_mounted_configs(serving):
         "port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",
         "file_system_poll_wait_seconds", "enable_batching", "batching_parameters_file", "monitoring_config_file",
         "enable_model_warmup", "rest_api_timeout_in_ms", "rest_api_num_threads", "tensorflow_intra_op_parallelism",
-        "tensorflow_inter_op_parallelism", "ssl_config_file", "grpc_max_threads", "model_name", "model_base_path",
+        "tensorflow_inter_op_parallelism", "ssl_config_file", "allow_version_labels_for_unavailable_models", "grpc_max_threads", "model_name", "model_base_path",
     }
     assert set(flags) <= known, set(flags) - known
 
