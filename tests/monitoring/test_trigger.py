@@ -192,3 +192,15 @@ def test_create_schedule_creates_experiment(tmp_path, fake_kfp):
         schedule.create_schedule("0 3 * * 1", "weekly", str(package))
     with pytest.raises(FileNotFoundError):
         schedule.create_schedule("0 0 3 * * 1", "weekly", str(tmp_path / "nope.yaml"))
+
+
+def test_local_trigger_errors_are_clear_and_release_the_episode(tmp_path, monkeypatch):
+    state = tmp_path / "trigger_state.json"
+    config = trigger.TriggerConfig(data_dir=str(tmp_path / "no-data"), state_file=state)
+    out = trigger.maybe_trigger(_drift(), config)
+    assert not out["triggered"] and "data directory not found" in out["reason"]
+    monkeypatch.setitem(sys.modules, "pipelines.local", None)  # the local runner is absent
+    (tmp_path / "no-data").mkdir()
+    out = trigger.maybe_trigger(_drift(), config)
+    assert not out["triggered"] and "local pipeline runner" in out["reason"]
+    assert json.loads(state.read_text())["episode"]["run"] is None
