@@ -156,7 +156,8 @@ class ServingCore:
 
     def set_deadline(self, seconds: float | None) -> None:
         """Seconds the current request may still wait (a gRPC deadline); None for no deadline."""
-        self.local.deadline = seconds
+        # gRPC reports "no deadline" as a huge number; waits with it overflow, so treat it as none.
+        self.local.deadline = seconds if seconds is not None and seconds < 86400 else None
         self.local.version = None
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:

@@ -121,6 +121,10 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
             except grpc.RpcError as exc:
                 errors.append(str(exc.details()))
 
+        no_deadline = predict_pb2.PredictRequest()
+        no_deadline.model_spec.name = "leukemia"
+        no_deadline.inputs["images"].CopyFrom(tf.make_tensor_proto([encode_png(sample_image(0))], dtype=tf.string))
+        assert stub.Predict(no_deadline).model_spec.version.value == 1  # a client without a deadline
         threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
         for t in threads:
             t.start()
@@ -134,8 +138,8 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
         text = srv.core.metrics.render().decode()
         count = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_count")][0]
         total = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_sum")][0]
-        assert float(total.split()[-1]) == 12  # every request once; warmup runs outside the batcher
-        assert float(count.split()[-1]) < 12  # fewer runs than requests: they were merged
+        assert float(total.split()[-1]) == 13  # every request once; warmup runs outside the batcher
+        assert float(count.split()[-1]) < 13  # fewer runs than requests: they were merged
         channel.close()
     finally:
         srv.stop()
