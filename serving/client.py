@@ -93,6 +93,7 @@ class ServingClient:
     client_cert: Path | None = None   # PEM certificate and key for mutual TLS
     client_key: Path | None = None
     _channel: Any = field(default=None, init=False, repr=False)
+    _stubs: dict = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ connection
 
@@ -117,6 +118,7 @@ class ServingClient:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+            self._stubs.clear()
 
     def __enter__(self) -> "ServingClient":
         return self
@@ -125,14 +127,18 @@ class ServingClient:
         self.close()
 
     def _prediction_stub(self) -> Any:
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        if "prediction" not in self._stubs:
+            from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        return prediction_service_pb2_grpc.PredictionServiceStub(self._open())
+            self._stubs["prediction"] = prediction_service_pb2_grpc.PredictionServiceStub(self._open())
+        return self._stubs["prediction"]
 
     def _model_stub(self) -> Any:
-        from tensorflow_serving.apis import model_service_pb2_grpc
+        if "model" not in self._stubs:
+            from tensorflow_serving.apis import model_service_pb2_grpc
 
-        return model_service_pb2_grpc.ModelServiceStub(self._open())
+            self._stubs["model"] = model_service_pb2_grpc.ModelServiceStub(self._open())
+        return self._stubs["model"]
 
     def call(self, method: Callable[..., Any], request: Any, deadline_s: float | None = None) -> Any:
         """Run one unary RPC within the deadline, retrying UNAVAILABLE with bounded exponential backoff."""
