@@ -51,6 +51,8 @@ def promote(
     drift_report: str = typer.Option("", "--drift-report", help="The drift report that triggered this retraining (recorded in the registry)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide and write the decision only; change nothing."),
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps (set to the server's config poll interval)."),
+    serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps until it "
+                                     "reports the new version AVAILABLE (default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
     min_macro_f1: float = typer.Option(settings.GATE_MIN_MACRO_F1, "--min-macro-f1", help="Floor: macro-F1."),
     min_class_recall: float = typer.Option(settings.GATE_MIN_CLASS_RECALL, "--min-class-recall", help="Floor: every class's recall."),
     min_robust: float = typer.Option(settings.GATE_MIN_ROBUST_ACCURACY, "--min-robust-accuracy", help="Floor: worst accuracy under perturbations."),
@@ -71,7 +73,7 @@ def promote(
     try:
         result = run_promote(paths, out, split_dir or _default_split(), label=label, pipeline_run_id=pipeline_run_id,
                              policy=policy, dry_run=dry_run, step_wait_s=step_wait, reference=reference,
-                             drift_report=drift_report)
+                             drift_report=drift_report, serving_rest=serving_rest)
     except (FileNotFoundError, ValueError, PromotionError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, _human_promote)
@@ -111,13 +113,15 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print a JSON list 
 @registry_app.command()
 def rollback(
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
+    serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps "
+                                     "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Move stable (and the champion alias) back to the previous champion."""
     from components.promote.executor import PromotionError, rollback as do_rollback
 
     try:
-        result = do_rollback(step_wait_s=step_wait)
+        result = do_rollback(step_wait_s=step_wait, serving_rest=serving_rest)
     except (ValueError, PromotionError, FileNotFoundError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, lambda r: f"stable -> version {r['version']} (was {r['rolled_back_from']}); aliases {r['aliases']}")
@@ -128,6 +132,8 @@ def promote_version(
     version: int = typer.Argument(..., help="Registered version to label."),
     label: str = typer.Option(..., "--label", help="stable (alias champion) or canary (alias challenger)."),
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
+    serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps "
+                                     "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Manual step: put a label on a registered version (registry and models.config together)."""
@@ -136,7 +142,7 @@ def promote_version(
     if label not in ("stable", "canary"):
         fail(f"--label must be stable or canary, got {label!r}", as_json)
     try:
-        result = do_promote(version, label, step_wait_s=step_wait)
+        result = do_promote(version, label, step_wait_s=step_wait, serving_rest=serving_rest)
     except (ValueError, PromotionError, FileNotFoundError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}")

@@ -259,7 +259,7 @@ def reference_file(reference: str | Path | None) -> Path | None:
 def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable", pipeline_run_id: str = "",
                    base: str | Path | None = None, config_path: str | Path | None = None,
                    registry_uri: str | None = None,
-                   between: Callable[[model_store.ServingState], None] | None = None,
+                   between: Callable[[model_store.ServingState, int], None] | None = None,
                    reference: str | Path | None = None, drift_report: str = "") -> Decision:
     """Write registry, model store and models.config for a promoted decision, all or nothing.
 
@@ -342,13 +342,13 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
 def run_promote(candidates: list[str | Path], out_dir: str | Path | None = None, split_dir: str | Path | None = None,
                 label: str = "stable", pipeline_run_id: str = "", policy: Policy = Policy(), dry_run: bool = False,
                 step_wait_s: float = 0.0, registry_uri: str | None = None, reference: str | Path | None = None,
-                drift_report: str = "") -> dict[str, Any]:
+                drift_report: str = "", serving_rest: str | None = None) -> dict[str, Any]:
     """Gate the candidates and promote the chosen one; returns the result dict the CLI prints."""
     out_dir = Path(out_dir or home.reports_dir() / f"promote-{uuid.uuid4().hex[:8]}")
     decision = run_gate(candidates, out_dir, split_dir, policy, registry_uri=registry_uri)
     if decision.promoted and not dry_run:
         decision = apply_decision(decision, out_dir, label, pipeline_run_id, registry_uri=registry_uri,
-                                  between=model_store.sleep_between(step_wait_s), reference=reference,
+                                  between=_between(step_wait_s, serving_rest), reference=reference,
                                   drift_report=drift_report)
     return {
         "promoted": decision.promoted and not dry_run, "chosen": decision.chosen, "version": decision.version,
@@ -362,6 +362,13 @@ def run_promote(candidates: list[str | Path], out_dir: str | Path | None = None,
 
 
 # ---------------------------------------------------------------- operations
+
+
+def _between(step_wait_s: float, serving_rest: str | None) -> Callable[[model_store.ServingState, int], None]:
+    """Between the two models.config steps: pause, then wait for a running server to load the version."""
+    rest = model_store.default_serving_rest() if serving_rest is None else serving_rest
+    return model_store.between_steps(step_wait_s, rest)
+
 
 
 def list_models(registry_uri: str | None = None, config_path: str | Path | None = None) -> list[dict[str, Any]]:
@@ -401,20 +408,20 @@ def _set_label(version: int, label: str, registry_uri: str | None, config_path: 
 
 
 def promote_version(version: int, label: str, registry_uri: str | None = None, config_path: str | Path | None = None,
-                    step_wait_s: float = 0.0) -> dict[str, Any]:
+                    step_wait_s: float = 0.0, serving_rest: str | None = None) -> dict[str, Any]:
     """Manual step: put `label` (stable|canary) on a registered version that is in the model store."""
     record = registry.get_version(version, uri=registry_uri)
     if record is None:
         raise ValueError(f"version {version} is not in the registry")
     if record["tags"].get("status") != "promoted" or not model_store.version_path(version).is_dir():
         raise ValueError(f"version {version} is not a complete version in the model store")
-    _set_label(version, label, registry_uri, config_path, None, model_store.sleep_between(step_wait_s))
+    _set_label(version, label, registry_uri, config_path, None, _between(step_wait_s, serving_rest))
     return {"version": version, "label": label, "aliases": registry.get_aliases(uri=registry_uri),
             "serving": model_store.read_state(config_path).to_dict()}
 
 
 def rollback(registry_uri: str | None = None, config_path: str | Path | None = None,
-             step_wait_s: float = 0.0) -> dict[str, Any]:
+             step_wait_s: float = 0.0, serving_rest: str | None = None) -> dict[str, Any]:
     """Stable back to the previous champion: models.config label and registry alias together."""
     history = registry.champion_history(uri=registry_uri)
     if len(history) < 2:
@@ -422,7 +429,7 @@ def rollback(registry_uri: str | None = None, config_path: str | Path | None = N
     current, previous = history[-1], history[-2]
     if not model_store.version_path(previous).is_dir():
         raise ValueError(f"previous champion version {previous} is no longer in the model store")
-    _set_label(previous, "stable", registry_uri, config_path, history[:-1], model_store.sleep_between(step_wait_s))
+    _set_label(previous, "stable", registry_uri, config_path, history[:-1], _between(step_wait_s, serving_rest))
     registry.set_version_tags(current, {"rolled_back": "true"}, uri=registry_uri)
     return {"rolled_back_from": current, "version": previous, "label": "stable",
             "aliases": registry.get_aliases(uri=registry_uri), "serving": model_store.read_state(config_path).to_dict()}

@@ -321,8 +321,8 @@ def plan_label_move(current: ServingState | None, label: str, version: int, base
 
 def move_label(label: str, version: int, path: str | Path | None = None, base: str | Path | None = None,
                name: str = settings.SERVED_MODEL_NAME,
-               between: Callable[[ServingState], None] | None = None) -> tuple[ServingState, ServingState]:
-    """Write both steps of a label move to models.config; `between(step1)` runs after step 1 (e.g. wait for load)."""
+               between: Callable[[ServingState, int], None] | None = None) -> tuple[ServingState, ServingState]:
+    """Write both steps of a label move to models.config; `between(step1, version)` runs after step 1 (wait for load)."""
     path = Path(path or home.models_config_path())
     existing = read_models_config(path)
     current = state_from_config(existing, name)
@@ -335,14 +335,72 @@ def move_label(label: str, version: int, path: str | Path | None = None, base: s
     write_models_config(build_config(step1, existing), path)
     log.info("models.config step 1: serve versions %s, labels %s", step1.versions, step1.labels)
     if between is not None:
-        between(step1)
+        between(step1, int(version))
     write_models_config(build_config(step2, existing), path)
     log.info("models.config step 2: serve versions %s, labels %s", step2.versions, step2.labels)
     return step1, step2
 
 
-def sleep_between(seconds: float) -> Callable[[ServingState], None] | None:
-    """A `between` hook that waits for the server's config poll to load the new version."""
-    if seconds <= 0:
-        return None
-    return lambda _state: time.sleep(seconds)
+def version_state(rest_url: str, version: int, name: str = settings.SERVED_MODEL_NAME, timeout_s: float = 2.0) -> str | None:
+    """A version's state from a TF-Serving-style REST status endpoint; None when no server answers for the model."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = f"{rest_url.rstrip('/')}/v1/models/{name}/versions/{int(version)}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            body = json.loads(resp.read().decode() or "{}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # model unknown: maybe another config; version not loaded yet: keep waiting
+            try:
+                text = exc.read().decode()
+            except Exception:  # noqa: BLE001
+                text = ""
+            return "NOT_LOADED" if "version" in text.lower() else None
+        return "ERROR"
+    except (OSError, ValueError):
+        return None  # nothing listening
+    states = [s.get("state") for s in body.get("model_version_status", []) if str(s.get("version")) == str(version)]
+    return states[0] if states else "NOT_LOADED"
+
+
+def wait_for_version(version: int, rest_url: str | None, name: str = settings.SERVED_MODEL_NAME,
+                     timeout_s: float = 60.0, poll_s: float = 0.5) -> str:
+    """Between the two config steps: wait until a running server reports `version` AVAILABLE.
+
+    Returns at once when no server answers (nothing to wait for). On timeout it logs a warning and returns:
+    the store and registry are consistent either way, and the server picks the version up on its next reload.
+    """
+    if not rest_url:
+        return "no server configured"
+    deadline = time.monotonic() + timeout_s
+    state = version_state(rest_url, version, name)
+    if state is None:
+        return f"no server for {name} at {rest_url}"
+    while state != "AVAILABLE" and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        state = version_state(rest_url, version, name) or "UNREACHABLE"
+    if state != "AVAILABLE":
+        log.warning("server at %s did not report %s version %s AVAILABLE within %.0fs (state %s); moving the label "
+                    "anyway", rest_url, name, version, timeout_s, state)
+        return f"timed out ({state})"
+    log.info("server at %s reports %s version %s AVAILABLE", rest_url, name, version)
+    return "AVAILABLE"
+
+
+def default_serving_rest() -> str:
+    """The REST endpoint of a local server to wait on between the steps (LEUKOFLOW_SERVING_REST; empty disables)."""
+    return os.environ.get("LEUKOFLOW_SERVING_REST", "http://127.0.0.1:8501")
+
+
+def between_steps(step_wait_s: float = 0.0, rest_url: str | None = None, load_timeout_s: float = 60.0,
+                  name: str = settings.SERVED_MODEL_NAME) -> Callable[[ServingState, int], None]:
+    """The hook run after step 1: a fixed pause, then wait for a running server to load the labelled version."""
+
+    def hook(_step1: ServingState, version: int) -> None:
+        if step_wait_s > 0:
+            time.sleep(step_wait_s)
+        wait_for_version(version, rest_url, name, load_timeout_s)
+
+    return hook

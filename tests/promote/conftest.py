@@ -32,6 +32,7 @@ def home(tmp_path, monkeypatch, _template_db) -> Path:
     shutil.copy(_template_db, h / "mlflow.db")
     monkeypatch.setenv("LEUKOFLOW_HOME", str(h))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LEUKOFLOW_SERVING_REST", "")  # never wait on a server someone runs on this machine
     return h
 
 

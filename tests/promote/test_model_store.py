@@ -65,9 +65,10 @@ def test_label_move_is_two_steps_in_tf_serving_order(models):
         ms.write_version(models["good"], v)
     ms.move_label("stable", 1)
     seen = []
-    step1, step2 = ms.move_label("stable", 2, between=lambda s: seen.append(_parse(home.models_config_path())))
+    step1, step2 = ms.move_label("stable", 2, between=lambda s, v: seen.append((v, _parse(home.models_config_path()))))
     # step 1 on disk: both versions served, the label still on the old one
-    entry = seen[0].model_config_list.config[0]
+    assert seen[0][0] == 2
+    entry = seen[0][1].model_config_list.config[0]
     assert sorted(entry.model_version_policy.specific.versions) == [1, 2] and dict(entry.version_labels) == {"stable": 1}
     assert step2.versions == [1, 2] and step2.labels == {"stable": 2}
     ms.move_label("canary", 3)
@@ -147,3 +148,36 @@ def test_remove_version_and_stale_temporaries(models):
     assert ms.clean_stale_temporaries() == [f"{ms.TMP_PREFIX}2-dead"]
     ms.remove_version(1)
     assert ms.list_versions() == [] and _visible(home.model_base()) == []
+
+
+def test_wait_for_version_polls_a_rest_status_endpoint(models):
+    """Between the steps, a running server is asked (TF Serving REST status) until the version is AVAILABLE."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    calls = []
+
+    class Status(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            calls.append(self.path)
+            state = "AVAILABLE" if len(calls) >= 3 else "LOADING"
+            body = json.dumps({"model_version_status": [{"version": "2", "state": state}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        assert ms.wait_for_version(2, url, timeout_s=10, poll_s=0.01) == "AVAILABLE"
+        assert calls[0] == "/v1/models/leukemia/versions/2" and len(calls) == 3
+    finally:
+        server.shutdown()
+    assert ms.wait_for_version(2, url, timeout_s=1) .startswith("no server")  # nothing listening: no wait
+    assert ms.wait_for_version(2, "") == "no server configured"
