@@ -43,6 +43,8 @@ def serve(
         False, "--allow_version_labels_for_unavailable_models", help="Let a label name a version that is not loaded yet."),
     request_log_dir: Optional[str] = typer.Option(
         None, "--request_log_dir", help="Request log directory for the drift monitor (default: LEUKOFLOW_HOME/requests); 'none' disables."),
+    request_log_images: bool = typer.Option(
+        False, "--request_log_images", help="Also store each image (base64) in the request log; off by default."),
     max_image_pixels: int = typer.Option(50_000_000, "--max_image_pixels", help="Refuse images with more decoded pixels."),
     max_request_pixels: int = typer.Option(200_000_000, "--max_request_pixels", help="Refuse requests whose images add up to more pixels."),
     max_batch_size: int = typer.Option(256, "--max_batch_size", help="Refuse requests with more images than this."),
@@ -65,6 +67,7 @@ def serve(
         allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
         rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
+        request_log_images=request_log_images,
         limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
                       max_request_pixels=max_request_pixels),
     )
