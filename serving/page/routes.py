@@ -175,7 +175,17 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
         "max_upload_bytes": upload_limit(manager),
         "max_pixels": _limit(manager, "max_image_pixels", "max_pixels", default=DEFAULT_MAX_PIXELS),
         "explain": (Path(servable.path) / "assets.extra" / "model.keras").is_file(),
+        "labels": _labels(manager, name),
     }
+
+
+def _labels(manager: Any, name: str) -> dict[str, int]:
+    """The model's version labels (e.g. stable, canary), so the page can offer a choice; {} if unknown."""
+    try:
+        labels = manager.labels(name)
+    except Exception:  # noqa: BLE001 - a manager without labels, or an unknown model
+        return {}
+    return {str(k): int(v) for k, v in dict(labels).items()} if labels else {}
 
 
 def _decode_instances(body: bytes) -> tuple[list[bytes], Any]:

@@ -110,6 +110,19 @@ try {
 
   result.cards = await page.locator(".card").count();
   check(result.cards === 5, "one card per upload");
+
+  // 5. With several labels, the reviewer can switch to the canary and the card says who answered.
+  if (await page.isVisible("#label-choice")) {
+    const canary = await page.locator("#label-select option[value=canary]").count();
+    if (canary) {
+      await page.selectOption("#label-select", "canary");
+      await page.waitForFunction(() => /\(canary\)/.test(document.querySelector("#model-status").textContent));
+      await page.setInputFiles("#file", imagePath);
+      await page.locator(".card").first().locator(".meta").waitFor();
+      result.canary_meta = (await page.locator(".card").first().locator(".meta").textContent()).trim();
+      check(/canary/.test(result.canary_meta), "the canary's answer names the canary label");
+    }
+  }
   check(consoleErrors.length === 0, `no JavaScript errors (${consoleErrors.join("; ")})`);
   check(external.length === 0, `nothing fetched from outside (${external.join(", ")})`);
   result.ok = true;

@@ -36,7 +36,7 @@ def _screenshot_path() -> str | None:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory):
-    """The real server, REST and page on an ephemeral port, version 1 labelled `stable`."""
+    """The real server, REST and page on an ephemeral port: version 1 labelled `stable`, 2 `canary`."""
     from serving.limits import Limits
     from serving.server import Server, ServerOptions
 
@@ -44,12 +44,13 @@ def live_server(tmp_path_factory):
     base = root / "models" / "leukemia"
     # Untrained, so every prediction is below this threshold and the low-confidence flag must show.
     export(build_model(seed=3), base / "1", threshold=0.99)
+    export(build_model(seed=4), base / "2", threshold=0.99)
     config = root / "models.config"
     config.write_text(
         'model_config_list {\n  config {\n    name: "leukemia"\n'
         f'    base_path: "{base}"\n    model_platform: "tensorflow"\n'
-        "    model_version_policy { specific { versions: 1 } }\n"
-        '    version_labels { key: "stable" value: 1 }\n  }\n}\n'
+        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
+        '    version_labels { key: "stable" value: 1 }\n    version_labels { key: "canary" value: 2 }\n  }\n}\n'
     )
     # A small message limit: the page must take the server's limit (and the oversized upload stays cheap).
     limits = Limits(max_message_bytes=MAX_MESSAGE_BYTES)
@@ -94,6 +95,7 @@ def test_page_in_headless_chromium(live_server, tmp_path):
     assert "not a supported format" in result["text_error"] or "not an image" in result["text_error"]
     assert "too large" in result["size_error"] and "1.5 MB" in result["size_error"]  # (2 MiB - JSON) * 3/4
     assert "Cannot reach the model server" in result["down_error"]
+    assert "version 2" in result["canary_meta"] and "canary" in result["canary_meta"]
     if shot:
         assert Path(shot).stat().st_size > 10_000
 
@@ -120,6 +122,7 @@ def test_page_routes_through_the_real_rest_server(live_server):
     status, _, body = call("/ui/models/leukemia")
     info = json.loads(body)
     assert status == 200 and info["version"] == 1 and info["label"] == "stable"
+    assert info["labels"] == {"stable": 1, "canary": 2}
     assert info["max_upload_bytes"] == (MAX_MESSAGE_BYTES - 4096) * 3 // 4  # the server's limit, not a default
     assert call("/no/such/page")[0] == 404
 

@@ -32,15 +32,18 @@ class Manager:
     """The slice of the server's manager the page uses: resolve(name, version=, label=) and limits."""
 
     def __init__(self, servable, labels: dict[str, int]):
-        self.servable, self.labels, self.limits = servable, labels, _Limits()
+        self.servable, self.label_map, self.limits = servable, labels, _Limits()
+
+    def labels(self, name):
+        return dict(self.label_map) if name == "leukemia" else {}
 
     def resolve(self, name, version=None, label=None):
         if name != "leukemia":
             raise _NotFound(f"Servable not found for request: Latest({name})")
         if label is not None:
-            if label not in self.labels:
+            if label not in self.label_map:
                 raise _BadLabel(f"Unrecognized servable version label: {label}")
-            version = self.labels[label]
+            version = self.label_map[label]
         if version not in (None, self.servable.version):
             raise _NotFound(f"Servable not found for request: Specific({name}, {version})")
         return self.servable
@@ -95,14 +98,15 @@ def test_model_info_names_version_label_threshold_and_limits(manager):
     assert info["low_confidence_threshold"] == 0.6 and info["threshold_source"] == "model"
     assert info["max_pixels"] == 1_000_000 and 0 < info["max_upload_bytes"] < 1_000_000
     assert info["explain"] is True
+    assert info["labels"] == {"stable": 1}
     status, info = _json(routes.handle("GET", "/ui/models/leukemia/versions/1", {}, b"", manager))
     assert status == 200 and info["version"] == 1 and info["label"] is None and info["name"] == "leukemia"
-    manager.labels.pop("stable")
+    manager.label_map.pop("stable")
     try:  # no labels (a server started with --model_base_path): the latest version answers
         status, info = _json(routes.handle("GET", "/ui/model", {}, b"", manager))
         assert status == 200 and info["version"] == 1 and info["label"] is None
     finally:
-        manager.labels["stable"] = 1
+        manager.label_map["stable"] = 1
 
 
 def test_model_info_errors_are_readable(manager):

@@ -99,6 +99,7 @@
       var status = $("model-status");
       status.textContent = "Model " + info.name + " \u00b7 version " + info.version + (info.label ? " (" + info.label + ")" : "");
       status.className = "model-status ok";
+      showLabelChoice(info);
       $("limits").textContent = FORMATS + "; up to " + formatBytes(info.max_upload_bytes) + " each. Several at once is fine.";
       showBanner("");
       return info;
@@ -110,6 +111,23 @@
       showBanner(err.title + (err.detail ? " (" + err.detail + ")" : ""));
       throw err;
     });
+  }
+
+  // With several labels (stable, canary) the reviewer may choose which one answers; the default is stable.
+  function showLabelChoice(info) {
+    var labels = info.labels || {};
+    var names = Object.keys(labels).sort();
+    var box = $("label-choice");
+    var select = $("label-select");
+    if (names.length < 2) { box.hidden = true; return; }
+    select.textContent = "";
+    names.forEach(function (name) {
+      var option = el("option", null, name + " (version " + labels[name] + ")");
+      option.value = name;
+      option.selected = name === info.label;
+      select.appendChild(option);
+    });
+    box.hidden = false;
   }
 
   function versionPath(info) {
@@ -363,6 +381,12 @@
     $("clear").addEventListener("click", function () {
       $("results").textContent = "";
       $("clear").hidden = true;
+    });
+    $("label-select").addEventListener("change", function (e) {
+      LABEL = e.target.value;
+      VERSION = "";
+      model = null;
+      loadModel().catch(function () { /* the banner says it */ });
     });
     loadModel().catch(function () { /* the banner says it; uploads retry */ });
   }
