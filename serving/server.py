@@ -271,19 +271,23 @@ class Server:
         manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
                                allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models)
         manager.limits = opts.limits  # the page (serving.page.routes) reads the server's limits here
-        manager.start()
-        manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
         self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger)
-        self.core.config_path = config_path
-        self._grpc, self.grpc_port = start_grpc_server(self.core, opts.host, opts.port, opts.grpc_max_threads, ssl)
-        if opts.rest_api_port >= 0:  # TF Serving: 0 disables REST; here 0 picks a free port and -1 disables
-            self._rest, self.rest_port = start_rest_server(
-                self.core, opts.host, opts.rest_api_port, opts.rest_api_num_threads, monitoring, ssl)
+        try:
+            manager.start()
+            manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
+            self._grpc, self.grpc_port = start_grpc_server(self.core, opts.host, opts.port, opts.grpc_max_threads, ssl)
+            if opts.rest_api_port >= 0:  # TF Serving: 0 disables REST; here 0 picks a free port and -1 disables
+                self._rest, self.rest_port = start_rest_server(
+                    self.core, opts.host, opts.rest_api_port, opts.rest_api_num_threads, monitoring, ssl)
+        except BaseException:
+            self.stop()  # nothing half-started keeps the process alive or a port bound
+            raise
         log.info("serving %s: gRPC %s:%s, REST %s:%s%s", ", ".join(manager.models()), opts.host, self.grpc_port,
                  opts.host, self.rest_port, " (TLS)" if ssl else "")
         return self
 
     def stop(self) -> None:
+        """Stop both front ends, polling, batch threads and the request log."""
         if self._rest is not None:
             self._rest.shutdown()
             self._rest.server_close()

@@ -62,3 +62,24 @@ def test_serve_process_end_to_end(exported_versions, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+def test_port_in_use_is_a_clear_error_and_the_process_exits(exported_versions, tmp_path):
+    import socket
+
+    base = tmp_path / "models" / "leukemia"
+    install_version(exported_versions, base, 1)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    leukoflow = Path(sys.executable).parent / "leukoflow"
+    env = {**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")}
+    try:
+        done = subprocess.run(
+            [str(leukoflow), "serve", "--port=0", f"--rest_api_port={port}", "--model_name=leukemia",
+             f"--model_base_path={base}", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        busy.close()
+    assert done.returncode != 0
+    assert "cannot start the server" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
