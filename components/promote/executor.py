@@ -256,6 +256,18 @@ def reference_file(reference: str | Path | None) -> Path | None:
     raise FileNotFoundError(f"no reference profile ({', '.join(REFERENCE_NAMES)}) at {path}")
 
 
+def _run_undo(steps: list[tuple[str, Callable[[], None]]]) -> list[str]:
+    """Run every undo step even if one fails; returns what could not be undone."""
+    failed = []
+    for name, fn in steps:
+        try:
+            fn()
+        except Exception as exc:  # keep undoing the rest; report every failure
+            log.error("could not undo %s: %s", name, exc)
+            failed.append(f"{name}: {exc}")
+    return failed
+
+
 def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable", pipeline_run_id: str = "",
                    base: str | Path | None = None, config_path: str | Path | None = None,
                    registry_uri: str | None = None,
@@ -326,15 +338,17 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
             registry.assign_label(version, label, uri=registry_uri)
         except BaseException as exc:
             log.error("promotion failed at %s: %s; restoring the previous state", step, exc)
-            model_store.restore_config(config_snap, config_path)
+            undo = [("models.config", lambda: model_store.restore_config(config_snap, config_path))]
             if wrote_store and version is not None:
-                model_store.remove_version(version, base)
+                undo.append(("model store", lambda: model_store.remove_version(version, base)))
             if version is not None:
-                registry.delete_version(version, run_id, uri=registry_uri)
-            registry.restore(reg_snap, uri=registry_uri)
+                undo.append(("registry version", lambda: registry.delete_version(version, run_id, uri=registry_uri)))
+            undo.append(("registry aliases", lambda: registry.restore(reg_snap, uri=registry_uri)))
+            failed = _run_undo(undo)
             decision.version = decision.label = None
-            raise PromotionError(f"promotion failed at step '{step}': {exc}; the model store, models.config and "
-                                 "the registry keep their previous state") from exc
+            state = ("the model store, models.config and the registry keep their previous state" if not failed else
+                     f"UNDO INCOMPLETE ({'; '.join(failed)}): check `leukoflow registry list` and models.config")
+            raise PromotionError(f"promotion failed at step '{step}': {exc}; {state}") from exc
     write_decision(decision, out_dir)
     return decision
 
@@ -402,9 +416,10 @@ def _set_label(version: int, label: str, registry_uri: str | None, config_path: 
             model_store.move_label(label, version, config_path, between=between)
             registry.assign_label(version, label, uri=registry_uri, history=history)
         except BaseException as exc:
-            model_store.restore_config(config_snap, config_path)
-            registry.restore(reg_snap, uri=registry_uri)
-            raise PromotionError(f"moving label {label} to version {version} failed: {exc}; previous state kept") from exc
+            failed = _run_undo([("models.config", lambda: model_store.restore_config(config_snap, config_path)),
+                                ("registry aliases", lambda: registry.restore(reg_snap, uri=registry_uri))])
+            state = "previous state kept" if not failed else f"UNDO INCOMPLETE ({'; '.join(failed)})"
+            raise PromotionError(f"moving label {label} to version {version} failed: {exc}; {state}") from exc
 
 
 def promote_version(version: int, label: str, registry_uri: str | None = None, config_path: str | Path | None = None,

@@ -37,6 +37,17 @@ def _ci(ci: Any, fmt=_pct) -> str:
     return f" (95% CI {fmt(ci[0])}–{fmt(ci[1])})" if ci and len(ci) == 2 else ""
 
 
+def _weights_note(model: str, weights: str) -> str:
+    """The pretrained-weights limitation: only MobileNetV2's ImageNet weights are available offline here."""
+    if model == "resnet50" and "imagenet" not in weights.lower():
+        return ("- This ResNet50 was trained without ImageNet weights (none are available offline here), unlike the "
+                "paper's; its figures are not comparable to the paper's ResNet50.")
+    if "imagenet" in weights.lower():
+        return (f"- Pretrained weights: {weights}. Here the MobileNetV2 ImageNet weights are dequantised from Google's "
+                "int8 model (see ../shared/weights/README.md); ResNet50 runs here without ImageNet weights.")
+    return "- ResNet50 runs here without ImageNet weights (none are available offline), unlike the paper's."
+
+
 def render(version: int | None, metrics: dict[str, Any], train: dict[str, Any] | None, provenance: dict[str, str],
            decision_summary: str, threshold: float) -> str:
     """The card's Markdown. `provenance`: data_hash, split_hash, git_commit, pipeline_run_id."""
@@ -91,7 +102,7 @@ def render(version: int | None, metrics: dict[str, Any], train: dict[str, Any] |
         "test; the scores are likely optimistic for new patients. Near-duplicates were removed before the split.",
         "- One source (one lab, one stain protocol, one microscope): a change of stain or lamp shifts colour and "
         "brightness, which the model relies on heavily; the drift monitor watches for this.",
-        "- ResNet50 is trained here without ImageNet weights unless the weights above say otherwise.",
+        _weights_note(str(model), str(weights)),
         "- Four classes only; other haematological conditions are out of scope.",
         "", "## Promotion", "", decision_summary, "",
     ]

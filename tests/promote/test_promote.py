@@ -78,7 +78,7 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
     assert row["model_path"] == str(vdir)
 
 
-def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_split_dir):
+def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_split_dir, monkeypatch):
     first = executor.run_promote(_cands(tmp_path / "a", models, mobilenetv2=("good", 0.96, 3_400_000)),
                                  tmp_path / "o1", split_dir)
     assert first["version"] == 1
@@ -98,6 +98,18 @@ def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_
     res = executor.run_promote(_cands(tmp_path / "e", models, resnet50=("good2", 0.97, 25_600_000)), tmp_path / "o5", other_split_dir)
     assert res["promoted"] and res["version"] == 2, res["summary"]
     assert model_store.read_state().labels == {"stable": 2} and registry.get_aliases()["champion"] == 2
+    # a rollback whose registry write fails leaves models.config and the aliases as they were
+    config_before = home.models_config_path().read_bytes()
+    real = registry.assign_label
+
+    def broken(*a, **k):
+        raise RuntimeError("registry down")
+
+    monkeypatch.setattr(registry, "assign_label", broken)
+    with pytest.raises(executor.PromotionError, match="previous state kept"):
+        executor.rollback()
+    monkeypatch.setattr(registry, "assign_label", real)
+    assert home.models_config_path().read_bytes() == config_before and registry.get_aliases()["champion"] == 2
     back = executor.rollback()
     assert back["version"] == 1 and back["rolled_back_from"] == 2
     assert model_store.read_state().labels == {"stable": 1} and registry.get_aliases()["champion"] == 1
