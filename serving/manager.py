@@ -126,6 +126,7 @@ class ModelManager:
         self._servables: dict[str, dict[int, Servable]] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._states: dict[str, dict[int, VersionState]] = {}
+        self._missing_warned: set[tuple[str, int]] = set()
         self._failed: dict[tuple[str, int], float] = {}  # (model, version) -> saved_model.pb mtime that failed
         self._lock = threading.RLock()
         self._reconcile_lock = threading.Lock()
@@ -249,7 +250,10 @@ class ModelManager:
                 aspired = aspired_versions(entry, on_disk)
                 if entry.policy == "specific":
                     for v in sorted(set(entry.versions) - set(on_disk)):
-                        log.warning("%s: version %d named by the specific policy is not in %s", entry.name, v, entry.base_path)
+                        if (entry.name, v) not in self._missing_warned:  # once, not every poll
+                            self._missing_warned.add((entry.name, v))
+                            log.warning("%s: version %d named by the specific policy is not in %s",
+                                        entry.name, v, entry.base_path)
                 for v in sorted(aspired - set(self.loaded_versions(entry.name))):
                     self._load(entry, v)
                 loaded = set(self.loaded_versions(entry.name))
