@@ -25,13 +25,25 @@ def gate_op(
     split: Input[Dataset],
     gate: Output[Artifact],
     decision: Output[Markdown],
+    min_macro_f1: float = -1.0,
+    min_class_recall: float = -1.0,
+    min_robust_accuracy: float = -1.0,
+    margin: float = -1.0,
+    max_regression: float = -1.0,
 ) -> bool:
-    """Run components.promote.executor.run_gate over the evaluation dirs (each with metrics.json); True to promote."""
+    """Run components.promote.executor.run_gate over the evaluation dirs (each with metrics.json); True to promote.
+
+    Policy parameters left negative take the settings.GATE_* defaults.
+    """
     import shutil
 
     from components.promote.executor import run_gate
+    from components.promote.gate import Policy
 
-    result = run_gate([e.path for e in evaluations], gate.path, split.path)
+    given = {"min_macro_f1": min_macro_f1, "min_class_recall": min_class_recall,
+             "min_robust_accuracy": min_robust_accuracy, "margin": margin, "max_regression": max_regression}
+    policy = Policy(**{k: v for k, v in given.items() if v >= 0})
+    result = run_gate([e.path for e in evaluations], gate.path, split.path, policy)
     shutil.copyfile(gate.path + "/decision.md", decision.path)
     gate.metadata.update({"promote": result.promoted, "model": result.chosen or "", "summary": result.summary})
     print(result.summary)

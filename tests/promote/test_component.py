@@ -40,7 +40,7 @@ def promote_pipeline(candidates: list, split_src: str):
     reference = stage_reference_op()
     with dsl.ParallelFor(candidates) as src:
         ev = stage_eval_op(src=src)
-    gate = gate_op(evaluations=dsl.Collected(ev.outputs["evaluation"]), split=split.outputs["split"])
+    gate = gate_op(evaluations=dsl.Collected(ev.outputs["evaluation"]), split=split.outputs["split"], margin=0.02)
     with dsl.If(gate.outputs["Output"] == True):  # noqa: E712 (KFP condition syntax)
         promote_op(gate=gate.outputs["gate"], reference=reference.outputs["reference"], pipeline_run_id="kfp-local-test",
                    drift_report="")
