@@ -15,7 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import MONITORING_CONFIG, install_version, models_config
+from serving_helpers import MONITORING_CONFIG, install_version, models_config
 from tiny_model import SIZE, encode_jpeg, encode_png, sample_image
 
 pytestmark = pytest.mark.timeout(300)

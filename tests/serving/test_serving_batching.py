@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import install_version
+from serving_helpers import install_version
 from tiny_model import encode_png, sample_image
 
 pytestmark = pytest.mark.timeout(120)

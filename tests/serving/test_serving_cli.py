@@ -13,7 +13,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from conftest import MONITORING_CONFIG, install_version
+from serving_helpers import MONITORING_CONFIG, install_version
 
 pytestmark = pytest.mark.timeout(180)
 

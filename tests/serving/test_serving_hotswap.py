@@ -10,7 +10,7 @@ import grpc
 import pytest
 import requests
 
-from conftest import install_version, models_config
+from serving_helpers import install_version, models_config
 from tiny_model import encode_png, sample_image
 
 pytestmark = pytest.mark.timeout(300)

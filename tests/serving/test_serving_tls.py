@@ -9,7 +9,7 @@ import grpc
 import pytest
 import requests
 
-from conftest import install_version
+from serving_helpers import install_version
 from tiny_model import encode_png, sample_image
 
 pytestmark = pytest.mark.timeout(120)
