@@ -206,6 +206,7 @@ def _class_expectations(gxe, min_per_class: int) -> list:
 
 def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fraction: float) -> list[dict]:
     """Run the GE suites (per image, per class) in an ephemeral context; build Data Docs into docs_dir."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries our summary
     import great_expectations as gx
     import great_expectations.expectations as gxe
     import pandas as pd
@@ -296,6 +297,11 @@ def run_validate(
     docs_tmp.replace(docs)
 
     ok = manifest[manifest["status"] == "ok"]
+    per_class = {c: int((ok["label"] == c).sum()) for c in domain.CLASS_NAMES}
+    for o in outcomes:  # say which classes, not just which counts
+        if o["name"] == "per_class_minimum_count" and not o["success"]:
+            o["detail"] = ", ".join(f"{c} has {n}" for c, n in per_class.items() if n < min_per_class) + \
+                f" valid images (minimum {min_per_class})"
     failed = [o["name"] for o in outcomes if o["critical"] and not o["success"]]
     result = {
         "success": not failed,
@@ -305,7 +311,7 @@ def run_validate(
         "failed_expectations": failed,
         "warnings": [o["name"] for o in outcomes if not o["critical"] and not o["success"]],
         "expectations": outcomes,
-        "per_class": {c: int((ok["label"] == c).sum()) for c in domain.CLASS_NAMES},
+        "per_class": per_class,
         "data_dir": str(Path(data_dir).resolve()),
         "variant": found.variant_used,
         "variants_found": found.variants_found,
@@ -326,9 +332,13 @@ def failure_message(result: dict) -> str:
     details = []
     for o in result["expectations"]:
         if o["critical"] and not o["success"]:
-            seen = f" (unexpected: {o['unexpected_count']}" + (
-                f", e.g. {', '.join(o['unexpected_values'][:3])})" if o["unexpected_values"] else ")"
-            ) if o["unexpected_count"] is not None else ""
+            if o.get("detail"):
+                seen = f" ({o['detail']})"
+            elif o["unexpected_count"] is not None:
+                examples = f", e.g. {', '.join(o['unexpected_values'][:3])}" if o["unexpected_values"] else ""
+                seen = f" ({o['unexpected_count']} unexpected{examples})"
+            else:
+                seen = ""
             details.append(f"{o['name']}{seen}")
     return "critical expectations failed: " + "; ".join(details) + f" (see {result['data_docs']})"
 
