@@ -125,12 +125,25 @@ def read_decision(path: str | Path) -> Decision:
 
 
 def _test_set(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
-    from components import records
+    """Encoded test images and labels: the test TFRecord shards, else the files split.csv names."""
+    from components import domain, records
 
+    split_dir = Path(split_dir)
     images, labels = [], []
-    for ex in records.iter_examples(Path(split_dir) / "test"):
-        images.append(ex["encoded"])
-        labels.append(ex["label"])
+    if list((split_dir / "test").glob("*.tfrecord")):
+        for ex in records.iter_examples(split_dir / "test"):
+            images.append(ex["encoded"])
+            labels.append(ex["label"])
+    else:
+        import pandas as pd
+
+        df = pd.read_csv(split_dir / "split.csv")
+        for path, label in df.loc[df["split"] == "test", ["path", "label"]].itertuples(index=False):
+            if Path(path).is_file():
+                images.append(Path(path).read_bytes())
+                labels.append(domain.class_index(str(label)) if not str(label).isdigit() else int(label))
+    if not images:
+        raise FileNotFoundError(f"no test images in {split_dir}")
     return images, labels
 
 
@@ -144,30 +157,40 @@ def _serving_macro_f1(saved_model: str | Path, images: list[bytes], labels: list
     return float(f1_score(labels, preds, average="macro", labels=list(range(domain.NUM_CLASSES)), zero_division=0))
 
 
-def compare_with_champion(chosen: Candidate, champion: dict[str, Any], cand_split: str | None,
-                          split_dir: str | Path | None, policy: Policy) -> dict[str, Any]:
-    """Step 4 of the rule on one test split: recorded figures if the split is the same, else re-evaluate both."""
+def compare_with_champion(cand: Candidate, champion: dict[str, Any], cand_split: str | None,
+                          split_dir: str | Path | None, policy: Policy, cache: dict[str, float] | None = None) -> dict[str, Any]:
+    """The no-regression check on one test split: recorded figures if the split is the same, else re-evaluate both.
+
+    `cache` keeps the champion's re-evaluated macro-F1 across candidates.
+    """
     tags = champion["tags"]
     ch_split = tags.get("split_hash")
+    cache = {} if cache is None else cache
     if cand_split and ch_split == cand_split and tags.get("macro_f1") is not None:
-        ch_f1, cand_f1 = float(tags["macro_f1"]), float(chosen.macro_f1)
+        ch_f1, cand_f1 = float(tags["macro_f1"]), float(cand.macro_f1)
         measured = f"the same test split {cand_split[:12]} (recorded metrics)"
     else:
         model_path = tags.get("model_path")
         why = (f"champion v{champion['version']} was evaluated on split {str(ch_split)[:12]}, "
-               f"the candidate on {str(cand_split)[:12]}")
-        if split_dir is None or not model_path or not (Path(model_path) / "saved_model.pb").is_file():
-            return {"ok": False, "reason": f"{why}, and the champion cannot be re-evaluated (no split directory or "
-                    "no champion model in the store); promote manually with `leukoflow registry promote`",
-                    "measured_on": None, "candidate_f1": None, "champion_f1": None, "delta": 0.0}
-        images, labels = _test_set(split_dir)
-        log.info("%s: re-evaluating both on %d test images through serving_default", why, len(images))
-        ch_f1 = _serving_macro_f1(model_path, images, labels)
-        cand_f1 = _serving_macro_f1(chosen.saved_model, images, labels)
-        measured = f"the candidate's test split {str(cand_split)[:12]} ({len(images)} images, both re-evaluated through serving_default)"
+               f"the candidates on {str(cand_split)[:12]}")
+        try:
+            if split_dir is None or not model_path or not (Path(model_path) / "saved_model.pb").is_file():
+                raise FileNotFoundError("no split directory or no champion model in the store")
+            images, labels = _test_set(split_dir)
+            if "champion" not in cache:
+                log.info("%s: re-evaluating on %d test images through serving_default", why, len(images))
+                cache["champion"] = _serving_macro_f1(model_path, images, labels)
+            ch_f1 = cache["champion"]
+            cand_f1 = _serving_macro_f1(cand.saved_model, images, labels)
+        except Exception as exc:  # cannot compare: refuse rather than promote blind
+            return {"ok": False, "reason": f"{why}, and they cannot be compared on one split ({exc}); promote "
+                    "manually with `leukoflow registry promote` after checking", "measured_on": None,
+                    "candidate_f1": None, "champion_f1": None, "delta": 0.0}
+        measured = (f"the candidates' test split {str(cand_split)[:12]} ({len(images)} images, champion and "
+                    "candidate re-evaluated through serving_default)")
     ok, reason = gate_mod.check_regression(cand_f1, ch_f1, policy)
-    return {"ok": ok, "reason": reason, "measured_on": measured, "candidate_f1": cand_f1, "champion_f1": ch_f1,
-            "delta": cand_f1 - ch_f1}
+    return {"ok": ok, "reason": f"{cand.name}: {reason}", "measured_on": measured, "candidate_f1": cand_f1,
+            "champion_f1": ch_f1, "delta": cand_f1 - ch_f1}
 
 
 def run_gate(candidates: list[str | Path], out_dir: str | Path, split_dir: str | Path | None = None,
@@ -183,27 +206,33 @@ def run_gate(candidates: list[str | Path], out_dir: str | Path, split_dir: str |
     else:
         hashes = {c.split_hash for c in cands if c.split_hash}
         s_hash = hashes.pop() if len(hashes) == 1 else None
-    selection = gate_mod.select(cands, policy)
+    champion_info, regression = None, {}
+    champ = registry.champion(uri=registry_uri)
+    if champ is not None:
+        t = champ["tags"]
+        champion_info = {"version": champ["version"], "model": t.get("model"), "macro_f1": _f(t.get("macro_f1")),
+                         "split_hash": t.get("split_hash"), "model_path": t.get("model_path")}
+        cache: dict[str, float] = {}
+        for c in cands:
+            if gate_mod.floor_failures(c, policy):
+                continue  # the floors already exclude it
+            if t.get("saved_model_sha256") and c.saved_model and Path(c.saved_model).is_dir() \
+                    and t["saved_model_sha256"] == tree_hash(c.saved_model):
+                regression[c.name] = {"ok": False, "reason": f"{c.name} is identical to the champion v{champ['version']}",
+                                      "measured_on": None, "candidate_f1": None, "champion_f1": None, "delta": 0.0}
+            else:
+                regression[c.name] = compare_with_champion(c, champ, s_hash, split_dir, policy, cache)
+    checks = {name: (r["ok"], r["reason"]) for name, r in regression.items()}
+    selection = gate_mod.select(cands, policy, checks if champ is not None else None)
     chosen = selection.chosen
-    infra = regression = champion_info = None
+    infra = None
     if chosen is not None:
         if not chosen.saved_model or not (Path(chosen.saved_model) / "saved_model.pb").is_file():
             infra = {"ok": False, "reason": f"no SavedModel at {chosen.saved_model}", "checks": []}
         else:
             images = infra_validation.test_images(split_dir, infra_images)
             infra = infra_validation.validate(chosen.saved_model, images or _warmup_only_images(chosen.saved_model))
-        champ = registry.champion(uri=registry_uri)
-        if champ is not None:
-            t = champ["tags"]
-            champion_info = {"version": champ["version"], "model": t.get("model"), "macro_f1": _f(t.get("macro_f1")),
-                             "split_hash": t.get("split_hash"), "model_path": t.get("model_path")}
-            if infra["ok"]:
-                if t.get("saved_model_sha256") and t["saved_model_sha256"] == tree_hash(chosen.saved_model):
-                    regression = {"ok": False, "reason": f"{chosen.name} is identical to the champion v{champ['version']}",
-                                  "measured_on": None, "candidate_f1": None, "champion_f1": None, "delta": 0.0}
-                else:
-                    regression = compare_with_champion(chosen, champ, s_hash, split_dir, policy)
-    decision = gate_mod.decide(selection, policy, champion_info, regression, infra, s_hash)
+    decision = gate_mod.decide(selection, policy, champion_info, regression or None, infra, s_hash)
     write_decision(decision, out_dir)
     log.info("gate: %s", decision.summary)
     return decision

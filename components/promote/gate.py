@@ -13,9 +13,13 @@ The rule, in one place:
    `metrics.json`; when any candidate lacks it the cost is 2 * params / min(params). Params fall back to
    size_bytes when absent. Ties in cost (within 1e-9) go to higher macro-F1, then higher accuracy, then
    the name in alphabetical order, so the choice is deterministic.
-4. **No regression** against the champion (TFX Evaluator style): the absolute floors above plus a change
-   threshold, chosen macro-F1 - champion macro-F1 >= -`max_regression`, both measured on the same test
-   split (the executor re-evaluates both when the split differs). With no champion, the floors alone decide.
+0. **No regression** against the champion (TFX Evaluator style) is a constraint like the floors, applied
+   before steps 2-3: chosen macro-F1 - champion macro-F1 >= -`max_regression`, both measured on the same
+   test split (the executor re-evaluates both through the serving signature when the champion's split
+   differs), and a candidate identical to the champion is not promoted again. So a cheap model that
+   regresses does not block a better one within the margin. With no champion, the floors alone decide.
+5. **Infra validation** of the chosen model (load, warmup, real requests) must pass; there is no fallback
+   to the next candidate, since a model that cannot be served points at a pipeline bug.
 
 With the paper's figures (ResNet50 0.97 / 25.6M params, MobileNetV2 0.96 / 3.4M, CNN 0.72) the CNN fails
 the macro-F1 floor, both others are within 0.02 of 0.97, and MobileNetV2 is ~7.5x cheaper: it is chosen.
@@ -30,9 +34,9 @@ from typing import Any
 from components import domain, settings
 
 RULE = (
-    "floors (macro-F1, every class's recall, worst robustness accuracy); among those passing, the ones whose "
-    "macro-F1 is within the margin of the best; of those the cheapest by params/min(params) + "
-    "latency_p50/min(latency_p50); then no regression vs the champion beyond max_regression on the same test split"
+    "floors (macro-F1, every class's recall, worst robustness accuracy) and no regression vs the champion beyond "
+    "max_regression on the same test split; among those passing, the ones whose macro-F1 is within the margin of "
+    "the best; of those the cheapest by params/min(params) + latency_p50/min(latency_p50); then infra validation"
 )
 _EPS = 1e-9
 
@@ -116,6 +120,7 @@ class Row:
     within_margin: bool = False
     cost: float | None = None
     chosen: bool = False
+    vs_champion: str | None = None
 
 
 def floor_failures(c: Candidate, policy: Policy) -> list[str]:
@@ -173,8 +178,9 @@ class Selection:
     reason: str
 
 
-def select(candidates: list[Candidate], policy: Policy = Policy()) -> Selection:
-    """Apply steps 1-3 of the rule."""
+def select(candidates: list[Candidate], policy: Policy = Policy(),
+           champion_checks: dict[str, tuple[bool, str]] | None = None) -> Selection:
+    """Apply steps 1-3 of the rule; `champion_checks` (name -> (ok, reason)) adds the no-regression constraint."""
     if not candidates:
         return Selection(None, [], None, "no candidates were given")
     names = [c.name for c in candidates]
@@ -182,20 +188,25 @@ def select(candidates: list[Candidate], policy: Policy = Policy()) -> Selection:
         raise ValueError(f"candidate names must be unique, got {names}")
     rows: dict[str, Row] = {}
     eligible = []
+    checks = champion_checks or {}
     for c in candidates:
         failures = floor_failures(c, policy)
+        if c.name in checks and not checks[c.name][0]:
+            failures.append(checks[c.name][1])
         worst_cls = min(c.recalls, key=c.recalls.get) if c.recalls else None
         rows[c.name] = Row(
             name=c.name, macro_f1=c.macro_f1, accuracy=c.accuracy,
             min_recall=c.recalls.get(worst_cls) if worst_cls else None, min_recall_class=worst_cls,
             robustness_worst=c.robustness_worst, params=c.params, latency_p50_ms=c.latency_p50_ms,
             passes_floors=not failures, failures=failures,
+            vs_champion=checks[c.name][1] if c.name in checks else None,
         )
         if not failures:
             eligible.append(c)
     if not eligible:
         why = "; ".join(f"{c.name}: {', '.join(rows[c.name].failures)}" for c in candidates)
-        return Selection(None, list(rows.values()), None, f"no candidate passes the floors ({why})")
+        what = "the floors and the champion check" if checks else "the floors"
+        return Selection(None, list(rows.values()), None, f"no candidate passes {what} ({why})")
     best = max(c.macro_f1 for c in eligible)
     group = [c for c in eligible if c.macro_f1 >= best - policy.margin - _EPS]
     cost = costs(group)
@@ -214,7 +225,7 @@ def select(candidates: list[Candidate], policy: Policy = Policy()) -> Selection:
 
 
 def check_regression(candidate_f1: float, champion_f1: float, policy: Policy = Policy()) -> tuple[bool, str]:
-    """Step 4: the change threshold against the champion (same split)."""
+    """Step 0: the change threshold against the champion (same split)."""
     delta = candidate_f1 - champion_f1
     if delta >= -policy.max_regression - _EPS:
         return True, f"macro-F1 change vs champion {delta:+.4f} >= -{policy.max_regression:.4f}"
@@ -236,7 +247,7 @@ class Decision:
     chosen_source: str | None = None
     split_hash: str | None = None
     champion: dict[str, Any] | None = None      # version, model, macro_f1, split_hash, how it was measured
-    regression: dict[str, Any] | None = None    # candidate_f1, champion_f1, delta, ok, reason, measured_on
+    regression: dict[str, Any] | None = None    # per candidate: candidate_f1, champion_f1, delta, ok, reason, measured_on
     infra: dict[str, Any] | None = None         # infra validation checks
     version: int | None = None                  # filled once promoted
     label: str | None = None
@@ -271,13 +282,11 @@ def decide(selection: Selection, policy: Policy = Policy(), champion: dict[str, 
     base.update(chosen_saved_model=chosen.saved_model, chosen_source=chosen.source)
     if infra is not None and not infra.get("ok"):
         return Decision(False, chosen.name, f"{chosen.name} failed infra validation: {infra.get('reason')}", **base)
-    if regression is not None and not regression.get("ok"):
-        return Decision(False, chosen.name, regression["reason"], **base)
     reason = selection.reason
     if champion is None:
         reason += "; no champion yet, accepted on the floors alone"
-    elif regression is not None:
-        reason += f"; {regression['reason']}"
+    elif (regression or {}).get(chosen.name):
+        reason += f"; {regression[chosen.name]['reason']}"
     return Decision(True, chosen.name, reason, **base)
 
 
@@ -303,7 +312,7 @@ def to_markdown(decision: Decision) -> str:
         f"Floors: macro-F1 >= {p['min_macro_f1']}, each class's recall >= {p['min_class_recall']}, "
         f"worst robustness accuracy >= {p['min_robust_accuracy']}; margin {p['margin']}; "
         f"max regression vs champion {p['max_regression']}.", "",
-        "| model | macro-F1 | accuracy | min recall (class) | worst robustness | params | latency p50 ms | floors | within margin | cost | chosen |",
+        "| model | macro-F1 | accuracy | min recall (class) | worst robustness | params | latency p50 ms | floors and champion check | within margin | cost | chosen |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decision.rows:
@@ -321,11 +330,10 @@ def to_markdown(decision: Decision) -> str:
         ch = decision.champion
         lines.append(f"Champion: version {ch.get('version')} ({ch.get('model')}), macro-F1 {_fmt(ch.get('macro_f1'))}, "
                      f"split {str(ch.get('split_hash'))[:12]}.")
-    if decision.regression:
-        rg = decision.regression
         lines.append("")
-        lines.append(f"Compared on {rg.get('measured_on')}: candidate {_fmt(rg.get('candidate_f1'))} vs champion "
-                     f"{_fmt(rg.get('champion_f1'))} (delta {rg.get('delta', 0):+.4f}): {rg.get('reason')}.")
+    for name, rg in (decision.regression or {}).items():
+        where = f" on {rg['measured_on']}" if rg.get("measured_on") else ""
+        lines.append(f"- {name}{where}: {'ok' if rg.get('ok') else 'rejected'}: {rg.get('reason')}")
     lines += ["", "## Infra validation", ""]
     if decision.infra is None:
         lines.append("Not run (no candidate was chosen).")

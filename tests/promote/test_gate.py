@@ -72,15 +72,28 @@ def test_regression_threshold(cand_f1, champ_f1, ok):
     assert gate.check_regression(cand_f1, champ_f1, Policy(max_regression=0.01))[0] is ok
 
 
-def test_decision_regression_and_infra_reasons():
-    sel = gate.select(PAPER)
-    ok, reason = gate.check_regression(0.90, 0.96)
-    d = gate.decide(sel, champion={"version": 1, "model": "resnet50", "macro_f1": 0.96},
-                    regression={"ok": ok, "reason": reason, "candidate_f1": 0.90, "champion_f1": 0.96, "delta": -0.06})
-    assert not d.promoted and "regresses" in d.summary and d.summary.startswith("not promoted because")
-    d2 = gate.decide(sel, infra={"ok": False, "reason": "probabilities do not sum to 1", "checks": []})
-    assert not d2.promoted and "failed infra validation: probabilities do not sum to 1" in d2.summary
-    assert gate.Decision.from_dict(d2.to_dict()).summary == d2.summary
+def test_champion_check_is_a_constraint_before_cost():
+    """A cheap model that regresses vs the champion does not block a better one within the margin."""
+    ok_m, why_m = gate.check_regression(0.955, 0.97)
+    ok_r, why_r = gate.check_regression(0.975, 0.97)
+    assert not ok_m and ok_r
+    sel = gate.select(PAPER, champion_checks={"mobilenetv2": (ok_m, why_m), "resnet50": (ok_r, why_r)})
+    assert sel.chosen.name == "resnet50"
+    rows = {r.name: r for r in sel.rows}
+    assert "regresses" in rows["mobilenetv2"].vs_champion and not rows["mobilenetv2"].passes_floors
+    d = gate.decide(sel, champion={"version": 1, "model": "resnet50", "macro_f1": 0.97},
+                    regression={"resnet50": {"ok": True, "reason": why_r}, "mobilenetv2": {"ok": False, "reason": why_m}})
+    assert d.promoted and d.chosen == "resnet50" and why_r in d.reason
+    assert "rejected" in gate.to_markdown(d)
+    none = gate.select(PAPER, champion_checks={"mobilenetv2": (False, why_m), "resnet50": (False, "resnet50 identical")})
+    d2 = gate.decide(none)
+    assert not d2.promoted and d2.summary.startswith("not promoted because no candidate passes the floors and the champion check")
+
+
+def test_infra_failure_is_not_promoted():
+    d = gate.decide(gate.select(PAPER), infra={"ok": False, "reason": "probabilities do not sum to 1", "checks": []})
+    assert not d.promoted and "failed infra validation: probabilities do not sum to 1" in d.summary
+    assert gate.Decision.from_dict(d.to_dict()).summary == d.summary
 
 
 def test_duplicate_names_rejected():

@@ -93,7 +93,9 @@ def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_
     res = executor.run_promote(_cands(tmp_path / "d", models, cnn=("worse", 0.99, 1_000)), tmp_path / "o4", other_split_dir)
     assert not res["promoted"] and "regresses" in res["summary"], res["summary"]
     decision = json.loads((tmp_path / "o4" / "decision.json").read_text())
-    assert "re-evaluated" in decision["regression"]["measured_on"] and decision["regression"]["champion_f1"] == pytest.approx(1.0)
+    assert "re-evaluated" in decision["regression"]["cnn"]["measured_on"]
+    assert decision["regression"]["cnn"]["champion_f1"] == pytest.approx(1.0)
+    assert decision["regression"]["cnn"]["candidate_f1"] < 0.9
     # a real improvement on a different split is promoted, then rolled back
     res = executor.run_promote(_cands(tmp_path / "e", models, resnet50=("good2", 0.97, 25_600_000)), tmp_path / "o5", other_split_dir)
     assert res["promoted"] and res["version"] == 2, res["summary"]
