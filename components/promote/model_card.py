@@ -100,8 +100,8 @@ def render(version: int | None, metrics: dict[str, Any], train: dict[str, Any] |
         "", "## Limitations", "",
         "- Image-level split: the public data has no patient IDs, so images of one patient may fall in both train and "
         "test; the scores are likely optimistic for new patients. Near-duplicates were removed before the split.",
-        "- One source (one lab, one stain protocol, one microscope): a change of stain or lamp shifts colour and "
-        "brightness, which the model relies on heavily; the drift monitor watches for this.",
+        "- The images come from a single laboratory's staining and imaging setup: a different stain batch, lamp or "
+        "camera shifts colour and brightness, which the model relies on heavily; the drift monitor watches for this.",
         _weights_note(str(model), str(weights)),
         "- Four classes only; other haematological conditions are out of scope.",
         "", "## Promotion", "", decision_summary, "",
