@@ -104,7 +104,8 @@ def discover(data_dir: str | Path, variant: str = "original") -> Discovery:
     skipped = 0
     if found:
         if variant not in found:
-            raise DataNotFoundError(f"{root} holds {', '.join(found)} copies but no {variant!r} variant")
+            raise DataNotFoundError(f"{root} holds {', '.join(found)} copies but no {variant!r} variant; "
+                                    f"choose one with --variant {found[0]}")
         used = variant
         kept = [(p, lab) for p, lab, v in labelled if v in (None, variant)]
         skipped = len(labelled) - len(kept)
