@@ -60,6 +60,10 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
         self.images = Counter("leukoflow_serving_images", "Images scored", ["model", "version"], registry=self.registry)
+        self.log_dropped = Counter(
+            "leukoflow_serving_request_log_dropped", "Request-log records dropped because the writer was behind",
+            registry=self.registry,
+        )
         self.loaded = Gauge(
             "leukoflow_serving_loaded_versions", "1 for each model version loaded and available",
             ["model", "version"], registry=self.registry,

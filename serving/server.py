@@ -100,21 +100,29 @@ class ServerOptions:
 class RequestLogger:
     """Per-image records for the drift monitor, written by a background thread (a full queue drops, never blocks)."""
 
-    def __init__(self, directory: str | Path, store_images: bool = False, max_pending: int = 1000) -> None:
+    def __init__(self, directory: str | Path, store_images: bool = False, max_pending: int = 256,
+                 on_drop: Any = None) -> None:
         from monitoring.request_log import RequestLog
 
         self._log = RequestLog(directory, store_images=store_images)
         self.store_images = store_images
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.dropped = 0
+        self._on_drop = on_drop
+        self._last_warning = 0.0
         self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
         self._thread.start()
 
     def submit(self, item: dict) -> None:
         try:
             self._queue.put_nowait(item)
-        except queue.Full:
+        except queue.Full:  # features cost milliseconds per image: under overload, sample rather than queue forever
             self.dropped += 1
+            if self._on_drop:
+                self._on_drop()
+            if time.monotonic() - self._last_warning > 60:
+                self._last_warning = time.monotonic()
+                log.warning("request log is behind; %d record(s) dropped so far", self.dropped)
 
     def _drain(self) -> None:
         from components import domain
@@ -265,7 +273,8 @@ class Server:
         request_logger = None
         if opts.request_log_dir:
             try:
-                request_logger = RequestLogger(opts.request_log_dir, store_images=opts.request_log_images)
+                request_logger = RequestLogger(opts.request_log_dir, store_images=opts.request_log_images,
+                                               on_drop=metrics.log_dropped.inc)
             except ImportError:
                 log.info("monitoring.request_log is not available; request log off")
         manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
