@@ -247,7 +247,7 @@ def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fra
             gx.Checkpoint(
                 name=f"checkpoint_{asset_name}",
                 validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["leukoflow"])],
                 result_format="SUMMARY",
             )
         )
