@@ -120,6 +120,20 @@ def test_broken_version_is_reported_and_previous_keeps_serving(swap_server):
     assert manager.resolve("leukemia").version == 3
 
 
+def test_version_whose_warmup_fails_never_takes_traffic(swap_server, exported_versions, tmp_path):
+    import shutil
+
+    from tiny_model import write_warmup
+
+    staged = tmp_path / "11"
+    shutil.copytree(exported_versions[1], staged)
+    write_warmup(staged, images=[b"not an image"])  # the model loads, its warmup request fails
+    staged.rename(swap_server.base / "11")
+    manager = swap_server.core.manager
+    _wait(lambda: any(v == 11 and s.state == 50 for v, s in manager.status("leukemia")), what="version 11 to fail")
+    assert manager.resolve("leukemia").version == 3 and manager.loaded_versions("leukemia") == [3]
+
+
 def test_config_file_poll_moves_labels(exported_versions, tmp_path):
     """The gate's two-step label move: load both versions, then move `stable` (config file polling)."""
     from serving.server import Server, ServerOptions
