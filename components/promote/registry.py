@@ -37,8 +37,9 @@ def client(uri: str | None = None):
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-    _quiet()
     from mlflow import MlflowClient
+
+    _quiet()  # after the import: mlflow sets its logger's level when it is imported
 
     uri = uri or home.registry_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
