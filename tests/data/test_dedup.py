@@ -108,3 +108,14 @@ def test_hash_follows_domain_conversion(synthetic_data):
 
     with pytest.raises(ImageDecodeError):
         perceptual_hash(b"not an image")
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_parallel_map_keeps_order_over_a_pool():
+    from components.validate.parallel import MIN_PARALLEL_ITEMS, parallel_map
+
+    items = list(range(MIN_PARALLEL_ITEMS + 50))
+    assert parallel_map(_square, items, workers=2) == [x * x for x in items]
