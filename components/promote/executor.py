@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from components import home, settings
+from components import home
 from components.promote import gate as gate_mod
 from components.promote import model_store, model_card, registry
 from components.promote.gate import Candidate, Decision, Policy

@@ -99,7 +99,7 @@ def create_version(saved_model_dir: str | Path, metrics: dict[str, Any], params:
                    tags: dict[str, str], artifacts: list[str | Path], description: str = "",
                    name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None) -> tuple[int, str]:
     """Log a run (metrics, params, tags, artifacts, the SavedModel) and register it; returns (version, run_id)."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     uri = uri or home.registry_uri()
     c = client(uri)
