@@ -101,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import pandas as pd
 
-    hashes = [int(h, 16) for h in pd.read_csv(work / "manifest.csv", dtype={"phash": str})["phash"].dropna()]
+    manifest = pd.read_csv(work / "manifest.csv", dtype={"phash": str, "sha256": str})
+    manifest = manifest[manifest["status"] == "ok"].reset_index(drop=True)
+    hashes = [int(h, 16) for h in manifest["phash"]]
+    # The threshold's evidence: every pair up to 14 bits, split into byte-identical, same-label, cross-label.
+    tuning: dict[int, dict[str, int]] = {d: {"pairs": 0, "byte_identical": 0, "cross_label": 0} for d in range(15)}
+    for (i, j), d in near_pairs(hashes, 14).items():
+        tuning[d]["pairs"] += 1
+        tuning[d]["byte_identical"] += int(manifest.at[i, "sha256"] == manifest.at[j, "sha256"])
+        tuning[d]["cross_label"] += int(manifest.at[i, "label"] != manifest.at[j, "label"])
     t_search, pairs = _best(lambda: near_pairs(hashes, settings.DEDUP_HAMMING), args.repeats, "near_pair_search")
     load_after = os.getloadavg()[0]
 
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "removed": result["removed"],
         "near_pairs_at_threshold": len(pairs),
         "per_class_kept": result["per_class_kept"],
+        "phash_pairs_by_distance": {str(d): v for d, v in tuning.items() if v["pairs"]},
         "split": {"seed": split["seed"], "counts": split["counts"], "per_class": split["per_class"]},
     }
     seconds = record["seconds"]
@@ -169,11 +178,21 @@ def main(argv: list[str] | None = None) -> int:
         f"(pHash Hamming <= {result['hamming']}), group sizes {record['group_sizes']}, "
         f"{len(result['conflicts'])} label conflicts; kept {result['kept']} of {result['images']}.",
         "",
+        "pHash distance of every pair up to 14 bits (the evidence for the threshold: "
+        "pairs within it must all be same-label):",
+        "",
+        "| distance | pairs | byte-identical | cross-label |",
+        "|---:|---:|---:|---:|",
+        *[f"| {d} | {v['pairs']} | {v['byte_identical']} | {v['cross_label']} |" for d, v in tuning.items() if v["pairs"]],
+        "",
         f"Split of the kept images (seed {split['seed']}):",
         "",
         split["table"].rstrip(),
         "",
     ]
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dedup.json").write_text(json.dumps(record, indent=2) + "\n")
     (RESULTS / "dedup.md").write_text("\n".join(lines))
