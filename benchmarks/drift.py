@@ -267,7 +267,8 @@ def markdown(report: dict) -> str:
     for size, row in report["calibration"]["windows"].items():
         lines.append(f"| {size} | {row['q95_second_largest']} | {row['q99_second_largest']} | {row['q99_times_sqrt_n']} |")
     lines += ["", "Within-class heterogeneity inside the reference (one random half of a class against the other, "
-              "largest second-largest feature score over 20 splits; the threshold floor sits above it):", "",
+              "largest second-largest feature score over 20 splits; both sides are samples of the half size, so this "
+              "holds the noise of two small samples as well as slide-to-slide differences):", "",
               "| class | half size | max 2nd-largest score |", "|---|---|---|"]
     for cls, row in report["calibration"]["class_halves"].items():
         lines.append(f"| {cls} | {row['half_size']} | {row['max_second_largest']} |")
@@ -275,6 +276,11 @@ def markdown(report: dict) -> str:
     lines += ["", f"Targets: false alarms at n=200 = {targets['false_alarm_200']:.3f} (<= 0.05: "
               f"{'met' if targets['false_alarm_ok'] else 'NOT met'}); brightness+10% detected at n=200 = "
               f"{targets['brightness10_detect_200']:.3f} (>= 0.95: {'met' if targets['detect_ok'] else 'NOT met'}).", ""]
+    lines += ["Notes: the split is by image, not by patient or slide (the data has no patient ids), so reference and "
+              "pool share slides and the false-alarm rate is optimistic for a new hospital's patients. The 0.25 floor "
+              "was raised from 0.15 after a 40-window sweep on this pool showed Pro-heavy case-mix windows read as "
+              "stain drift in 23% of windows at n=200 (the pool's Pro images differ from the reference's by ~0.23 "
+              "in hue/blue); the false-alarm and brightness targets hold for every floor from 0.15 to 0.30.", ""]
     return "\n".join(lines)
 
 
