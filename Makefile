@@ -51,7 +51,7 @@ compile: $(STAMP)  ## compile the pipeline to KFP IR YAML
 	$(LF) pipeline compile --output $(LEUKOFLOW_HOME)/pipeline.yaml
 
 serve: $(STAMP)  ## serve the promoted model (gRPC 8500, REST and page 8501)
-	$(LF) serve --model_config_file=$(LEUKOFLOW_HOME)/serving/models.config --batching_parameters_file=serving/batching.config --monitoring_config_file=serving/monitoring.config --enable_batching
+	$(LF) serve --model_config_file=$(LEUKOFLOW_HOME)/serving/models.config --model_config_file_poll_wait_seconds=5 --batching_parameters_file=serving/batching.config --monitoring_config_file=serving/monitoring.config --enable_batching
 
 bench: $(STAMP) weights data  ## every benchmark; writes benchmarks/results/
 	$(PY) -m benchmarks.run_all

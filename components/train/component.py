@@ -15,20 +15,21 @@ def train_op(
     metrics: Output[Metrics],
     summary: Output[Markdown],
     weights: str = "{}",
-    seed: int = settings.SEED,
+    seed: int = -1,
     overrides_json: str = "{}",
 ) -> float:
     """Run components.train.executor.run_train; returns the validation accuracy.
 
     `weights`: JSON {model name: "imagenet" | "none" | path} (models not named keep the profile's), or one value for all.
-    `overrides_json`: other ModelConfig fields to override, as a JSON object.
+    `overrides_json`: other ModelConfig fields to override, as a JSON object. `seed` -1: the profile's.
+    (Defaults must be literals: KFP runs this function's source on its own, without the module's imports.)
     """
     import json
 
     from components.settings import model_config
     from components.train.executor import run_train
 
-    overrides = {"seed": seed, **json.loads(overrides_json or "{}")}
+    overrides = {**({"seed": seed} if seed >= 0 else {}), **json.loads(overrides_json or "{}")}
     try:
         chosen = json.loads(weights) if weights else {}
     except json.JSONDecodeError:
