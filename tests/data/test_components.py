@@ -3,7 +3,6 @@
 # No `from __future__ import annotations`: KFP reads the pipeline's real annotations.
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
