@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from smears import balanced, feature_frame
+from monitor_smears import balanced, feature_frame
 
 
 @pytest.fixture(scope="session")

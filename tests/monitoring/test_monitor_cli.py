@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from smears import balanced, save_images
+from monitor_smears import balanced, save_images
 from typer.testing import CliRunner
 
 from components import home
@@ -71,7 +71,7 @@ def _log_window(frame, version: str = "1") -> None:
 
 def test_request_log_drift_triggers_once(reference_file, bright_window, tmp_path, monkeypatch):
     import kfp
-    from test_trigger import RecordingClient
+    from test_monitor_trigger import RecordingClient
 
     monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path / "home"))
     # The served version's reference, where the monitor looks for it.

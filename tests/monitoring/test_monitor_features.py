@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from smears import smear
+from monitor_smears import smear
 
 from monitoring.features import FEATURE_NAMES, file_features, image_features, mean_brightness
 

@@ -83,7 +83,7 @@ def test_one_run_per_episode_across_restart(tmp_path, fake_kfp):
     code = f"""
 import json, kfp, sys
 sys.path.insert(0, {str(REPO / 'tests' / 'monitoring')!r})
-from test_trigger import RecordingClient
+from test_monitor_trigger import RecordingClient
 from pathlib import Path
 RecordingClient.calls_file = Path({str(fake_kfp)!r})
 kfp.Client = RecordingClient
