@@ -385,6 +385,66 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def summary_html(summary: dict[str, Any]) -> str:
+    """The report's front page: the verdict, what moved, case mix, per class, links to the Evidently reports."""
+    from html import escape
+
+    def table(header: list[str], rows: list[list[Any]]) -> str:
+        head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    status = summary.get("status", "")
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>leukoflow drift check</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;"
+        "padding:.2em .6em}table{border-collapse:collapse;margin:.5em 0 1.5em}.drift{color:#b00}</style></head><body>",
+        f"<h1>Drift check: <span class='{escape(status)}'>{escape(status)}</span></h1>",
+        f"<p>{summary.get('images')} images from {escape(str(summary.get('source', '')))}, checked "
+        f"{escape(str(summary.get('checked_at', '')))}, against the reference {escape(str(summary.get('reference', '')))}.</p>",
+    ]
+    if status == "insufficient_data":
+        parts.append(f"<p>At least {MIN_IMAGES} images are needed for a verdict.</p></body></html>")
+        return "".join(parts)
+    moved = summary.get("moved") or ["nothing"]
+    parts.append("<h2>What moved</h2><ul>" + "".join(f"<li>{escape(m)}</li>" for m in moved) + "</ul>")
+    parts.append(
+        f"<p>Rule: a feature drifts when its normed Wasserstein distance to the case-mix-adjusted reference is "
+        f"&ge; {summary.get('threshold', 0):.3f}; the window drifts when at least {MIN_DRIFTED_FEATURES} do.</p>"
+    )
+    scores, pooled = summary.get("scores") or {}, summary.get("covariate_scores") or {}
+    threshold = summary.get("threshold", 0)
+    parts.append("<h2>Features</h2>" + table(
+        ["feature", "adjusted for case mix", "pooled", "drifted"],
+        [[n, f"{scores.get(n, float('nan')):.3f}", f"{pooled.get(n, float('nan')):.3f}",
+          "yes" if scores.get(n, 0) >= threshold else ""] for n in FEATURE_NAMES],
+    ))
+    mix = summary.get("case_mix") or {}
+    if mix.get("available"):
+        parts.append(f"<h2>Predicted-class mix (changed: {mix.get('changed')})</h2>" + table(
+            ["class", "reference share", "window share"],
+            [[c, mix["reference_share"].get(c), mix["current_share"].get(c, 0)] for c in mix["reference_share"]],
+        ) + f"<p>chi-square p = {mix.get('p_value', float('nan')):.3g}, PSI = {mix.get('psi', float('nan')):.3f}, "
+            f"total variation = {mix.get('total_variation', float('nan')):.3f}</p>")
+    within = summary.get("within_class") or {}
+    if within:
+        parts.append("<h2>Within each predicted class</h2>" + table(
+            ["class", "images", "tested", "drift", "drifted features"],
+            [[c, v.get("images"), v.get("tested"), v.get("drift", ""), ", ".join(v.get("drifted_features", []))]
+             for c, v in within.items()],
+        ))
+    parts.append("<h2>Evidently reports</h2><ul><li><a href='stain.html'>stain/brightness drift (case-mix adjusted, "
+                 "the verdict)</a></li><li><a href='covariate.html'>pooled features and class mix</a></li></ul>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
 def _write_html(path: Path, snapshot) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.html")
     snapshot.save_html(str(tmp))
@@ -429,10 +489,10 @@ def run_drift_check(
         class_score = report_scores(covariate).get(CLASS_COLUMN)
         if class_score is not None:
             summary["case_mix"]["evidently_chisquare_p"] = class_score
-        _write_html(html_path, stain)
-        covariate_html = out / "covariate.html"
+        stain_html, covariate_html = out / "stain.html", out / "covariate.html"
+        _write_html(stain_html, stain)
         _write_html(covariate_html, covariate)
-        summary["covariate_html"] = str(covariate_html)
+        summary["stain_html"], summary["covariate_html"] = str(stain_html), str(covariate_html)
         evidently_payload = {"stain": json.loads(stain.json()), "covariate": json.loads(covariate.json())}
         if workspace_dir is not None:
             try:
@@ -442,11 +502,7 @@ def run_drift_check(
                 }
             except Exception as exc:  # the verdict matters more than the dashboard
                 log.warning("could not add the run to the Evidently workspace %s: %s", workspace_dir, exc)
-    else:
-        html_path.write_text(
-            f"<html><body><h1>Insufficient data</h1><p>{summary['images']} image(s) in the window; "
-            f"at least {MIN_IMAGES} are needed for a verdict.</p></body></html>"
-        )
+    _write_text(html_path, summary_html(summary))
     _write_json(json_path, {"summary": summary, "evidently": evidently_payload})
     return summary
 

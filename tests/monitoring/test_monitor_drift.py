@@ -24,8 +24,10 @@ def test_brighter_lamp_is_drift_with_reports_and_workspace(reference_frame, brig
     assert summary["case_mix_changed"] is False
     # The verdict read from the Evidently report is the decision's (same stat-test function, same data).
     assert set(summary["drifted_features"]) == set(drift.decide(reference_frame, bright_window)["candidate_features"])
-    html = (tmp_path / "r" / "report.html").read_text()
-    assert "brightness_mean" in html and len(html) > 10_000  # self-contained Evidently HTML
+    evidently_html = (tmp_path / "r" / "stain.html").read_text()
+    assert "brightness_mean" in evidently_html and len(evidently_html) > 10_000  # self-contained Evidently HTML
+    front = (tmp_path / "r" / "report.html").read_text()
+    assert "Drift check: <span class='drift'>drift</span>" in front and "stain.html" in front
     saved = json.loads((tmp_path / "r" / "report.json").read_text())
     assert saved["summary"]["status"] == "drift"
     tests = saved["evidently"]["stain"]["tests"]
@@ -48,6 +50,8 @@ def test_case_mix_change_alone_is_not_stain_drift(reference_frame, pro_window, t
     assert len(summary["covariate_drifted_features"]) >= drift.MIN_DRIFTED_FEATURES
     assert "predicted-class mix" in summary["moved"]
     assert any("explained by the class mix" in m for m in summary["moved"])
+    front = (tmp_path / "r" / "report.html").read_text()
+    assert "Predicted-class mix (changed: True)" in front
     assert summary["within_class"]["Pro"]["tested"] and not summary["within_class"]["Pro"]["drift"]
 
 
