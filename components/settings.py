@@ -52,6 +52,7 @@ class ModelConfig:
     patience: int = 8                    # early stopping on validation loss, best weights restored
     cache_features: bool = False         # frozen base: compute base features once, train the head on them
     augment: bool = True
+    color_jitter: float = 1.0            # scale of the colour augmentation (brightness/contrast/hue/saturation); 0 = geometry only
     dropout: float = 0.3
     label_smoothing: float = 0.0
     mixed_precision: bool = True         # only where a GPU is present

@@ -171,6 +171,8 @@ def run_evaluate(
     encoded = [e["encoded"] for e in examples]
     y_true = np.array([e["label"] for e in examples], dtype=np.int64)
 
+    timings = {"load": time.perf_counter() - started}
+    mark = time.perf_counter()
     probs = _batched(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), encoded, 32)
     y_pred = probs.argmax(axis=1)
     metrics = {"model": meta.get("model", train_info.get("model", saved_model.parent.name))}
@@ -182,7 +184,11 @@ def run_evaluate(
     variables = getattr(loaded, "variables", [])
     metrics["params"] = int(train_info.get("params") or sum(int(np.prod(v.shape)) for v in variables))
     metrics["size_bytes"] = dir_size(saved_model)
+    timings["predict"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     metrics.update(latency(serve, encoded, runs=latency_runs))
+    timings["latency"] = time.perf_counter() - mark
+    mark = time.perf_counter()
 
     def predict_pixels(x: np.ndarray) -> np.ndarray:
         return _batched(lambda b: pixels_fn(pixels=tf.constant(b))["probabilities"].numpy(), x, 64)
@@ -193,10 +199,14 @@ def run_evaluate(
         metrics["robustness"] = robustness(predict_pixels, pixels, y_true, PERTURBATIONS)
         metrics["robustness_worst"] = min(metrics["robustness"].values())
         metrics["robustness_clean"] = float((predict_pixels(pixels).argmax(axis=1) == y_true).mean())
+    timings["robustness"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     if shortcut:
         from components.evaluate.shortcut import shortcut_on_split
 
         metrics["shortcut_baseline"] = shortcut_on_split(split_dir, seed)
+    timings["shortcut"] = time.perf_counter() - mark
+    metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     metrics["saved_model"] = str(saved_model.resolve())
     metrics["test_images"] = int(len(y_true))
     metrics["image_size"] = size

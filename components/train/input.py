@@ -52,7 +52,7 @@ def labels(split_dir: str | Path, split: str) -> np.ndarray:
     return np.fromiter(ds.as_numpy_iterator(), dtype=np.int64)
 
 
-def _augmenter(seed: int):
+def _augmenter(seed: int, color_scale: float = 1.0):
     """A batch -> batch augmentation: Keras geometric layers plus per-image colour jitter in tf ops."""
     import keras
     import tensorflow as tf
@@ -73,16 +73,18 @@ def _augmenter(seed: int):
         def draw(low: float, high: float, offset: int) -> "tf.Tensor":
             return tf.random.uniform([n, 1, 1, 1], low, high, seed=seed + offset)
 
-        x = images + draw(-BRIGHTNESS_DELTA, BRIGHTNESS_DELTA, 10)
+        b, c, h_, s_ = (v * color_scale for v in (BRIGHTNESS_DELTA, CONTRAST, HUE_DELTA, SATURATION))
+        x = images + draw(-b, b, 10)
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        x = tf.clip_by_value((x - mean) * draw(1 - CONTRAST, 1 + CONTRAST, 11) + mean, 0.0, 1.0)
+        x = tf.clip_by_value((x - mean) * draw(1 - c, 1 + c, 11) + mean, 0.0, 1.0)
         hsv = tf.image.rgb_to_hsv(x)
-        h = tf.math.floormod(hsv[..., 0:1] + draw(-HUE_DELTA, HUE_DELTA, 12), 1.0)
-        s = tf.clip_by_value(hsv[..., 1:2] * draw(1 - SATURATION, 1 + SATURATION, 13), 0.0, 1.0)
+        h = tf.math.floormod(hsv[..., 0:1] + draw(-h_, h_, 12), 1.0)
+        s = tf.clip_by_value(hsv[..., 1:2] * draw(1 - s_, 1 + s_, 13), 0.0, 1.0)
         return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([h, s, hsv[..., 2:3]], axis=-1)), 0.0, 1.0)
 
     def apply(images: "tf.Tensor") -> "tf.Tensor":
-        return colour(tf.clip_by_value(geometry(images, training=True), 0.0, 1.0))
+        x = tf.clip_by_value(geometry(images, training=True), 0.0, 1.0)
+        return colour(x) if color_scale > 0 else x
 
     return apply
 
@@ -97,6 +99,7 @@ def dataset(
     seed: int = 42,
     cache: bool = True,
     count: int | None = None,
+    color_jitter: float = 1.0,
 ) -> "tf.data.Dataset":
     """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards."""
     import tensorflow as tf
@@ -125,7 +128,7 @@ def dataset(
         ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
     if training and augment:
-        aug = _augmenter(seed)
+        aug = _augmenter(seed, color_jitter)
         ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
 

@@ -213,7 +213,9 @@ def build_model(config: ModelConfig) -> "keras.Model":
         used = "random init"
     elif config.name in ("resnet50", "mobilenetv2"):
         base, mode, used = _backbone(config, (size, size, domain.CHANNELS))
-        base.trainable = False  # phase 1; set_fine_tune() unfreezes the top later
+        # Pretrained (or cached-feature) bases start frozen: phase 1 trains the head, set_fine_tune() the top.
+        # A random-init base has nothing to preserve, so it trains from the first step.
+        base.trainable = used != "random init" or config.cache_features
         x = Normalize(mode, name="normalize")(x)
         x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     else:

@@ -43,7 +43,7 @@ def tiny_split(tmp_path_factory) -> Path:
 def tiny_config():
     from components.settings import ModelConfig
 
-    return ModelConfig("cnn", image_size=SIZE, weights="none", batch_size=16, epochs=12, patience=12,
+    return ModelConfig("cnn", image_size=SIZE, weights="none", batch_size=16, epochs=4, patience=4,
                        learning_rate=3e-3, dropout=0.1)
 
 

@@ -1,0 +1,120 @@
+"""The serving SavedModel: signatures as docs/architecture.md says, parity with Keras, every input format, warmup."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import domain, records
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tiny_split):
+    import tensorflow as tf
+
+    from components.train.models import load_keras_model
+
+    saved = Path(trained["saved_model"])
+    loaded = tf.saved_model.load(str(saved))
+    keras_model = load_keras_model(saved / "assets.extra" / "model.keras")
+    examples = list(records.iter_examples(Path(tiny_split) / "test"))
+    return {"dir": saved, "loaded": loaded, "keras": keras_model, "examples": examples}
+
+
+def _keras_probs(model, encoded: list[bytes]) -> np.ndarray:
+    import tensorflow as tf
+
+    pixels = np.stack([domain.tf_preprocess_encoded(tf.constant(b), 32).numpy() for b in encoded])
+    return model.predict(pixels, verbose=0)
+
+
+def test_signatures_match_the_contract(exported):
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    sigs = exported["loaded"].signatures
+    assert set(sigs) == {"serving_default", "predict_pixels", "classify"}
+    inputs = sigs["serving_default"].structured_input_signature[1]
+    assert inputs["images"].dtype == tf.string and inputs["images"].shape.as_list() == [None]
+    outputs = sigs["serving_default"].structured_outputs
+    assert outputs["probabilities"].dtype == tf.float32 and outputs["probabilities"].shape.as_list() == [None, 4]
+    assert outputs["label"].dtype == tf.string
+    assert sigs["predict_pixels"].structured_input_signature[1]["pixels"].shape.as_list() == [None, 32, 32, 3]
+    assert set(sigs["classify"].structured_outputs) == {"classes", "scores"}
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((exported["dir"] / "saved_model.pb").read_bytes())
+    methods = {k: v.method_name for k, v in proto.meta_graphs[0].signature_def.items()}
+    assert methods["classify"] == "tensorflow/serving/classify"
+    assert methods["serving_default"] == "tensorflow/serving/predict"
+
+
+def test_saved_model_equals_keras_model(exported):
+    import tensorflow as tf
+
+    encoded = [e["encoded"] for e in exported["examples"]]
+    expected = _keras_probs(exported["keras"], encoded)
+    out = exported["loaded"].signatures["serving_default"](images=tf.constant(encoded))
+    assert np.abs(out["probabilities"].numpy() - expected).max() <= 1e-5
+    labels = [s.decode() for s in out["label"].numpy()]
+    assert labels == [domain.CLASS_NAMES[i] for i in expected.argmax(axis=1)]
+    pixels = np.stack([domain.tf_preprocess_encoded(tf.constant(b), 32).numpy() for b in encoded])
+    by_pixels = exported["loaded"].signatures["predict_pixels"](pixels=tf.constant(pixels))["probabilities"].numpy()
+    assert np.abs(by_pixels - expected).max() <= 1e-5
+    examples = [tf.train.Example(features=tf.train.Features(feature={"image/encoded": tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString() for b in encoded[:3]]
+    classified = exported["loaded"].signatures["classify"](inputs=tf.constant(examples))
+    assert np.abs(classified["scores"].numpy() - expected[:3]).max() <= 1e-5
+    assert [c.decode() for c in classified["classes"].numpy()[0]] == list(domain.CLASS_NAMES)
+
+
+def _encode(rgb: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png16":
+        Image.fromarray((rgb.mean(axis=2) * 257).astype(np.uint16)).save(buf, format="PNG")
+    elif fmt == "gray":
+        Image.fromarray(rgb).convert("L").save(buf, format="PNG")
+    elif fmt == "rgba":
+        Image.fromarray(rgb).convert("RGBA").save(buf, format="PNG")
+    elif fmt == "webp":
+        Image.fromarray(rgb).save(buf, format="WEBP", lossless=True)
+    else:
+        Image.fromarray(rgb).save(buf, format=fmt.upper())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["png16", "gray", "rgba", "bmp", "gif", "webp", "jpeg"])
+def test_serving_decodes_every_format(exported, fmt):
+    import tensorflow as tf
+
+    rgb = exported["examples"][0]["pixels"]
+    try:
+        data = _encode(rgb, fmt)
+    except (OSError, KeyError) as exc:  # Pillow built without this encoder
+        pytest.skip(f"Pillow cannot encode {fmt}: {exc}")
+    out = exported["loaded"].signatures["serving_default"](images=tf.constant([data, data]))
+    probs = out["probabilities"].numpy()
+    assert probs.shape == (2, 4) and np.isfinite(probs).all()
+    assert np.abs(probs[0] - _keras_probs(exported["keras"], [data])[0]).max() <= 1e-5
+
+
+def test_assets_extra_warmup_and_metadata(exported):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    extra = exported["dir"] / "assets.extra"
+    meta = json.loads((extra / "leukoflow.json").read_text())
+    assert meta["model"] == "cnn" and meta["image_size"] == 32 and meta["class_names"] == list(domain.CLASS_NAMES)
+    assert 0 < meta["low_confidence_threshold"] < 1 and (extra / "model.keras").is_file()
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests"))]
+    assert len(logs) >= 1
+    request = logs[0].predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    images = tf.make_ndarray(request.inputs["images"])
+    out = exported["loaded"].signatures["serving_default"](images=tf.constant(images))
+    assert out["probabilities"].shape == (1, 4)
