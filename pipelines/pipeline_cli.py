@@ -24,14 +24,14 @@ def _parse_weights(values: list[str]) -> dict[str, str]:
 
 @app.command()
 def compile(
-    output: Path = typer.Option(Path("pipeline.yaml"), "--output", "-o", help="Where to write the KFP IR YAML."),
+    output: Path = typer.Option(None, "--output", "-o", help="Where to write the KFP IR YAML (default: $LEUKOFLOW_HOME/pipeline.yaml)."),
     data_pvc: str = typer.Option("", help="Mount this PersistentVolumeClaim at /data in the data steps (cluster)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compile the pipeline to KFP IR YAML for a cluster."""
     from pipelines.pipeline import compile_pipeline
 
-    path = compile_pipeline(output, data_pvc=data_pvc or None)
+    path = compile_pipeline(output or home.home() / "pipeline.yaml", data_pvc=data_pvc or None)
     emit({"output": str(path)}, as_json, lambda r: f"wrote {r['output']}")
 
 
