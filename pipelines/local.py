@@ -37,13 +37,30 @@ def summarize_run(run_dir: Path) -> dict:
         for p in sorted(run_dir.glob("*/*"))
         if p.name not in ("executor_output.json",) and not p.name.startswith(".")
     }
-    decision = next(iter(sorted(run_dir.rglob("decision.json"))), None)
+    decision = _first(run_dir, "decision.json")
+    validation = _first(run_dir, "validation.json")
+    dedup = _first(run_dir, "dedup.json")
+    counts = _first(run_dir, "counts.md")
     return {
         "pipeline_root": str(run_dir),
         "models": models,
         "decision": json.loads(decision.read_text()) if decision else None,
+        "validation": _pick(validation, ("success", "images", "valid", "quarantined", "failed_expectations")),
+        "dedup": _pick(dedup, ("images", "kept", "exact_pairs", "exact_groups", "near_groups", "conflicts")),
+        "split_table": counts.read_text().strip() if counts else None,
         "artifacts": artifacts,
     }
+
+
+def _first(run_dir: Path, name: str) -> Path | None:
+    return next(iter(sorted(run_dir.rglob(name))), None)
+
+
+def _pick(path: Path | None, keys: tuple[str, ...]) -> dict | None:
+    if not path:
+        return None
+    data = json.loads(path.read_text())
+    return {k: data[k] for k in keys if k in data}
 
 
 def run_local(

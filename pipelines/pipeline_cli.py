@@ -76,11 +76,26 @@ def run(
 
 def _human_summary(summary: dict) -> str:
     lines = [f"pipeline {summary['status']} in {summary.get('wall_time_s')} s", f"artifacts: {summary['pipeline_root']}"]
+    validation, dedup = summary.get("validation"), summary.get("dedup")
+    if validation:
+        lines.append(
+            f"validation: {validation.get('images')} images, success {validation.get('success')}, "
+            f"quarantined {len(validation.get('quarantined') or [])}, failed expectations {validation.get('failed_expectations') or 'none'}"
+        )
+    if dedup:
+        lines.append(
+            f"dedup: {dedup.get('images')} in, {dedup.get('kept')} kept; exact pairs {dedup.get('exact_pairs', 'n/a')}, "
+            f"exact groups {dedup.get('exact_groups', 'n/a')}, near groups {dedup.get('near_groups', 'n/a')}, "
+            f"label conflicts {len(dedup.get('conflicts') or [])}"
+        )
+    if summary.get("split_table"):
+        lines.append(summary["split_table"])
     for name, figures in summary["models"].items():
         lines.append(f"  {name:<12} accuracy {figures['accuracy']:.4f}  macro-F1 {figures['macro_f1']:.4f}  {figures['saved_model']}")
     decision = summary.get("decision")
     if decision:
-        lines.append(f"gate: {decision.get('summary') or decision}")
+        verdict = f"promoted {decision.get('chosen')} as version {decision.get('version')}" if decision.get("promoted") else "not promoted"
+        lines.append(f"gate: {verdict}: {decision.get('reason')}")
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
     return "\n".join(lines)

@@ -4,7 +4,9 @@ The rule, in one place:
 
 1. **Floors.** A candidate is eligible only if macro-F1 >= `min_macro_f1`, *every* class's recall >=
    `min_class_recall` (one collapsing class fails the model however good the average), and the worst
-   accuracy under the evaluation's perturbations (`robustness_worst`) >= `min_robust_accuracy`.
+   accuracy under the evaluation's perturbations >= `min_robust_accuracy`. The floor covers the perturbations
+   a lab's stain or lamp plausibly produces (brightness, contrast, hue, saturation); those named in
+   `settings.GATE_ROBUSTNESS_EXCLUDED` (grayscale: no stain at all) are reported, not gated.
    Missing figures fail the floor they feed.
 2. **As good as the best.** Among eligible candidates, those whose macro-F1 is within `margin` of the best
    eligible macro-F1 (inclusive) are "as good".
@@ -76,9 +78,8 @@ class Candidate:
             raise ValueError(f"metrics{' of ' + source if source else ''} has no 'model' field")
         per_class = metrics.get("per_class") or {}
         recalls = {str(k): float(v["recall"]) for k, v in per_class.items() if isinstance(v, dict) and "recall" in v}
-        worst = metrics.get("robustness_worst")
-        if worst is None and metrics.get("robustness"):
-            worst = min(float(v) for v in metrics["robustness"].values())
+        gated = {k: v for k, v in (metrics.get("robustness") or {}).items() if k not in settings.GATE_ROBUSTNESS_EXCLUDED}
+        worst = min(float(v) for v in gated.values()) if gated else metrics.get("robustness_worst")
         latency = (metrics.get("latency_ms") or {}).get("batch1_p50")
         return cls(
             name=str(metrics["model"]),

@@ -99,3 +99,14 @@ def test_infra_failure_is_not_promoted():
 def test_duplicate_names_rejected():
     with pytest.raises(ValueError, match="unique"):
         gate.select([cand("a", 0.9, 1), cand("a", 0.9, 1)])
+
+
+def test_grayscale_is_reported_not_gated():
+    """Grayscale (no stain at all) does not block a model that is robust to plausible stain and lamp changes."""
+    metrics = H.metrics("x", 0.97, 0.97, 1_000, 0.9, 0.8, 10.0)
+    metrics["robustness"] = {"brightness+15%": 0.95, "hue+0.05": 0.9, "grayscale": 0.25}
+    metrics["robustness_worst"] = 0.25
+    candidate = Candidate.from_metrics(metrics)
+    assert candidate.robustness_worst == pytest.approx(0.9)
+    metrics["robustness"]["hue+0.05"] = 0.3
+    assert Candidate.from_metrics(metrics).robustness_worst == pytest.approx(0.3)
