@@ -41,8 +41,13 @@ weights:  ## put the offline ImageNet weights where Keras's standard loading pat
 data: $(STAMP)  ## dvc pull the dataset into data/
 	$(VENV)/bin/dvc pull -q
 
+RESNET50_WEIGHTS := $(KERAS_HOME)/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
+
 run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROFILE=quick|full)
-	$(LF) pipeline run --local --profile $(PROFILE) --data-dir data
+	@if [ -f $(RESNET50_WEIGHTS) ]; then extra=""; else \
+	  echo "note: no ResNet50 ImageNet weights at $(RESNET50_WEIGHTS) (none can be downloaded here): ResNet50 trains from random init" >&2; \
+	  extra="--weights resnet50=none"; fi; \
+	$(LF) pipeline run --local --profile $(PROFILE) --data-dir data $$extra
 
 test: $(STAMP) system-deps  ## the whole test suite
 	$(PY) -m pytest -q
