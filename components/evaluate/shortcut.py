@@ -26,12 +26,12 @@ def colour_features(rgb: np.ndarray) -> np.ndarray:
     flat = x.reshape(len(x), -1, 3)
     stats = np.concatenate([flat.mean(axis=1), flat.std(axis=1)], axis=1)
     hsv = rgb2hsv(x.reshape(-1, x.shape[2], 3)).reshape(len(x), -1, 3)
-    edges = np.linspace(0.0, 1.0, HSV_BINS + 1)
-    hists = [
-        np.stack([np.histogram(hsv[i, :, c], bins=edges)[0] for c in range(3)]).ravel() / hsv.shape[1]
-        for i in range(len(x))
-    ]
-    return np.concatenate([stats, np.asarray(hists, dtype=np.float32)], axis=1)
+    # One bincount for every (image, channel, bin) at once: np.histogram per image is 50x slower.
+    bins = np.minimum((hsv * HSV_BINS).astype(np.int64), HSV_BINS - 1)
+    offsets = (np.arange(len(x))[:, None, None] * 3 + np.arange(3)[None, None, :]) * HSV_BINS
+    counts = np.bincount((bins + offsets).ravel(), minlength=len(x) * 3 * HSV_BINS)
+    hists = counts.reshape(len(x), 3 * HSV_BINS) / hsv.shape[1]
+    return np.concatenate([stats, hists.astype(np.float32)], axis=1)
 
 
 def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

@@ -154,11 +154,16 @@ def _train_head_on_features(model, config: ModelConfig, split_dir: Path, weights
         ds = train_input.dataset(split_dir, split, config.image_size, max(config.batch_size, 64), cache=False)
         sets[split] = _cached_features(extractor, ds)
     log.info("cached %s base features for train/val in %.1fs", config.name, time.perf_counter() - started)
+    # Standardise the features for the head (random-init or unnormalised bases give wildly scaled
+    # features), then fold the standardisation into the Dense layer so the full model is unchanged.
+    mean = sets["train"][0].mean(axis=0)
+    std = sets["train"][0].std(axis=0) + 1e-6
     head = models.head_model(config, sets["train"][0].shape[1])
     _compile(head, config.learning_rate, config.label_smoothing)
 
     def as_ds(split: str, shuffle: bool):
         x, y = sets[split]
+        x = ((x - mean) / std).astype(np.float32)
         ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, domain.NUM_CLASSES)))
         if shuffle:
             ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
@@ -166,7 +171,10 @@ def _train_head_on_features(model, config: ModelConfig, split_dir: Path, weights
 
     history = _fit(head, as_ds("train", True), as_ds("val", False), epochs=config.epochs, initial_epoch=0,
                    config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
-    model.get_layer(models.OUTPUT_LAYER).set_weights(head.get_layer(models.OUTPUT_LAYER).get_weights())
+    kernel, bias = head.get_layer(models.OUTPUT_LAYER).get_weights()
+    folded_kernel = kernel / std[:, None]
+    folded_bias = bias - (mean / std) @ kernel
+    model.get_layer(models.OUTPUT_LAYER).set_weights([folded_kernel.astype(np.float32), folded_bias.astype(np.float32)])
     return history
 
 

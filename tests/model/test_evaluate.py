@@ -101,3 +101,27 @@ def test_bootstrap_macro_f1_agrees_with_sklearn():
         cm = confusion_matrix(y_true, y_pred, labels=range(4))
         expected = f1_score(y_true, y_pred, labels=range(4), average="macro", zero_division=0)
         assert _macro_f1_from_confusion(cm) == pytest.approx(expected)
+
+
+def test_colour_features_by_hand():
+    from components.evaluate.shortcut import HSV_BINS, colour_features
+
+    red = np.zeros((1, 4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    half = np.full((1, 4, 4, 3), 128, np.uint8)
+    half[0, :2] = 0  # half black, half gray: value histogram split in two bins
+    f = colour_features(np.concatenate([red, half]))
+    assert f.shape == (2, 6 + 3 * HSV_BINS)
+    np.testing.assert_allclose(f[0, :6], [1, 0, 0, 0, 0, 0])
+    hue, sat, val = (f[0, 6 + i * HSV_BINS: 6 + (i + 1) * HSV_BINS] for i in range(3))
+    assert hue[0] == 1 and sat[-1] == 1 and val[-1] == 1
+    val2 = f[1, 6 + 2 * HSV_BINS:]
+    assert val2[0] == 0.5 and val2[8] == 0.5 and val2.sum() == pytest.approx(1.0)
+
+
+def test_shortcut_baseline_runs_on_the_split(tiny_split):
+    from components.evaluate.shortcut import shortcut_on_split
+
+    result = shortcut_on_split(tiny_split, seed=0)
+    assert result["train_images"] == 48 and result["test_images"] == 24
+    assert result["accuracy"] >= 0.5 and 0 <= result["macro_f1"] <= 1

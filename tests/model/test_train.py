@@ -70,3 +70,14 @@ def test_precise_batchnorm_sets_exact_statistics():
     per_batch_var = np.mean([b[0].var(axis=0) for b in batches], axis=0)
     np.testing.assert_allclose(np.asarray(bn.moving_variance), per_batch_var, rtol=1e-4)
     assert bn.momentum == 0.99
+
+
+def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path):
+    """The head trained on standardised cached features, folded into Dense, gives the same val accuracy in the full model."""
+    config = ModelConfig("resnet50", image_size=32, weights="none", batch_size=16, epochs=3, patience=3,
+                         cache_features=True, augment=False)
+    result = run_train(tiny_split, tmp_path / "r50", config, verbose=0, export_saved_model=False)
+    history = json.loads((tmp_path / "r50" / "history.json").read_text())
+    best = int(np.argmin(history["val_loss"]))
+    assert abs(result["val_accuracy"] - history["val_accuracy"][best]) < 1e-6
+    assert abs(result["val_loss"] - history["val_loss"][best]) < 1e-3
