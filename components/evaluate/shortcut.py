@@ -59,6 +59,35 @@ def split_features(split_dir: str | Path, split: str, size: int = SHORTCUT_SIZE)
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def shortcut_on_split(split_dir: str | Path, seed: int = 42) -> dict:
-    """The shortcut baseline trained on split_dir/train and tested on split_dir/test."""
-    return fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed)
+def _cache_key(split_dir: Path, seed: int) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:{SHORTCUT_SIZE}:{HSV_BINS}".encode())
+    for path in sorted(split_dir.glob("*/*.tfrecord")):
+        stat = path.stat()
+        digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:24]
+
+
+def shortcut_on_split(split_dir: str | Path, seed: int = 42, use_cache: bool = True) -> dict:
+    """The shortcut baseline trained on split_dir/train and tested on split_dir/test.
+
+    It does not depend on the model, so the three evaluations of one split share one result
+    (cached under $LEUKOFLOW_HOME/cache/shortcut/, keyed by the shard files and the seed).
+    """
+    import json
+    import os
+
+    from components.home import home
+
+    split_dir = Path(split_dir)
+    cache = home() / "cache" / "shortcut" / f"{_cache_key(split_dir, seed)}.json"
+    if use_cache and cache.is_file():
+        return {**json.loads(cache.read_text()), "cached": True}
+    result = fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed)
+    if use_cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(cache)
+    return result

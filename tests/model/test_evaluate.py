@@ -125,3 +125,6 @@ def test_shortcut_baseline_runs_on_the_split(tiny_split):
     result = shortcut_on_split(tiny_split, seed=0)
     assert result["train_images"] == 48 and result["test_images"] == 24
     assert result["accuracy"] >= 0.5 and 0 <= result["macro_f1"] <= 1
+    again = shortcut_on_split(tiny_split, seed=0)
+    assert again.pop("cached") is True and again == result
+    assert shortcut_on_split(tiny_split, seed=0, use_cache=False) == result  # seeded: recomputing agrees
