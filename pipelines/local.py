@@ -37,7 +37,9 @@ def summarize_run(run_dir: Path) -> dict:
         for p in sorted(run_dir.glob("*/*"))
         if p.name not in ("executor_output.json",) and not p.name.startswith(".")
     }
-    decision = _first(run_dir, "decision.json")
+    # The promotion's copy carries the version; the gate's is the decision alone.
+    decision = _first(run_dir / "promote-op", "decision.json") if (run_dir / "promote-op").is_dir() else None
+    decision = decision or _first(run_dir, "decision.json")
     validation = _first(run_dir, "validation.json")
     dedup = _first(run_dir, "dedup.json")
     counts = _first(run_dir, "counts.md")

@@ -56,17 +56,26 @@ def test_no_duplicate_group_straddles_splits(local_run):
     assert len(rows) == dedup["kept"]
 
 
-def test_gate_decided_and_promotion_is_consistent(local_run):
-    result = local_run["result"]
-    decision = result["decision"]
-    assert decision is not None and "promote" in decision
-    models_config = local_run["home"] / "serving" / "models.config"
-    if decision["promote"]:
-        from tensorflow_serving.config import model_server_config_pb2
-        from google.protobuf import text_format
+def test_gate_promoted_one_model_everywhere(local_run):
+    """The gate promoted a model, and the registry, the model store and models.config agree on it."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
 
-        config = text_format.Parse(models_config.read_text(), model_server_config_pb2.ModelServerConfig())
-        versions = list(config.model_config_list.config[0].model_version_policy.specific.versions)
-        assert versions and all((Path(config.model_config_list.config[0].base_path) / str(v) / "saved_model.pb").is_file() for v in versions)
-    else:
-        assert not models_config.exists() or "stable" not in models_config.read_text()
+    decision = local_run["result"]["decision"]
+    assert decision["promoted"] is True, decision["reason"]
+    version = decision["version"]
+    assert isinstance(version, int)
+
+    config_text = (local_run["home"] / "serving" / "models.config").read_text()
+    config = text_format.Parse(config_text, model_server_config_pb2.ModelServerConfig()).model_config_list.config[0]
+    assert config.version_labels["stable"] == version
+    assert version in config.model_version_policy.specific.versions
+    assert (Path(config.base_path) / str(version) / "saved_model.pb").is_file()
+    assert (Path(config.base_path) / str(version) / "assets.extra" / "reference_features.parquet").is_file()
+
+    env = dict(os.environ, LEUKOFLOW_HOME=str(local_run["home"]))
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "registry", "list", "--json"],
+                          capture_output=True, text=True, env=env, check=True)
+    listed = {row["version"]: row for row in json.loads(proc.stdout)}
+    assert "champion" in listed[version]["aliases"] and listed[version]["label"] == "stable"
+    assert Path(listed[version]["model_path"]) == Path(config.base_path) / str(version)
