@@ -215,7 +215,7 @@ def build_model(config: ModelConfig) -> "keras.Model":
         base, mode, used = _backbone(config, (size, size, domain.CHANNELS))
         # Pretrained (or cached-feature) bases start frozen: phase 1 trains the head, set_fine_tune() the top.
         # A random-init base has nothing to preserve, so it trains from the first step.
-        base.trainable = used != "random init" or config.cache_features
+        base.trainable = used == "random init" and not config.cache_features
         x = Normalize(mode, name="normalize")(x)
         x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     else:
