@@ -20,7 +20,9 @@ BENCHMARKS = ("dedup", "input_pipeline", "drift", "serving", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
-    names = list(argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    args = list(argv if argv is not None else sys.argv[1:])
+    summary_only = "--summary-only" in args  # join the latest results without rerunning anything
+    names = [] if summary_only else [a for a in args if not a.startswith("--")] or list(BENCHMARKS)
     failures = []
     for name in names:
         print(f"== benchmark {name}", flush=True)
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Benchmark summary",
         "",
         f"Written by `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU. Each figure stands beside its reference, measured in the same run.",
+        f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU. Each figure stands beside its reference, measured in the same run;"
+        " each section says when and under what load its benchmark ran.",
         "",
     ]
     for name in BENCHMARKS:
