@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         "# Benchmark summary",
         "",
-        f"Written by `make bench` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
+        ("Joined from each benchmark's latest results (`python -m benchmarks.run_all --summary-only`)" if summary_only else "Written by `make bench`")
+        + f" on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
         f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU. Each figure stands beside its reference, measured in the same run;"
         " each section says when and under what load its benchmark ran.",
         "",
