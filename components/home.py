@@ -52,3 +52,15 @@ def reports_dir() -> Path:
 def default_data_dir() -> Path:
     """Where `dvc pull` puts the dataset."""
     return REPO_ROOT / "data"
+
+
+def keras_home() -> Path:
+    """Keras's cache (`$KERAS_HOME`, where `make weights` puts the offline ImageNet files): home/keras by default."""
+    return Path(os.environ.get("KERAS_HOME") or home() / "keras")
+
+
+def use_keras_home() -> Path:
+    """Point Keras's standard weight cache at keras_home(); Keras reads KERAS_HOME once, at import."""
+    path = keras_home()
+    os.environ.setdefault("KERAS_HOME", str(path))
+    return path
