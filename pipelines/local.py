@@ -32,10 +32,13 @@ def summarize_run(run_dir: Path) -> dict:
             "saved_model": metrics.get("saved_model"),
             "metrics": str(metrics_path),
         }
+    # <task>/<artifact>, and <loop iteration>/<task>/<artifact> inside ParallelFor.
+    candidates = [p for p in run_dir.glob("*/*") if not p.parent.name.startswith("for-loop-")]
+    candidates += list(run_dir.glob("for-loop-*/*/*"))
     artifacts = {
         str(p.relative_to(run_dir)): str(p)
-        for p in sorted(run_dir.glob("*/*"))
-        if p.name not in ("executor_output.json",) and not p.name.startswith(".")
+        for p in sorted(candidates)
+        if p.name != "executor_output.json" and not p.name.startswith(".")
     }
     # The promotion's copy carries the version; the gate's is the decision alone.
     decision = _first(run_dir / "promote-op", "decision.json") if (run_dir / "promote-op").is_dir() else None

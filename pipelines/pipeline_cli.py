@@ -96,6 +96,9 @@ def _human_summary(summary: dict) -> str:
     if decision:
         verdict = f"promoted {decision.get('chosen')} as version {decision.get('version')}" if decision.get("promoted") else "not promoted"
         lines.append(f"gate: {verdict}: {decision.get('reason')}")
+    if summary.get("artifacts"):
+        lines.append("artifacts by step:")
+        lines += [f"  {name:<45} {path}" for name, path in summary["artifacts"].items()]
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
     return "\n".join(lines)
