@@ -145,10 +145,7 @@ class ModelManager:
             raise invalid_argument(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
         with self._lock:
             if label:
-                labels = self._labels.get(name, {})
-                if label not in labels:
-                    raise invalid_argument(f"Unrecognized servable version label: {label}")
-                version = labels[label]
+                version = self._label_version(name, label)
             versions = self._servables.get(name, {})
             if version is None:
                 if not versions:
@@ -157,6 +154,13 @@ class ModelManager:
             if version not in versions:
                 raise servable_not_found(name, version)
             return versions[version]
+
+    def _label_version(self, name: str, label: str) -> int:
+        """The version a label points at (caller holds the lock); TF Serving's error when it is unknown."""
+        labels = self._labels.get(name, {})
+        if label not in labels:
+            raise invalid_argument(f"Unrecognized servable version label: {label}")
+        return labels[label]
 
     def labels_of(self, name: str, version: int) -> list[str]:
         """Labels that currently point at a version."""
@@ -181,10 +185,7 @@ class ModelManager:
             raise invalid_argument("Missing ModelSpec")
         with self._lock:
             if label:
-                labels = self._labels.get(name, {})
-                if label not in labels:
-                    raise invalid_argument(f"Unrecognized servable version label: {label}")
-                version = labels[label]
+                version = self._label_version(name, label)
             states = self._states.get(name, {})
             if version is not None:
                 if version not in states:

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
 import grpc
 import numpy as np
 import pytest
 
 from client.test_client import FlakyServer, _png
+from fixtures.tls import self_signed
 from serving.client import ServerUnavailable, ServingClient
 
 
 def _self_signed(tmp_path):
-    """A CA-less self-signed certificate for 127.0.0.1/localhost, as PEM files."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    """Key and certificate PEMs, and the certificate written to a file for the client's --root-cert."""
+    key_pem, cert_pem = self_signed()
     (tmp_path / "cert.pem").write_bytes(cert_pem)
     return key_pem, cert_pem, tmp_path / "cert.pem"
 
