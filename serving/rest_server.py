@@ -116,12 +116,17 @@ def _json_value(alias: str, value: Any) -> Any:
     return value
 
 
-def predict_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
-    """:predict with TF Serving's row (instances -> predictions) and columnar (inputs -> outputs) formats."""
+def _parse_json(body: bytes):
+    """The request body as JSON; TF Serving's INVALID_ARGUMENT message when it is not."""
     try:
-        req = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise invalid_argument(f"JSON Parse error: {exc}") from None
+
+
+def predict_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
+    """:predict with TF Serving's row (instances -> predictions) and columnar (inputs -> outputs) formats."""
+    req = _parse_json(body)
     if not isinstance(req, dict):
         raise invalid_argument("JSON Value: not formatted correctly. Expecting object")
     if "instances" in req and "inputs" in req:
@@ -218,10 +223,7 @@ def _example(obj: Any) -> Any:
 
 def classify_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
     """:classify with TF Serving's JSON (examples, optional context) -> {"result": [[[class, score], ...]]}."""
-    try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise invalid_argument(f"JSON Parse error: {exc}") from None
+    req = _parse_json(body)
     if not isinstance(req, dict) or "examples" not in req:
         raise invalid_argument("Missing 'examples' key")
     if not isinstance(req["examples"], list):
