@@ -2,7 +2,8 @@
 
 Requests for the same servable and signature are queued; a batch thread takes up to max_batch_size
 rows once that many are waiting or batch_timeout_micros has passed since the oldest arrived, runs
-them as one call and splits the outputs. A queue holds at most max_enqueued_batches * max_batch_size
+them as one call and splits the outputs. When a merged batch fails (one request's image does not
+decode, say), its requests are run one by one, so only the bad one gets the error. A queue holds at most max_enqueued_batches * max_batch_size
 rows: beyond that a request is refused with RESOURCE_EXHAUSTED, so memory stays bounded.
 """
 
@@ -179,24 +180,40 @@ class Batcher:
                 self._run(batch)
 
     def _run(self, batch: list[_Task]) -> None:
-        try:
-            if len(batch) == 1:
-                outputs = batch[0].runner(batch[0].inputs)
-            else:
+        if len(batch) > 1:
+            try:
                 merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in batch[0].inputs}
                 outputs = batch[0].runner(merged)
-            if self._on_batch:
-                self._on_batch(sum(t.size for t in batch))
-            start = 0
-            for t in batch:
-                t.result = {k: v[start : start + t.size] for k, v in outputs.items()}
-                start += t.size
-        except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
-            for t in batch:
-                t.error = from_exception(exc)
+            except Exception:  # noqa: BLE001 - one bad request must not fail the others: run each alone
+                log.info("a batch of %d requests failed; running them one by one", len(batch))
+                for t in batch:
+                    self._run([t])
+                return
+            try:
+                self._record(sum(t.size for t in batch))
+                start = 0
+                for t in batch:
+                    t.result = {k: v[start : start + t.size] for k, v in outputs.items()}
+                    start += t.size
+            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                for t in batch:
+                    t.error = from_exception(exc)
+            finally:
+                for t in batch:
+                    t.done.set()
+            return
+        (task,) = batch
+        try:
+            task.result = task.runner(task.inputs)
+            self._record(task.size)
+        except BaseException as exc:  # noqa: BLE001 - the waiting request gets the error
+            task.error = from_exception(exc)
         finally:
-            for t in batch:
-                t.done.set()
+            task.done.set()
+
+    def _record(self, rows: int) -> None:
+        if self._on_batch:
+            self._on_batch(rows)
 
     def stop(self) -> None:
         """Stop the batch threads; queued requests fail."""

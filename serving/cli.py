@@ -37,8 +37,14 @@ def serve(
         None, "--monitoring_config_file", help="MonitoringConfig text proto enabling /monitoring/prometheus/metrics."),
     ssl_config_file: Optional[str] = typer.Option(
         None, "--ssl_config_file", help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify)."),
-    rest_api_num_threads: int = typer.Option(16, "--rest_api_num_threads", help="REST requests processed at once."),
-    grpc_max_threads: int = typer.Option(16, "--grpc_max_threads", help="gRPC worker threads."),
+    rest_api_num_threads: Optional[int] = typer.Option(
+        None, "--rest_api_num_threads", help="REST requests processed at once (default: 16; with batching, enough to fill every batch)."),
+    grpc_max_threads: Optional[int] = typer.Option(
+        None, "--grpc_max_threads", help="gRPC worker threads (default: 16; with batching, max_batch_size x (num_batch_threads + 1))."),
+    tensorflow_intra_op_parallelism: int = typer.Option(
+        0, "--tensorflow_intra_op_parallelism", help="Threads one TensorFlow op may use (0: TensorFlow's choice)."),
+    tensorflow_inter_op_parallelism: int = typer.Option(
+        0, "--tensorflow_inter_op_parallelism", help="TensorFlow ops run at once (0: TensorFlow's choice)."),
     allow_version_labels_for_unavailable_models: bool = typer.Option(
         False, "--allow_version_labels_for_unavailable_models", help="Let a label name a version that is not loaded yet."),
     request_log_dir: Optional[str] = typer.Option(
@@ -66,6 +72,8 @@ def serve(
         ssl_config_file=ssl_config_file,
         allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
         rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
+        tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         request_log_images=request_log_images,
         limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
@@ -82,7 +90,8 @@ def serve(
         return
     emit(
         {"status": "serving", "host": host, "grpc_port": server.grpc_port, "rest_port": server.rest_port,
-         "models": {m: server.core.manager.loaded_versions(m) for m in server.core.manager.models()}},
+         "models": {m: server.core.manager.loaded_versions(m) for m in server.core.manager.models()},
+         "tensorflow_threads": server.tensorflow_threads},
         as_json,
         lambda r: f"serving {', '.join(f'{m} {v}' for m, v in r['models'].items())} on gRPC {host}:{r['grpc_port']}"
         f" and REST {host}:{r['rest_port']}",

@@ -109,9 +109,20 @@ def from_exception(exc: BaseException) -> ServingError:
                 "Unimplemented": grpc.StatusCode.UNIMPLEMENTED,
                 "NotFound": grpc.StatusCode.NOT_FOUND,
             }
-            # Graph errors read "Graph execution error:\n\nDetected at node ...<stack>\n\n<message>\n\t[[node]]".
-            message = exc.message.strip().split("\n\n")[-1].splitlines()[0].strip() or exc.message
+            message = graph_error_message(exc.message)
             return ServingError(code_by_name.get(name, grpc.StatusCode.INTERNAL), message)
     except ImportError:  # pragma: no cover
         pass
     return internal(f"{type(exc).__name__}: {exc}")
+
+
+def graph_error_message(text: str) -> str:
+    """The op's own message out of a TF graph error.
+
+    Graph errors read "Graph execution error:\n\nDetected at node X defined at (most recent call last):\n
+    <stack>\n<message>\n\t [[{{node X}}]] [Op:...]": the message is the last line before the node marker.
+    """
+    lines = [line.strip() for line in text.strip().splitlines()]
+    kept = [line for line in lines if line and not line.startswith(("[[", "Graph execution error", "Detected at node",
+                                                                    "<stack traces", "File \"", "Traceback"))]
+    return kept[-1] if kept else text.strip()

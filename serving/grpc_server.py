@@ -122,8 +122,9 @@ def run_classify(core: "ServingCore", servable: Any, label: str | None, signatur
         raise invalid_argument("Expected one input Tensor.")
     (alias,) = list(sig.inputs)
     check_batch("examples", len(examples), core.limits)
-    images = core.decode_images("examples", np.array(example_images(examples), dtype=object))
-    outputs = core.execute(servable, key, {alias: np.array(examples, dtype=object)}, label=label, images=images)
+    images = core.check_encoded("examples", np.array(example_images(examples), dtype=object))
+    outputs = core.execute(servable, key, {alias: np.array(examples, dtype=object)}, label=label,
+                           encoded={"examples": images})
     scores = outputs.get("scores")
     classes = outputs.get("classes")
     result = []

@@ -1,8 +1,9 @@
 """Request limits: message size, pixels per image (decompression bombs), batch size, accepted formats.
 
-Encoded images are checked and fully decoded with Pillow before they reach the graph (or a shared
-batch), so one bad image is refused on its own, with a message naming the input and the limit,
-instead of failing a whole batch or exhausting memory inside tf.io.decode_image.
+Before an encoded image reaches the graph only its header is read (format, dimensions): that is
+enough to refuse unsupported formats and decompression bombs, and costs microseconds. The full decode
+happens once, in the graph, as it would in TensorFlow Serving; when the graph refuses a request's
+images, `find_undecodable` decodes them with Pillow to name the one that failed.
 """
 
 from __future__ import annotations
@@ -83,14 +84,8 @@ def image_header(alias: str, index: int, data: bytes, limits: Limits) -> tuple[s
     return fmt, width, height
 
 
-def check_images(alias: str, values: list[bytes], limits: Limits, keep: bool = False, keep_side: int = 512) -> list[np.ndarray]:
-    """Check every encoded image of a request (headers first, then the request's pixel total, then a full decode).
-
-    The full decode catches truncated and corrupt files before they reach the graph or a shared batch.
-    With keep, returns the RGB arrays (downscaled to at most keep_side, for the request log's features).
-    """
-    from components import domain
-
+def check_images(alias: str, values: list[bytes], limits: Limits) -> list[tuple[str, int, int]]:
+    """Check every encoded image's header, then the request's pixel total; returns (format, width, height) each."""
     headers = [image_header(alias, i, v, limits) for i, v in enumerate(values)]
     total = sum(w * h for _, w, h in headers)
     if total > limits.max_request_pixels:
@@ -98,31 +93,26 @@ def check_images(alias: str, values: list[bytes], limits: Limits, keep: bool = F
             f"input {alias} holds {total} pixels in {len(values)} images, more than the limit "
             f"max_request_pixels={limits.max_request_pixels}"
         )
-    kept = []
-    for i, (v, (fmt, _, _)) in enumerate(zip(values, headers)):
-        try:
-            rgb = domain.load_rgb(bytes(v))
-        except domain.ImageDecodeError as exc:
-            raise invalid_argument(f"input {alias}[{i}] cannot be decoded ({fmt}): {exc.__cause__ or exc}") from None
-        if keep:
-            kept.append(_downscale(rgb, keep_side))
-    return kept
+    return headers
 
 
-def _downscale(rgb: np.ndarray, side: int) -> np.ndarray:
-    if max(rgb.shape[:2]) <= side:
-        return rgb
-    from PIL import Image
+def decode_rgb(alias: str, index: int, data: bytes, fmt: str = "image") -> np.ndarray:
+    """Fully decode one encoded image to RGB uint8; INVALID_ARGUMENT naming `alias[index]` if it cannot be."""
+    from components import domain
 
-    img = Image.fromarray(rgb)
-    img.thumbnail((side, side))
-    return np.asarray(img)
+    try:
+        return domain.load_rgb(bytes(data))
+    except domain.ImageDecodeError as exc:
+        raise invalid_argument(f"input {alias}[{index}] cannot be decoded ({fmt}): {exc.__cause__ or exc}") from None
 
 
-def decode_checked(alias: str, index: int, data: bytes, limits: Limits) -> np.ndarray:
-    """One image: header checks, then the full decode to RGB uint8."""
-    image_header(alias, index, data, limits)
-    return check_images(alias, [data], limits, keep=True, keep_side=1 << 30)[0]
+def find_undecodable(alias: str, values: list[bytes], limits: Limits) -> None:
+    """Raise INVALID_ARGUMENT naming the first image of `values` that does not decode; return if all do.
+
+    Called only after the graph refused a request, so the client learns which image was bad.
+    """
+    for i, (v, (fmt, _, _)) in enumerate(zip(values, check_images(alias, values, limits))):
+        decode_rgb(alias, i, v, fmt)
 
 
 def example_images(examples: list[bytes]) -> list[bytes]:

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
-from serving.limits import Limits, check_batch, check_images, example_images
+from serving.errors import from_exception
+from serving.limits import Limits, check_batch, check_images, example_images, find_undecodable
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
 from serving.servable import Servable
@@ -88,25 +89,77 @@ class ServerOptions:
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
     ssl_config_file: str | None = None
-    rest_api_num_threads: int = 16
-    grpc_max_threads: int = 16
+    rest_api_num_threads: int | None = None  # None: handler_threads()
+    grpc_max_threads: int | None = None
     request_log_dir: str | None = None
     request_log_images: bool = False
     limits: Limits = field(default_factory=Limits)
     warmup: bool = True
     allow_version_labels_for_unavailable_models: bool = False
+    tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (the host's cores), as in TF Serving
+    tensorflow_inter_op_parallelism: int = 0
+
+
+def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
+    """Set TensorFlow's thread pools (0 keeps TensorFlow's choice); returns the effective sizes.
+
+    Must run before TensorFlow executes anything in this process: the pools are fixed at start-up.
+    With batching, one thread per batch and intra_op=1 keeps concurrent batches from fighting over cores.
+    """
+    import tensorflow as tf
+
+    for name, value, getter, setter in (
+        ("tensorflow_intra_op_parallelism", intra_op, tf.config.threading.get_intra_op_parallelism_threads,
+         tf.config.threading.set_intra_op_parallelism_threads),
+        ("tensorflow_inter_op_parallelism", inter_op, tf.config.threading.get_inter_op_parallelism_threads,
+         tf.config.threading.set_inter_op_parallelism_threads),
+    ):
+        if value < 0:
+            raise ValueError(f"--{name} must be >= 0, got {value}")
+        if value and getter() != value:
+            try:
+                setter(value)
+            except RuntimeError:
+                raise ValueError(f"--{name}={value}: TensorFlow already started in this process with "
+                                 f"{getter() or 'its default'}; set it before anything runs") from None
+    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+DEFAULT_HANDLER_THREADS = 16
+MAX_AUTO_HANDLER_THREADS = 1024
+
+
+def handler_threads(given: int | None, batching: BatchingParameters | None) -> int:
+    """Requests one front end works on at once: the flag when given, else enough to fill every batch.
+
+    A request holds its handler thread while it waits in the batch queue, so with batching the handlers
+    must cover a running batch per batch thread plus the one being formed; with fewer, batches stay
+    smaller than max_batch_size however many clients call (throughput halves at 32 clients and 16 threads).
+    """
+    if given is not None:
+        if given < 1:
+            raise ValueError(f"handler threads must be >= 1, got {given}")
+        return given
+    if batching is None:
+        return DEFAULT_HANDLER_THREADS
+    wanted = batching.max_batch_size * (batching.num_batch_threads + 1)
+    return max(DEFAULT_HANDLER_THREADS, min(wanted, MAX_AUTO_HANDLER_THREADS))
 
 
 class RequestLogger:
     """Per-image records for the drift monitor, written by a background thread (a full queue drops, never blocks)."""
 
     def __init__(self, directory: str | Path, store_images: bool = False, max_pending: int = 256,
-                 on_drop: Any = None) -> None:
+                 max_pending_bytes: int = 64 * 1024 * 1024, on_drop: Any = None) -> None:
         from monitoring.request_log import RequestLog
 
         self._log = RequestLog(directory, store_images=store_images)
         self.store_images = store_images
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.dropped = 0
         self._on_drop = on_drop
         self._last_warning = 0.0
@@ -114,9 +167,20 @@ class RequestLogger:
         self._thread.start()
 
     def submit(self, item: dict) -> None:
+        """Queue one record; `_encoded` (image bytes) or `_rgb` carries the image its features come from."""
+        size = len(item.get("_encoded") or b"")
+        with self._bytes_lock:
+            over = self._pending_bytes + size > self._max_pending_bytes
+            if not over:
+                self._pending_bytes += size
         try:
+            if over:
+                raise queue.Full
             self._queue.put_nowait(item)
         except queue.Full:  # features cost milliseconds per image: under overload, sample rather than queue forever
+            if not over:
+                with self._bytes_lock:
+                    self._pending_bytes -= size
             self.dropped += 1
             if self._on_drop:
                 self._on_drop()
@@ -132,8 +196,15 @@ class RequestLogger:
             item = self._queue.get()
             if item is None:
                 return
+            encoded = item.pop("_encoded", None)
+            if encoded is not None:
+                with self._bytes_lock:
+                    self._pending_bytes -= len(encoded)
             try:
-                rgb = item.pop("_rgb")
+                # Decoded here, off the request path: the graph already decoded it to answer the request.
+                rgb = item.pop("_rgb", None)
+                if rgb is None and encoded is not None:
+                    rgb = _for_features(domain.load_rgb(bytes(encoded)))
                 probs = item.pop("_probs")
                 record = {
                     **item,
@@ -148,6 +219,17 @@ class RequestLogger:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
+
+
+def _for_features(rgb: np.ndarray, side: int = 512) -> np.ndarray:
+    """Downscaled copy for the request log's features (they are computed on a small image anyway)."""
+    if max(rgb.shape[:2]) <= side:
+        return rgb
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    img.thumbnail((side, side))
+    return np.asarray(img)
 
 
 class ServingCore:
@@ -171,67 +253,77 @@ class ServingCore:
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         return self.manager.resolve(name, version, label)
 
-    def decode_images(self, alias: str, values: np.ndarray) -> list[np.ndarray]:
-        """Check every encoded image of a string input; returns RGB arrays only when the request log needs them."""
-        flat = values.reshape(-1) if values.ndim else values.reshape(1)
-        return check_images(alias, list(flat), self.limits, keep=self.request_logger is not None)
+    def check_encoded(self, alias: str, values: np.ndarray) -> list[bytes]:
+        """Check the headers of every encoded image of a string input (format, pixels); returns the flat list."""
+        flat = list(values.reshape(-1) if values.ndim else values.reshape(1))
+        check_images(alias, flat, self.limits)
+        return flat
 
     def execute(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
-                label: str | None = None, images: list[np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Check batch limits, prepare inputs, run through the batcher when enabled, and log per image."""
+                label: str | None = None, encoded: dict[str, list[bytes]] | None = None) -> dict[str, np.ndarray]:
+        """Check limits, prepare inputs, run through the batcher when enabled, and log per image.
+
+        `encoded` maps an input alias to its already checked image bytes (Classify passes the images it
+        took out of the tf.Examples); otherwise every string input of a predict or classify signature is
+        checked here as encoded images.
+        """
         start = time.perf_counter()
         self.local.version = servable.version
         sig = servable.signature(signature_name)
         for alias, arr in inputs.items():
             if np.ndim(arr) >= 1:
                 check_batch(alias, int(np.shape(arr)[0]), self.limits)
-        prepared = servable.prepare(signature_name, inputs)  # names, rank, dtype first: cheap refusals before decoding
-        if images is None and sig.method_name in (PREDICT, CLASSIFY):
-            images = []
+        prepared = servable.prepare(signature_name, inputs)  # names, rank, dtype first: cheap refusals before images
+        if encoded is None and sig.method_name in (PREDICT, CLASSIFY):
+            encoded = {}
             for alias, arr in prepared.items():
                 if sig.inputs[alias].dtype != 7:  # DT_STRING
                     continue
                 if sig.method_name == PREDICT:  # encoded images
-                    images.extend(self.decode_images(alias, arr))
+                    encoded[alias] = self.check_encoded(alias, arr)
                 else:  # serialized tf.Examples carrying image/encoded (Predict on the classify signature)
-                    encoded = example_images(list(arr.reshape(-1)))
-                    images.extend(self.decode_images(alias, np.array(encoded, dtype=object)))
-        if self.batcher is not None:
-            key = (id(servable), signature_name,
-                   tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
-            outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x),
-                                          timeout=getattr(self.local, "deadline", None))
-        else:
-            outputs = servable.run_prepared(signature_name, prepared)
+                    encoded[alias] = self.check_encoded(alias, np.array(example_images(list(arr.reshape(-1))), dtype=object))
+        try:
+            if self.batcher is not None:
+                key = (id(servable), signature_name,
+                       tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
+                outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x),
+                                              timeout=getattr(self.local, "deadline", None))
+            else:
+                outputs = servable.run_prepared(signature_name, prepared)
+        except Exception as exc:
+            if encoded and from_exception(exc).code.name == "INVALID_ARGUMENT":
+                for alias, values in encoded.items():  # name the image the graph could not decode, if one
+                    find_undecodable(alias, values, self.limits)
+            raise
         if self.metrics:
             n = next((v.shape[0] for v in prepared.values() if v.ndim), 1)
             if n:
                 self.metrics.images.labels(servable.name, str(servable.version)).inc(n)
             if self.batcher is None:
                 self.metrics.batch_size.observe(max(1, next((v.shape[0] for v in prepared.values() if v.ndim), 1)))
+        images = [v for values in (encoded or {}).values() for v in values]
         self._log(servable, signature_name, label, outputs, inputs, images, time.perf_counter() - start)
         return outputs
 
     def _log(self, servable: Servable, signature_name: str, label: str | None, outputs: dict, inputs: dict,
-             images: list[np.ndarray] | None, seconds: float) -> None:
+             images: list[bytes], seconds: float) -> None:
         if self.request_logger is None:
             return
         probs = outputs.get("probabilities", outputs.get("scores"))
         if probs is None or np.ndim(probs) != 2:
             return
-        rgbs: list[Any] = list(images or [])
-        if not rgbs and "pixels" in inputs:
+        rgbs: list[Any] = []
+        if not images and "pixels" in inputs:
             rgbs = [np.clip(np.asarray(p, np.float32) * 255.0, 0, 255).astype(np.uint8) for p in inputs["pixels"]]
         labels = [label] if label else self.manager.labels_of(servable.name, servable.version)
-        encoded: list[Any] = []
-        if self.request_logger.store_images:
-            encoded = [v for a in inputs.values() if np.asarray(a).dtype.kind in "OS" for v in np.asarray(a).reshape(-1)]
         for i, row in enumerate(np.asarray(probs)):
             self.request_logger.submit({
                 "model": servable.name, "version": servable.version, "label": labels[0] if labels else None,
                 "signature": signature_name, "latency_ms": round(seconds * 1000.0, 3),
-                "_rgb": rgbs[i] if i < len(rgbs) else None, "_probs": row,
-                "image": encoded[i] if i < len(encoded) else None,
+                "_rgb": rgbs[i] if i < len(rgbs) else None, "_encoded": images[i] if i < len(images) else None,
+                "_probs": row,
+                "image": images[i] if self.request_logger.store_images and i < len(images) else None,
             })
 
 
@@ -252,6 +344,7 @@ class Server:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.grpc_port: int | None = None
+        self.tensorflow_threads: dict[str, int] = {}
         self.rest_port: int | None = None
         self._grpc = None
         self._rest = None
@@ -262,14 +355,19 @@ class Server:
 
         opts = self.options
         entries, config_path = _model_entries(opts)
+        self.tensorflow_threads = apply_tensorflow_threads(opts.tensorflow_intra_op_parallelism,
+                                                           opts.tensorflow_inter_op_parallelism)
         monitoring = load_monitoring_config(opts.monitoring_config_file) if opts.monitoring_config_file else MonitoringConfig()
         ssl = parse_ssl_config(Path(opts.ssl_config_file).read_text()) if opts.ssl_config_file else None
         metrics = Metrics()
-        batcher = None
+        batcher, params = None, None
         if opts.enable_batching:
             params = load_batching_parameters(opts.batching_parameters_file) if opts.batching_parameters_file else BatchingParameters()
+        grpc_threads = handler_threads(opts.grpc_max_threads, params)
+        rest_threads = handler_threads(opts.rest_api_num_threads, params)
+        if params is not None:
             batcher = Batcher(params, on_batch=metrics.batch_size.observe)
-            log.info("batching enabled: %s", params)
+            log.info("batching enabled: %s; %d gRPC and %d REST handler threads", params, grpc_threads, rest_threads)
         request_logger = None
         if opts.request_log_dir:
             try:
@@ -284,10 +382,10 @@ class Server:
         try:
             manager.start()
             manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
-            self._grpc, self.grpc_port = start_grpc_server(self.core, opts.host, opts.port, opts.grpc_max_threads, ssl)
+            self._grpc, self.grpc_port = start_grpc_server(self.core, opts.host, opts.port, grpc_threads, ssl)
             if opts.rest_api_port >= 0:  # TF Serving: 0 disables REST; here 0 picks a free port and -1 disables
                 self._rest, self.rest_port = start_rest_server(
-                    self.core, opts.host, opts.rest_api_port, opts.rest_api_num_threads, monitoring, ssl)
+                    self.core, opts.host, opts.rest_api_port, rest_threads, monitoring, ssl)
         except BaseException:
             self.stop()  # nothing half-started keeps the process alive or a port bound
             raise

@@ -435,13 +435,22 @@ def test_prometheus_metrics_and_request_log(server, rest, stub):
     assert "leukoflow_serving_request_latency_seconds_bucket" in text
     assert 'leukoflow_serving_loaded_versions{model="leukemia",version="1"} 1.0' in text
     assert "leukoflow_serving_batch_size_bucket" in text
+    from components import domain
+    from monitoring.features import image_features
+
+    # The log's features are computed from the very image sent (decoded off the request path).
+    distinct = encode_png(np.full((40, 56, 3), (200, 60, 120), np.uint8))
+    stub.Predict(predict_request([distinct]), timeout=30)
+    expected = image_features(domain.load_rgb(distinct))
     log_file = server.root / "requests" / "requests.jsonl"
-    deadline = time.time() + 20
-    while time.time() < deadline and not log_file.exists():
+    deadline, record = time.time() + 20, None
+    while time.time() < deadline and record is None:
+        lines = log_file.read_text().splitlines() if log_file.exists() else []
+        record = next((r for r in map(json.loads, lines) if r["features"] == pytest.approx(expected)), None)
         time.sleep(0.2)
-    record = json.loads(log_file.read_text().splitlines()[0])
+    assert record is not None, "no request-log record carries the sent image's features"
     assert record["model"] == "leukemia" and record["predicted_label"] in ("Benign", "Early", "Pre", "Pro")
-    assert set(record["confidences"]) == {"Benign", "Early", "Pre", "Pro"} and record["features"]
+    assert set(record["confidences"]) == {"Benign", "Early", "Pre", "Pro"}
     assert "image_b64" not in record
 
 

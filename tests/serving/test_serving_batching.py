@@ -60,6 +60,42 @@ def test_batcher_merges_concurrent_requests_and_splits_results():
     assert sum(sizes) == 8
 
 
+def test_a_failing_batch_is_rerun_request_by_request():
+    """One request the model refuses fails alone; the requests merged with it still get their answers."""
+    from serving.batching import Batcher, parse_batching_parameters
+    from serving.errors import ServingError
+
+    calls: list[int] = []
+    batcher = Batcher(parse_batching_parameters(PARAMS))
+    gate = threading.Barrier(4)
+    outcome: dict[int, object] = {}
+
+    def run(x: dict) -> dict:
+        calls.append(len(x["x"]))
+        if (x["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"y": x["x"] * 2}
+
+    def client(i: int) -> None:
+        gate.wait()
+        try:
+            outcome[i] = batcher.submit("k", {"x": np.full((1, 2), -1.0 if i == 2 else float(i))}, run)["y"]
+        except ServingError as exc:
+            outcome[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    batcher.stop()
+    assert isinstance(outcome[2], ServingError) and outcome[2].code == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome[2].message == "negative input"
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(outcome[i], np.full((1, 2), 2.0 * i))
+    assert max(calls) > 1  # the bad request really was merged with others before the rerun
+
+
 def test_batcher_queue_full_is_resource_exhausted_and_too_big_is_invalid():
     from serving.batching import QUEUE_FULL, Batcher, parse_batching_parameters
     from serving.errors import ServingError
@@ -140,6 +176,28 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
         total = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_sum")][0]
         assert float(total.split()[-1]) == 13  # every request once; warmup runs outside the batcher
         assert float(count.split()[-1]) < 13  # fewer runs than requests: they were merged
+
+        # A truncated image sent among good ones: only its caller gets INVALID_ARGUMENT, naming the image.
+        good = encode_png(sample_image(1))
+        truncated = good[: len(good) // 2]
+        bad_errors: list[tuple] = []
+
+        def mixed(i: int) -> None:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "leukemia"
+            req.inputs["images"].CopyFrom(tf.make_tensor_proto([truncated if i == 3 else good], dtype=tf.string))
+            try:
+                stub.Predict(req, timeout=30)
+            except grpc.RpcError as exc:
+                bad_errors.append((i, exc.code(), exc.details()))
+
+        threads = [threading.Thread(target=mixed, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [(i, code) for i, code, _ in bad_errors] == [(3, grpc.StatusCode.INVALID_ARGUMENT)], bad_errors
+        assert "input images[0] cannot be decoded" in bad_errors[0][2]
         channel.close()
     finally:
         srv.stop()
@@ -160,3 +218,61 @@ def test_batcher_deadline_while_queued():
     release.set()
     blocker.join(30)
     batcher.stop()
+
+
+def test_handler_threads_default_fills_batches():
+    from serving.batching import BatchingParameters
+    from serving.server import DEFAULT_HANDLER_THREADS, handler_threads
+
+    assert handler_threads(None, None) == DEFAULT_HANDLER_THREADS
+    assert handler_threads(7, BatchingParameters(max_batch_size=32, num_batch_threads=4)) == 7  # the flag wins
+    assert handler_threads(None, BatchingParameters(max_batch_size=32, num_batch_threads=4)) == 160
+    assert handler_threads(None, BatchingParameters(max_batch_size=2, num_batch_threads=1)) == DEFAULT_HANDLER_THREADS
+    with pytest.raises(ValueError, match="handler threads must be >= 1"):
+        handler_threads(0, None)
+
+
+def test_concurrent_clients_beyond_sixteen_share_one_full_batch(exported_versions, tmp_path):
+    """24 simultaneous gRPC calls fill one batch of 24: no handler-thread cap splits them."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.server import Server, ServerOptions
+
+    base = tmp_path / "leukemia"
+    install_version(exported_versions, base, 1)
+    params = tmp_path / "batching.config"
+    # A long timeout: a batch runs early only when full, so its size shows how many requests could wait at once.
+    params.write_text("max_batch_size { value: 24 }\nbatch_timeout_micros { value: 20000000 }\n"
+                      "max_enqueued_batches { value: 4 }\nnum_batch_threads { value: 1 }\n")
+    srv = Server(ServerOptions(
+        port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base), enable_batching=True,
+        batching_parameters_file=str(params), file_system_poll_wait_seconds=0, request_log_dir=None,
+    )).start()
+    sizes: list[int] = []
+    srv.core.batcher._on_batch = sizes.append
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "leukemia"
+        req.inputs["images"].CopyFrom(tf.make_tensor_proto([encode_png(sample_image(1))], dtype=tf.string))
+        errors: list[str] = []
+
+        def client() -> None:
+            try:
+                stub.Predict(req, timeout=15)
+            except grpc.RpcError as exc:
+                errors.append(f"{exc.code()}: {exc.details()}")
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == [] and sizes == [24]
+        assert time.monotonic() - started < 15  # ran because it was full, not because of the timeout
+        channel.close()
+    finally:
+        srv.stop()

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(180)
 FLAGS = ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file",
          "--model_config_file_poll_wait_seconds", "--file_system_poll_wait_seconds", "--enable_batching",
          "--batching_parameters_file", "--monitoring_config_file", "--ssl_config_file", "--rest_api_num_threads",
-         "--grpc_max_threads", "--host", "--request_log_dir")
+         "--grpc_max_threads", "--host", "--request_log_dir", "--tensorflow_intra_op_parallelism",
+         "--tensorflow_inter_op_parallelism")
 
 
 def test_help_lists_tf_serving_flags():
@@ -49,13 +50,15 @@ def test_serve_process_end_to_end(exported_versions, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LEUKOFLOW_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
         [str(leukoflow), "serve", "--port=0", "--rest_api_port=0", "--model_name=leukemia", f"--model_base_path={base}",
-         f"--monitoring_config_file={monitoring}", "--enable_batching", "--json"],
+         f"--monitoring_config_file={monitoring}", "--enable_batching", "--tensorflow_intra_op_parallelism=1",
+         "--tensorflow_inter_op_parallelism=1", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     try:
         line = proc.stdout.readline()
         info = json.loads(line)
         assert info["status"] == "serving" and info["models"] == {"leukemia": [1]}
+        assert info["tensorflow_threads"] == {"intra_op": 1, "inter_op": 1}  # read back from TensorFlow
         rest = f"http://127.0.0.1:{info['rest_port']}"
         assert requests.get(f"{rest}/v1/models/leukemia", timeout=30).json()["model_version_status"][0]["state"] == "AVAILABLE"
         assert "leukoflow_serving_loaded_versions" in requests.get(f"{rest}/monitoring/prometheus/metrics", timeout=30).text
@@ -83,3 +86,21 @@ def test_port_in_use_is_a_clear_error_and_the_process_exits(exported_versions, t
         busy.close()
     assert done.returncode != 0
     assert "cannot start the server" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
+
+
+def test_tensorflow_threads_after_start_up_is_a_clear_error():
+    """Thread pools are fixed once TensorFlow runs: asking later names the flag instead of failing obscurely."""
+    code = (
+        "import tensorflow as tf\n"
+        "tf.constant(1) + 1\n"
+        "from serving.server import apply_tensorflow_threads\n"
+        "assert apply_tensorflow_threads(0, 0)  # nothing asked: fine\n"
+        "try:\n"
+        "    apply_tensorflow_threads(3, 0)\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--tensorflow_intra_op_parallelism=3: TensorFlow already started" in done.stdout

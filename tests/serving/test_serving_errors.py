@@ -51,3 +51,22 @@ def test_tensorflow_errors_keep_their_code_and_lose_the_stack():
     err = from_exception(info.value)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "Detected at node" not in err.message and err.message
+
+
+def test_graph_error_inside_a_loop_keeps_the_ops_message():
+    """The exported graph decodes inside tf.map_fn; the client gets the decoder's words, not the node trace."""
+    import tensorflow as tf
+
+    from serving.errors import from_exception
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def decode_all(batch):
+        return tf.map_fn(lambda s: tf.io.decode_image(s, channels=3, expand_animations=False), batch,
+                         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        decode_all(tf.constant([b"\xff\xd8\xff\xe0" + b"\x00" * 64]))  # a JPEG marker, then nothing
+    err = from_exception(info.value)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Detected at node" not in err.message and "[[" not in err.message
+    assert "JPEG" in err.message or "image" in err.message.lower(), err.message
