@@ -132,11 +132,17 @@ def concurrent_throughput(make_call, clients: int, duration_s: float) -> dict[st
         window["stop"] = window["start"] + duration_s
 
     start_gate = threading.Barrier(clients, action=open_window)
+    failures: list[str] = []
 
     def worker(k: int) -> None:
         call = calls[k]
-        call(0)  # connect and warm outside the timed window
-        start_gate.wait()
+        try:
+            call(0)  # connect and warm outside the timed window
+            start_gate.wait(timeout=120)
+        except Exception as exc:  # noqa: BLE001 - one client that cannot start stops the measurement, never hangs it
+            failures.append(f"client {k}: {type(exc).__name__}: {exc}")
+            start_gate.abort()
+            return
         i = 0
         while time.perf_counter() < window["stop"]:
             try:
@@ -150,7 +156,9 @@ def concurrent_throughput(make_call, clients: int, duration_s: float) -> dict[st
     for t in threads:
         t.start()
     for t in threads:
-        t.join(duration_s + 120)
+        t.join(duration_s + 240)
+    if failures or start_gate.broken:
+        raise RuntimeError(f"{clients} concurrent clients could not start: {failures[:1] or 'barrier broken'}")
     begin = window["start"]
     elapsed = time.perf_counter() - begin
     return {"images_per_s": sum(counts) / elapsed, "requests": sum(counts), "errors": sum(errors), "seconds": elapsed}
@@ -204,13 +212,22 @@ def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Pat
     return path, text
 
 
-def start_server(config: Path, batching: bool, log_path: Path, batching_config: Path = BATCHING_CONFIG) -> tuple[subprocess.Popen, int, int]:
+# The batched server's TensorFlow op threads: 1, so each batch thread keeps one core to itself.
+# With TensorFlow's default (every core per op) concurrent batches preempt each other's op threads
+# and throughput at 32 clients falls by a fifth on 2 cores (docs/operations.md, "Serving throughput");
+# `--batched-intra-op 0` measures that default.
+BATCHED_INTRA_OP = 1
+
+
+def start_server(config: Path, batching: bool, log_path: Path, batching_config: Path = BATCHING_CONFIG,
+                 batched_intra_op: int = BATCHED_INTRA_OP) -> tuple[subprocess.Popen, int, int]:
     """`leukoflow serve` in its own process on free loopback ports; returns once both versions are loaded."""
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--rest_api_port", "0",
            "--model_config_file", str(config), "--monitoring_config_file", str(REPO / "serving/monitoring.config"),
            "--request_log_dir", "none", "--file_system_poll_wait_seconds", "0", "--json"]
     if batching:
-        cmd += ["--enable_batching", "--batching_parameters_file", str(batching_config)]
+        cmd += ["--enable_batching", "--batching_parameters_file", str(batching_config),
+                "--tensorflow_intra_op_parallelism", str(batched_intra_op)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, env=env)
     line = proc.stdout.readline()  # one JSON object once serving
@@ -259,8 +276,10 @@ def rest_caller(port: int, jpegs: list[bytes]):
 
 
 def serve_and_measure(config: Path, jpegs: list[bytes], batching: bool, iterations: int, duration_s: float,
-                      clients: list[int], workdir: Path, batching_config: Path = BATCHING_CONFIG) -> dict:
-    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-batching-{batching}.log", batching_config)
+                      clients: list[int], workdir: Path, batching_config: Path = BATCHING_CONFIG,
+                      batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
+    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-batching-{batching}.log", batching_config,
+                                              batched_intra_op)
     try:
         result: dict = {"rss_mb_two_versions": rss_mb(proc.pid)}
         if not batching:  # single-image latency is a property of the unbatched path (batching adds its timeout)
@@ -309,12 +328,15 @@ def markdown(results: dict) -> str:
         f"- batched throughput at {max(results['clients'])} clients / in-process best batch: {t['batched_fraction']:.2f} "
         f"(target >= {TARGET_BATCHED_FRACTION}): {'met' if t['batched_met'] else 'NOT met'}",
         f"- failed requests during the load tests: {t['errors']}",
-        f"- server batching: {' '.join(results['batching_parameters'])} (serving/batching.config, batch threads = host CPUs)",
+        f"- server batching: {' '.join(results['batching_parameters'])} (serving/batching.config, batch threads = host CPUs); "
+        f"batched server flags: {' '.join(results['batched_server_flags'])}; latency and unbatched rows use TensorFlow's default threads",
+        "- client and server share this machine's CPUs; the in-process reference has them to itself",
     ]
     return "\n".join(lines) + "\n"
 
 
-def run(model_dir: str | None, iterations: int, duration_s: float, clients: list[int], images: int, out_dir: Path) -> dict:
+def run(model_dir: str | None, iterations: int, duration_s: float, clients: list[int], images: int, out_dir: Path,
+        batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -330,7 +352,8 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
         print(f"in-process p50 {before['latency']['p50_ms']:.1f} ms", file=sys.stderr)
         server = {
             "batching_off": serve_and_measure(config, jpegs, False, iterations, duration_s, clients, workdir),
-            "batching_on": serve_and_measure(config, jpegs, True, iterations, duration_s, clients, workdir, batching_path),
+            "batching_on": serve_and_measure(config, jpegs, True, iterations, duration_s, clients, workdir, batching_path,
+                                             batched_intra_op),
         }
         after = in_process(workdir / "models" / MODEL / "1", jpegs, iterations, duration_s)
         reference = min((before, after), key=lambda r: r["latency"]["p50_ms"])
@@ -348,6 +371,7 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
                  "load_avg_1m": [load_before, os.getloadavg()[0]]},  # other work on the machine skews every figure
         "in_process": reference, "server": server,
         "batching_parameters": [line for line in batching_text.splitlines() if line and not line.startswith("#")],
+        "batched_server_flags": [f"--tensorflow_intra_op_parallelism={batched_intra_op}"],
         "targets": {"grpc_p50_overhead_ms": overhead, "grpc_p50_met": overhead <= TARGET_GRPC_OVERHEAD_MS,
                     "batched_fraction": fraction, "batched_met": fraction >= TARGET_BATCHED_FRACTION, "errors": errors},
     }
@@ -367,8 +391,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent gRPC clients")
     parser.add_argument("--images", type=int, default=64, help="distinct JPEGs cycled through")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for serving.json and serving.md")
+    parser.add_argument("--batched-intra-op", type=int, default=BATCHED_INTRA_OP,
+                        help="--tensorflow_intra_op_parallelism of the batched server (0: TensorFlow's default)")
     args = parser.parse_args(argv)
-    results = run(args.model_dir, args.iterations, args.duration, args.clients, args.images, args.out)
+    results = run(args.model_dir, args.iterations, args.duration, args.clients, args.images, args.out, args.batched_intra_op)
     print(markdown(results))
 
 
