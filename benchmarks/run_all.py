@@ -7,6 +7,7 @@ Markdown into benchmarks/results/summary.md.
 
 from __future__ import annotations
 
+import argparse
 import platform
 import subprocess
 import sys
@@ -20,9 +21,16 @@ BENCHMARKS = ("dedup", "input_pipeline", "drift", "serving", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = list(argv if argv is not None else sys.argv[1:])
-    summary_only = "--summary-only" in args  # join the latest results without rerunning anything
-    names = [] if summary_only else [a for a in args if not a.startswith("--")] or list(BENCHMARKS)
+    parser = argparse.ArgumentParser(description="Run the benchmarks one after another, then join their tables "
+                                                 "into benchmarks/results/summary.md.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--summary-only", action="store_true", help="join the latest results without rerunning anything")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]!r}; expected one of {', '.join(BENCHMARKS)}")
+    summary_only = args.summary_only
+    names = [] if summary_only else args.names or list(BENCHMARKS)
     failures = []
     for name in names:
         print(f"== benchmark {name}", flush=True)
