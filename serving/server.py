@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
@@ -170,17 +171,14 @@ class RequestLogger:
         """Queue one record; `_encoded` (image bytes) or `_rgb` carries the image its features come from."""
         size = len(item.get("_encoded") or b"")
         with self._bytes_lock:
-            over = self._pending_bytes + size > self._max_pending_bytes
-            if not over:
-                self._pending_bytes += size
-        try:
-            if over:
-                raise queue.Full
-            self._queue.put_nowait(item)
-        except queue.Full:  # features cost milliseconds per image: under overload, sample rather than queue forever
-            if not over:
-                with self._bytes_lock:
-                    self._pending_bytes -= size
+            accepted = self._pending_bytes + size <= self._max_pending_bytes
+            if accepted:
+                try:
+                    self._queue.put_nowait(item)
+                    self._pending_bytes += size
+                except queue.Full:
+                    accepted = False
+        if not accepted:  # features cost milliseconds per image: under overload, sample rather than queue forever
             self.dropped += 1
             if self._on_drop:
                 self._on_drop()
@@ -204,7 +202,7 @@ class RequestLogger:
                 # Decoded here, off the request path: the graph already decoded it to answer the request.
                 rgb = item.pop("_rgb", None)
                 if rgb is None and encoded is not None:
-                    rgb = _for_features(domain.load_rgb(bytes(encoded)))
+                    rgb = domain.load_rgb(bytes(encoded))  # full size, as the drift reference's features are
                 probs = item.pop("_probs")
                 record = {
                     **item,
@@ -219,17 +217,6 @@ class RequestLogger:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=10)
-
-
-def _for_features(rgb: np.ndarray, side: int = 512) -> np.ndarray:
-    """Downscaled copy for the request log's features (they are computed on a small image anyway)."""
-    if max(rgb.shape[:2]) <= side:
-        return rgb
-    from PIL import Image
-
-    img = Image.fromarray(rgb)
-    img.thumbnail((side, side))
-    return np.asarray(img)
 
 
 class ServingCore:
@@ -292,7 +279,7 @@ class ServingCore:
             else:
                 outputs = servable.run_prepared(signature_name, prepared)
         except Exception as exc:
-            if encoded and from_exception(exc).code.name == "INVALID_ARGUMENT":
+            if encoded and from_exception(exc).code == grpc.StatusCode.INVALID_ARGUMENT:
                 for alias, values in encoded.items():  # name the image the graph could not decode, if one
                     find_undecodable(alias, values, self.limits)
             raise
