@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from components import atomic_files
 from monitoring.features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
@@ -380,15 +380,7 @@ def _add_to_workspace(workspace_dir: Path, snapshots: dict[str, Any]) -> dict[st
 def _write_json(path: Path, payload: dict) -> None:
     from components.cli_output import to_json
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(to_json(payload))
-    tmp.replace(path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_files.write_text(path, to_json(payload))
 
 
 def summary_html(summary: dict[str, Any]) -> str:
@@ -446,9 +438,7 @@ def summary_html(summary: dict[str, Any]) -> str:
 
 
 def _write_html(path: Path, snapshot) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.html")
-    snapshot.save_html(str(tmp))
-    tmp.replace(path)
+    atomic_files.replace_file(path, lambda tmp: snapshot.save_html(str(tmp)))
 
 
 def run_drift_check(
@@ -502,7 +492,7 @@ def run_drift_check(
                 }
             except Exception as exc:  # the verdict matters more than the dashboard
                 log.warning("could not add the run to the Evidently workspace %s: %s", workspace_dir, exc)
-    _write_text(html_path, summary_html(summary))
+    atomic_files.write_text(html_path, summary_html(summary))
     _write_json(json_path, {"summary": summary, "evidently": evidently_payload})
     return summary
 

@@ -8,10 +8,11 @@ so the monitor always compares a window against the served version's own trainin
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from pathlib import Path
+
+from components import atomic_files
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,10 @@ def write_frame(frame: "pd.DataFrame", out_path: str | Path) -> Path:  # noqa: F
     out = Path(out_path)
     if out.suffix not in REFERENCE_SUFFIXES:
         raise ValueError(f"reference output must end in .parquet or .csv, got {out.name}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        if out.suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if out.suffix == ".parquet":
+        atomic_files.replace_file(out, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        atomic_files.write_csv(out, frame)
     return out
 
 

@@ -27,6 +27,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from components import atomic_files
+
 log = logging.getLogger(__name__)
 
 DEFAULT_COOLDOWN = timedelta(hours=24)
@@ -94,13 +96,7 @@ def load_state(path: Path) -> dict[str, Any]:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Atomic write: temp file in the same folder, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as handle:
-        json.dump(state, handle, indent=2, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    atomic_files.write_text(path, json.dumps(state, indent=2, default=str), fsync=True)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from components import home
+from components import atomic_files, home
 from components.cli_output import emit, fail
 
 app = typer.Typer(add_completion=False)
@@ -195,10 +195,7 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
         "",
     ]
     text = "\n".join(lines)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(output)
+    atomic_files.write_text(output, text)
     return text
 
 

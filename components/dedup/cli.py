@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from components import domain, settings
+from components import atomic_files, domain, settings
 from components.cli_output import emit, fail
 
 app = typer.Typer(add_completion=False)
@@ -46,7 +46,7 @@ def dedup(
     from components.dedup.executor import run_dedup
     from components.home import default_data_dir
     from components.validate.cli import default_out as validate_out
-    from components.validate.executor import DataNotFoundError, build_manifest, write_csv_atomic
+    from components.validate.executor import DataNotFoundError, build_manifest
 
     out = out or default_out()
     try:
@@ -54,7 +54,7 @@ def dedup(
             frame, _ = build_manifest(data_dir or default_data_dir(), variant, workers)
             out.mkdir(parents=True, exist_ok=True)
             manifest = out / "manifest.csv"
-            write_csv_atomic(frame, manifest)
+            atomic_files.write_csv(manifest, frame)
         result = run_dedup(manifest or validate_out() / "manifest.csv", out, hamming=hamming, workers=workers)
     except (DataNotFoundError, FileNotFoundError, ValueError, RuntimeError) as exc:
         fail(str(exc), as_json)

@@ -17,7 +17,7 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from components import domain, settings
+from components import atomic_files, domain, settings
 from components.validate.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,6 @@ def run_dedup(
     """Deduplicate the valid rows of a validate manifest; write kept.csv and the reports; return the result."""
     import pandas as pd
 
-    from components.validate.executor import write_csv_atomic, write_json_atomic
 
     if hamming < 0 or hamming > HASH_BITS:
         raise ValueError(f"hamming must be between 0 and {HASH_BITS}, got {hamming}")
@@ -202,11 +201,11 @@ def run_dedup(
     kept["group_id"] = [group_of[i] for i in range(len(rows))]
     kept["phash"] = [f"{h:016x}" for h in hashes]
     kept = kept[[i not in dropped for i in range(len(rows))]].reset_index(drop=True)
-    write_csv_atomic(kept, out / "kept.csv")
+    atomic_files.write_csv(out / "kept.csv", kept)
 
     conflicts = [g for g in groups if g["conflict"]]
-    write_json_atomic({"hamming": hamming, "groups": groups}, out / "groups.json")
-    write_json_atomic({"conflicts": conflicts}, out / "conflicts.json")
+    atomic_files.write_json(out / "groups.json", {"hamming": hamming, "groups": groups})
+    atomic_files.write_json(out / "conflicts.json", {"conflicts": conflicts})
     sha_counts = valid["sha256"].value_counts()
     exact_pairs = int(sum(n * (n - 1) // 2 for n in sha_counts if n > 1))
     result = {
@@ -223,10 +222,8 @@ def run_dedup(
         "kept_csv": str(out / "kept.csv"),
         "report": str(out / "report.md"),
     }
-    write_json_atomic(result, out / "dedup.json")
-    tmp = out / "report.md.tmp"
-    tmp.write_text(render_report(result, groups, Path(manifest_csv)))
-    tmp.replace(out / "report.md")
+    atomic_files.write_json(out / "dedup.json", result)
+    atomic_files.write_text(out / "report.md", render_report(result, groups, Path(manifest_csv)))
     log.info("dedup: %d images, %d groups (%d exact, %d near), %d conflicts, kept %d",
              len(rows), len(groups), result["exact_groups"], result["near_groups"], len(conflicts), len(kept))
     return result

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from components import atomic_files
 from components.evaluate.robustness import PERTURBATIONS
 
 
@@ -73,11 +72,5 @@ def compare(metrics_paths: Sequence[str | Path], out_path: str | Path) -> str:
             raise FileNotFoundError(f"metrics file {path} does not exist")
         metrics.append(json.loads(path.read_text()))
     text = comparison_markdown(metrics)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_path)
+    atomic_files.write_text(out_path, text)
     return text

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from components import domain, records, settings
+from components import atomic_files, domain, records, settings
 from components.train import input as train_input
 
 log = logging.getLogger(__name__)
@@ -123,18 +121,10 @@ def save_confusion_png(matrix: list[list[int]], path: Path, title: str) -> None:
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        atomic_files.replace_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def run_evaluate(
@@ -221,7 +211,7 @@ def run_evaluate(
 
     save_confusion_png(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
                        f"{metrics['model']}: accuracy {metrics['accuracy']:.3f}")
-    _atomic_json(out_dir / "metrics.json", metrics)
+    atomic_files.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     log.info("%s: test accuracy %.4f, macro-F1 %.4f (%d images) in %.1fs", metrics["model"], metrics["accuracy"],
              metrics["macro_f1"], len(y_true), metrics["eval_wall_time_s"])
     return metrics

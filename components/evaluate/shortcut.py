@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components import atomic_files
+
 HSV_BINS = 16
 SHORTCUT_SIZE = 96  # global colour statistics hardly depend on resolution; keeps the baseline cheap
 
@@ -80,7 +82,6 @@ def shortcut_on_split(split_dir: str | Path, seed: int = 42, use_cache: bool = T
     (cached under $LEUKOFLOW_HOME/cache/shortcut/, keyed by the shard files and the seed).
     """
     import json
-    import os
 
     from components.home import home
 
@@ -90,8 +91,5 @@ def shortcut_on_split(split_dir: str | Path, seed: int = 42, use_cache: bool = T
         return {**json.loads(cache.read_text()), "cached": True}
     result = fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed)
     if use_cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(result))
-        tmp.replace(cache)
+        atomic_files.write_text(cache, json.dumps(result))
     return result

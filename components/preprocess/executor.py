@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from components import domain, records, settings
+from components import atomic_files, domain, records, settings
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,6 @@ def run_preprocess(
     """Write `out_dir/shard-*.tfrecord` and `preprocess.json` for the rows of kept.csv; return the summary."""
     import pandas as pd
 
-    from components.validate.executor import write_json_atomic
 
     if brightness not in domain.BRIGHTNESS_METHODS:
         raise ValueError(f"unknown brightness method {brightness!r}; expected one of {', '.join(domain.BRIGHTNESS_METHODS)}")
@@ -115,6 +114,6 @@ def run_preprocess(
         "resize": "components.domain.tf_decode + tf_resize (bilinear, antialias), as in serving",
         "kept_csv": str(kept_csv),
     }
-    write_json_atomic(result, out / "preprocess.json")
+    atomic_files.write_json(out / "preprocess.json", result)
     log.info("preprocess: %d images -> %d shards at %dpx in %s", len(kept), len(shards), image_size, out)
     return result

@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from components import home
+from components import atomic_files, home
 from components.promote import gate as gate_mod
 from components.promote import model_store, model_card, registry
 from components.promote.gate import Candidate, Decision, Policy
@@ -101,17 +100,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_decision(decision: Decision, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
-    _atomic_write(out / "decision.json", json.dumps(decision.to_dict(), indent=2, default=str))
-    _atomic_write(out / "decision.md", gate_mod.to_markdown(decision))
+    atomic_files.write_text(out / "decision.json", json.dumps(decision.to_dict(), indent=2, default=str))
+    atomic_files.write_text(out / "decision.md", gate_mod.to_markdown(decision))
     return out / "decision.json", out / "decision.md"
 
 
@@ -351,7 +343,7 @@ def apply_decision(decision: Decision, out_dir: str | Path, label: str = "stable
             step = "model card"
             decision.version, decision.label = version, label
             card_path = out_dir / "model_card.md"
-            _atomic_write(card_path, model_card.render(version, metrics, train, provenance, decision.summary,
+            atomic_files.write_text(card_path, model_card.render(version, metrics, train, provenance, decision.summary,
                                                        model_card.low_confidence_threshold(saved_model)))
             c = registry.client(registry_uri)
             c.log_artifact(run_id, str(card_path))

@@ -16,7 +16,7 @@ import logging
 import math
 from pathlib import Path
 
-from components import domain, records, settings
+from components import atomic_files, domain, records, settings
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,6 @@ def run_split(
     """Split kept.csv, check for leakage, write the manifests and (if given) route the records."""
     import pandas as pd
 
-    from components.validate.executor import write_csv_atomic, write_json_atomic
 
     kept_csv = Path(kept_csv)
     if not kept_csv.is_file():
@@ -173,12 +172,11 @@ def run_split(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     frame = frame[["id", "path", "label", "group_id", "split"]]
-    write_csv_atomic(frame.sort_values(["split", "path"]), out / "split.csv")
+    atomic_files.write_csv(out / "split.csv", frame.sort_values(["split", "path"]))
     table = counts_table(frame)
-    write_csv_atomic(table, out / "counts.csv")
+    atomic_files.write_csv(out / "counts.csv", table)
     markdown = counts_markdown(table)
-    (out / "counts.md.tmp").write_text(markdown)
-    (out / "counts.md.tmp").replace(out / "counts.md")
+    atomic_files.write_text(out / "counts.md", markdown)
 
     shards = (route_records(preprocessed_dir, out, dict(zip(frame["id"], frame["split"])), num_shards)
               if preprocessed_dir else {})
@@ -199,6 +197,6 @@ def run_split(
         "table": markdown,
         "shards": shards,
     }
-    write_json_atomic(result, out / "split.json")
+    atomic_files.write_json(out / "split.json", result)
     log.info("split: %s", result["counts"])
     return result

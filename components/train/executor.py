@@ -7,28 +7,18 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from components import domain, records
+from components import atomic_files, domain, records
 from components.settings import ModelConfig
 from components.train import input as train_input
 from components.train import models
 
 log = logging.getLogger(__name__)
 WARMUP_IMAGES = 4
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are read by other users (serving, KFP UI)
-    os.replace(tmp, path)
 
 
 def class_weights(train_labels: np.ndarray) -> dict[int, float]:
@@ -195,10 +185,10 @@ def _save_curves(history: dict, path: Path, fine_tune_start: int | None) -> None
         ax.set_title(key)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_files.replace_file(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def _merge(history: dict, extra: dict) -> dict:
@@ -301,7 +291,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
 
     export_time = time.perf_counter() - export_started
     history["phase"] = phases
-    _atomic_write_text(out_dir / "history.json", json.dumps(history, indent=1))
+    atomic_files.write_text(out_dir / "history.json", json.dumps(history, indent=1))
     _save_curves(history, out_dir / "curves.png", fine_tune_start)
     result = {
         "model": config.name,
@@ -326,7 +316,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
         "saved_model": str(saved_model) if saved_model else None,
         "out_dir": str(out_dir.resolve()),
     }
-    _atomic_write_text(out_dir / "train.json", json.dumps(result, indent=2))
+    atomic_files.write_text(out_dir / "train.json", json.dumps(result, indent=2))
     log.info("%s: val accuracy %.4f after %d epochs in %.1fs (weights: %s)", config.name, val_accuracy,
              len(phases), result["wall_time_s"], weights_used)
     return result

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -17,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import domain, settings
+from components import atomic_files, domain, settings
 from components.validate.parallel import parallel_map
 
 log = logging.getLogger(__name__)
@@ -166,19 +165,6 @@ def build_manifest(data_dir: str | Path, variant: str = "original", workers: int
     return frame, found
 
 
-def write_csv_atomic(frame, path: Path) -> None:
-    """Write a CSV via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
 # (name, critical, build(gxe, min_per_class)) for the per-image suite; names are what failures report.
 def _image_expectations(gxe, decodable_fraction: float) -> list:
     return [
@@ -283,9 +269,9 @@ def run_validate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest, found = build_manifest(data_dir, variant, workers)
-    write_csv_atomic(manifest, out / "manifest.csv")
+    atomic_files.write_csv(out / "manifest.csv", manifest)
     quarantine = manifest[manifest["status"] != "ok"]
-    write_csv_atomic(quarantine[["path", "rel_path", "label", "reason"]], out / "quarantine.csv")
+    atomic_files.write_csv(out / "quarantine.csv", quarantine[["path", "rel_path", "label", "reason"]])
     for _, row in quarantine.iterrows():
         log.warning("quarantined %s: %s", row["rel_path"], row["reason"])
 
@@ -322,7 +308,7 @@ def run_validate(
         "quarantine": str(out / "quarantine.csv"),
         "data_docs": str(docs / "index.html"),
     }
-    write_json_atomic(result, out / "validation.json")
+    atomic_files.write_json(out / "validation.json", result)
     if failed and raise_on_failure:
         raise ValidationFailed(failure_message(result))
     return result
@@ -360,9 +346,7 @@ def publish_docs(result: dict, html_path: str | Path) -> None:
         parts.append(f"<h2>{html.escape(suite)}</h2><iframe style='width:100%;height:90vh;border:1px solid #ccc' "
                      f"srcdoc=\"{html.escape(page.read_text(), quote=True)}\"></iframe>")
     parts.append("</body></html>")
-    tmp = Path(str(html_path) + ".tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(html_path)
+    atomic_files.write_text(html_path, "\n".join(parts))
 
 
 def report_markdown(result: dict) -> str:
