@@ -32,11 +32,18 @@ CHANNELS: int = 3
 # tf.io.decode_image: the client converts it before sending to serving.
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-# Brightness adjustment (the paper's "adjusting brightness"). "none" keeps the
-# pixels; "mean" rescales each image so its mean intensity is BRIGHTNESS_TARGET,
-# clipping at 1. It is part of the model graph, so serving applies it too.
-BRIGHTNESS_METHODS: tuple[str, ...] = ("none", "mean")
+# Input normalisation (the paper's "adjusting brightness"), part of the model graph so serving
+# applies it too. "none" keeps the pixels; "mean" rescales each image so its mean intensity is
+# BRIGHTNESS_TARGET; "background" is a white balance and exposure referenced to the smear's
+# background (glass and plasma, the brightest quarter of a low-resolution copy): each channel is
+# scaled so the background becomes BACKGROUND_TARGET grey, which cancels a lamp's intensity and
+# colour temperature and a camera's white balance (all per-channel gains on the light that reaches it).
+BRIGHTNESS_METHODS: tuple[str, ...] = ("none", "mean", "background")
 BRIGHTNESS_TARGET: float = 0.5
+BACKGROUND_TARGET: float = 0.92
+BACKGROUND_QUANTILE: float = 0.75   # pixels brighter than this quantile of luminance are background
+BACKGROUND_GRID: int = 32           # the low-resolution copy the background is estimated on
+BACKGROUND_GAIN_RANGE: tuple[float, float] = (0.5, 4.0)
 
 
 def class_index(name: str) -> int:
@@ -120,7 +127,29 @@ def tf_adjust_brightness(image: "tf.Tensor", method: str = "none") -> "tf.Tensor
     if method == "mean":
         mean = tf.reduce_mean(image, axis=[-3, -2, -1], keepdims=True)
         return tf.clip_by_value(image * (BRIGHTNESS_TARGET / tf.maximum(mean, 1e-3)), 0.0, 1.0)
+    if method == "background":
+        low, high = BACKGROUND_GAIN_RANGE
+        gains = tf.clip_by_value(BACKGROUND_TARGET / tf.maximum(tf_background_colour(image), 1e-3), low, high)
+        return tf.clip_by_value(image * gains, 0.0, 1.0)
     raise ValueError(f"unknown brightness method {method!r}; expected one of {BRIGHTNESS_METHODS}")
+
+
+def tf_background_colour(image: "tf.Tensor") -> "tf.Tensor":
+    """The mean RGB of the background of float images [..., H, W, 3] in [0, 1], shaped [..., 1, 1, 3].
+
+    Estimated on a BACKGROUND_GRID-square area-averaged copy (cheap, and blind to noise and JPEG
+    blocks): the pixels whose luminance is at or above its BACKGROUND_QUANTILE.
+    """
+    import tensorflow as tf
+
+    batched = image if image.shape.rank == 4 else image[None]
+    small = tf.image.resize(batched, (BACKGROUND_GRID, BACKGROUND_GRID), method="area")
+    flat = tf.reshape(small, [tf.shape(small)[0], -1, CHANNELS])
+    luminance = tf.reduce_mean(flat, axis=-1)
+    k = int(BACKGROUND_GRID * BACKGROUND_GRID * (1.0 - BACKGROUND_QUANTILE))
+    brightest = tf.math.top_k(luminance, k=k).indices
+    colour = tf.reduce_mean(tf.gather(flat, brightest, batch_dims=1), axis=1)[:, None, None, :]
+    return colour if image.shape.rank == 4 else colour[0]
 
 
 def tf_preprocess_encoded(encoded: "tf.Tensor", size: int = IMAGE_SIZE, brightness: str = "none") -> "tf.Tensor":

@@ -51,8 +51,8 @@ class ModelConfig:
     fine_tune_learning_rate: float = 1e-5
     patience: int = 8                    # early stopping on validation loss, best weights restored
     cache_features: bool = False         # frozen base: compute base features once, train the head on them
-    augment: bool = True
-    color_jitter: float = 1.0            # scale of the colour augmentation (brightness/contrast/hue/saturation); 0 = geometry only
+    augment: bool = True                 # geometry and another lab's stain/lamp/camera (components/train/augment.py)
+    augment_copies: int = 4              # cache_features + augment: augmented copies of each training image cached
     dropout: float = 0.3
     label_smoothing: float = 0.0
     mixed_precision: bool = True         # only where a GPU is present
@@ -82,13 +82,14 @@ def _quick() -> Profile:
         models={
             # Measured on the real split, 2 shared cores (load 7-9): cnn 387 s train (best epoch 5 of 8,
             # ~45 s/epoch at 96 px), mobilenetv2 145 s, each evaluation 2-4 min; see the train/evaluate report.
-            "cnn": ModelConfig("cnn", image_size=96, weights="none", epochs=8, patience=3, learning_rate=1e-3,
-                               color_jitter=0.5),
+            "cnn": ModelConfig("cnn", image_size=96, weights="none", brightness="background", epochs=8, patience=3,
+                               learning_rate=1e-3),
             # No ResNet50 ImageNet weights exist offline here: a random-init frozen base with cached
             # features (the head only). Training 23M params from scratch does not fit 2 CPU cores.
-            "resnet50": ModelConfig("resnet50", image_size=96, weights="none", epochs=30, patience=5,
-                                    cache_features=True, augment=False),
-            "mobilenetv2": ModelConfig("mobilenetv2", image_size=size, epochs=40, patience=6, cache_features=True, augment=False),
+            "resnet50": ModelConfig("resnet50", image_size=96, weights="none", brightness="background", epochs=30,
+                                    patience=5, cache_features=True, augment_copies=2),
+            "mobilenetv2": ModelConfig("mobilenetv2", image_size=size, brightness="background", epochs=40, patience=6,
+                                       cache_features=True, augment_copies=4),
         },
     )
 

@@ -132,18 +132,33 @@ def _cached_features(extractor, ds) -> tuple[np.ndarray, np.ndarray]:
 
 def _train_head_on_features(model, config: ModelConfig, split_dir: Path, weights: dict, checkpoint: Path,
                             verbose: int) -> dict:
-    """Frozen base: compute pooled base features once, fit the head on them, copy the head into the model."""
+    """Frozen base: compute pooled base features once, fit the head on them, copy the head into the model.
+
+    With `augment`, the training set is the clean features plus `augment_copies` augmented copies of
+    every training image (each copy a new random lab and geometry), so the head learns what survives
+    a change of stain, lamp and camera at the cost of one base pass per copy.
+    """
     import tensorflow as tf
 
-    if config.augment:
-        log.warning("cache_features: features are computed once, so augmentation is not applied to %s", config.name)
     extractor = models.pooled_features_model(model)
     started = time.perf_counter()
     sets = {}
+    batch = max(config.batch_size, 64)
     for split in ("train", "val"):
-        ds = train_input.dataset(split_dir, split, config.image_size, max(config.batch_size, 64), cache=False)
+        ds = train_input.dataset(split_dir, split, config.image_size, batch, cache=False)
         sets[split] = _cached_features(extractor, ds)
-    log.info("cached %s base features for train/val in %.1fs", config.name, time.perf_counter() - started)
+    copies = config.augment_copies if config.augment else 0
+    if copies:
+        feats, labels = [sets["train"][0]], [sets["train"][1]]
+        augmented = train_input.dataset(split_dir, "train", config.image_size, batch, augment=True,
+                                        seed=config.seed, cache=True)
+        for _ in range(copies):
+            x, y = _cached_features(extractor, augmented)
+            feats.append(x)
+            labels.append(y)
+        sets["train"] = (np.concatenate(feats), np.concatenate(labels))
+    log.info("cached %s base features for train (%d copies augmented) and val in %.1fs", config.name, copies,
+             time.perf_counter() - started)
     # Standardise the features for the head (random-init or unnormalised bases give wildly scaled
     # features), then fold the standardisation into the Dense layer so the full model is unchanged.
     mean = sets["train"][0].mean(axis=0)
@@ -246,7 +261,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
             else:
                 train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                                         augment=config.augment, seed=config.seed,
-                                                        count=len(train_labels), color_jitter=config.color_jitter))
+                                                        count=len(train_labels)))
                 _compile(model, config.learning_rate, config.label_smoothing)
                 history = _fit(model, train_ds, val_ds, epochs=config.epochs, initial_epoch=0, config=config,
                                weights=weights, checkpoint=checkpoint, verbose=verbose, bn_batches=bn_batches)
@@ -260,7 +275,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
                          config.fine_tune_layers, unfrozen, config.fine_tune_learning_rate)
                 train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                                         augment=config.augment, seed=config.seed + 1,
-                                                        count=len(train_labels), color_jitter=config.color_jitter))
+                                                        count=len(train_labels)))
                 _compile(model, config.fine_tune_learning_rate, config.label_smoothing)
                 extra = _fit(model, train_ds, val_ds, epochs=fine_tune_start + config.fine_tune_epochs,
                              initial_epoch=fine_tune_start, config=config, weights=weights, checkpoint=checkpoint,

@@ -13,15 +13,11 @@ from components import domain, records
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
 
-# Augmentation strengths: geometry is free on smears (no canonical orientation); colour jitter
-# is kept moderate because stain colour carries real signal on this data.
+# Geometry is free on smears (no canonical orientation, no canonical framing). Photometric
+# changes (another lab's stain, lamp and camera) are components/train/augment.py.
 ROTATION = 0.5          # fraction of 2*pi: any angle
-ZOOM = 0.15
+ZOOM = 0.15             # also another objective's magnification
 SHIFT = 0.1
-BRIGHTNESS_DELTA = 0.08  # additive, on [0, 1] pixels
-CONTRAST = 0.15          # factor in [1 - c, 1 + c]
-HUE_DELTA = 0.03         # fraction of the hue circle
-SATURATION = 0.2         # factor in [1 - s, 1 + s]
 
 
 def split_shards(split_dir: str | Path, split: str) -> list[str]:
@@ -52,12 +48,11 @@ def labels(split_dir: str | Path, split: str) -> np.ndarray:
     return np.fromiter(ds.as_numpy_iterator(), dtype=np.int64)
 
 
-def _augmenter(seed: int, color_scale: float = 1.0):
-    """A batch -> batch augmentation: Keras geometric layers plus per-image colour jitter in tf ops."""
+def _geometry(seed: int):
+    """A batch -> batch geometric augmentation (Keras layers, reflect fill)."""
     import keras
-    import tensorflow as tf
 
-    geometry = keras.Sequential(
+    return keras.Sequential(
         [
             keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
             keras.layers.RandomRotation(ROTATION, fill_mode="reflect", seed=seed + 1),
@@ -66,27 +61,6 @@ def _augmenter(seed: int, color_scale: float = 1.0):
         ],
         name="augment_geometry",
     )
-
-    def colour(images: "tf.Tensor") -> "tf.Tensor":
-        n = tf.shape(images)[0]
-
-        def draw(low: float, high: float, offset: int) -> "tf.Tensor":
-            return tf.random.uniform([n, 1, 1, 1], low, high, seed=seed + offset)
-
-        b, c, h_, s_ = (v * color_scale for v in (BRIGHTNESS_DELTA, CONTRAST, HUE_DELTA, SATURATION))
-        x = images + draw(-b, b, 10)
-        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        x = tf.clip_by_value((x - mean) * draw(1 - c, 1 + c, 11) + mean, 0.0, 1.0)
-        hsv = tf.image.rgb_to_hsv(x)
-        h = tf.math.floormod(hsv[..., 0:1] + draw(-h_, h_, 12), 1.0)
-        s = tf.clip_by_value(hsv[..., 1:2] * draw(1 - s_, 1 + s_, 13), 0.0, 1.0)
-        return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([h, s, hsv[..., 2:3]], axis=-1)), 0.0, 1.0)
-
-    def apply(images: "tf.Tensor") -> "tf.Tensor":
-        x = tf.clip_by_value(geometry(images, training=True), 0.0, 1.0)
-        return colour(x) if color_scale > 0 else x
-
-    return apply
 
 
 def dataset(
@@ -99,7 +73,6 @@ def dataset(
     seed: int = 42,
     cache: bool = True,
     count: int | None = None,
-    color_jitter: float = 1.0,
 ) -> "tf.data.Dataset":
     """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards."""
     import tensorflow as tf
@@ -126,10 +99,15 @@ def dataset(
         ds = ds.cache()  # decoded, resized pixels: later epochs skip parsing entirely
     if training:
         ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+    if augment:  # per image, after the cache: every epoch (and every cached copy) draws a new lab
+        from components.train.augment import photometric
+
+        ds = ds.map(lambda x, y: (photometric(x), y), num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=False)
-    if training and augment:
-        aug = _augmenter(seed, color_jitter)
-        ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=autotune)
+    if augment:
+        geometry = _geometry(seed)
+        ds = ds.map(lambda x, y: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), y),
+                    num_parallel_calls=autotune)
     return ds.prefetch(autotune)
 
 
