@@ -145,5 +145,10 @@ GATE_ROBUSTNESS_EXCLUDED: tuple[str, ...] = ("grayscale",)  # reported, not gate
 GATE_MACRO_F1_MARGIN: float = 0.02       # candidates within this of the best are "as good"
 GATE_MAX_REGRESSION: float = 0.01        # a challenger may lose at most this much macro-F1 vs the champion
 
+# ---------------------------------------------------------------- serving
+# A top probability below this is flagged "low confidence: refer to a pathologist" (page, model card);
+# the trainer writes it into each model's metadata (components/model_metadata.py).
+LOW_CONFIDENCE_THRESHOLD: float = 0.6
+
 REGISTERED_MODEL_NAME: str = "leukemia-classifier"
 SERVED_MODEL_NAME: str = "leukemia"

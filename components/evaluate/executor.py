@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import atomic_files, domain, records, settings
+from components import atomic_files, domain, model_metadata, records, settings
 from components.train import input as train_input
 
 log = logging.getLogger(__name__)
@@ -142,15 +142,15 @@ def run_evaluate(
     import tensorflow as tf
 
     from components.evaluate.robustness import PERTURBATIONS, robustness
-    from components.train.export import dir_size, read_meta
+    from components.train.export import dir_size
 
     started = time.perf_counter()
     split_dir, model_dir, out_dir = Path(split_dir), Path(model_dir), Path(out_dir)
     saved_model = find_saved_model(model_dir)
     train_input.split_shards(split_dir, "test")
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = read_meta(saved_model)
-    size = int(meta["image_size"])
+    meta = model_metadata.read(saved_model)
+    size = meta.image_size
     train_info = {}
     if (saved_model.parent / "train.json").is_file():
         train_info = json.loads((saved_model.parent / "train.json").read_text())
@@ -165,7 +165,7 @@ def run_evaluate(
     mark = time.perf_counter()
     probs = _batched(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), encoded, 32)
     y_pred = probs.argmax(axis=1)
-    metrics = {"model": meta.get("model", train_info.get("model", saved_model.parent.name))}
+    metrics = {"model": meta.model}
     metrics.update(classification_metrics(y_true, y_pred))
     metrics.update(bootstrap_ci(y_true, y_pred, bootstrap, seed))
     # Reorder so the intervals sit beside their point estimates, as in the documented schema.

@@ -129,12 +129,12 @@ def test_default_threshold_when_the_model_has_none(manager, tmp_path):
     shutil.copytree(manager.servable.path, copy)
     meta = copy / "assets.extra" / "leukoflow.json"
     meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "low_confidence_threshold"}))
-    from components.train.export import LOW_CONFIDENCE_THRESHOLD
+    from components import settings
 
-    assert routes.DEFAULT_LOW_CONFIDENCE == LOW_CONFIDENCE_THRESHOLD  # one default, the trainer's
     other = Manager(Servable.load(copy), {})
     status, info = _json(routes.handle("GET", "/ui/model", {}, b"", other))
-    assert info["low_confidence_threshold"] == routes.DEFAULT_LOW_CONFIDENCE and info["threshold_source"] == "default"
+    assert info["low_confidence_threshold"] == settings.LOW_CONFIDENCE_THRESHOLD
+    assert info["threshold_source"] == "default"
 
 
 @pytest.mark.parametrize("path", [
