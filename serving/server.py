@@ -188,7 +188,7 @@ class RequestLogger:
 
     def _drain(self) -> None:
         from components import domain
-        from monitoring.features import image_features
+        from components.host_features import image_features
 
         while True:
             item = self._queue.get()

@@ -41,7 +41,7 @@ def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
     """Fit HistGradientBoostingClassifier on train features, score on test: accuracy, macro-F1, Benign recall."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from components.evaluate.executor import classification_metrics
+    from components.evaluate.metrics import classification_metrics
 
     from threadpoolctl import threadpool_limits
 
