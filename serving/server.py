@@ -22,7 +22,7 @@ from serving.errors import from_exception
 from serving.limits import Limits, check_batch, check_images, example_images, find_undecodable
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
-from serving.servable import Servable
+from components.servable import Servable
 
 log = logging.getLogger(__name__)
 

@@ -237,7 +237,7 @@ def _f(v: Any) -> float | None:
 def _warmup_only_images(saved_model: str | Path) -> list[bytes]:
     """Without a split, send the warmup request's images as the test requests."""
     try:
-        from serving.servable import Servable
+        from components.servable import Servable
 
         import tensorflow as tf
 

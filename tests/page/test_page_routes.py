@@ -51,7 +51,7 @@ class Manager:
 
 @pytest.fixture(scope="module")
 def manager(quadrant_model_dir):
-    from serving.servable import Servable
+    from components.servable import Servable
 
     return Manager(Servable.load(quadrant_model_dir), {"stable": 1})
 
@@ -123,7 +123,7 @@ def test_model_info_errors_are_readable(manager):
 def test_default_threshold_when_the_model_has_none(manager, tmp_path):
     import shutil
 
-    from serving.servable import Servable
+    from components.servable import Servable
 
     copy = tmp_path / "leukemia" / "1"
     shutil.copytree(manager.servable.path, copy)
