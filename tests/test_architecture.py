@@ -50,7 +50,7 @@ def _inject(path: Path, line: str) -> None:
     # A component reaching up into serving: the layer contract names the import.
     ("components/settings.py", "import serving.client  # noqa", "components.settings -> serving.client"),
     # Hidden inside a function is still an import.
-    ("components/promote/gate.py", "def _f():\n    from pipelines import local  # noqa", "components.promote.gate -> pipelines.local"),
+    ("components/promote/gate/policy.py", "def _f():\n    from pipelines import local  # noqa", "components.promote.gate.policy -> pipelines.local"),
     # serving -> monitoring other than the one owned exception.
     ("serving/cli.py", "from monitoring import drift  # noqa", "serving.cli -> monitoring.drift"),
     # A cycle: the metrics module importing the executor that imports it.
