@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
 
 from components import domain  # noqa: E402
 from components.home import home  # noqa: E402
-from monitoring.features import FEATURE_NAMES, image_features  # noqa: E402
+from components.host_features import FEATURE_NAMES, image_features  # noqa: E402
 
 SEED = 42
 REFERENCE_SHARE = 0.70

@@ -40,7 +40,7 @@ class ModelConfig:
     """Everything one training run needs besides the data."""
 
     name: str
-    image_size: int = domain.IMAGE_SIZE
+    image_size: int = domain.IMAGE_SIZE  # the model's input side; the graph resizes every image to it, once
     weights: str = "imagenet"            # "imagenet" (standard Keras path), "none", or a file path
     brightness: str = "none"             # domain.BRIGHTNESS_METHODS, applied inside the model graph
     batch_size: int = 32
@@ -67,18 +67,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class Profile:
-    """A named set of model configs; `quick` fits 2 CPU cores, `full` is the paper's protocol."""
+    """A named set of model configs; `quick` fits 2 CPU cores, `full` is the paper's protocol.
+
+    Two sizes, never to be confused: `source_size` is the side the preprocess step stores images at;
+    each model's `image_size` is its input side, which may be smaller (quick trains cnn and resnet50 at 96).
+    Training resizes the stored pixels to the model's size once, as serving resizes what it receives. So
+    `source_size` is the dataset's own side (domain.IMAGE_SIZE): a smaller one would resize twice in
+    training (source -> stored -> model) and once in serving, a train/serve skew.
+    """
 
     name: str
-    image_size: int
-    models: dict[str, ModelConfig] = field(default_factory=dict)  # every model uses the profile's image_size
+    source_size: int
+    models: dict[str, ModelConfig] = field(default_factory=dict)
 
 
 def _quick() -> Profile:
     size = 128
     return Profile(
         name="quick",
-        image_size=size,
+        # Stored at the source size, not 128: cnn and resnet50 then resize 224 -> 96 once, as serving does.
+        source_size=domain.IMAGE_SIZE,
         models={
             # Measured on the real split, 2 shared cores (load 7-9): cnn 387 s train (best epoch 5 of 8,
             # ~45 s/epoch at 96 px), mobilenetv2 145 s, each evaluation 2-4 min; see the train/evaluate report.
@@ -95,10 +103,9 @@ def _quick() -> Profile:
 
 
 def _full() -> Profile:
-    size = domain.IMAGE_SIZE
     return Profile(
         name="full",
-        image_size=size,
+        source_size=domain.IMAGE_SIZE,
         models={
             "cnn": ModelConfig("cnn", weights="none", epochs=50, patience=10, learning_rate=1e-3),
             "resnet50": ModelConfig("resnet50", epochs=15, fine_tune_epochs=35, fine_tune_layers=40, learning_rate=1e-3),
@@ -109,10 +116,10 @@ def _full() -> Profile:
 
 def _smoke() -> Profile:
     """Tiny images and few epochs: the test suite's end-to-end runs on synthetic data."""
-    size = 32
+    size = 32  # the synthetic test images' own side
     return Profile(
         name="smoke",
-        image_size=size,
+        source_size=size,
         models={
             name: ModelConfig(name, image_size=size, weights="none", batch_size=16, epochs=2, patience=2, mixed_precision=False)
             for name in MODEL_NAMES
@@ -145,6 +152,11 @@ GATE_MIN_ROBUST_ACCURACY: float = 0.50   # worst accuracy under the evaluation's
 GATE_ROBUSTNESS_EXCLUDED: tuple[str, ...] = ("grayscale",)  # reported, not gated: no lab produces it
 GATE_MACRO_F1_MARGIN: float = 0.02       # candidates within this of the best are "as good"
 GATE_MAX_REGRESSION: float = 0.01        # a challenger may lose at most this much macro-F1 vs the champion
+
+# ---------------------------------------------------------------- serving
+# A top probability below this is flagged "low confidence: refer to a pathologist" (page, model card);
+# the trainer writes it into each model's metadata (components/model_metadata.py).
+LOW_CONFIDENCE_THRESHOLD: float = 0.6
 
 REGISTERED_MODEL_NAME: str = "leukemia-classifier"
 SERVED_MODEL_NAME: str = "leukemia"

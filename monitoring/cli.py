@@ -67,6 +67,7 @@ def _parse_args(items: list[str]) -> dict[str, str]:
 
 @app.command()
 def drift(
+    ctx: typer.Context,
     since: Optional[str] = typer.Option(None, "--since", help="Window from the request log: the last 90s/30m/24h/7d (default 24h)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Window from an image folder instead (class sub-folders give labels)."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Reference features file; default: the served version's assets.extra/reference_features.parquet."),
@@ -137,6 +138,7 @@ def drift(
             data_dir=str(data_dir) if data_dir else None,
             profile=profile,
             cooldown=cooldown_td,
+            local_runner=(ctx.obj or {}).get("local_runner"),  # the `leukoflow` root CLI gives the pipeline runner
         )
         result["trigger"] = trigger_mod.maybe_trigger(result, config)
     emit(result, as_json, _human)
@@ -151,7 +153,7 @@ def reference_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compute the reference profile: image features of the training split."""
-    from monitoring.reference import build_reference
+    from components.reference.executor import build_reference
 
     try:
         result = build_reference(split_dir, output)

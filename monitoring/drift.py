@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from components import atomic_files
-from monitoring.features import FEATURE_NAMES
+from components.host_features import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     from components import domain
-    from monitoring.features import image_features
+    from components.host_features import image_features
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -284,7 +284,7 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
 
 def reference_frame(path: str | Path) -> "pd.DataFrame":  # noqa: F821
     """A reference file with its label column renamed to `class`."""
-    from monitoring.reference import LABEL_COLUMN, load_reference
+    from components.reference.executor import LABEL_COLUMN, load_reference
 
     frame = load_reference(path)
     if LABEL_COLUMN in frame.columns:
@@ -294,7 +294,7 @@ def reference_frame(path: str | Path) -> "pd.DataFrame":  # noqa: F821
 
 def resolve_reference(explicit: str | Path | None, model_dir: str | Path, version: str | None = None) -> Path:
     """An explicit --reference, else the reference stored with the model version (see docs/monitoring.md)."""
-    from monitoring.reference import find_reference
+    from components.reference.executor import find_reference
 
     if explicit:
         path = Path(explicit)

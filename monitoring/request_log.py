@@ -7,7 +7,7 @@ A record holds what the monitor needs and nothing that identifies a patient:
      "model": "leukemia", "version": 3, "label": "stable",   # served model, version, version label
      "predicted_label": "Pre",
      "confidences": {"Benign": 0.01, "Early": 0.02, "Pre": 0.95, "Pro": 0.02},
-     "features": {...monitoring.features.FEATURE_NAMES...}}
+     "features": {...components.host_features.FEATURE_NAMES...}}
 
 Only the keys in ALLOWED_KEYS are written (file names, paths, client addresses
 and any other field are dropped), and the image itself only when the log was
@@ -168,7 +168,7 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
     import pandas as pd
 
     from components.domain import CLASS_NAMES
-    from monitoring.features import FEATURE_NAMES
+    from components.host_features import FEATURE_NAMES
 
     columns = ["timestamp", "model", "version", "label", "predicted_label"]
     columns += [f"confidence_{c}" for c in CLASS_NAMES] + list(FEATURE_NAMES)

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from components import atomic_files
 
@@ -36,6 +36,11 @@ DEFAULT_EXPERIMENT = "leukoflow-retraining"
 KFP_HOST_ENV = "KFP_HOST"
 KFP_NAMESPACE_ENV = "KFP_NAMESPACE"  # multi-user KFP: the profile namespace runs are created in
 MAX_RUNS_KEPT = 100
+
+# Runs the whole pipeline here and returns its summary: runner(data_dir=, profile=, drift_report=, **arguments).
+# The pipelines layer hands it in (pipelines/cli.py passes pipelines.local.run_local): monitoring sits below
+# pipelines and never imports the runner itself (docs/architecture.md).
+LocalRunner = Callable[..., dict[str, Any]]
 
 
 def state_path() -> Path:
@@ -65,6 +70,7 @@ class TriggerConfig:
     profile: str = "quick"                       # local runs: training profile
     cooldown: timedelta = DEFAULT_COOLDOWN
     state_file: Path | None = None
+    local_runner: LocalRunner | None = None      # local runs: the pipeline runner, given by the layer above
 
     @property
     def mode(self) -> str:
@@ -159,16 +165,15 @@ def submit_kfp(config: TriggerConfig, report_json: str) -> dict[str, Any]:
 
 def run_locally(config: TriggerConfig, report_json: str) -> dict[str, Any]:
     """Run the whole pipeline here with the local runner (blocks until it ends)."""
-    try:
-        from pipelines.local import run_local
-    except ImportError as exc:
-        raise RuntimeError(f"the local pipeline runner (pipelines.local.run_local) is not available: {exc}") from exc
+    if config.local_runner is None:
+        raise RuntimeError("no local pipeline runner was given: local retraining starts from the `leukoflow` CLI "
+                           "(which passes pipelines.local.run_local); elsewhere give a KFP host")
     from components.home import default_data_dir
 
     data_dir = config.data_dir or str(default_data_dir())
     if not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data directory not found for the local retraining run: {data_dir}")
-    summary = run_local(data_dir=data_dir, profile=config.profile, drift_report=report_json, **config.arguments)
+    summary = config.local_runner(data_dir=data_dir, profile=config.profile, drift_report=report_json, **config.arguments)
     return {
         "mode": "local",
         "status": summary.get("status"),

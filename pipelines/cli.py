@@ -51,7 +51,14 @@ def main() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app()
+    app(obj={"local_runner": _run_local})
+
+
+def _run_local(**kwargs) -> dict:
+    """The local pipeline runner, handed down to `leukoflow monitor drift --trigger` (monitoring cannot import it)."""
+    from pipelines.local import run_local
+
+    return run_local(**kwargs)
 
 
 if __name__ == "__main__":

@@ -53,4 +53,6 @@ class _TyperCommand(click.Command):
         self.command = command
 
     def invoke(self, ctx: click.Context):
-        return self.command.main(list(ctx.params["args"]), prog_name=ctx.command_path, standalone_mode=True)
+        # obj carries what the root hands down (e.g. the local pipeline runner for `monitor drift --trigger`).
+        return self.command.main(list(ctx.params["args"]), prog_name=ctx.command_path, standalone_mode=True,
+                                 obj=ctx.obj)

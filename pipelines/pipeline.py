@@ -14,7 +14,8 @@ from components import settings
 from components.dedup.component import dedup_op
 from components.evaluate.component import compare_op, evaluate_op
 from components.preprocess.component import preprocess_op
-from components.promote.component import gate_op, promote_op
+from components.promote.gate.component import gate_op
+from components.promote.pusher.component import promote_op
 from components.reference.component import reference_op
 from components.split.component import split_op
 from components.train.component import train_op

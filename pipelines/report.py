@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from components import atomic_files, home
+from components import atomic_files, home, settings
 from components.cli_output import emit, fail
 
 app = typer.Typer(add_completion=False)
@@ -21,7 +21,6 @@ PAPER = {
     "resnet50": {"accuracy": 0.9709, "macro_f1": 0.97},
     "mobilenetv2": {"accuracy": 0.9663, "macro_f1": 0.96},
 }
-MODEL_ORDER = ("cnn", "resnet50", "mobilenetv2")
 DATASET_CITATION = (
     'Aria et al., "Acute Lymphoblastic Leukemia (ALL) image dataset", Taleqani Hospital, Tehran; '
     "Kaggle 2021, doi:10.34740/KAGGLE/DSV/2175623"
@@ -84,7 +83,7 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
     docs_dir = output.parent
     assets = docs_dir / (output.stem + "_files")
     models = _model_dirs(run)
-    ordered = [m for m in MODEL_ORDER if m in models] + sorted(set(models) - set(MODEL_ORDER))
+    ordered = [m for m in settings.MODEL_NAMES if m in models] + sorted(set(models) - set(settings.MODEL_NAMES))
     hardware = hardware or f"{platform.machine()} CPU, {_cpu_count()} cores (no GPU)"
 
     lines = [

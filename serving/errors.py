@@ -85,7 +85,7 @@ def from_exception(exc: BaseException) -> ServingError:
     """Map any exception from the model or our own code to a ServingError (TF errors keep their code)."""
     if isinstance(exc, ServingError):
         return exc
-    from serving.servable import InputError, SignatureNotFound
+    from components.servable import InputError, SignatureNotFound
 
     if isinstance(exc, SignatureNotFound):
         return failed_precondition(str(exc.args[0]))

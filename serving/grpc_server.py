@@ -16,7 +16,7 @@ import numpy as np
 
 from serving.errors import ServingError, from_exception, invalid_argument
 from serving.limits import check_batch, example_images
-from serving.servable import DEFAULT_SIGNATURE, example_list
+from components.servable import DEFAULT_SIGNATURE, example_list
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.server import ServingCore, SSLConfig

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from serving.errors import ServingError, failed_precondition, from_exception, invalid_argument, not_found, servable_not_found
-from serving.servable import Servable
+from components.servable import Servable
 
 log = logging.getLogger(__name__)
 

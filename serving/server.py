@@ -22,7 +22,7 @@ from serving.errors import from_exception
 from serving.limits import Limits, check_batch, check_images, example_images, find_undecodable
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
-from serving.servable import Servable
+from components.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class RequestLogger:
 
     def _drain(self) -> None:
         from components import domain
-        from monitoring.features import image_features
+        from components.host_features import image_features
 
         while True:
             item = self._queue.get()

@@ -18,19 +18,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from components import atomic_files, domain, settings
+from components.perceptual_hash import phash_rgb
 from components.validate.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
 HASH_BITS = 64
-
-
-def phash_rgb(rgb) -> str:
-    """imagehash's 64-bit pHash of a uint8 RGB array from `domain.load_rgb` (or that array as a PIL image), as 16 hex digits."""
-    import imagehash
-    from PIL import Image
-
-    return str(imagehash.phash(rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)))
 
 
 def perceptual_hash(data: bytes) -> str:

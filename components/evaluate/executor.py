@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from components import atomic_files, domain, records, settings
+from components import atomic_files, domain, model_metadata, records, settings
+from components.evaluate.metrics import BOOTSTRAP_RESAMPLES, bootstrap_ci, classification_metrics
 from components.train import input as train_input
 
 log = logging.getLogger(__name__)
-BOOTSTRAP_RESAMPLES = 1000
 
 
 def find_saved_model(model_dir: str | Path) -> Path:
@@ -27,53 +27,6 @@ def find_saved_model(model_dir: str | Path) -> Path:
         if (candidate / "saved_model.pb").is_file():
             return candidate
     raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {model_dir} or {model_dir / 'saved_model'}")
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """Accuracy, per-class P/R/F1/support, macro and weighted F1, confusion matrix (rows true, columns predicted)."""
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = np.arange(domain.NUM_CLASSES)
-    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
-            for i, name in enumerate(domain.CLASS_NAMES)
-        },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "class_names": list(domain.CLASS_NAMES),
-    }
-
-
-def _macro_f1_from_confusion(cm: np.ndarray) -> float:
-    """Macro-F1 from a confusion matrix, as sklearn computes it with zero_division=0."""
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # (tp + fp) + (tp + fn)
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
-
-
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = settings.SEED,
-                 level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals (test images resampled with replacement) for accuracy and macro-F1."""
-    rng = np.random.default_rng(seed)
-    k = domain.NUM_CLASSES
-    n = len(y_true)
-    cells = np.asarray(y_true) * k + np.asarray(y_pred)
-    acc, f1 = np.empty(resamples), np.empty(resamples)
-    for i in range(resamples):
-        cm = np.bincount(cells[rng.integers(0, n, n)], minlength=k * k).reshape(k, k)
-        acc[i] = np.trace(cm) / n
-        f1[i] = _macro_f1_from_confusion(cm)
-    tail = (1 - level) / 2 * 100
-    return {
-        "accuracy_ci": [float(np.percentile(acc, tail)), float(np.percentile(acc, 100 - tail))],
-        "macro_f1_ci": [float(np.percentile(f1, tail)), float(np.percentile(f1, 100 - tail))],
-    }
 
 
 def _batched(fn, values, batch: int) -> np.ndarray:
@@ -142,15 +95,15 @@ def run_evaluate(
     import tensorflow as tf
 
     from components.evaluate.robustness import PERTURBATIONS, robustness
-    from components.train.export import dir_size, read_meta
+    from components.train.export import dir_size
 
     started = time.perf_counter()
     split_dir, model_dir, out_dir = Path(split_dir), Path(model_dir), Path(out_dir)
     saved_model = find_saved_model(model_dir)
     train_input.split_shards(split_dir, "test")
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = read_meta(saved_model)
-    size = int(meta["image_size"])
+    meta = model_metadata.read(saved_model)
+    size = meta.image_size
     train_info = {}
     if (saved_model.parent / "train.json").is_file():
         train_info = json.loads((saved_model.parent / "train.json").read_text())
@@ -165,7 +118,7 @@ def run_evaluate(
     mark = time.perf_counter()
     probs = _batched(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), encoded, 32)
     y_pred = probs.argmax(axis=1)
-    metrics = {"model": meta.get("model", train_info.get("model", saved_model.parent.name))}
+    metrics = {"model": meta.model}
     metrics.update(classification_metrics(y_true, y_pred))
     metrics.update(bootstrap_ci(y_true, y_pred, bootstrap, seed))
     # Reorder so the intervals sit beside their point estimates, as in the documented schema.

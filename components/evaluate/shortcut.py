@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import atomic_files
+from components import atomic_files, settings
 
 HSV_BINS = 16
 SHORTCUT_SIZE = 96  # global colour statistics hardly depend on resolution; keeps the baseline cheap
@@ -37,11 +37,11 @@ def colour_features(rgb: np.ndarray) -> np.ndarray:
 
 
 def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-              seed: int = 42) -> dict:
+              seed: int = settings.SEED) -> dict:
     """Fit HistGradientBoostingClassifier on train features, score on test: accuracy, macro-F1, Benign recall."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from components.evaluate.executor import classification_metrics
+    from components.evaluate.metrics import classification_metrics
 
     from threadpoolctl import threadpool_limits
 
@@ -75,7 +75,7 @@ def _cache_key(split_dir: Path, seed: int) -> str:
     return digest.hexdigest()[:24]
 
 
-def shortcut_on_split(split_dir: str | Path, seed: int = 42, use_cache: bool = True) -> dict:
+def shortcut_on_split(split_dir: str | Path, seed: int = settings.SEED, use_cache: bool = True) -> dict:
     """The shortcut baseline trained on split_dir/train and tested on split_dir/test.
 
     It does not depend on the model, so the three evaluations of one split share one result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -31,7 +32,8 @@ def _human(result: dict) -> str:
 def preprocess(
     kept: Path = typer.Option(None, "--kept", help="kept.csv from `leukoflow data dedup` (default: the last dedup run's)."),
     out: Path = typer.Option(None, "--out", help="Output directory (default: $LEUKOFLOW_HOME/runs/data/preprocess)."),
-    image_size: int = typer.Option(domain.IMAGE_SIZE, "--image-size", help="Side in pixels of the stored, resized images."),
+    profile: str = typer.Option("quick", "--profile", help="Training profile whose source size the images are stored at (quick|full|smoke), as the pipeline does."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Store at this side in pixels instead of the profile's source size."),
     num_shards: int = typer.Option(settings.NUM_SHARDS, "--num-shards", help="Number of TFRecord shards."),
     brightness: str = typer.Option("none", "--brightness", help="Brightness method recorded for the model graph: none|mean (applied in-graph, not to stored pixels)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
@@ -41,7 +43,8 @@ def preprocess(
     from components.preprocess.executor import run_preprocess
 
     try:
-        result = run_preprocess(kept or dedup_out() / "kept.csv", out or default_out(), image_size=image_size,
+        size = image_size if image_size is not None else settings.profile(profile).source_size
+        result = run_preprocess(kept or dedup_out() / "kept.csv", out or default_out(), image_size=size,
                                 num_shards=num_shards, brightness=brightness)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)

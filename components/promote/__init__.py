@@ -1,1 +1,1 @@
-"""Promotion: the gate's decision, infra validation, the TF Serving model store and the MLflow registry."""
+"""Promotion as TFX splits it: gate/ (decision + infra validation), pusher/ (model store, models.config, model card, registry writes); registry.py is shared."""

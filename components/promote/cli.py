@@ -62,7 +62,7 @@ def promote(
 ) -> None:
     """Gate the evaluated candidates and promote the best-balanced one (model store, models.config, registry)."""
     from components.promote.executor import PromotionError, run_promote
-    from components.promote.gate import Policy
+    from components.promote.gate.policy import Policy
 
     paths = list(candidates or []) + list(extra or []) or _default_candidates()
     if not paths:

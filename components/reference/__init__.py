@@ -1,1 +1,1 @@
-"""The drift monitor's reference profile as a pipeline step; the logic lives in monitoring/reference.py."""
+"""The drift monitor's reference profile as a pipeline step; build_reference in executor.py."""

@@ -1,5 +1,7 @@
 """KFP component: train one model from a profile's config and export it (the Model artifact is the training output dir)."""
 
+from typing import Optional
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -14,14 +16,15 @@ def train_op(
     trained: Output[Model],
     metrics: Output[Metrics],
     summary: Output[Markdown],
-    weights: str = "{}",
+    weights: Optional[str] = None,
     seed: int = -1,
-    overrides_json: str = "{}",
+    overrides_json: Optional[str] = None,
 ) -> float:
     """Run components.train.executor.run_train; returns the validation accuracy.
 
     `weights`: JSON {model name: "imagenet" | "none" | path} (models not named keep the profile's), or one value for all.
-    `overrides_json`: other ModelConfig fields to override, as a JSON object. `seed` -1: the profile's.
+    `overrides_json`: other ModelConfig fields to override, as a JSON object. `seed` -1: the profile's (an int
+    cannot be Optional here: kfp 2.17's local runner fails on a None int, `int(None)` in executor_input_utils).
     (Defaults must be literals: KFP runs this function's source on its own, without the module's imports.)
     """
     import json

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -293,9 +292,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
 
     keras_path = out_dir / "keras" / "model.keras"
     keras_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_keras = keras_path.with_name(".model.tmp.keras")
-    model.save(tmp_keras)
-    os.replace(tmp_keras, keras_path)
+    atomic_files.replace_file(keras_path, model.save)  # the temp name keeps .keras, which model.save requires
 
     saved_model = None
     if export_saved_model:  # always in the CLI and pipeline; tests of training alone skip the slow tracing

@@ -3,26 +3,25 @@
 Signatures: `serving_default` (encoded bytes), `predict_pixels` (float pixels) and `classify`
 (tf.Example, TF Serving's Classify API). Decoding and resizing use the domain module's graph
 functions, so serving cannot drift from training. `assets.extra/` holds TF Serving warmup
-requests, `leukoflow.json` and a copy of the Keras model (for Grad-CAM on the serving page).
+requests, `leukoflow.json` (components/model_metadata.py) and a copy of the Keras model (for Grad-CAM
+on the serving page).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from components import domain, settings
+from components import domain, model_metadata, settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-LOW_CONFIDENCE_THRESHOLD = 0.6  # the serving page flags a top probability below this
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 WARMUP_FILE = "tf_serving_warmup_requests"
-META_FILE = "leukoflow.json"
+SIGNATURES = ("serving_default", "predict_pixels", "classify")
 
 
 def _set_method_name(export_dir: Path, signature: str, method: str) -> None:
@@ -115,19 +114,18 @@ def export_saved_model(
     try:
         archive.write_out(str(tmp), verbose=False)
         _set_method_name(tmp, "classify", CLASSIFY_METHOD)
-        extra = tmp / "assets.extra"
+        extra = tmp / model_metadata.ASSETS_EXTRA
         extra.mkdir(exist_ok=True)
         write_warmup(extra / WARMUP_FILE, list(warmup_images))
-        meta = {
-            "model": model_name,
-            "image_size": size,
-            "brightness": brightness,
-            "class_names": list(domain.CLASS_NAMES),
-            "low_confidence_threshold": LOW_CONFIDENCE_THRESHOLD,
-            "signatures": ["serving_default", "predict_pixels", "classify"],
-            "keras_model": "model.keras" if keras_path else None,
-        }
-        (extra / META_FILE).write_text(json.dumps(meta, indent=2))
+        model_metadata.write(tmp, model_metadata.ModelMetadata(
+            model=model_name,
+            image_size=size,
+            brightness=brightness,
+            class_names=domain.CLASS_NAMES,
+            low_confidence_threshold=settings.LOW_CONFIDENCE_THRESHOLD,
+            signatures=SIGNATURES,
+            keras_model="model.keras" if keras_path else None,
+        ))
         if keras_path:
             shutil.copy2(keras_path, extra / "model.keras")
         if export_dir.exists():
@@ -137,11 +135,6 @@ def export_saved_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return export_dir
-
-
-def read_meta(export_dir: str | Path) -> dict:
-    """assets.extra/leukoflow.json of an exported model."""
-    return json.loads((Path(export_dir) / "assets.extra" / META_FILE).read_text())
 
 
 def dir_size(path: str | Path) -> int:

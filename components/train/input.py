@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components import domain, records
+from components import domain, records, settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorflow as tf
@@ -70,7 +70,7 @@ def dataset(
     batch_size: int,
     training: bool = False,
     augment: bool = False,
-    seed: int = 42,
+    seed: int = settings.SEED,
     cache: bool = True,
     count: int | None = None,
 ) -> "tf.data.Dataset":

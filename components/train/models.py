@@ -134,10 +134,15 @@ def resolve_weights(config: ModelConfig) -> tuple[str | None, str]:
         if fallback.is_file():
             return str(fallback), str(fallback)
         wanted = cache / mobilenet_notop_name(config.image_size if config.image_size in MOBILENET_SIZES else 224)
-    else:
+    elif config.name == "resnet50":
         wanted = cache / RESNET50_NOTOP
         if wanted.is_file():
             return "imagenet", str(wanted)
+    else:  # a new model needs its own rule here; never fall back to another model's file
+        raise ValueError(
+            f"no ImageNet weights rule for model {config.name!r} (rules exist for resnet50 and mobilenetv2); "
+            "add one in components/train/models.resolve_weights, or pass --weights none or a weights file"
+        )
     return "imagenet", f"download:{wanted}"  # not cached: let Keras try its download, caught below
 
 

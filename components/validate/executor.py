@@ -123,8 +123,8 @@ def inspect_file(item: tuple[str, str, str]) -> dict:
     """One manifest row: hashes, geometry, decodability; never raises for a bad file."""
     from PIL import Image, ImageStat
 
-    from components.dedup.executor import phash_rgb
-    from monitoring.features import mean_brightness
+    from components.perceptual_hash import phash_rgb
+    from components.host_features import mean_brightness
 
     path, rel_path, label = item
     row = {c: None for c in MANIFEST_COLUMNS}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from components import domain
+from components import domain, model_metadata
 
 FEATURE_LAYER = "feature_map"
 MODEL_FILE = Path("assets.extra") / "model.keras"
-META_FILE = Path("assets.extra") / "leukoflow.json"
 DISPLAY_MAX_SIDE = 512      # the overlay is sent back at most this large (the page shows it small)
 DEFAULT_ALPHA = 0.5
 CACHE_SIZE = 4              # versions kept in memory: stable, canary and a swap in flight
@@ -52,16 +50,6 @@ class Explainer:
     lock: threading.Lock
     num_classes: int = 0
     step: Any = None              # compiled (image, class or -1) -> (feature map, gradients, probabilities, class)
-
-
-def read_meta(version_dir: str | Path) -> dict:
-    """`assets.extra/leukoflow.json` of a version, or {} when absent or unreadable."""
-    path = Path(version_dir) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _build(version_dir: str) -> Explainer:
@@ -98,10 +86,10 @@ def _build(version_dir: str) -> Explainer:
         scores, logits = out, False
     grad_model = keras.Model(model.inputs, [feature.output, scores])
 
-    meta = read_meta(version_dir)
+    meta = model_metadata.read_or_none(version_dir)
     shape = model.inputs[0].shape
-    size = int(shape[1] or meta.get("image_size") or domain.IMAGE_SIZE)  # the graph's own input size wins
-    names = tuple(meta.get("class_names") or domain.CLASS_NAMES)
+    size = int(shape[1] or (meta.image_size if meta else domain.IMAGE_SIZE))  # the graph's own input size wins
+    names = meta.class_names if meta else domain.CLASS_NAMES
     explainer = Explainer(str(version_dir), grad_model, logits, head, size, names, threading.Lock(),
                           num_classes=int(model.outputs[0].shape[-1]))
     explainer.step = _compile_step(explainer)

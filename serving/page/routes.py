@@ -47,8 +47,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 
-# Used when the model's leukoflow.json has no threshold: the trainer's and the model card's default.
-DEFAULT_LOW_CONFIDENCE = 0.6
 # Upload limits the page checks before sending; the server's own limits (manager.limits) win.
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -142,7 +140,8 @@ def _static(path: str) -> Response:
 
 def model_info(manager: Any, name: str, version: str | None = None, label: str | None = None) -> dict:
     """What the page shows about the answering model: version, label, classes, threshold, limits."""
-    from serving.page.gradcam import preload, read_meta
+    from components import domain, model_metadata
+    from serving.page.gradcam import preload
 
     used_label = label
     if version is None and label is None:
@@ -155,23 +154,18 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
             servable = manager.resolve(name)
     else:
         servable = _resolve(manager, name, version, label)
-    meta = read_meta(servable.path)
+    meta = model_metadata.read_or_none(servable.path)
     preload(servable.path)  # the heatmap is usually asked for seconds later
-    threshold = meta.get("low_confidence_threshold")
-    threshold_source = "model" if isinstance(threshold, (int, float)) else "default"
-    if threshold_source == "default":
-        threshold = DEFAULT_LOW_CONFIDENCE
-    from components import domain
-
+    has_threshold = meta is not None and meta.low_confidence_threshold is not None
     return {
         "name": name,
         "version": int(servable.version),
         "label": used_label,
-        "class_names": list(meta.get("class_names") or domain.CLASS_NAMES),
-        "image_size": meta.get("image_size"),
-        "model": meta.get("model"),
-        "low_confidence_threshold": float(threshold),
-        "threshold_source": threshold_source,
+        "class_names": list(meta.class_names if meta else domain.CLASS_NAMES),
+        "image_size": meta.image_size if meta else None,
+        "model": meta.model if meta else None,
+        "low_confidence_threshold": meta.low_confidence if meta else settings.LOW_CONFIDENCE_THRESHOLD,
+        "threshold_source": "model" if has_threshold else "default",
         "max_upload_bytes": upload_limit(manager),
         "max_pixels": _limit(manager, "max_image_pixels", "max_pixels", default=DEFAULT_MAX_PIXELS),
         "explain": (Path(servable.path) / "assets.extra" / "model.keras").is_file(),

@@ -56,9 +56,13 @@ def test_chain_with_default_dirs(synthetic_data, tmp_path, monkeypatch):
     assert set(out) >= {"images", "kept", "groups", "conflicts"}
     assert [sorted(c) for c in out["conflicts"]] == [sorted(synthetic_data["cross_label"])]
     assert (tmp_path / "home" / "runs" / "data" / "dedup" / "kept.csv").is_file()
-    pre = runner.invoke(preprocess_app, ["--image-size", "8", "--num-shards", "1", "--json"])
+    pre = runner.invoke(preprocess_app, ["--profile", "smoke", "--num-shards", "1", "--json"])
     assert pre.exit_code == 0, pre.output
-    assert _json(pre)["count"] == out["kept"]
+    assert _json(pre)["count"] == out["kept"] and _json(pre)["image_size"] == 32  # smoke's source size
+    unknown = runner.invoke(preprocess_app, ["--profile", "huge", "--json"])
+    assert unknown.exit_code == 1 and "unknown profile 'huge'" in _json(unknown)["error"]
+    pre = runner.invoke(preprocess_app, ["--image-size", "8", "--num-shards", "1", "--json"])
+    assert pre.exit_code == 0 and _json(pre)["image_size"] == 8, pre.output
     split = runner.invoke(split_app, ["--json"])
     assert split.exit_code == 0, split.output
     res = _json(split)

@@ -24,7 +24,7 @@ def test_data_components_under_kfp_local(synthetic_data, tmp_path):
     def data_steps(data_dir: str):
         validate = validate_op(data_dir=data_dir, min_per_class=10)
         dedup = dedup_op(manifest=validate.outputs["manifest"])
-        preprocess = preprocess_op(kept=dedup.outputs["kept"], profile="smoke", num_shards=2)
+        preprocess = preprocess_op(kept=dedup.outputs["kept"], profile="smoke")
         split_op(kept=dedup.outputs["kept"], preprocessed=preprocess.outputs["shards"], seed=3)
 
     data_steps(data_dir=synthetic_data["root"])

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from components.evaluate.compare import compare
-from components.evaluate.executor import bootstrap_ci, classification_metrics, run_evaluate
+from components.evaluate.executor import run_evaluate
+from components.evaluate.metrics import bootstrap_ci, classification_metrics
 from components.evaluate.robustness import PERTURBATIONS, perturb
 
 SCHEMA_KEYS = {"model", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "per_class",
@@ -93,7 +94,7 @@ def test_evaluate_trained_model_and_compare(trained, tiny_split, tmp_path):
 def test_bootstrap_macro_f1_agrees_with_sklearn():
     from sklearn.metrics import confusion_matrix, f1_score
 
-    from components.evaluate.executor import _macro_f1_from_confusion
+    from components.evaluate.metrics import _macro_f1_from_confusion
 
     rng = np.random.default_rng(3)
     for _ in range(20):

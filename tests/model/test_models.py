@@ -91,3 +91,12 @@ def test_missing_imagenet_weights_say_where_keras_looked(tiny_split, tmp_path):
     expected = keras_home / "models" / models.mobilenet_notop_name(224)
     assert str(expected) in error
     assert "make weights" in error and "--weights" in error
+
+
+def test_imagenet_weights_of_a_model_without_a_rule_are_an_error(tmp_path, monkeypatch):
+    """A fourth model must not silently look for ResNet50's file: a clear error names the model and the fix."""
+    monkeypatch.setattr(models, "keras_cache_dir", lambda: tmp_path)
+    (tmp_path / models.RESNET50_NOTOP).write_bytes(b"not really weights")
+    with pytest.raises(ValueError, match="no ImageNet weights rule for model 'efficientnet'.*--weights none"):
+        models.resolve_weights(ModelConfig("efficientnet", image_size=32, weights="imagenet"))
+    assert models.resolve_weights(ModelConfig("resnet50", image_size=32, weights="imagenet"))[0] == "imagenet"

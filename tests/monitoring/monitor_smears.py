@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from monitoring.features import image_features
+from components.host_features import image_features
 
 # Background tint per class (RGB) and nucleus radius (fraction of the side): classes differ in colour, as on the real data.
 TINT = {"Benign": (222, 180, 200), "Early": (200, 170, 215), "Pre": (180, 170, 220), "Pro": (225, 215, 200)}

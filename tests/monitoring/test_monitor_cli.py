@@ -116,3 +116,25 @@ def test_insufficient_data_and_errors(reference_file, same_window, tmp_path, mon
     missing = runner.invoke(cli.app, ["reference", "--split-dir", str(tmp_path / "nope"), "--output",
                                       str(tmp_path / "r.parquet"), "--json"])
     assert missing.exit_code == 1 and "train/" in _json(missing)["error"]
+
+
+def test_local_retraining_gets_the_runner_from_the_root_cli(reference_file, tmp_path, monkeypatch, capsys):
+    """`leukoflow monitor drift --trigger` without a KFP host runs the pipeline runner the root CLI hands down."""
+    import pipelines.cli
+    import pipelines.local
+
+    monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KFP_HOST", raising=False)
+    bright = tmp_path / "bright"
+    save_images(bright, balanced(60), seed=5, lamp=1.2)
+    calls = []
+    monkeypatch.setattr(pipelines.local, "run_local", lambda **kw: calls.append(kw) or {"status": "succeeded"})
+    monkeypatch.setattr(sys, "argv", ["leukoflow", "monitor", "drift", "--images", str(bright), "--reference",
+                                      str(reference_file), "--json", "--no-workspace", "--trigger",
+                                      "--data-dir", str(tmp_path), "--profile", "smoke"])
+    with pytest.raises(SystemExit) as exit_:
+        pipelines.cli.main()
+    assert exit_.value.code == cli.EXIT_DRIFT
+    out = json.loads(capsys.readouterr().out)
+    assert out["trigger"]["triggered"] is True, out["trigger"]
+    assert len(calls) == 1 and calls[0]["profile"] == "smoke" and calls[0]["drift_report"] == out["report_json"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from monitor_smears import smear
 
-from monitoring.features import FEATURE_NAMES, file_features, image_features, mean_brightness
+from components.host_features import FEATURE_NAMES, file_features, image_features, mean_brightness
 
 
 @pytest.fixture(scope="module")

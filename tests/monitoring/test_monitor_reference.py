@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from components import records
-from monitoring.features import FEATURE_NAMES
-from monitoring.reference import build_reference, find_reference, load_reference
+from components.host_features import FEATURE_NAMES
+from components.reference.executor import build_reference, find_reference, load_reference
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

@@ -194,13 +194,17 @@ def test_create_schedule_creates_experiment(tmp_path, fake_kfp):
         schedule.create_schedule("0 0 3 * * 1", "weekly", str(tmp_path / "nope.yaml"))
 
 
-def test_local_trigger_errors_are_clear_and_release_the_episode(tmp_path, monkeypatch):
+def test_local_trigger_errors_are_clear_and_release_the_episode(tmp_path):
     state = tmp_path / "trigger_state.json"
-    config = trigger.TriggerConfig(data_dir=str(tmp_path / "no-data"), state_file=state)
+    out = trigger.maybe_trigger(_drift(), trigger.TriggerConfig(data_dir=str(tmp_path), state_file=state))
+    assert not out["triggered"] and "no local pipeline runner" in out["reason"]  # none handed in from above
+    calls = []
+    config = trigger.TriggerConfig(data_dir=str(tmp_path / "no-data"), state_file=state, profile="smoke",
+                                   local_runner=lambda **kw: calls.append(kw) or {"status": "succeeded"})
     out = trigger.maybe_trigger(_drift(), config)
     assert not out["triggered"] and "data directory not found" in out["reason"]
-    monkeypatch.setitem(sys.modules, "pipelines.local", None)  # the local runner is absent
+    assert json.loads(state.read_text())["episode"]["run"] is None and not calls
     (tmp_path / "no-data").mkdir()
-    out = trigger.maybe_trigger(_drift(), config)
-    assert not out["triggered"] and "local pipeline runner" in out["reason"]
-    assert json.loads(state.read_text())["episode"]["run"] is None
+    out = trigger.maybe_trigger(_drift("/r/9.json"), config)
+    assert out["triggered"] and out["run"]["status"] == "succeeded"
+    assert calls == [{"data_dir": str(tmp_path / "no-data"), "profile": "smoke", "drift_report": "/r/9.json"}]

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from monitoring.features import FEATURE_NAMES
+from components.host_features import FEATURE_NAMES
 from monitoring.request_log import RequestLog, log_files, read_requests
 
 

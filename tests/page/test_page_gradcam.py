@@ -47,7 +47,7 @@ def test_heatmap_shapes_and_overlay(quadrant_model_dir):
 
 def test_probabilities_match_the_served_signature(quadrant_model_dir):
     """The explanation explains the prediction the server makes: same decode, same model."""
-    from serving.servable import Servable
+    from components.servable import Servable
 
     servable = Servable.load(quadrant_model_dir)
     x, _ = quadrant_images(3, seed=4)
@@ -142,7 +142,7 @@ def test_models_built_and_exported_by_the_training_step(tmp_path, name="cnn", br
     from components.settings import ModelConfig
     from components.train.export import export_saved_model
     from components.train.models import build_model as build_trained
-    from serving.servable import Servable
+    from components.servable import Servable
 
     model = build_trained(ModelConfig(name, image_size=SIZE, weights="none", brightness=brightness))
     keras_path = tmp_path / "model.keras"

@@ -51,7 +51,7 @@ class Manager:
 
 @pytest.fixture(scope="module")
 def manager(quadrant_model_dir):
-    from serving.servable import Servable
+    from components.servable import Servable
 
     return Manager(Servable.load(quadrant_model_dir), {"stable": 1})
 
@@ -123,18 +123,18 @@ def test_model_info_errors_are_readable(manager):
 def test_default_threshold_when_the_model_has_none(manager, tmp_path):
     import shutil
 
-    from serving.servable import Servable
+    from components.servable import Servable
 
     copy = tmp_path / "leukemia" / "1"
     shutil.copytree(manager.servable.path, copy)
     meta = copy / "assets.extra" / "leukoflow.json"
     meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "low_confidence_threshold"}))
-    from components.train.export import LOW_CONFIDENCE_THRESHOLD
+    from components import settings
 
-    assert routes.DEFAULT_LOW_CONFIDENCE == LOW_CONFIDENCE_THRESHOLD  # one default, the trainer's
     other = Manager(Servable.load(copy), {})
     status, info = _json(routes.handle("GET", "/ui/model", {}, b"", other))
-    assert info["low_confidence_threshold"] == routes.DEFAULT_LOW_CONFIDENCE and info["threshold_source"] == "default"
+    assert info["low_confidence_threshold"] == settings.LOW_CONFIDENCE_THRESHOLD
+    assert info["threshold_source"] == "default"
 
 
 @pytest.mark.parametrize("path", [

@@ -6,8 +6,10 @@ import promote_helpers as H
 from kfp import dsl, local
 from kfp.dsl import Artifact, Dataset, Output
 
-from components.promote import model_store, registry
-from components.promote.component import gate_op, promote_op
+from components.promote import registry
+from components.promote.gate.component import gate_op
+from components.promote.pusher import model_store
+from components.promote.pusher.component import promote_op
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)

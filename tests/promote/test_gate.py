@@ -6,8 +6,8 @@ import pytest
 import promote_helpers as H
 
 from components import domain
-from components.promote import gate
-from components.promote.gate import Candidate, Policy
+from components.promote.gate import policy as gate
+from components.promote.gate.policy import Candidate, Policy
 
 
 def cand(name, macro_f1, params, recall=0.9, robust=0.8, latency=10.0, accuracy=None):

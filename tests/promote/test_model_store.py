@@ -9,7 +9,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from components import home
-from components.promote import model_store as ms
+from components.promote.pusher import model_store as ms
 
 
 def _parse(path: Path):

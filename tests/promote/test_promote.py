@@ -12,7 +12,10 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from components import home
-from components.promote import executor, infra_validation, model_store, registry
+from components.promote import executor, registry
+from components.promote.gate import infra_validation
+from components.promote.gate.executor import split_hash
+from components.promote.pusher import model_store
 
 
 def _cands(tmp_path, models, **specs):
@@ -55,7 +58,7 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
     (v,) = registry.versions()
     tags = v["tags"]
     assert tags["model"] == "mobilenetv2" and tags["pipeline_run_id"] == "run-1" and tags["status"] == "promoted"
-    assert tags["split_hash"] == executor.split_hash(split_dir) and tags["data_hash"].endswith(".dir")
+    assert tags["split_hash"] == split_hash(split_dir) and tags["data_hash"].endswith(".dir")
     assert tags["model_card"].endswith("model_card.md") and "promoted mobilenetv2" in tags["gate_decision"]
     assert tags["drift_report"] == "/reports/drift-1.json"
     assert tags["reference_profile"] == str(vdir / "assets.extra" / "reference_features.parquet")

@@ -436,7 +436,7 @@ def test_prometheus_metrics_and_request_log(server, rest, stub):
     assert 'leukoflow_serving_loaded_versions{model="leukemia",version="1"} 1.0' in text
     assert "leukoflow_serving_batch_size_bucket" in text
     from components import domain
-    from monitoring.features import image_features
+    from components.host_features import image_features
 
     # The log's features are computed from the very image sent (decoded off the request path).
     distinct = encode_png(np.full((40, 56, 3), (200, 60, 120), np.uint8))

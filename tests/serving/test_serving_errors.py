@@ -25,7 +25,7 @@ def test_http_status_mapping(code, status):
 
 def test_exceptions_to_codes():
     from serving.errors import from_exception, servable_not_found
-    from serving.servable import InputError, SignatureNotFound
+    from components.servable import InputError, SignatureNotFound
 
     assert from_exception(SignatureNotFound('Serving signature key "x" not found.')).code == grpc.StatusCode.FAILED_PRECONDITION
     assert from_exception(SignatureNotFound('Serving signature key "x" not found.')).message == 'Serving signature key "x" not found.'

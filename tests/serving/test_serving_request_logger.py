@@ -31,7 +31,7 @@ def _wait_for_lines(path, n: int) -> list[dict]:
 
 def test_features_come_from_the_encoded_image(tmp_path):
     from components import domain
-    from monitoring.features import image_features
+    from components.host_features import image_features
     from serving.server import RequestLogger
 
     image = encode_png(sample_image(2))

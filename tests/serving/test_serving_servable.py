@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_load_signatures_run_and_warmup(exported_versions, tmp_path):
-    from serving.servable import InputError, Servable, SignatureNotFound
+    from components.servable import InputError, Servable, SignatureNotFound
 
     version_dir = tmp_path / "leukemia" / "4"
     shutil.copytree(exported_versions[1], version_dir)
@@ -38,7 +38,7 @@ def test_load_signatures_run_and_warmup(exported_versions, tmp_path):
 
 
 def test_bad_warmup_record_fails_the_version(exported_versions, tmp_path):
-    from serving.servable import Servable
+    from components.servable import Servable
 
     version_dir = tmp_path / "leukemia" / "1"
     shutil.copytree(exported_versions[1], version_dir)
@@ -50,7 +50,7 @@ def test_bad_warmup_record_fails_the_version(exported_versions, tmp_path):
 
 
 def test_not_a_saved_model(tmp_path):
-    from serving.servable import Servable
+    from components.servable import Servable
 
     with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
         Servable.load(tmp_path)

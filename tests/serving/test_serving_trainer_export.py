@@ -20,7 +20,7 @@ def test_trainer_export_is_servable(tmp_path):
     from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
 
     from components.train.export import export_saved_model
-    from serving.servable import Servable
+    from components.servable import Servable
     from serving.server import Server, ServerOptions
 
     inputs = keras.Input((16, 16, 3))

@@ -39,7 +39,7 @@ def build_reference(split_dir: str | Path, out_path: str | Path) -> dict:
     import pandas as pd
 
     from components import domain, records
-    from monitoring.features import FEATURE_NAMES, image_features
+    from components.host_features import FEATURE_NAMES, image_features
 
     train_dir = Path(split_dir) / "train"
     if not train_dir.is_dir():
@@ -76,7 +76,7 @@ def load_reference(path: str | Path) -> "pd.DataFrame":  # noqa: F821
     """A reference file as a DataFrame with every feature (and `label` when present); clear errors otherwise."""
     import pandas as pd
 
-    from monitoring.features import FEATURE_NAMES
+    from components.host_features import FEATURE_NAMES
 
     path = Path(path)
     if not path.is_file():

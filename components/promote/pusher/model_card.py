@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from components import domain
+from components import domain, model_metadata, settings
 
-DEFAULT_LOW_CONFIDENCE = 0.6
 CITATION = ('Aria, M., Ghaderzadeh, M., Bashash, D., Abolghasemi, H., Asadi, F., Hosseini, A. (2021). '
             '"Acute Lymphoblastic Leukemia (ALL) image dataset". Kaggle. doi:10.34740/KAGGLE/DSV/2175623')
 
 
 def low_confidence_threshold(saved_model_dir: str | Path | None) -> float:
-    """The threshold the trainer wrote into assets.extra/leukoflow.json (default 0.6)."""
-    if saved_model_dir:
-        meta = Path(saved_model_dir) / "assets.extra" / "leukoflow.json"
-        if meta.is_file():
-            data = json.loads(meta.read_text())
-            for key in ("low_confidence_threshold", "low_confidence"):
-                if data.get(key) is not None:
-                    return float(data[key])
-    return DEFAULT_LOW_CONFIDENCE
+    """The threshold the trainer wrote into the model's metadata, else the default."""
+    meta = model_metadata.read_or_none(saved_model_dir)
+    return meta.low_confidence if meta else settings.LOW_CONFIDENCE_THRESHOLD
 
 
 def _pct(v: Any) -> str:

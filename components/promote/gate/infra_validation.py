@@ -1,6 +1,6 @@
 """Infra validation: load the candidate in the serving layer and send it real requests before promotion.
 
-Like TFX's InfraValidator: the exported SavedModel is loaded with `serving.servable.Servable` (the same
+Like TFX's InfraValidator: the exported SavedModel is loaded with `components.servable.Servable` (the same
 loader the server uses), its warmup file is replayed, and a few real test images go through
 `serving_default` (and `classify` when exported). Probabilities must be finite, in [0, 1], sum to 1,
 have shape [N, 4], and the label must be the arg-max class.
@@ -89,13 +89,13 @@ def _classify_inputs(images: list[bytes]) -> np.ndarray:
 
 def validate(saved_model_dir: str | Path, images: list[bytes], require_warmup: bool = True) -> dict[str, Any]:
     """Run the checks; returns {"ok", "reason", "checks", "warmup_records", "requests"} (never raises for model faults)."""
-    from serving.servable import Servable
+    from components.servable import Servable
 
     checks: list[str] = []
     warmup_count = 0
     try:
         servable = Servable.load(saved_model_dir)
-        checks.append(f"loaded with serving.servable.Servable ({', '.join(sorted(servable.signatures))})")
+        checks.append(f"loaded with components.servable.Servable ({', '.join(sorted(servable.signatures))})")
         sig = servable.signature("serving_default")
         if set(sig.inputs) != {"images"} or not {"probabilities", "label"} <= set(sig.outputs):
             raise InfraValidationError(
@@ -126,7 +126,7 @@ def validate(saved_model_dir: str | Path, images: list[bytes], require_warmup: b
 
 def serving_predictions(saved_model_dir: str | Path, images: list[bytes], batch_size: int = 32) -> np.ndarray:
     """Class indices predicted through serving_default (used to re-evaluate on one test split)."""
-    from serving.servable import Servable
+    from components.servable import Servable
 
     servable = Servable.load(saved_model_dir)
     preds = []

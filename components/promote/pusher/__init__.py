@@ -1,0 +1,1 @@
+"""The pusher: the model store, models.config, the model card and the registry writes (executor.py), as TFX's Pusher."""
