@@ -148,13 +148,15 @@ def drift(
 def reference_cmd(
     split_dir: Path = typer.Option(..., "--split-dir", help="The split step's output (holds train/*.tfrecord)."),
     output: Path = typer.Option(..., "--output", help="Reference file to write (.parquet or .csv)."),
+    saved_model: Optional[Path] = typer.Option(
+        None, "--saved-model", help="Take the features from this exported model's serving_default outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Compute the reference profile: image features of the training split."""
+    """Compute the reference profile: the served graph's image features of the training split."""
     from monitoring.reference import build_reference
 
     try:
-        result = build_reference(split_dir, output)
+        result = build_reference(split_dir, output, saved_model)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)
         return

@@ -254,7 +254,7 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     from components import domain
-    from monitoring.features import image_features
+    from components.image_features import encoded_image_features
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -262,8 +262,8 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
     rows, unreadable = [], 0
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in domain.IMAGE_SUFFIXES):
         try:
-            features = image_features(domain.load_rgb(path))
-        except domain.ImageDecodeError:
+            features = encoded_image_features(path.read_bytes())  # as the served graph computes them
+        except ValueError:
             unreadable += 1
             continue
         label = None
