@@ -118,6 +118,8 @@ def drift(
         return
 
     result = drift_mod.public_result(summary)
+    if images is None:  # torn or unreadable request-log lines the window skipped (issue 17: counted, never fatal)
+        result["skipped_log_lines"] = int(current.attrs.get("skipped_lines", 0))
     if output_dir is None:
         prune_reports(home.reports_dir() / "drift", keep)
     from monitoring import alerts

@@ -242,11 +242,13 @@ def window_from_log(directory: str | Path, since: timedelta | None, version: str
     from monitoring.request_log import read_requests
 
     frame = read_requests(directory, since)
+    skipped = frame.attrs.get("skipped_lines", 0)
     if version is not None:
         frame = frame[frame["version"].astype(str) == str(version)]
     frame = frame.dropna(subset=list(FEATURE_NAMES), how="any")
-    frame = frame.rename(columns={"predicted_label": CLASS_COLUMN})
-    return frame.reset_index(drop=True)
+    frame = frame.rename(columns={"predicted_label": CLASS_COLUMN}).reset_index(drop=True)
+    frame.attrs["skipped_lines"] = skipped
+    return frame
 
 
 def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
