@@ -248,14 +248,37 @@ WARNING_INTERVAL_S = 60.0        # at most one warning a minute about drops or w
 RETRY_INTERVAL_S = 5.0           # an unusable folder is tried again this often; records in between are dropped
 
 
+# TensorProto dtype enum -> (numpy dtype, the repeated field holding values when tensor_content is empty).
+_TENSOR_TYPES: dict[int, tuple[Any, str]] = {
+    1: (np.float32, "float_val"), 2: (np.float64, "double_val"), 3: (np.int32, "int_val"),
+    4: (np.uint8, "int_val"), 9: (np.int64, "int64_val"), 10: (np.bool_, "bool_val"), 7: (object, "string_val"),
+}
+
+
+def tensor_to_array(proto: Any) -> np.ndarray:
+    """A TensorProto as numpy, without importing TensorFlow (the proxy sidecar stays small).
+
+    Covers the dtypes a leukoflow signature returns (float, double, int, bool, string).
+    """
+    if proto.dtype not in _TENSOR_TYPES:
+        raise ValueError(f"tensor dtype {proto.dtype} is not logged")
+    dtype, field_name = _TENSOR_TYPES[proto.dtype]
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_content and dtype is not object:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
+    values = np.array(list(getattr(proto, field_name)), dtype=dtype)
+    count = int(np.prod(shape)) if shape else 1
+    if values.size == 1 and count != 1:  # TensorFlow repeats a single value to fill the shape
+        values = np.repeat(values, count)
+    return values.reshape(shape)
+
+
 def _as_array(value: Any) -> np.ndarray:
-    """numpy array of a numpy value or a TensorProto (the proxy hands over the response's protos)."""
+    """numpy array of a numpy value, a list, or a TensorProto (the proxy hands over the response's protos)."""
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "tensor_shape"):
-        import tensorflow as tf
-
-        return tf.make_ndarray(value)
+        return tensor_to_array(value)
     return np.asarray(value)
 
 
@@ -295,7 +318,9 @@ def records_from_outputs(meta: dict, outputs: Any, images: list[bytes] | None = 
 class RequestLogWriter:
     """Serving's and the proxy's request-log writer: copies numbers off the request path, never blocks it.
 
-    `submit(meta, outputs, images)` queues one response (a bounded queue: when full, its records are
+    `submit(meta, outputs, images)` queues one response; `outputs` maps output names to arrays or
+    TensorProtos, or is a callable returning (more meta, outputs) that the writer's thread calls, so the
+    proxy parses nothing it need not on the request path. The queue is bounded: when full, its records are
     dropped and counted, never held). A background thread turns responses into records and appends
     whole lines. Monitoring never stops serving: an unusable folder or a full disk drops records,
     counts them (`dropped`, `on_drop(n)`), warns at most once a minute, and is retried.
@@ -376,10 +401,9 @@ class RequestLogWriter:
                 except queue.Full:
                     fits = False
         if not fits:
-            probs = outputs.get("probabilities", outputs.get("scores")) if hasattr(outputs, "get") else None
-            shape = getattr(probs, "shape", None) or (
-                [d.size for d in probs.tensor_shape.dim] if hasattr(probs, "tensor_shape") else [1])
-            self._drop(int(shape[0]) if len(shape) else 1, "the writer is behind (queue full)")
+            probs = outputs.get("probabilities", outputs.get("scores")) if isinstance(outputs, dict) else None
+            rows = np.shape(probs)[0] if isinstance(probs, np.ndarray) and np.ndim(probs) else 1
+            self._drop(int(rows), "the writer is behind (queue full)")
 
     def _drain(self) -> None:
         while True:
@@ -405,6 +429,9 @@ class RequestLogWriter:
             with self._lock:
                 self._image_bytes -= size
             try:
+                if callable(outputs):  # the proxy defers parsing the response to this thread
+                    more, outputs = outputs()
+                    meta = {**meta, **more}
                 records += records_from_outputs(meta, outputs, images, self.logged_outputs)
             except Exception as exc:  # noqa: BLE001 - a malformed response is dropped, never fatal
                 self._drop(1, f"unreadable response ({exc})")
