@@ -1,4 +1,4 @@
-"""Serving benchmark: `leukoflow serve` over gRPC and REST beside the in-process SavedModel call.
+"""Serving benchmark: `leukoflow serve` (request log on, its default) and the logging proxy, beside the in-process call.
 
     .venv/bin/python -m benchmarks.serving [--model-dir DIR] [--iterations 200] [--duration 5]
 
@@ -6,7 +6,10 @@ Measured in one run, on the same JPEG bytes (real images from data/ when present
 - single-image latency p50/p95/p99: in-process `serving_default`, gRPC Predict, REST :predict;
 - throughput (images/s) at 1, 8 and 32 concurrent gRPC clients, server batching off and on, beside the
   in-process best-batch throughput;
-- resident memory of the server process with two versions loaded (stable and canary).
+- resident memory of the server process with two versions loaded (stable and canary);
+- the request-logging proxy (monitoring/proxy.py) in front of a server without a log: its p50 overhead,
+  its throughput at the most clients, and the records it logged or dropped.
+The server measurements run with the request log on, as `leukoflow serve` does by default.
 Loopback only, bounded loops (a fixed count or a fixed duration per measurement). Writes
 benchmarks/results/serving.json and serving.md.
 """
@@ -35,6 +38,7 @@ RESULTS = REPO / "benchmarks" / "results"
 MODEL = "leukemia"
 TARGET_GRPC_OVERHEAD_MS = 3.0
 TARGET_BATCHED_FRACTION = 0.8
+TARGET_PROXY_OVERHEAD_MS = 1.0
 
 
 # ---------------------------------------------------------------- inputs
@@ -220,11 +224,16 @@ BATCHED_INTRA_OP = 1
 
 
 def start_server(config: Path, batching: bool, log_path: Path, batching_config: Path = BATCHING_CONFIG,
-                 batched_intra_op: int = BATCHED_INTRA_OP) -> tuple[subprocess.Popen, int, int]:
-    """`leukoflow serve` in its own process on free loopback ports; returns once both versions are loaded."""
+                 batched_intra_op: int = BATCHED_INTRA_OP,
+                 request_log: Path | None = None) -> tuple[subprocess.Popen, int, int]:
+    """`leukoflow serve` in its own process on free loopback ports; returns once both versions are loaded.
+
+    The request log is on (its default) when `request_log` is a folder.
+    """
     cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--rest_api_port", "0",
            "--model_config_file", str(config), "--monitoring_config_file", str(REPO / "serving/monitoring.config"),
-           "--request_log_dir", "none", "--file_system_poll_wait_seconds", "0", "--json"]
+           "--request_log_dir", str(request_log) if request_log else "none",
+           "--file_system_poll_wait_seconds", "0", "--json"]
     if batching:
         cmd += ["--enable_batching", "--batching_parameters_file", str(batching_config),
                 "--tensorflow_intra_op_parallelism", str(batched_intra_op)]
@@ -275,13 +284,28 @@ def rest_caller(port: int, jpegs: list[bytes]):
     return call
 
 
+def prometheus_value(port: int, path: str, metric: str) -> float:
+    """One unlabelled counter from a Prometheus text page (0 when absent)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", path)
+    text = conn.getresponse().read().decode()
+    conn.close()
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(metric + " ")]
+    return sum(values)
+
+
+def log_records(folder: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in folder.glob("*.jsonl*")) if folder.is_dir() else 0
+
+
 def serve_and_measure(config: Path, jpegs: list[bytes], batching: bool, iterations: int, duration_s: float,
                       clients: list[int], workdir: Path, batching_config: Path = BATCHING_CONFIG,
-                      batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
-    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-batching-{batching}.log", batching_config,
-                                              batched_intra_op)
+                      batched_intra_op: int = BATCHED_INTRA_OP, request_log: Path | None = None) -> dict:
+    tag = f"batching-{batching}-log-{request_log is not None}"
+    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-{tag}.log", batching_config,
+                                              batched_intra_op, request_log)
     try:
-        result: dict = {"rss_mb_two_versions": rss_mb(proc.pid)}
+        result: dict = {"rss_mb_two_versions": rss_mb(proc.pid), "request_log": request_log is not None}
         if not batching:  # single-image latency is a property of the unbatched path (batching adds its timeout)
             result["grpc_latency"] = percentiles(timed(grpc_caller(grpc_port, jpegs), iterations))
             result["rest_latency"] = percentiles(timed(rest_caller(rest_port, jpegs), iterations))
@@ -289,9 +313,69 @@ def serve_and_measure(config: Path, jpegs: list[bytes], batching: bool, iteratio
             str(c): concurrent_throughput(lambda: grpc_caller(grpc_port, jpegs), c, duration_s) for c in clients
         }
         result["rss_mb_after_load_test"] = rss_mb(proc.pid)
+        if request_log is not None:
+            time.sleep(1.0)  # let the writer finish what is queued
+            result["log_dropped"] = prometheus_value(rest_port, "/monitoring/prometheus/metrics",
+                                                     "leukoflow_serving_request_log_dropped_total")
+            result["log_records"] = log_records(request_log)
         return result
     finally:
         stop_server(proc)
+
+
+def start_proxy(grpc_port: int, rest_port: int, request_log: Path, log_path: Path) -> tuple[subprocess.Popen, int, int]:
+    """`leukoflow monitor proxy` in its own process in front of a server; metrics on a free port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        metrics_port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "pipelines.cli", "monitor", "proxy", "--host", "127.0.0.1", "--grpc-port", "0",
+           "--rest-port", "0", "--metrics-port", str(metrics_port), "--upstream-grpc", f"127.0.0.1:{grpc_port}",
+           "--upstream-rest", f"127.0.0.1:{rest_port}", "--request-log-dir", str(request_log), "--json"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(30)
+        raise RuntimeError(f"proxy did not start (exit {proc.returncode}); see {log_path}")
+    return proc, json.loads(line)["grpc_port"], metrics_port
+
+
+def proxy_and_measure(config: Path, jpegs: list[bytes], iterations: int, duration_s: float, clients: list[int],
+                      workdir: Path, batching_config: Path, batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
+    """The production path: the proxy (logging) in front of a server that does not log, as TF Serving does not.
+
+    Latency: the same unbatched server called directly and through the proxy, alternately in blocks, so
+    load drift on the shared machine hits both. Throughput: a batched server through the proxy.
+    """
+    out: dict = {}
+    server, grpc_port, rest_port = start_server(config, False, workdir / "server-for-proxy.log")
+    proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log", workdir / "proxy.log")
+    try:
+        direct, via = grpc_caller(grpc_port, jpegs), grpc_caller(proxy_port, jpegs)
+        direct_s, via_s = [], []
+        for block in range(4):
+            direct_s += timed(direct, iterations // 4)
+            via_s += timed(via, iterations // 4)
+        out["direct_grpc_latency"], out["proxy_grpc_latency"] = percentiles(direct_s), percentiles(via_s)
+    finally:
+        stop_server(proxy)
+        stop_server(server)
+    server, grpc_port, rest_port = start_server(config, True, workdir / "server-batched-for-proxy.log", batching_config,
+                                                batched_intra_op)
+    proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log-batched",
+                                                  workdir / "proxy-batched.log")
+    try:
+        top = max(clients)
+        out["throughput"] = {str(top): concurrent_throughput(lambda: grpc_caller(proxy_port, jpegs), top, duration_s)}
+        time.sleep(1.0)
+        out["log_dropped"] = prometheus_value(metrics_port, "/metrics", "leukoflow_proxy_request_log_dropped_total")
+        out["log_records"] = log_records(workdir / "proxy-log-batched")
+    finally:
+        stop_server(proxy)
+        stop_server(server)
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -308,8 +392,10 @@ def markdown(results: dict) -> str:
         "| single image | p50 ms | p95 ms | p99 ms |",
         "|---|---|---|---|",
         f"| in-process SavedModel (better of before/after) | {lat(ref['latency'])} |",
-        f"| gRPC Predict | {lat(plain['grpc_latency'])} |",
-        f"| REST :predict (b64 JSON) | {lat(plain['rest_latency'])} |",
+        f"| gRPC Predict, request log on | {lat(plain['grpc_latency'])} |",
+        f"| REST :predict (b64 JSON), request log on | {lat(plain['rest_latency'])} |",
+        f"| gRPC Predict, server without log (proxy baseline) | {lat(results['proxy']['direct_grpc_latency'])} |",
+        f"| gRPC Predict through the logging proxy | {lat(results['proxy']['proxy_grpc_latency'])} |",
         "",
         "| throughput, images/s | batching off | batching on | in-process, best batch size |",
         "|---|---|---|---|",
@@ -317,6 +403,9 @@ def markdown(results: dict) -> str:
     for c in results["clients"]:
         lines.append(f"| {c} concurrent gRPC clients | {plain['throughput'][str(c)]['images_per_s']:.1f} | "
                      f"{batched['throughput'][str(c)]['images_per_s']:.1f} | {ref['best_batch_throughput']:.1f} |")
+    top = str(max(results["clients"]))
+    lines.append(f"| {top} gRPC clients through the logging proxy | | "
+                 f"{results['proxy']['throughput'][top]['images_per_s']:.1f} | {ref['best_batch_throughput']:.1f} |")
     t = results["targets"]
     lines += [
         "",
@@ -327,6 +416,11 @@ def markdown(results: dict) -> str:
         f"{'met' if t['grpc_p50_met'] else 'NOT met'}",
         f"- batched throughput at {max(results['clients'])} clients / in-process best batch: {t['batched_fraction']:.2f} "
         f"(target >= {TARGET_BATCHED_FRACTION}): {'met' if t['batched_met'] else 'NOT met'}",
+        f"- the logging proxy's p50 overhead (through it vs the same server directly): {t['proxy_p50_overhead_ms']:.2f} ms "
+        f"(target <= {TARGET_PROXY_OVERHEAD_MS} ms): {'met' if t['proxy_met'] else 'NOT met'}",
+        f"- request-log records dropped (server and proxy, all load tests incl. {top} clients): {t['log_dropped']:.0f} "
+        f"(target 0): {'met' if t['log_dropped_met'] else 'NOT met'}; records written: server unbatched "
+        f"{plain['log_records']}, batched {batched['log_records']}, proxy {results['proxy']['log_records']}",
         f"- failed requests during the load tests: {t['errors']}",
         f"- server batching: {' '.join(results['batching_parameters'])} (serving/batching.config, batch threads = host CPUs); "
         f"batched server flags: {' '.join(results['batched_server_flags'])}; latency and unbatched rows use TensorFlow's default threads",
@@ -350,11 +444,14 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
         # the targets compare against its better figures, which is the stricter comparison.
         before = in_process(workdir / "models" / MODEL / "1", jpegs, iterations, duration_s)
         print(f"in-process p50 {before['latency']['p50_ms']:.1f} ms", file=sys.stderr)
+        # The request log on, as `leukoflow serve` runs by default and the drift monitor needs.
         server = {
-            "batching_off": serve_and_measure(config, jpegs, False, iterations, duration_s, clients, workdir),
+            "batching_off": serve_and_measure(config, jpegs, False, iterations, duration_s, clients, workdir,
+                                              request_log=workdir / "log-unbatched"),
             "batching_on": serve_and_measure(config, jpegs, True, iterations, duration_s, clients, workdir, batching_path,
-                                             batched_intra_op),
+                                             batched_intra_op, request_log=workdir / "log-batched"),
         }
+        proxy = proxy_and_measure(config, jpegs, iterations, duration_s, clients, workdir, batching_path, batched_intra_op)
         after = in_process(workdir / "models" / MODEL / "1", jpegs, iterations, duration_s)
         reference = min((before, after), key=lambda r: r["latency"]["p50_ms"])
         reference = {**reference, "best_batch_throughput": max(before["best_batch_throughput"], after["best_batch_throughput"]),
@@ -362,18 +459,22 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
     top = str(max(clients))
     overhead = server["batching_off"]["grpc_latency"]["p50_ms"] - reference["latency"]["p50_ms"]
     fraction = server["batching_on"]["throughput"][top]["images_per_s"] / reference["best_batch_throughput"]
-    errors = sum(r["errors"] for mode in server.values() for r in mode["throughput"].values())
+    errors = sum(r["errors"] for mode in (*server.values(), proxy) for r in mode["throughput"].values())
+    proxy_overhead = proxy["proxy_grpc_latency"]["p50_ms"] - proxy["direct_grpc_latency"]["p50_ms"]
+    dropped = server["batching_on"]["log_dropped"] + server["batching_off"]["log_dropped"] + proxy["log_dropped"]
     results = {
         "model_source": origin, "model_dir": str(source), "images": len(jpegs), "iterations": iterations,
         "duration_s": duration_s, "clients": clients,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "host": {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
                  "load_avg_1m": [load_before, os.getloadavg()[0]]},  # other work on the machine skews every figure
-        "in_process": reference, "server": server,
+        "in_process": reference, "server": server, "proxy": proxy,
         "batching_parameters": [line for line in batching_text.splitlines() if line and not line.startswith("#")],
         "batched_server_flags": [f"--tensorflow_intra_op_parallelism={batched_intra_op}"],
         "targets": {"grpc_p50_overhead_ms": overhead, "grpc_p50_met": overhead <= TARGET_GRPC_OVERHEAD_MS,
-                    "batched_fraction": fraction, "batched_met": fraction >= TARGET_BATCHED_FRACTION, "errors": errors},
+                    "batched_fraction": fraction, "batched_met": fraction >= TARGET_BATCHED_FRACTION, "errors": errors,
+                    "proxy_p50_overhead_ms": proxy_overhead, "proxy_met": proxy_overhead <= TARGET_PROXY_OVERHEAD_MS,
+                    "log_dropped": dropped, "log_dropped_met": dropped == 0},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("serving.json", json.dumps(results, indent=2)), ("serving.md", markdown(results))):

@@ -1,7 +1,9 @@
-"""Per-image colour, brightness and stain features: the one definition.
+"""Per-image colour, brightness and stain features, host side (NumPy/scikit-image).
 
-Validation (mean brightness), serving's request log and the drift monitor all
-call `image_features`, so the monitor compares like with like.
+The definition that counts is the graph's (components/image_features.py): the served
+model returns the features, and the drift reference runs the same graph. This twin
+serves validation (`mean_brightness`) and host-side analysis; a test holds it to the
+graph within components.image_features.FEATURE_TOLERANCE.
 
 Why these features, for Wright-Giemsa peripheral smears:
 - brightness (L* mean and spread, CIELAB): the lamp, exposure and camera gain.
@@ -29,28 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-FEATURE_SIDE = 128
-
-FEATURE_NAMES: tuple[str, ...] = (
-    "brightness_mean",
-    "brightness_std",
-    "contrast",
-    "saturation_mean",
-    "hue_mean",
-    "red_mean",
-    "green_mean",
-    "blue_mean",
-    "stain_h_mean",
-    "stain_h_std",
-    "stain_e_mean",
-    "stain_e_std",
-    "foreground_fraction",
-    "background_brightness",
+# One list of names and groups, shared with the graph's definition (components/image_features.py).
+from components.image_features import (  # noqa: E402,F401 - re-exported for the drift monitor
+    BRIGHTNESS_FEATURES,
+    FEATURE_NAMES,
+    FEATURE_SIDE,
+    STAIN_FEATURES,
 )
-
-# Which features describe stain and which brightness; the drift report groups by these.
-STAIN_FEATURES = ("saturation_mean", "hue_mean", "stain_h_mean", "stain_h_std", "stain_e_mean", "stain_e_std")
-BRIGHTNESS_FEATURES = ("brightness_mean", "brightness_std", "contrast", "background_brightness")
 
 
 def mean_brightness(rgb: np.ndarray) -> float:

@@ -119,6 +119,8 @@ def drift(
         return
 
     result = drift_mod.public_result(summary)
+    if images is None:  # torn or unreadable request-log lines the window skipped (issue 17: counted, never fatal)
+        result["skipped_log_lines"] = int(current.attrs.get("skipped_lines", 0))
     if output_dir is None:
         prune_reports(home.reports_dir() / "drift", keep)
     from monitoring import alerts
@@ -150,13 +152,15 @@ def drift(
 def reference_cmd(
     split_dir: Path = typer.Option(..., "--split-dir", help="The split step's output (holds train/*.tfrecord)."),
     output: Path = typer.Option(..., "--output", help="Reference file to write (.parquet or .csv)."),
+    saved_model: Optional[Path] = typer.Option(
+        None, "--saved-model", help="Take the features from this exported model's serving_default outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Compute the reference profile: image features of the training split."""
+    """Compute the reference profile: the served graph's image features of the training split."""
     from components.reference.executor import build_reference
 
     try:
-        result = build_reference(split_dir, output)
+        result = build_reference(split_dir, output, saved_model)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)
         return
@@ -182,3 +186,56 @@ def trigger_state(
         fail(str(exc), as_json)
         return
     emit({"state_file": str(path), **state}, as_json)
+
+
+@app.command("proxy")
+def proxy_cmd(
+    upstream_grpc: str = typer.Option("127.0.0.1:9000", "--upstream-grpc", help="TF Serving's gRPC address behind the proxy."),
+    upstream_rest: str = typer.Option("127.0.0.1:9001", "--upstream-rest", help="TF Serving's REST address ('none': no REST)."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address the proxy listens on."),
+    grpc_port: int = typer.Option(8500, "--grpc-port", help="gRPC port clients call."),
+    rest_port: int = typer.Option(8501, "--rest-port", help="REST port clients call."),
+    metrics_port: int = typer.Option(8502, "--metrics-port", help="Prometheus metrics of the proxy (-1: off)."),
+    request_log_dir: Optional[Path] = typer.Option(None, "--request-log-dir", help="Request log folder (default: LEUKOFLOW_HOME/requests)."),
+    log_file: str = typer.Option("requests.jsonl", "--log-file", help="This writer's file name (one per pod on a shared volume)."),
+    log_outputs: str = typer.Option(",".join(("ood_score", "in_distribution", "refer")), "--log-outputs",
+                                    help="Further signature outputs to copy into each record, comma-separated, when present."),
+    log_images: bool = typer.Option(False, "--log-images", help="Also store each image (base64); off by default."),
+    max_pending: int = typer.Option(4096, "--max-pending", help="Responses waiting for the writer before records are dropped."),
+    threads: int = typer.Option(64, "--threads", help="Calls forwarded at once per front end."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once listening."),
+) -> None:
+    """Pass-through request-logging proxy in front of tensorflow/serving (same pod; docs/monitoring.md)."""
+    import signal
+    import sys
+    import threading
+
+    from components import home
+    from monitoring.proxy import LoggingProxy, ProxyMetrics
+    from monitoring.request_log import RequestLogWriter
+
+    metrics = ProxyMetrics()
+    try:
+        writer = RequestLogWriter(request_log_dir or home.request_log_dir(), store_images=log_images, file_name=log_file,
+                                  max_pending=max_pending, on_drop=metrics.log_dropped.inc,
+                                  logged_outputs=tuple(o.strip() for o in log_outputs.split(",") if o.strip()))
+        proxy = LoggingProxy(upstream_grpc, None if upstream_rest.lower() == "none" else upstream_rest, writer,
+                             host=host, grpc_port=grpc_port, rest_port=rest_port, threads=threads,
+                             metrics=metrics).start()
+    except (OSError, ValueError) as exc:
+        fail(f"cannot start the proxy: {exc}", as_json)
+        return
+    if metrics_port >= 0:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=host, registry=metrics.registry)
+    emit({"status": "proxying", "grpc_port": proxy.grpc_port, "rest_port": proxy.rest_port,
+          "upstream_grpc": upstream_grpc, "upstream_rest": upstream_rest, "request_log": str(writer.directory)},
+         as_json, lambda r: f"proxy on gRPC {r['grpc_port']} and REST {r['rest_port']} -> {upstream_grpc}, "
+                            f"{upstream_rest}; request log {r['request_log']}")
+    sys.stdout.flush()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    proxy.stop()

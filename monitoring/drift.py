@@ -242,11 +242,13 @@ def window_from_log(directory: str | Path, since: timedelta | None, version: str
     from monitoring.request_log import read_requests
 
     frame = read_requests(directory, since)
+    skipped = frame.attrs.get("skipped_lines", 0)
     if version is not None:
         frame = frame[frame["version"].astype(str) == str(version)]
     frame = frame.dropna(subset=list(FEATURE_NAMES), how="any")
-    frame = frame.rename(columns={"predicted_label": CLASS_COLUMN})
-    return frame.reset_index(drop=True)
+    frame = frame.rename(columns={"predicted_label": CLASS_COLUMN}).reset_index(drop=True)
+    frame.attrs["skipped_lines"] = skipped
+    return frame
 
 
 def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
@@ -254,7 +256,7 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
     import pandas as pd
 
     from components import domain
-    from components.host_features import image_features
+    from components.image_features import encoded_image_features
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -262,8 +264,8 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
     rows, unreadable = [], 0
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in domain.IMAGE_SUFFIXES):
         try:
-            features = image_features(domain.load_rgb(path))
-        except domain.ImageDecodeError:
+            features = encoded_image_features(path.read_bytes())  # as the served graph computes them
+        except ValueError:
             unreadable += 1
             continue
         label = None

@@ -17,10 +17,13 @@ created with ``store_images=True`` (base64 under ``image_b64``).
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
+import queue
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "requests.jsonl"
+LOG_SUFFIX = ".jsonl"
+FILE_NAME = "requests" + LOG_SUFFIX
+SKIPPED_LINES = "skipped_lines"  # frame.attrs key: torn or unreadable lines read_requests skipped
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_BACKUP_COUNT = 20
 
@@ -45,6 +50,7 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "signature",
     "latency_ms",
     "low_confidence",
+    "outputs",
 )
 
 
@@ -76,6 +82,7 @@ class RequestLog:
         max_bytes: int = DEFAULT_MAX_BYTES,
         backup_count: int = DEFAULT_BACKUP_COUNT,
         store_images: bool = False,
+        file_name: str = FILE_NAME,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
@@ -83,7 +90,9 @@ class RequestLog:
             raise ValueError(f"backup_count must be >= 0, got {backup_count}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path = self.directory / FILE_NAME
+        if not file_name.endswith(LOG_SUFFIX) or "/" in file_name:
+            raise ValueError(f"log file name must be a plain name ending in {LOG_SUFFIX}, got {file_name!r}")
+        self.path = self.directory / file_name
         self.max_bytes = int(max_bytes)
         self.backup_count = int(backup_count)
         self.store_images = store_images
@@ -104,20 +113,39 @@ class RequestLog:
                 out["image_b64"] = base64.b64encode(bytes(image)).decode("ascii")
         return out
 
+    def line(self, record: dict) -> bytes:
+        """One record as a complete JSON line."""
+        return (json.dumps(self.clean(record), separators=(",", ":")) + "\n").encode("utf-8")
+
     def append(self, record: dict) -> None:
         """Write one record as a JSON line; rotates first when the file would pass max_bytes."""
-        line = (json.dumps(self.clean(record), separators=(",", ":")) + "\n").encode("utf-8")
+        self.append_lines(self.line(record))
+
+    def append_lines(self, data: bytes) -> None:
+        """Append complete lines in one write; on any failure the file is cut back, so no record is torn.
+
+        Raises OSError (the caller counts the records as dropped).
+        """
         with self._lock:
             try:
                 size = self.path.stat().st_size
             except FileNotFoundError:
                 size = 0
-            if size and size + len(line) > self.max_bytes:
+            if size and size + len(data) > self.max_bytes:
                 self._rotate()
-            # One write call of a whole line in append mode: readers never see half a record.
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
-                os.write(fd, line)
+                start = os.fstat(fd).st_size
+                try:
+                    written = os.write(fd, data)
+                    if written != len(data):
+                        raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                except OSError:
+                    try:
+                        os.ftruncate(fd, start)  # cut a partial record back off
+                    except OSError:
+                        pass
+                    raise
             finally:
                 os.close(fd)
 
@@ -136,15 +164,19 @@ class RequestLog:
 
 
 def log_files(directory: str | Path) -> list[Path]:
-    """The log files of a directory, oldest first."""
+    """Every log file of a directory (one per writer, e.g. per pod on a shared volume), oldest first per writer."""
     directory = Path(directory)
-    rotated = sorted(
-        (p for p in directory.glob(f"{FILE_NAME}.*") if p.suffix.lstrip(".").isdigit()),
-        key=lambda p: int(p.suffix.lstrip(".")),
-        reverse=True,
-    )
-    current = directory / FILE_NAME
-    return rotated + ([current] if current.exists() else [])
+    if not directory.is_dir():
+        return []
+    out: list[Path] = []
+    for current in sorted(directory.glob(f"*{LOG_SUFFIX}")):
+        rotated = sorted(
+            (p for p in directory.glob(f"{current.name}.*") if p.suffix.lstrip(".").isdigit()),
+            key=lambda p: int(p.suffix.lstrip(".")),
+            reverse=True,
+        )
+        out += rotated + [current]
+    return out
 
 
 def _flatten(record: dict, class_names: tuple[str, ...]) -> dict:
@@ -163,7 +195,8 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
 
     Columns: timestamp (UTC datetime), model, version, label, predicted_label,
     confidence_<class> for each class, and one column per image feature.
-    Lines that are not valid JSON (a crash mid-write) are skipped with a warning.
+    Lines that are not valid JSON (a torn write) are skipped, counted in `frame.attrs[SKIPPED_LINES]`
+    and warned about.
     """
     import pandas as pd
 
@@ -188,7 +221,7 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
                 if isinstance(record, dict):
                     rows.append(_flatten(record, CLASS_NAMES))
     if skipped:
-        log.warning("skipped %d unreadable line(s) in %s", skipped, directory)
+        log.warning("skipped %d torn or unreadable line(s) in %s", skipped, directory)
     frame = pd.DataFrame(rows)
     for column in columns:
         if column not in frame.columns:
@@ -199,4 +232,237 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
     if since is not None:
         cutoff = pd.Timestamp(datetime.now(timezone.utc) - since)
         frame = frame[frame["timestamp"] >= cutoff]
-    return frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    frame.attrs[SKIPPED_LINES] = skipped
+    return frame
+
+
+# ---------------------------------------------------------------- the writer serving and the proxy feed
+
+# Outputs copied into a record when the signature has them, besides probabilities and the features:
+# the lead's out-of-distribution and referral outputs (components/train/export.py).
+DEFAULT_LOGGED_OUTPUTS: tuple[str, ...] = ("ood_score", "in_distribution", "refer")
+DEFAULT_MAX_PENDING = 4096       # requests waiting for the writer; beyond this, records are dropped and counted
+DEFAULT_MAX_PENDING_IMAGE_BYTES = 64 * 1024 * 1024  # only with store_images
+WARNING_INTERVAL_S = 60.0        # at most one warning a minute about drops or write errors
+RETRY_INTERVAL_S = 5.0           # an unusable folder is tried again this often; records in between are dropped
+
+
+# TensorProto dtype enum -> (numpy dtype, the repeated field holding values when tensor_content is empty).
+_TENSOR_TYPES: dict[int, tuple[Any, str]] = {
+    1: (np.float32, "float_val"), 2: (np.float64, "double_val"), 3: (np.int32, "int_val"),
+    4: (np.uint8, "int_val"), 9: (np.int64, "int64_val"), 10: (np.bool_, "bool_val"), 7: (object, "string_val"),
+}
+
+
+def tensor_to_array(proto: Any) -> np.ndarray:
+    """A TensorProto as numpy, without importing TensorFlow (the proxy sidecar stays small).
+
+    Covers the dtypes a leukoflow signature returns (float, double, int, bool, string).
+    """
+    if proto.dtype not in _TENSOR_TYPES:
+        raise ValueError(f"tensor dtype {proto.dtype} is not logged")
+    dtype, field_name = _TENSOR_TYPES[proto.dtype]
+    shape = [d.size for d in proto.tensor_shape.dim]
+    if proto.tensor_content and dtype is not object:
+        return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
+    values = np.array(list(getattr(proto, field_name)), dtype=dtype)
+    count = int(np.prod(shape)) if shape else 1
+    if values.size == 1 and count != 1:  # TensorFlow repeats a single value to fill the shape
+        values = np.repeat(values, count)
+    return values.reshape(shape)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """numpy array of a numpy value, a list, or a TensorProto (the proxy hands over the response's protos)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "tensor_shape"):
+        return tensor_to_array(value)
+    return np.asarray(value)
+
+
+def records_from_outputs(meta: dict, outputs: Any, images: list[bytes] | None = None,
+                         logged_outputs: tuple[str, ...] = DEFAULT_LOGGED_OUTPUTS) -> list[dict]:
+    """Per image, a record of numbers copied from one response's outputs: nothing is computed but an argmax.
+
+    `meta` holds model, version, label, signature, latency_ms; `outputs` maps output names to arrays or
+    TensorProtos (probabilities or scores, the feature_* outputs, any of `logged_outputs`).
+    """
+    from components.domain import CLASS_NAMES
+    from components.image_features import FEATURE_NAMES, OUTPUT_PREFIX
+
+    name = "probabilities" if "probabilities" in outputs else "scores" if "scores" in outputs else None
+    if name is None:
+        return []
+    probs = _as_array(outputs[name])
+    if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
+        return []
+    features = {f: _as_array(outputs[OUTPUT_PREFIX + f]).reshape(-1) for f in FEATURE_NAMES
+                if OUTPUT_PREFIX + f in outputs}
+    extras = {o: _as_array(outputs[o]) for o in logged_outputs if o in outputs}
+    records = []
+    for i, row in enumerate(probs):
+        record = {**meta, "predicted_label": CLASS_NAMES[int(np.argmax(row))],
+                  "confidences": {c: float(p) for c, p in zip(CLASS_NAMES, row)}}
+        if len(features) == len(FEATURE_NAMES):
+            record["features"] = {f: float(v[i]) for f, v in features.items()}
+        if extras:
+            record["outputs"] = {o: _plain(v[i]) if v.ndim else _plain(v) for o, v in extras.items()}
+        if images is not None and i < len(images):
+            record["image"] = images[i]
+        records.append(record)
+    return records
+
+
+class RequestLogWriter:
+    """Serving's and the proxy's request-log writer: copies numbers off the request path, never blocks it.
+
+    `submit(meta, outputs, images)` queues one response; `outputs` maps output names to arrays or
+    TensorProtos, or is a callable returning (more meta, outputs) that the writer's thread calls, so the
+    proxy parses nothing it need not on the request path. The queue is bounded: when full, its records are
+    dropped and counted, never held). A background thread turns responses into records and appends
+    whole lines. Monitoring never stops serving: an unusable folder or a full disk drops records,
+    counts them (`dropped`, `on_drop(n)`), warns at most once a minute, and is retried.
+    """
+
+    def __init__(self, directory: str | Path, *, store_images: bool = False, file_name: str = FILE_NAME,
+                 max_pending: int = DEFAULT_MAX_PENDING,
+                 max_pending_image_bytes: int = DEFAULT_MAX_PENDING_IMAGE_BYTES,
+                 logged_outputs: tuple[str, ...] = DEFAULT_LOGGED_OUTPUTS,
+                 max_bytes: int = DEFAULT_MAX_BYTES, backup_count: int = DEFAULT_BACKUP_COUNT,
+                 on_drop: Any = None) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.directory = Path(directory)
+        self.store_images = store_images
+        self.logged_outputs = tuple(logged_outputs)
+        self.written = 0
+        self.dropped = 0
+        self._file_name, self._max_bytes, self._backup_count = file_name, max_bytes, backup_count
+        self._on_drop = on_drop
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._max_image_bytes = max_pending_image_bytes
+        self._image_bytes = 0
+        self._pending = 0  # queued responses not yet written or dropped
+        self._lock = threading.Lock()
+        self._last_warning = 0.0
+        self._warned_unusable = False
+        self._next_try = 0.0
+        self._log: RequestLog | None = None
+        self._open()  # an unusable folder is said once here; serving starts all the same
+        self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> RequestLog | None:
+        if self._log is not None:
+            return self._log
+        if time.monotonic() < self._next_try:
+            return None
+        try:
+            self._log = RequestLog(self.directory, max_bytes=self._max_bytes, backup_count=self._backup_count,
+                                   store_images=self.store_images, file_name=self._file_name)
+            if not os.access(self.directory, os.W_OK):
+                raise PermissionError(errno.EACCES, "not writable", str(self.directory))
+            if self._warned_unusable:
+                log.warning("request log folder %s is usable again", self.directory)
+                self._warned_unusable = False
+        except OSError as exc:
+            self._log = None
+            self._next_try = time.monotonic() + RETRY_INTERVAL_S
+            if not self._warned_unusable:
+                self._warned_unusable = True
+                log.warning("request log folder %s is unusable (%s); serving goes on, records are dropped and "
+                            "counted until it is usable", self.directory, exc)
+        return self._log
+
+    def _drop(self, count: int, why: str) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            self.dropped += count
+        if self._on_drop:
+            self._on_drop(count)
+        now = time.monotonic()
+        if now - self._last_warning >= WARNING_INTERVAL_S:
+            self._last_warning = now
+            log.warning("request log: %s; %d record(s) dropped so far", why, self.dropped)
+
+    def submit(self, meta: dict, outputs: Any, images: list[bytes] | None = None) -> None:
+        """Queue one response for logging; never blocks (a full queue drops its records)."""
+        size = sum(len(i) for i in images) if images and self.store_images else 0
+        with self._lock:
+            fits = self._image_bytes + size <= self._max_image_bytes
+            if fits:
+                try:
+                    self._queue.put_nowait((meta, outputs, images if self.store_images else None, size))
+                    self._image_bytes += size
+                    self._pending += 1
+                except queue.Full:
+                    fits = False
+        if not fits:
+            probs = outputs.get("probabilities", outputs.get("scores")) if isinstance(outputs, dict) else None
+            rows = np.shape(probs)[0] if isinstance(probs, np.ndarray) and np.ndim(probs) else 1
+            self._drop(int(rows), "the writer is behind (queue full)")
+
+    def _drain(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            while len(items) < 256:  # write what has gathered in one go: fewer syscalls under load
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is None for item in items)
+            work = [item for item in items if item is not None]
+            try:
+                self._write(work)
+            finally:
+                with self._lock:
+                    self._pending -= len(work)
+            if stop:
+                return
+
+    def _write(self, items: list) -> None:
+        records: list[dict] = []
+        for meta, outputs, images, size in items:
+            with self._lock:
+                self._image_bytes -= size
+            try:
+                if callable(outputs):  # the proxy defers parsing the response to this thread
+                    more, outputs = outputs()
+                    meta = {**meta, **more}
+                records += records_from_outputs(meta, outputs, images, self.logged_outputs)
+            except Exception as exc:  # noqa: BLE001 - a malformed response is dropped, never fatal
+                self._drop(1, f"unreadable response ({exc})")
+        if not records:
+            return
+        target = self._open()
+        if target is None:
+            self._drop(len(records), f"folder {self.directory} is unusable")
+            return
+        try:
+            target.append_lines(b"".join(target.line(r) for r in records))
+            self.written += len(records)
+        except OSError as exc:
+            self._drop(len(records), f"cannot write {target.path} ({exc.strerror or exc})")
+            if not self.directory.is_dir():
+                self._log = None  # the folder went away: recreate it on a later try
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every response queued so far is written or dropped (tests, shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._pending == 0:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        try:
+            self._queue.put(None, timeout=5)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=10)

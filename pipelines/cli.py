@@ -22,7 +22,7 @@ COMMANDS = {
     "evaluate": "components.evaluate.cli:app",
     "promote": "components.promote.cli:promote_app",
     "registry": "components.promote.cli:registry_app",
-    "serve": "serving.cli:serve_app",
+    "serve": "pipelines.serve_cli:serve_app",
     "predict": "serving.predict:app",
     "monitor": "monitoring.cli:app",
     "pipeline": "pipelines.pipeline_cli:app",

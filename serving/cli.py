@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -15,10 +17,6 @@ from components.cli_output import emit, fail
 
 log = logging.getLogger(__name__)
 
-serve_app = typer.Typer(add_completion=False)
-
-
-@serve_app.command()
 def serve(
     port: int = typer.Option(8500, "--port", help="gRPC port."),
     rest_api_port: int = typer.Option(8501, "--rest_api_port", help="REST (and page) port; -1 disables REST."),
@@ -56,6 +54,7 @@ def serve(
     max_batch_size: int = typer.Option(256, "--max_batch_size", help="Refuse requests with more images than this."),
     max_message_bytes: int = typer.Option(64 * 1024 * 1024, "--max_message_bytes", help="Refuse larger request bodies/messages."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once serving."),
+    open_request_log: Optional[Callable] = None,  # injected by make_serve_app, never a flag
 ) -> None:
     """Serve SavedModels over gRPC (TF Serving's PredictionService/ModelService) and REST (/v1/models/...)."""
     from components import home
@@ -84,7 +83,7 @@ def serve(
         if path and not Path(path).is_file():
             fail(f"{flag}: no such file {path}", as_json)
     try:
-        server = Server(options).start()
+        server = Server(options, open_request_log=open_request_log).start()
     except Exception as exc:  # noqa: BLE001 - a bad config is a clear message, not a traceback
         fail(f"cannot start the server: {getattr(exc, 'message', None) or exc}", as_json)
         return
@@ -103,3 +102,24 @@ def serve(
     done.wait()
     log.info("shutting down")
     server.stop()
+
+
+def make_serve_app(open_request_log: Optional[Callable] = None) -> typer.Typer:
+    """The `serve` command with a request-log writer injected (serving.server.RequestSinkOpener).
+
+    Serving does not import monitoring: `leukoflow serve` (pipelines/serve_cli.py) passes monitoring's
+    writer in here. Without one, --request_log_dir only warns that the request log is off.
+    """
+    app = typer.Typer(add_completion=False)
+    params = [p for name, p in inspect.signature(serve).parameters.items() if name != "open_request_log"]
+
+    @functools.wraps(serve)
+    def command(**kwargs):
+        return serve(**kwargs, open_request_log=open_request_log)
+
+    command.__signature__ = inspect.Signature(params)  # Typer sees the flags only
+    app.command()(command)
+    return app
+
+
+serve_app = make_serve_app()

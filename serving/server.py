@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import grpc
 import numpy as np
@@ -148,82 +147,29 @@ def handler_threads(given: int | None, batching: BatchingParameters | None) -> i
     return max(DEFAULT_HANDLER_THREADS, min(wanted, MAX_AUTO_HANDLER_THREADS))
 
 
-class RequestLogger:
-    """Per-image records for the drift monitor, written by a background thread (a full queue drops, never blocks)."""
+class RequestSink(Protocol):
+    """Where the core hands each response for the request log (monitoring.request_log.RequestLogWriter).
 
-    def __init__(self, directory: str | Path, store_images: bool = False, max_pending: int = 256,
-                 max_pending_bytes: int = 64 * 1024 * 1024, on_drop: Any = None) -> None:
-        from monitoring.request_log import RequestLog
+    Injected by whoever starts the server (`leukoflow serve` wires monitoring's writer in), so serving
+    does not import monitoring. `submit` must never block: the writer copies numbers off the request path.
+    """
 
-        self._log = RequestLog(directory, store_images=store_images)
-        self.store_images = store_images
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._max_pending_bytes = max_pending_bytes
-        self._pending_bytes = 0
-        self._bytes_lock = threading.Lock()
-        self.dropped = 0
-        self._on_drop = on_drop
-        self._last_warning = 0.0
-        self._thread = threading.Thread(target=self._drain, name="request-log", daemon=True)
-        self._thread.start()
+    store_images: bool
 
-    def submit(self, item: dict) -> None:
-        """Queue one record; `_encoded` (image bytes) or `_rgb` carries the image its features come from."""
-        size = len(item.get("_encoded") or b"")
-        with self._bytes_lock:
-            accepted = self._pending_bytes + size <= self._max_pending_bytes
-            if accepted:
-                try:
-                    self._queue.put_nowait(item)
-                    self._pending_bytes += size
-                except queue.Full:
-                    accepted = False
-        if not accepted:  # features cost milliseconds per image: under overload, sample rather than queue forever
-            self.dropped += 1
-            if self._on_drop:
-                self._on_drop()
-            if time.monotonic() - self._last_warning > 60:
-                self._last_warning = time.monotonic()
-                log.warning("request log is behind; %d record(s) dropped so far", self.dropped)
+    def submit(self, meta: dict, outputs: dict, images: list[bytes] | None = None) -> None: ...
 
-    def _drain(self) -> None:
-        from components import domain
-        from components.host_features import image_features
+    def close(self) -> None: ...
 
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            encoded = item.pop("_encoded", None)
-            if encoded is not None:
-                with self._bytes_lock:
-                    self._pending_bytes -= len(encoded)
-            try:
-                # Decoded here, off the request path: the graph already decoded it to answer the request.
-                rgb = item.pop("_rgb", None)
-                if rgb is None and encoded is not None:
-                    rgb = domain.load_rgb(bytes(encoded))  # full size, as the drift reference's features are
-                probs = item.pop("_probs")
-                record = {
-                    **item,
-                    "predicted_label": domain.CLASS_NAMES[int(np.argmax(probs))],
-                    "confidences": {c: float(p) for c, p in zip(domain.CLASS_NAMES, probs)},
-                    "features": image_features(rgb) if rgb is not None else {},
-                }
-                self._log.append(record)
-            except Exception as exc:  # noqa: BLE001 - logging must never break serving
-                log.warning("request log: %s", exc)
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+# Opens a sink: (directory, store_images, on_drop(count)) -> RequestSink.
+RequestSinkOpener = Callable[[str, bool, Callable[[int], None]], RequestSink]
 
 
 class ServingCore:
     """What both front ends call: resolve a ModelSpec, check limits, run (batched or not), record."""
 
     def __init__(self, manager: ModelManager, limits: Limits, metrics: Metrics, batcher: Batcher | None = None,
-                 request_logger: RequestLogger | None = None) -> None:
+                 request_logger: RequestSink | None = None) -> None:
         self.manager = manager
         self.limits = limits
         self.metrics = metrics
@@ -295,23 +241,13 @@ class ServingCore:
 
     def _log(self, servable: Servable, signature_name: str, label: str | None, outputs: dict, inputs: dict,
              images: list[bytes], seconds: float) -> None:
+        """Hand the response's outputs to the request log: no copy, no decoding; the writer's thread copies numbers."""
         if self.request_logger is None:
             return
-        probs = outputs.get("probabilities", outputs.get("scores"))
-        if probs is None or np.ndim(probs) != 2:
-            return
-        rgbs: list[Any] = []
-        if not images and "pixels" in inputs:
-            rgbs = [np.clip(np.asarray(p, np.float32) * 255.0, 0, 255).astype(np.uint8) for p in inputs["pixels"]]
         labels = [label] if label else self.manager.labels_of(servable.name, servable.version)
-        for i, row in enumerate(np.asarray(probs)):
-            self.request_logger.submit({
-                "model": servable.name, "version": servable.version, "label": labels[0] if labels else None,
-                "signature": signature_name, "latency_ms": round(seconds * 1000.0, 3),
-                "_rgb": rgbs[i] if i < len(rgbs) else None, "_encoded": images[i] if i < len(images) else None,
-                "_probs": row,
-                "image": images[i] if self.request_logger.store_images and i < len(images) else None,
-            })
+        meta = {"model": servable.name, "version": servable.version, "label": labels[0] if labels else None,
+                "signature": signature_name, "latency_ms": round(seconds * 1000.0, 3)}
+        self.request_logger.submit(meta, outputs, images if self.request_logger.store_images else None)
 
 
 def _model_entries(options: ServerOptions) -> tuple[list[ModelEntry], Path | None]:
@@ -328,8 +264,9 @@ def _model_entries(options: ServerOptions) -> tuple[list[ModelEntry], Path | Non
 class Server:
     """gRPC + REST over one ServingCore."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, open_request_log: RequestSinkOpener | None = None) -> None:
         self.options = options
+        self.open_request_log = open_request_log
         self.grpc_port: int | None = None
         self.tensorflow_threads: dict[str, int] = {}
         self.rest_port: int | None = None
@@ -356,12 +293,11 @@ class Server:
             batcher = Batcher(params, on_batch=metrics.batch_size.observe)
             log.info("batching enabled: %s; %d gRPC and %d REST handler threads", params, grpc_threads, rest_threads)
         request_logger = None
-        if opts.request_log_dir:
-            try:
-                request_logger = RequestLogger(opts.request_log_dir, store_images=opts.request_log_images,
-                                               on_drop=metrics.log_dropped.inc)
-            except ImportError:
-                log.info("monitoring.request_log is not available; request log off")
+        if opts.request_log_dir and self.open_request_log is None:
+            log.warning("--request_log_dir given but no request-log writer was wired in; request log off")
+        elif opts.request_log_dir:
+            request_logger = self.open_request_log(opts.request_log_dir, opts.request_log_images,
+                                                   metrics.log_dropped.inc)
         manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
                                allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models)
         manager.limits = opts.limits  # the page (serving.page.routes) reads the server's limits here

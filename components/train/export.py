@@ -1,7 +1,9 @@
 """Export a trained Keras model as the serving SavedModel (docs/architecture.md, "The exported SavedModel").
 
 Signatures: `serving_default` (encoded bytes), `predict_pixels` (float pixels) and `classify`
-(tf.Example, TF Serving's Classify API). Decoding and resizing use the domain module's graph
+(tf.Example, TF Serving's Classify API). The two predict signatures also return the monitoring
+features (components/image_features.py, one `feature_<name>` output each) for the request log.
+Decoding and resizing use the domain module's graph
 functions, so serving cannot drift from training. `assets.extra/` holds TF Serving warmup
 requests, `leukoflow.json` (components/model_metadata.py) and a copy of the Keras model (for Grad-CAM
 on the serving page).
@@ -70,6 +72,8 @@ def export_saved_model(
     import keras
     import tensorflow as tf
 
+    from components.image_features import FEATURE_NAMES, feature_outputs, tf_batch_features, tf_image_features
+
     export_dir = Path(export_dir)
     export_dir.parent.mkdir(parents=True, exist_ok=True)
     names = tf.constant(domain.CLASS_NAMES)
@@ -80,22 +84,30 @@ def export_saved_model(
         return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
 
     def decode_batch(images):
-        # Brightness is applied by the model's own layer, so decode + resize only here.
-        return tf.map_fn(
-            lambda encoded: domain.tf_preprocess_encoded(encoded, size, "none"),
-            images,
-            fn_output_signature=tf.TensorSpec([size, size, domain.CHANNELS], tf.float32),
-        )
+        # Brightness is applied by the model's own layer, so decode + resize only here. The monitoring
+        # features come from the full-size decoded image, before the resize, as the drift reference's do.
+        def one(encoded):
+            image = domain.tf_decode(encoded)
+            return domain.tf_adjust_brightness(domain.tf_resize(image, size), "none"), tf_image_features(image)
+
+        return tf.map_fn(one, images, fn_output_signature=(
+            tf.TensorSpec([size, size, domain.CHANNELS], tf.float32), tf.TensorSpec([len(FEATURE_NAMES)], tf.float32)))
 
     def serve(images):
-        return outputs(decode_batch(images))
+        pixels, features = decode_batch(images)
+        result = outputs(pixels)
+        result.update(feature_outputs(features))
+        return result
 
     def predict_pixels(pixels):
-        return outputs(pixels)
+        result = outputs(pixels)
+        result.update(feature_outputs(tf_batch_features(pixels)))
+        return result
 
     def classify(inputs):
+        # TF Serving's Classify API takes one or two outputs (classes, scores): no monitoring outputs here.
         parsed = tf.io.parse_example(inputs, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})
-        probabilities = outputs(decode_batch(parsed["image/encoded"]))["probabilities"]
+        probabilities = outputs(decode_batch(parsed["image/encoded"])[0])["probabilities"]
         classes = tf.tile(names[None, :], [tf.shape(probabilities)[0], 1])
         return {"classes": classes, "scores": probabilities}
 

@@ -32,5 +32,8 @@ RUN groupadd --gid 10001 leukoflow \
 COPY --from=build /opt/leukoflow /opt/leukoflow
 USER 10001:10001
 WORKDIR /var/lib/leukoflow
+# The same image runs the request-logging proxy beside TF Serving (`leukoflow monitor proxy`,
+# infra/k8s/serving): gRPC 8500, REST 8501, its Prometheus metrics 8502.
+EXPOSE 8500 8501 8502
 # KFP overrides the command (python3 -m kfp.dsl.executor_main ...); this is for manual use.
 CMD ["leukoflow", "--help"]

@@ -21,9 +21,13 @@ def serving() -> dict[str, dict]:
     return by_kind
 
 
+def _containers(serving: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in serving["Deployment"]["spec"]["template"]["spec"]["containers"]}
+
+
 def _container(serving: dict) -> dict:
-    (container,) = serving["Deployment"]["spec"]["template"]["spec"]["containers"]
-    return container
+    """TF Serving's container (the request-logging proxy runs beside it)."""
+    return _containers(serving)["tensorflow-serving"]
 
 
 def _flags(container: dict) -> dict[str, str]:
@@ -86,7 +90,7 @@ def test_flags_point_at_the_mounted_configs(serving):
     assert flags["batching_parameters_file"] == f"{config_dir}/batching.config"
     assert flags["monitoring_config_file"] == f"{config_dir}/monitoring.config"
     assert flags["enable_batching"] == "true"
-    assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
+    assert flags["port"] == "9000" and flags["rest_api_port"] == "9001"  # behind the proxy
     # Only flags tensorflow_model_server really has (a typo makes the binary exit at start).
     known = {
         "port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",
@@ -112,7 +116,10 @@ def test_model_store_mount_matches_models_config(serving):
 def test_ports_and_probes(serving):
     container = _container(serving)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": 8500, "http": 8501}
+    assert ports == {"tfs-grpc": 9000, "tfs-http": 9001}
+    proxy_ports = {p["name"]: p["containerPort"] for p in _containers(serving)["leukoflow-proxy"]["ports"]}
+    assert proxy_ports == {"grpc": 8500, "http": 8501, "proxy-metrics": 8502}
+    # Clients reach the proxy only: the Service targets its named ports.
     service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in serving["Service"]["spec"]["ports"]}
     assert service_ports == {"grpc": (8500, "grpc"), "http": (8501, "http")}
     selector = serving["Service"]["spec"]["selector"]
@@ -120,7 +127,46 @@ def test_ports_and_probes(serving):
     assert selector.items() <= pod_labels.items()
     status_path = f"/v1/models/{settings.SERVED_MODEL_NAME}"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"] == {"path": status_path, "port": "http"}, probe
+        assert container[probe]["httpGet"] == {"path": status_path, "port": "tfs-http"}, probe
+
+
+def _cli_flags(container: dict) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in container.get("args", []) if a.startswith("--"))
+
+
+def test_proxy_sidecar_fronts_tf_serving_and_writes_the_request_log(serving):
+    """client -> proxy (8500/8501) -> TF Serving (localhost 9000/9001); proxy -> request-log volume."""
+    from typer.testing import CliRunner
+
+    from monitoring.cli import app
+
+    proxy = _containers(serving)["leukoflow-proxy"]
+    assert proxy["command"] == ["leukoflow", "monitor", "proxy"]
+    flags = _cli_flags(proxy)
+    tfs = _flags(_container(serving))
+    assert flags["upstream-grpc"] == f"127.0.0.1:{tfs['port']}"
+    assert flags["upstream-rest"] == f"127.0.0.1:{tfs['rest_api_port']}"
+    assert (flags["grpc-port"], flags["rest-port"]) == ("8500", "8501")
+    # Every flag is one the CLI has (a typo would crash the sidecar at start).
+    help_text = CliRunner().invoke(app, ["proxy", "--help"], terminal_width=200, env={"COLUMNS": "200"}).output
+    for flag in flags:
+        assert f"--{flag}" in help_text, flag
+    assert "$(POD_NAME)" in flags["log-file"]  # one file per pod on the shared volume
+    assert any(e["name"] == "POD_NAME" for e in proxy["env"])
+    mount = next(m for m in proxy["volumeMounts"] if m["name"] == "request-log")
+    assert not mount.get("readOnly") and flags["request-log-dir"] == mount["mountPath"]
+    volumes = {v["name"]: v for v in serving["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes["request-log"]["persistentVolumeClaim"]["claimName"]
+
+    # The drift CronJob reads the same claim, at the path its LEUKOFLOW_HOME's request log lives.
+    monitoring = {(r["kind"], r["metadata"]["name"]): r for r in render(K8S / "monitoring")}
+    assert "ReadWriteMany" in monitoring[("PersistentVolumeClaim", claim)]["spec"]["accessModes"]
+    cron = monitoring[("CronJob", "leukoflow-drift-check")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    check = next(c for c in cron["containers"] if c["name"] == "drift-check")
+    log_volume = next(v["name"] for v in cron["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+    read_mount = next(m for m in check["volumeMounts"] if m["name"] == log_volume)
+    home_dir = next(e["value"] for e in check["env"] if e["name"] == "LEUKOFLOW_HOME")
+    assert read_mount["readOnly"] is True and read_mount["mountPath"] == f"{home_dir}/requests"
 
 
 def test_prometheus_path_matches_monitoring_config(serving):

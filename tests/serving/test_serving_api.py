@@ -18,6 +18,9 @@ from PIL import Image
 from serving_helpers import MONITORING_CONFIG, install_version, models_config
 from tiny_model import SIZE, encode_jpeg, encode_png, sample_image
 
+from components.image_features import FEATURE_OUTPUTS
+from pipelines.serve_cli import open_request_log
+
 pytestmark = pytest.mark.timeout(300)
 
 MAX_BATCH = 8
@@ -41,7 +44,7 @@ def server(exported_versions, tmp_path_factory):
         file_system_poll_wait_seconds=0, request_log_dir=str(root / "requests"),
         limits=Limits(max_message_bytes=4 * 1024 * 1024, max_image_pixels=10_000_000, max_batch_size=MAX_BATCH,
                       max_request_pixels=15_000_000),
-    )).start()
+    ), open_request_log=open_request_log).start()
     srv.root = root
     yield srv
     srv.stop()
@@ -202,7 +205,7 @@ def test_get_model_metadata(stub):
     assert resp.metadata["signature_def"].Unpack(sdm)
     assert {"serving_default", "predict_pixels", "classify"} <= set(sdm.signature_def)
     sd = sdm.signature_def["serving_default"]
-    assert set(sd.inputs) == {"images"} and set(sd.outputs) == {"probabilities", "label"}
+    assert set(sd.inputs) == {"images"} and set(sd.outputs) == {"probabilities", "label", *FEATURE_OUTPUTS}
     assert sdm.signature_def["classify"].method_name == "tensorflow/serving/classify"
     bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["other"])
     bad.model_spec.name = "leukemia"
@@ -346,7 +349,7 @@ def test_rest_predict_row_and_columnar(rest):
     row = requests.post(f"{rest}/v1/models/leukemia:predict", json={"instances": [img, img]}, timeout=30)
     assert row.status_code == 200, row.text
     preds = row.json()["predictions"]
-    assert len(preds) == 2 and set(preds[0]) == {"probabilities", "label"}
+    assert len(preds) == 2 and set(preds[0]) == {"probabilities", "label", *FEATURE_OUTPUTS}
     assert abs(sum(preds[0]["probabilities"]) - 1) < 1e-5
     named = requests.post(f"{rest}/v1/models/leukemia/versions/1:predict", json={"instances": [{"images": img}]}, timeout=30)
     assert named.status_code == 200
@@ -435,18 +438,18 @@ def test_prometheus_metrics_and_request_log(server, rest, stub):
     assert "leukoflow_serving_request_latency_seconds_bucket" in text
     assert 'leukoflow_serving_loaded_versions{model="leukemia",version="1"} 1.0' in text
     assert "leukoflow_serving_batch_size_bucket" in text
-    from components import domain
-    from components.host_features import image_features
+    from components.image_features import encoded_image_features
 
-    # The log's features are computed from the very image sent (decoded off the request path).
+    # The log's features are the graph's outputs for the very image sent (copied, not recomputed).
     distinct = encode_png(np.full((40, 56, 3), (200, 60, 120), np.uint8))
     stub.Predict(predict_request([distinct]), timeout=30)
-    expected = image_features(domain.load_rgb(distinct))
+    expected = encoded_image_features(distinct)
     log_file = server.root / "requests" / "requests.jsonl"
     deadline, record = time.time() + 20, None
     while time.time() < deadline and record is None:
         lines = log_file.read_text().splitlines() if log_file.exists() else []
-        record = next((r for r in map(json.loads, lines) if r["features"] == pytest.approx(expected)), None)
+        record = next((r for r in map(json.loads, lines) if r.get("features") == pytest.approx(expected, abs=1e-4)),
+                      None)
         time.sleep(0.2)
     assert record is not None, "no request-log record carries the sent image's features"
     assert record["model"] == "leukemia" and record["predicted_label"] in ("Benign", "Early", "Pre", "Pro")

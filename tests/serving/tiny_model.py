@@ -73,7 +73,7 @@ def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool =
     """Export the tiny model to `export_dir` (a version directory such as base/leukemia/1)."""
     import tensorflow as tf
 
-    from components import domain
+    from components import domain, image_features
 
     export_dir = Path(export_dir)
     class_names = tf.constant(list(domain.CLASS_NAMES))
@@ -89,9 +89,11 @@ def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool =
             feats = tf.reduce_mean(pixels, axis=[1, 2])
             return tf.nn.softmax(feats @ self.w + self.b)
 
-        def _outputs(self, pixels: tf.Tensor) -> dict:
+        def _outputs(self, pixels: tf.Tensor, features: tf.Tensor) -> dict:
             probs = self._probs(pixels)
-            return {"probabilities": probs, "label": tf.gather(class_names, tf.argmax(probs, axis=1))}
+            # The monitoring outputs, as the trainer's export adds them (components/image_features.py).
+            return {"probabilities": probs, "label": tf.gather(class_names, tf.argmax(probs, axis=1)),
+                    **image_features.feature_outputs(features)}
 
         def _decode(self, images: tf.Tensor) -> tf.Tensor:
             return tf.map_fn(
@@ -100,13 +102,17 @@ def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool =
                 fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32),
             )
 
+        def _features(self, images: tf.Tensor) -> tf.Tensor:
+            return tf.map_fn(lambda b: image_features.tf_image_features(domain.tf_decode(b)), images,
+                             fn_output_signature=tf.TensorSpec([len(image_features.FEATURE_NAMES)], tf.float32))
+
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def serving_default(self, images):
-            return self._outputs(self._decode(images))
+            return self._outputs(self._decode(images), self._features(images))
 
         @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="pixels")])
         def predict_pixels(self, pixels):
-            return self._outputs(pixels)
+            return self._outputs(pixels, image_features.tf_batch_features(pixels))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
         def classify(self, inputs):
