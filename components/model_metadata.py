@@ -39,6 +39,13 @@ class ModelMetadata:
     signatures: tuple[str, ...] = ()
     keras_model: str | None = None                   # assets.extra/<this> is the Keras copy for Grad-CAM
     source_size: int | None = None                   # the stored image size the model was trained from
+    # Knowing when it does not know (components/train/calibration.py); None: exported without them.
+    temperature: float | None = None                 # calibrated probabilities = softmax(logits / temperature)
+    ood_threshold: float | None = None               # ood_score above this: out of distribution, refer
+    ood_layer: str | None = None                     # the mid-level layer the OOD score reads
+    ood_val_referral_rate: float | None = None       # the share of in-distribution val images the threshold refers
+    conformal_quantile: float | None = None          # class c is in the prediction set when p_c >= 1 - quantile
+    conformal_coverage: float | None = None          # the target coverage the quantile was fitted for
 
     @property
     def low_confidence(self) -> float:

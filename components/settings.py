@@ -53,6 +53,8 @@ class ModelConfig:
     cache_features: bool = False         # frozen base: compute base features once, train the head on them
     augment: bool = True                 # geometry and another lab's stain/lamp/camera (components/train/augment.py)
     augment_copies: int = 4              # cache_features + augment: augmented copies of each training image cached
+    cache_cut: str | None = None         # cache_features: the base layer whose activations are cached; the layers
+                                         # above it train on them (fine-tuning the top); None: the head alone
     dropout: float = 0.3
     label_smoothing: float = 0.0
     mixed_precision: bool = True         # only where a GPU is present
@@ -144,6 +146,13 @@ def model_config(profile_name: str, model: str, **overrides) -> ModelConfig:
         raise ValueError(f"unknown model {model!r}; expected one of {', '.join(prof.models)}")
     return prof.models[model].with_overrides(**overrides) if overrides else prof.models[model]
 
+
+# ---------------------------------------------------------------- knowing when it does not know
+# Fitted per model on the validation split (components/train/calibration.py), stored in the graph.
+OOD_VAL_REFERRAL_RATE: float = 0.02      # the OOD threshold refers this share of in-distribution val images
+CONFORMAL_COVERAGE: float = 0.98         # target coverage of the prediction sets
+# Smears from another lab (none an ALL-stage image): half choose, half report (components/evaluate/external.py).
+EXTERNAL_OOD_DIR: str = os.environ.get("LEUKOFLOW_EXTERNAL_OOD_DIR", "")
 
 # ---------------------------------------------------------------- gate
 GATE_MIN_MACRO_F1: float = 0.85

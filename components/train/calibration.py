@@ -131,14 +131,14 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     return out
 
 
-def fit_calibration(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
-                    val_labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *, num_classes: int,
-                    ood_referral_rate: float, coverage: float) -> Calibration:
-    """Fit temperature, the Mahalanobis score and its threshold, and the conformal quantile."""
-    val_logits = np.asarray(val_features, dtype=np.float64) @ kernel + bias
+def fit_calibration(train_ood_features: np.ndarray, train_labels: np.ndarray, val_head_features: np.ndarray,
+                    val_ood_features: np.ndarray, val_labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *,
+                    num_classes: int, ood_referral_rate: float, coverage: float) -> Calibration:
+    """Fit temperature (head features), the Mahalanobis score and its threshold (mid-level features), the conformal quantile."""
+    val_logits = np.asarray(val_head_features, dtype=np.float64) @ kernel + bias
     temperature = fit_temperature(val_logits, val_labels)
-    means, whitening = fit_mahalanobis(train_features, train_labels, num_classes)
-    val_scores = mahalanobis_score(val_features, means, whitening)
+    means, whitening = fit_mahalanobis(train_ood_features, train_labels, num_classes)
+    val_scores = mahalanobis_score(val_ood_features, means, whitening)
     threshold = float(np.quantile(val_scores, 1.0 - ood_referral_rate))
     calibrated = softmax(val_logits, temperature)
     quantile = conformal_quantile(calibrated, val_labels, coverage)
@@ -146,6 +146,7 @@ def fit_calibration(train_features: np.ndarray, train_labels: np.ndarray, val_fe
         temperature=temperature, class_means=means, whitening=whitening, ood_threshold=threshold,
         conformal_quantile=quantile, ood_referral_rate=ood_referral_rate, coverage=coverage,
         fitted_on={"train_features": int(len(train_labels)), "val_images": int(len(val_labels)),
+                   "val_ood_referred": float(np.mean(val_scores > threshold)),
                    "val_ece_before": expected_calibration_error(softmax(val_logits), val_labels),
                    "val_ece_after": expected_calibration_error(calibrated, val_labels)},
     )

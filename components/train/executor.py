@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components import atomic_files, domain, records
+from components import atomic_files, domain, records, settings
 from components.settings import ModelConfig
 from components.train import input as train_input
 from components.train import models
@@ -121,65 +121,125 @@ def _fit(model, train, val, *, epochs: int, initial_epoch: int, config: ModelCon
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
-def _cached_features(extractor, ds) -> tuple[np.ndarray, np.ndarray]:
-    feats, labels = [], []
+def _predict_arrays(extractor, ds) -> tuple[list[np.ndarray], np.ndarray]:
+    """Run a multi-output `extractor` over (x, y) batches: ([outputs...], labels)."""
+    outs: list[list[np.ndarray]] = []
+    labels = []
     for x, y in ds:
-        feats.append(np.asarray(extractor.predict_on_batch(x)))
+        result = extractor.predict_on_batch(x)
+        result = result if isinstance(result, (list, tuple)) else [result]
+        outs.append([np.asarray(r) for r in result])
         labels.append(y.numpy())
-    return np.concatenate(feats), np.concatenate(labels)
+    return [np.concatenate(parts) for parts in zip(*outs)], np.concatenate(labels)
 
 
-def _train_head_on_features(model, config: ModelConfig, split_dir: Path, weights: dict, checkpoint: Path,
-                            verbose: int) -> dict:
-    """Frozen base: compute pooled base features once, fit the head on them, copy the head into the model.
+def _bottom_and_top(model, config: ModelConfig):
+    """(bottom: pixels -> [pooled mid-level map, activation at the cut], top: cut activation -> probabilities).
 
-    With `augment`, the training set is the clean features plus `augment_copies` augmented copies of
-    every training image (each copy a new random lab and geometry), so the head learns what survives
-    a change of stain, lamp and camera at the cost of one base pass per copy.
+    The cut is `config.cache_cut`, a layer inside the base: everything below it stays frozen and runs
+    once per cached copy; the layers above it (and the head) train on the cached activations. With no
+    cut the activation is the pooled last feature map and the top is the head alone. Both models share
+    their layers with `model`, so training the top trains the model itself.
+    """
+    import keras
+
+    base = models.base_layer(model)
+    inner_mid, inner_final = base.outputs
+    inner_cut = base.get_layer(config.cache_cut).output if config.cache_cut else inner_final
+    inner_bottom = keras.Model(base.input, [inner_mid, inner_cut])
+    mid, cut = inner_bottom(model.get_layer("normalize").output)
+    pooled_mid = keras.layers.GlobalAveragePooling2D(name="ood_gap")(mid)
+    if config.cache_cut is None:
+        cut = model.get_layer("gap")(cut)
+    bottom = keras.Model(model.input, [pooled_mid, cut])
+    inputs = keras.Input(cut.shape[1:], name="cached")
+    x = inputs
+    if config.cache_cut is not None:
+        top_of_base = keras.Model(inner_cut, inner_final)
+        base.trainable = True
+        for layer in base.layers:  # BatchNorm stays frozen (and in inference mode) when fine-tuning
+            layer.trainable = layer in top_of_base.layers and not isinstance(layer, keras.layers.BatchNormalization)
+        x = model.get_layer("gap")(top_of_base(x, training=False))
+    x = model.get_layer("dropout")(x)
+    top = keras.Model(inputs, model.get_layer(models.OUTPUT_LAYER)(x))
+    return bottom, top
+
+
+def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, weights: dict, checkpoint: Path,
+                                 verbose: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """Frozen bottom of the base: cache its activations once per copy, train the rest on them.
+
+    With `augment`, the training set is the clean images plus `augment_copies` augmented copies of
+    each (every copy a new random lab and geometry), so what trains learns what survives a change
+    of stain, lamp and camera at the cost of one bottom pass per copy. Returns the history and the
+    pooled mid-level features of every cached training copy (the OOD score is fitted on them).
     """
     import tensorflow as tf
 
-    extractor = models.pooled_features_model(model)
+    bottom, top = _bottom_and_top(model, config)
     started = time.perf_counter()
-    sets = {}
     batch = max(config.batch_size, 64)
-    for split in ("train", "val"):
-        ds = train_input.dataset(split_dir, split, config.image_size, batch, cache=False)
-        sets[split] = _cached_features(extractor, ds)
+    (train_mid, train_x), train_y = _predict_arrays(
+        bottom, train_input.dataset(split_dir, "train", config.image_size, batch, cache=False))
+    (_, val_x), val_y = _predict_arrays(
+        bottom, train_input.dataset(split_dir, "val", config.image_size, batch, cache=False))
+    mids, xs, ys = [train_mid], [train_x.astype(np.float16)], [train_y]
     copies = config.augment_copies if config.augment else 0
     if copies:
-        feats, labels = [sets["train"][0]], [sets["train"][1]]
         augmented = train_input.dataset(split_dir, "train", config.image_size, batch, augment=True,
                                         seed=config.seed, cache=True)
         for _ in range(copies):
-            x, y = _cached_features(extractor, augmented)
-            feats.append(x)
-            labels.append(y)
-        sets["train"] = (np.concatenate(feats), np.concatenate(labels))
-    log.info("cached %s base features for train (%d copies augmented) and val in %.1fs", config.name, copies,
-             time.perf_counter() - started)
-    # Standardise the features for the head (random-init or unnormalised bases give wildly scaled
-    # features), then fold the standardisation into the Dense layer so the full model is unchanged.
-    mean = sets["train"][0].mean(axis=0)
-    std = sets["train"][0].std(axis=0) + 1e-6
-    head = models.head_model(config, sets["train"][0].shape[1])
-    _compile(head, config.learning_rate, config.label_smoothing)
+            (mid, x), y = _predict_arrays(bottom, augmented)
+            mids.append(mid)
+            xs.append(x.astype(np.float16))  # half the memory; the top computes in float32
+            ys.append(y)
+    train_x, train_y = np.concatenate(xs), np.concatenate(ys)
+    log.info("cached %s activations at %s for %d training copies (%d augmented) and val in %.1fs", config.name,
+             config.cache_cut or "the pooled features", len(train_x), copies, time.perf_counter() - started)
 
-    def as_ds(split: str, shuffle: bool):
-        x, y = sets[split]
-        x = ((x - mean) / std).astype(np.float32)
+    # Pooled features of a random-init base span decades: standardise them for the head, then fold
+    # the standardisation into the Dense layer so the full model is unchanged.
+    standardise = config.cache_cut is None
+    mean = train_x.astype(np.float32).mean(axis=0) if standardise else 0.0
+    std = train_x.astype(np.float32).std(axis=0) + 1e-6 if standardise else 1.0
+
+    def as_ds(x, y, shuffle: bool):
         ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, domain.NUM_CLASSES)))
         if shuffle:
             ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-        return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.batch(config.batch_size)
+        return ds.map(lambda a, b: ((tf.cast(a, tf.float32) - mean) / std, b)).prefetch(tf.data.AUTOTUNE)
 
-    history = _fit(head, as_ds("train", True), as_ds("val", False), epochs=config.epochs, initial_epoch=0,
-                   config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
-    kernel, bias = head.get_layer(models.OUTPUT_LAYER).get_weights()
-    folded_kernel = kernel / std[:, None]
-    folded_bias = bias - (mean / std) @ kernel
-    model.get_layer(models.OUTPUT_LAYER).set_weights([folded_kernel.astype(np.float32), folded_bias.astype(np.float32)])
-    return history
+    _compile(top, config.learning_rate, config.label_smoothing)
+    history = _fit(top, as_ds(train_x, train_y, True), as_ds(val_x, val_y, False), epochs=config.epochs,
+                   initial_epoch=0, config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
+    if standardise:
+        dense = model.get_layer(models.OUTPUT_LAYER)
+        kernel, bias = dense.get_weights()
+        dense.set_weights([(kernel / std[:, None]).astype(np.float32),
+                           (bias - (mean / std) @ kernel).astype(np.float32)])
+    return history, (np.concatenate(mids), np.concatenate(ys))
+
+
+def _fit_calibration(model, config: ModelConfig, split_dir: Path, ood_train: tuple[np.ndarray, np.ndarray] | None):
+    """Temperature, OOD score and conformal quantile for the trained model (components/train/calibration.py)."""
+    from components.train import calibration
+
+    features = models.calibration_features_model(model)
+    batch = max(config.batch_size, 64)
+    if ood_train is None:  # trained end to end: the clean training images and one augmented copy
+        (_, mid), y = _predict_arrays(features, train_input.dataset(split_dir, "train", config.image_size, batch,
+                                                                    cache=False))
+        (_, mid_aug), y_aug = _predict_arrays(features, train_input.dataset(
+            split_dir, "train", config.image_size, batch, augment=config.augment, seed=config.seed + 7, cache=False))
+        ood_train = (np.concatenate([mid, mid_aug]), np.concatenate([y, y_aug]))
+    (val_head, val_mid), val_y = _predict_arrays(features, train_input.dataset(split_dir, "val", config.image_size,
+                                                                               batch, cache=False))
+    kernel, bias = model.get_layer(models.OUTPUT_LAYER).get_weights()
+    return calibration.fit_calibration(ood_train[0], ood_train[1], val_head, val_mid, val_y, kernel, bias,
+                                       num_classes=domain.NUM_CLASSES,
+                                       ood_referral_rate=settings.OOD_VAL_REFERRAL_RATE,
+                                       coverage=settings.CONFORMAL_COVERAGE)
 
 
 def _save_curves(history: dict, path: Path, fine_tune_start: int | None) -> None:
@@ -253,10 +313,11 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
             bn_batches = train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                              seed=config.seed, cache=False).take(PRECISE_BN_BATCHES)
             phases: list[str] = []
+            ood_train = None
             if config.cache_features and has_base:
-                history = _train_head_on_features(model, config, split_dir, weights,
-                                                  out_dir / "checkpoints" / "head.weights.h5", verbose)
-                phases += ["head_on_cached_features"] * len(history.get("loss", []))
+                history, ood_train = _train_on_cached_activations(model, config, split_dir, weights,
+                                                                  out_dir / "checkpoints" / "top.weights.h5", verbose)
+                phases += ["cached_activations"] * len(history.get("loss", []))
             else:
                 train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                                         augment=config.augment, seed=config.seed,
@@ -285,6 +346,12 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
                 _compile(model, config.learning_rate, config.label_smoothing)
             with contextlib.redirect_stdout(sys.stderr):
                 val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
+            calibration_started = time.perf_counter()
+            fitted = _fit_calibration(model, config, split_dir, ood_train)
+            log.info("%s calibration in %.1fs: temperature %.3f, val ECE %.4f -> %.4f, OOD threshold %.2f, "
+                     "conformal quantile %.4f", config.name, time.perf_counter() - calibration_started,
+                     fitted.temperature, fitted.fitted_on["val_ece_before"], fitted.fitted_on["val_ece_after"],
+                     fitted.ood_threshold, fitted.conformal_quantile)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     train_time = time.perf_counter() - started
@@ -299,7 +366,8 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
         warmup = [ex["encoded"] for _, ex in zip(range(WARMUP_IMAGES), records.iter_examples(split_dir / "val"))]
         saved_model = export.export_saved_model(model, out_dir / "saved_model", model_name=config.name,
                                                 image_size=config.image_size, brightness=config.brightness,
-                                                warmup_images=warmup, keras_path=keras_path).resolve()
+                                                warmup_images=warmup, keras_path=keras_path,
+                                                calibration=fitted).resolve()
 
     export_time = time.perf_counter() - export_started
     history["phase"] = phases
@@ -327,6 +395,10 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
         "keras_model": str(keras_path.resolve()),
         "saved_model": str(saved_model) if saved_model else None,
         "out_dir": str(out_dir.resolve()),
+        "calibration": {"temperature": fitted.temperature, "ood_threshold": fitted.ood_threshold,
+                        "conformal_quantile": fitted.conformal_quantile, "coverage": fitted.coverage,
+                        "ood_val_referral_rate": fitted.ood_referral_rate, "ood_layer": models.OOD_SOURCE_LAYERS[config.name],
+                        **fitted.fitted_on},
     }
     atomic_files.write_text(out_dir / "train.json", json.dumps(result, indent=2))
     log.info("%s: val accuracy %.4f after %d epochs in %.1fs (weights: %s)", config.name, val_accuracy,

@@ -3,7 +3,9 @@
 Signatures: `serving_default` (encoded bytes), `predict_pixels` (float pixels) and `classify`
 (tf.Example, TF Serving's Classify API). The two predict signatures also return the monitoring
 features (components/image_features.py, one `feature_<name>` output each) for the request log.
-Decoding and resizing use the domain module's graph
+With a fitted calibration (components/train/calibration.py) they return calibrated
+`probabilities` and, per image, `ood_score`, `in_distribution`, `prediction_set` and `refer`;
+`classify` returns the calibrated scores. Decoding and resizing use the domain module's graph
 functions, so serving cannot drift from training. `assets.extra/` holds TF Serving warmup
 requests, `leukoflow.json` (components/model_metadata.py) and a copy of the Keras model (for Grad-CAM
 on the serving page).
@@ -20,6 +22,8 @@ from components import domain, model_metadata, settings
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
+
+    from components.train.calibration import Calibration
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 WARMUP_FILE = "tf_serving_warmup_requests"
@@ -67,6 +71,7 @@ def export_saved_model(
     brightness: str,
     warmup_images: Sequence[bytes] = (),
     keras_path: str | Path | None = None,
+    calibration: "Calibration | None" = None,
 ) -> Path:
     """Write the serving SavedModel to `export_dir` (via a temporary sibling, then renamed)."""
     import keras
@@ -79,9 +84,33 @@ def export_saved_model(
     names = tf.constant(domain.CLASS_NAMES)
     size = int(image_size)
 
+    from components.train import models
+
+    features_model = models.calibration_features_model(model)
+    kernel, bias = (tf.constant(w, tf.float32) for w in model.get_layer(models.OUTPUT_LAYER).get_weights())
+
     def outputs(pixels):
-        probabilities = tf.cast(model(pixels, training=False), tf.float32)
-        return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
+        head, mid = features_model(pixels, training=False)
+        logits = tf.matmul(tf.cast(head, tf.float32), kernel) + bias
+        if calibration is None:
+            probabilities = tf.nn.softmax(logits)
+            return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
+        probabilities = tf.nn.softmax(logits / calibration.temperature)
+        whitening = tf.constant(calibration.whitening, tf.float32)
+        centres = tf.constant(calibration.class_means @ calibration.whitening, tf.float32)
+        projected = tf.matmul(tf.cast(mid, tf.float32), whitening)
+        ood_score = tf.reduce_min(tf.reduce_sum(tf.square(projected[:, None, :] - centres[None]), axis=-1), axis=1)
+        in_distribution = ood_score <= calibration.ood_threshold
+        prediction_set = probabilities >= 1.0 - calibration.conformal_quantile
+        single = tf.equal(tf.reduce_sum(tf.cast(prediction_set, tf.int32), axis=1), 1)
+        return {
+            "probabilities": probabilities,
+            "label": tf.gather(names, tf.argmax(probabilities, axis=1)),
+            "ood_score": ood_score,
+            "in_distribution": in_distribution,
+            "prediction_set": prediction_set,
+            "refer": tf.logical_or(tf.logical_not(in_distribution), tf.logical_not(single)),
+        }
 
     def decode_batch(images):
         # Brightness is applied by the model's own layer, so decode + resize only here. The monitoring
@@ -113,6 +142,7 @@ def export_saved_model(
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    archive.track(features_model)
     archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.add_endpoint(
         "predict_pixels",
@@ -137,6 +167,14 @@ def export_saved_model(
             low_confidence_threshold=settings.LOW_CONFIDENCE_THRESHOLD,
             signatures=SIGNATURES,
             keras_model="model.keras" if keras_path else None,
+            **({} if calibration is None else {
+                "temperature": calibration.temperature,
+                "ood_threshold": calibration.ood_threshold,
+                "ood_layer": models.OOD_SOURCE_LAYERS.get(model_name),
+                "ood_val_referral_rate": calibration.ood_referral_rate,
+                "conformal_quantile": calibration.conformal_quantile,
+                "conformal_coverage": calibration.coverage,
+            }),
         ))
         if keras_path:
             shutil.copy2(keras_path, extra / "model.keras")

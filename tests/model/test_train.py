@@ -49,7 +49,7 @@ def test_cached_features_then_fine_tuning(tiny_split, tmp_path):
                          cache_features=True, augment=False, fine_tune_epochs=1, fine_tune_layers=8)
     result = run_train(tiny_split, tmp_path / "mnv2", config, verbose=0, export_saved_model=False)
     history = json.loads((tmp_path / "mnv2" / "history.json").read_text())
-    assert history["phase"] == ["head_on_cached_features"] * 2 + ["fine_tune"]
+    assert history["phase"] == ["cached_activations"] * 2 + ["fine_tune"]
     assert result["epochs_run"] == 3 and result["trainable_params"] > 5124
     assert (tmp_path / "mnv2" / "keras" / "model.keras").is_file() and result["saved_model"] is None
 
