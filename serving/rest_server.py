@@ -19,13 +19,12 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from serving import grpc_server as api
+from serving import handlers as api
 from serving.errors import ServingError, from_exception, invalid_argument
 from serving.limits import check_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.metrics import MonitoringConfig
-    from serving.server import ServingCore, SSLConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def _parse_json(body: bytes):
         raise invalid_argument(f"JSON Parse error: {exc}") from None
 
 
-def predict_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
+def predict_json(core: Any, name: str, version: int | None, label: str | None, body: bytes) -> dict:
     """:predict with TF Serving's row (instances -> predictions) and columnar (inputs -> outputs) formats."""
     req = _parse_json(body)
     if not isinstance(req, dict):
@@ -221,7 +220,7 @@ def _example(obj: Any) -> Any:
     return ex
 
 
-def classify_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
+def classify_json(core: Any, name: str, version: int | None, label: str | None, body: bytes) -> dict:
     """:classify with TF Serving's JSON (examples, optional context) -> {"result": [[[class, score], ...]]}."""
     req = _parse_json(body)
     if not isinstance(req, dict) or "examples" not in req:
@@ -254,7 +253,7 @@ def _message_json(message: Any, preserve: bool) -> str:
                                          including_default_value_fields=True)
 
 
-def status_json(core: "ServingCore", name: str, version: int | None, label: str | None) -> str:
+def status_json(core: Any, name: str, version: int | None, label: str | None) -> str:
     from tensorflow_serving.apis import get_model_status_pb2
 
     if not name:
@@ -264,7 +263,7 @@ def status_json(core: "ServingCore", name: str, version: int | None, label: str 
     return _message_json(api.get_model_status(core, req), preserve=False)
 
 
-def metadata_json(core: "ServingCore", name: str, version: int | None, label: str | None) -> str:
+def metadata_json(core: Any, name: str, version: int | None, label: str | None) -> str:
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     if not name:
@@ -306,7 +305,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], core: "ServingCore", monitoring: "MonitoringConfig",
+    def __init__(self, address: tuple[str, int], core: Any, monitoring: "MonitoringConfig",
                  num_threads: int, ssl_context: ssl_lib.SSLContext | None) -> None:
         super().__init__(address, _Handler)
         self.core = core
@@ -467,7 +466,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
 
-def _ssl_context(ssl: "SSLConfig") -> ssl_lib.SSLContext:
+def _ssl_context(ssl: Any) -> ssl_lib.SSLContext:
     import os
     import tempfile
 
@@ -486,8 +485,8 @@ def _ssl_context(ssl: "SSLConfig") -> ssl_lib.SSLContext:
     return ctx
 
 
-def start_rest_server(core: "ServingCore", host: str, port: int, num_threads: int, monitoring: "MonitoringConfig",
-                      ssl: "SSLConfig | None" = None) -> tuple[_Server, int]:
+def start_rest_server(core: Any, host: str, port: int, num_threads: int, monitoring: "MonitoringConfig",
+                      ssl: Any = None) -> tuple[_Server, int]:
     """Start the REST server in a background thread; returns it and the bound port."""
     server = _Server((host, port), core, monitoring, num_threads, _ssl_context(ssl) if ssl else None)
     thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
