@@ -45,6 +45,9 @@ def serve(
         0, "--tensorflow_intra_op_parallelism", help="Threads one TensorFlow op may use (0: TensorFlow's choice)."),
     tensorflow_inter_op_parallelism: int = typer.Option(
         0, "--tensorflow_inter_op_parallelism", help="TensorFlow ops run at once (0: TensorFlow's choice)."),
+    max_concurrent_runs: Optional[int] = typer.Option(
+        None, "--max_concurrent_runs", help="Unbatched model runs at once (default: one per core, at least 2); "
+        "a request whose deadline passes while it waits is not run."),
     allow_version_labels_for_unavailable_models: bool = typer.Option(
         False, "--allow_version_labels_for_unavailable_models", help="Let a label name a version that is not loaded yet."),
     request_log_dir: Optional[str] = typer.Option(
@@ -73,7 +76,7 @@ def serve(
         allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
         rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
         tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
-        tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism,
+        tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, max_concurrent_runs=max_concurrent_runs,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         request_log_images=request_log_images,
         limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,

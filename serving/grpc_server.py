@@ -29,8 +29,9 @@ def _servicer_classes() -> tuple[type, type]:
             start = time.perf_counter()
             code = "UNKNOWN"
             name, version, _ = spec_parts(request.model_spec) if request.HasField("model_spec") else ("", None, None)
-            self.core.set_deadline(context.time_remaining())
+            self.core.set_deadline(context.time_remaining(), context.is_active)
             try:
+                self.core.remaining()  # it may have waited for a handler thread past its deadline: do nothing
                 response = fn(self.core, request)
                 code = "OK"
                 version = response.model_spec.version.value if hasattr(response, "model_spec") else version
