@@ -50,6 +50,44 @@ def to_ndarray(alias: str, proto: Any) -> np.ndarray:
         raise invalid_argument(f"tensor parsing error: {alias}") from None
 
 
+# TensorProto fields that carry values, by their per-value size in bytes (strings: their own length).
+_VALUE_FIELDS = {"half_val": 2, "float_val": 4, "double_val": 8, "int_val": 4, "int64_val": 8, "bool_val": 1,
+                 "uint32_val": 4, "uint64_val": 8, "dcomplex_val": 16, "scomplex_val": 8}
+
+
+def check_tensor_proto(alias: str, proto: Any, limits: Any) -> None:
+    """Refuse a TensorProto from its shape and byte counts, before any of it becomes a numpy array.
+
+    The batch (first) dimension must be within max_batch_size, and the values may not outnumber the
+    shape (a [1] tensor with fifteen million strings would otherwise become fifteen million objects).
+    """
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise invalid_argument(f"tensor parsing error: {alias} has a negative dimension {dims}")
+    if dims:
+        check_batch(alias, dims[0], limits)
+    elements = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if proto.tensor_content:
+        itemsize = max(1, len(proto.tensor_content) // max(1, elements))
+        if len(proto.tensor_content) != elements * itemsize:
+            raise invalid_argument(f"tensor parsing error: {alias}: {len(proto.tensor_content)} bytes of content "
+                                   f"do not fit its shape {dims}")
+        return
+    strings = len(proto.string_val)
+    if strings > elements:
+        raise invalid_argument(f"tensor parsing error: {alias} holds {strings} strings for its shape {dims} "
+                               f"({elements} elements)")
+    total = sum(len(v) for v in proto.string_val) if strings else 0
+    for name, size in _VALUE_FIELDS.items():
+        count = len(getattr(proto, name))
+        if count > elements * (2 if name.endswith("complex_val") else 1):
+            raise invalid_argument(f"tensor parsing error: {alias} holds {count} values for its shape {dims}")
+        total += count * size
+    if total > limits.max_message_bytes:
+        raise invalid_argument(f"input {alias!r} holds {total} bytes, more than the limit "
+                               f"max_message_bytes={limits.max_message_bytes}")
+
+
 def to_tensor_proto(arr: np.ndarray) -> Any:
     import tensorflow as tf
 
@@ -93,6 +131,8 @@ def predict(core: Any, request: Any) -> Any:
 
     name, version, label = spec_parts(request.model_spec)
     servable = core.resolve(name, version, label)
+    for alias, t in request.inputs.items():  # all of them, before the first is materialised
+        check_tensor_proto(alias, t, core.limits)
     inputs = {alias: to_ndarray(alias, t) for alias, t in request.inputs.items()}
     key, outputs = run_predict(core, servable, label, request.model_spec.signature_name, inputs,
                                list(request.output_filter))
