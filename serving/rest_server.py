@@ -499,6 +499,8 @@ class RestServer:
         self.max_connections = max_connections
         self.open_connections = 0
         self.refused_connections = 0
+        self.header_timeout_s = HEADER_TIMEOUT_S  # instance copies: a test may shorten them
+        self.keepalive_idle_s = KEEPALIVE_IDLE_S
         self.pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
         self.loop = asyncio.new_event_loop()
         self.server_address: tuple[str, int] = ("", 0)
@@ -578,16 +580,16 @@ class RestServer:
         for served in range(MAX_REQUESTS_PER_CONNECTION):
             # Idle keep-alive: wait for the first byte of the next request, then the header deadline starts.
             try:
-                first = await asyncio.wait_for(reader.read(1), KEEPALIVE_IDLE_S if served else HEADER_TIMEOUT_S)
+                first = await asyncio.wait_for(reader.read(1), self.keepalive_idle_s if served else self.header_timeout_s)
             except asyncio.TimeoutError:
                 return
             if not first:
                 return
             try:
-                head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT_S)
+                head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout_s)
             except asyncio.TimeoutError:
                 await self._write(writer, 408, _json_error(
-                    f"request headers not received within {HEADER_TIMEOUT_S:.0f} s"), "application/json", {}, close=True)
+                    f"request headers not received within {self.header_timeout_s:g} s"), "application/json", {}, close=True)
                 return
             except asyncio.LimitOverrunError:
                 await self._write(writer, 431, _json_error(f"request headers larger than {MAX_HEADER_BYTES} bytes"),
