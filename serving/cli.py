@@ -58,6 +58,8 @@ def serve(
     max_request_pixels: int = typer.Option(200_000_000, "--max_request_pixels", help="Refuse requests whose images add up to more pixels."),
     max_batch_size: int = typer.Option(256, "--max_batch_size", help="Refuse requests with more images than this."),
     max_message_bytes: int = typer.Option(64 * 1024 * 1024, "--max_message_bytes", help="Refuse larger request bodies/messages."),
+    max_concurrent_explains: int = typer.Option(
+        1, "--max_concurrent_explains", help="Grad-CAM explanations computed at once; more get HTTP 429."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once serving."),
 ) -> None:
     """Serve SavedModels over gRPC (TF Serving's PredictionService/ModelService) and REST (/v1/models/...)."""
@@ -80,7 +82,7 @@ def serve(
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         request_log_images=request_log_images,
         limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
-                      max_request_pixels=max_request_pixels),
+                      max_request_pixels=max_request_pixels, max_concurrent_explains=max_concurrent_explains),
     )
     for flag, path in (("--model_config_file", model_config_file), ("--batching_parameters_file", batching_parameters_file),
                        ("--monitoring_config_file", monitoring_config_file), ("--ssl_config_file", ssl_config_file)):
