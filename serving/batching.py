@@ -5,6 +5,10 @@ rows once that many are waiting or batch_timeout_micros has passed since the old
 them as one call and splits the outputs. When a merged batch fails (one request's image does not
 decode, say), its requests are run one by one, so only the bad one gets the error. A queue holds at most max_enqueued_batches * max_batch_size
 rows: beyond that a request is refused with RESOURCE_EXHAUSTED, so memory stays bounded.
+
+Deadlines are honoured end to end: a request whose deadline passes while queued is taken out of the
+queue and never run, the remaining deadline is checked again just before a batch runs, and a batch
+whose callers have all gone (deadline passed, or the RPC cancelled) is not started.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from serving.errors import from_exception, invalid_argument, resource_exhausted
+from serving.errors import deadline_exceeded, from_exception, invalid_argument, resource_exhausted
 
 log = logging.getLogger(__name__)
 
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+EXPIRED = "Deadline exceeded while waiting in the batch queue; the request was not run"
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,15 @@ class _Task:
     done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, np.ndarray] | None = None
     error: BaseException | None = None
+    deadline: float | None = None  # time.monotonic() by which the caller wants an answer
+    alive: Callable[[], bool] | None = None  # False once the caller has gone (e.g. gRPC context.is_active)
+    abandoned: bool = False  # the caller stopped waiting
+
+    def gone(self, now: float) -> bool:
+        """The caller will not read the result: deadline passed, cancelled, or stopped waiting."""
+        if self.abandoned or (self.deadline is not None and now >= self.deadline):
+            return True
+        return self.alive is not None and not self.alive()
 
 
 @dataclass
@@ -116,8 +130,14 @@ class Batcher:
         for t in self._threads:
             t.start()
 
-    def submit(self, key: Any, inputs: dict[str, np.ndarray], runner: Callable[[dict], dict], timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Queue one request (all inputs share a first dimension) and wait for its slice of the batch output."""
+    def submit(self, key: Any, inputs: dict[str, np.ndarray], runner: Callable[[dict], dict], timeout: float | None = None,
+               alive: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+        """Queue one request (all inputs share a first dimension) and wait for its slice of the batch output.
+
+        `timeout` is the caller's remaining deadline in seconds; `alive()` says whether the caller is still there.
+        """
+        if timeout is not None and timeout <= 0:
+            raise deadline_exceeded(EXPIRED)
         sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
         if len(sizes) != 1 or -1 in sizes:
             return runner(inputs)  # not batchable (scalars or ragged first dims): run alone
@@ -125,30 +145,52 @@ class Batcher:
         max_rows = self.params.max_batch_size
         if size > max_rows:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size {max_rows}")
-        task = _Task(inputs=inputs, size=size, runner=runner)
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        task = _Task(inputs=inputs, size=size, runner=runner, deadline=deadline, alive=alive)
         with self._cond:
             if self._stopped:
                 raise resource_exhausted("batch scheduler is stopped")
             queue = self._queues.setdefault(key, _Queue())
+            self._drop_gone(queue, time.monotonic())  # expired work must not make room-checks fail
             if queue.rows + size > max_rows * self.params.max_enqueued_batches:
                 raise resource_exhausted(QUEUE_FULL)
             queue.tasks.append(task)
             queue.rows += size
             self._cond.notify()
         if not task.done.wait(timeout):
-            raise from_exception(TimeoutError("Deadline exceeded while waiting in the batch queue"))
+            with self._cond:
+                task.abandoned = True  # a batch thread that has not taken it yet drops it
+                if not task.done.is_set():
+                    raise deadline_exceeded(EXPIRED)
         if task.error is not None:
             raise task.error
         assert task.result is not None
         return task.result
+
+    @staticmethod
+    def _drop_gone(queue: _Queue, now: float) -> None:
+        """Under the lock: fail and remove the queued tasks whose callers have gone."""
+        if not any(t.gone(now) for t in queue.tasks):
+            return
+        kept: deque = deque()
+        for t in queue.tasks:
+            if t.gone(now):
+                queue.rows -= t.size
+                t.error = deadline_exceeded(EXPIRED)
+                t.done.set()
+            else:
+                kept.append(t)
+        queue.tasks = kept
 
     def _take(self) -> list[_Task] | None:
         """Under the lock: pop one ready batch, or None after waiting (stopped -> [])."""
         timeout_s = self.params.batch_timeout_micros / 1e6
         now = time.monotonic()
         best_key, wait = None, None
-        for key, q in self._queues.items():
+        for key, q in list(self._queues.items()):
+            self._drop_gone(q, now)
             if not q.tasks:
+                del self._queues[key]
                 continue
             age = now - q.tasks[0].enqueued
             if q.rows >= self.params.max_batch_size or age >= timeout_s:
@@ -180,6 +222,14 @@ class Batcher:
                 self._run(batch)
 
     def _run(self, batch: list[_Task]) -> None:
+        now = time.monotonic()  # the remaining deadlines, checked again just before the work starts
+        for t in batch:
+            if t.gone(now):
+                t.error = deadline_exceeded(EXPIRED)
+                t.done.set()
+        batch = [t for t in batch if not t.done.is_set()]
+        if not batch:
+            return  # every caller has gone: start nothing
         if len(batch) > 1:
             try:
                 merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in batch[0].inputs}

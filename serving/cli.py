@@ -43,6 +43,9 @@ def serve(
         0, "--tensorflow_intra_op_parallelism", help="Threads one TensorFlow op may use (0: TensorFlow's choice)."),
     tensorflow_inter_op_parallelism: int = typer.Option(
         0, "--tensorflow_inter_op_parallelism", help="TensorFlow ops run at once (0: TensorFlow's choice)."),
+    max_concurrent_runs: Optional[int] = typer.Option(
+        None, "--max_concurrent_runs", help="Unbatched model runs at once (default: one per core, at least 2); "
+        "a request whose deadline passes while it waits is not run."),
     allow_version_labels_for_unavailable_models: bool = typer.Option(
         False, "--allow_version_labels_for_unavailable_models", help="Let a label name a version that is not loaded yet."),
     request_log_dir: Optional[str] = typer.Option(
@@ -53,6 +56,8 @@ def serve(
     max_request_pixels: int = typer.Option(200_000_000, "--max_request_pixels", help="Refuse requests whose images add up to more pixels."),
     max_batch_size: int = typer.Option(256, "--max_batch_size", help="Refuse requests with more images than this."),
     max_message_bytes: int = typer.Option(64 * 1024 * 1024, "--max_message_bytes", help="Refuse larger request bodies/messages."),
+    max_concurrent_explains: int = typer.Option(
+        1, "--max_concurrent_explains", help="Grad-CAM explanations computed at once; more get HTTP 429."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once serving."),
     open_request_log: Optional[Callable] = None,  # injected by make_serve_app, never a flag
 ) -> None:
@@ -72,11 +77,11 @@ def serve(
         allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
         rest_api_num_threads=rest_api_num_threads, grpc_max_threads=grpc_max_threads,
         tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
-        tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism,
+        tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, max_concurrent_runs=max_concurrent_runs,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         request_log_images=request_log_images,
         limits=Limits(max_message_bytes=max_message_bytes, max_image_pixels=max_image_pixels, max_batch_size=max_batch_size,
-                      max_request_pixels=max_request_pixels),
+                      max_request_pixels=max_request_pixels, max_concurrent_explains=max_concurrent_explains),
     )
     for flag, path in (("--model_config_file", model_config_file), ("--batching_parameters_file", batching_parameters_file),
                        ("--monitoring_config_file", monitoring_config_file), ("--ssl_config_file", ssl_config_file)):

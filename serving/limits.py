@@ -28,6 +28,7 @@ class Limits:
     max_image_pixels: int = 50_000_000
     max_batch_size: int = 256
     max_request_pixels: int = 200_000_000  # all images of one request together: bounds decode time and memory
+    max_concurrent_explains: int = 1  # Grad-CAM runs at once (the page's :explain); beyond: RESOURCE_EXHAUSTED/429
 
 
 def check_batch(alias: str, n: int, limits: Limits) -> None:

@@ -6,8 +6,9 @@ Follows TF Serving's ServerCore / AspiredVersionsManager semantics:
 - policy `latest { num_versions }` (default 1), `all`, or `specific { versions }`;
 - a new version is loaded and warmed up before it becomes visible; older versions that leave the
   policy are unloaded only after that (availability preserving), so no request sees a gap;
-- `version_labels` must point at versions that are available, else the config is refused with
-  FAILED_PRECONDITION (TF Serving's message), and the previous labels stay.
+- `version_labels` must point at versions that are available and stay so under the new config, else
+  the whole config is refused with FAILED_PRECONDITION (TF Serving's message) before any version
+  changes: a refused reload leaves versions, labels and config as they were.
 """
 
 from __future__ import annotations
@@ -268,39 +269,57 @@ class ModelManager:
                 with self._lock:
                     self._labels.pop(name, None)
 
-    def _apply_labels(self, entries: list[ModelEntry]) -> None:
-        """Install the labels of the config; each must point at an available version."""
+    def _check_labels(self, entries: list[ModelEntry], available: Callable[[ModelEntry], set[int]]) -> None:
+        """FAILED_PRECONDITION unless every label of the config names a version in `available(entry)`."""
+        if self.allow_unavailable_labels:
+            return
+        for entry in entries:
+            ok = available(entry)
+            for label, version in sorted(entry.labels.items()):
+                if version not in ok:
+                    raise failed_precondition(
+                        f"Request to assign label to version {version} of model {entry.name}, "
+                        "which is not currently available for inference"
+                    )
+
+    def _install_labels(self, entries: list[ModelEntry]) -> None:
         with self._lock:
-            for entry in entries:
-                for label, version in entry.labels.items():
-                    if self.allow_unavailable_labels:
-                        break
-                    if version not in self._servables.get(entry.name, {}):
-                        raise failed_precondition(
-                            f"Request to assign label to version {version} of model {entry.name}, "
-                            "which is not currently available for inference"
-                        )
             for entry in entries:
                 self._labels[entry.name] = dict(entry.labels)
 
-    def set_config(self, entries: list[ModelEntry], initial: bool = False) -> None:
-        """Apply a new model config (ServerCore::ReloadConfig semantics).
+    def _staying(self, entry: ModelEntry) -> set[int]:
+        """Versions loaded now that the entry's policy keeps: the only ones a reload may label."""
+        aspired = aspired_versions(entry, versions_on_disk(entry.base_path))
+        return set(self.loaded_versions(entry.name)) & aspired
+
+    def set_config(self, entries: list[ModelEntry], initial: bool = False, quiet: bool = False) -> None:
+        """Apply a new model config (ServerCore::ReloadConfig semantics), all or nothing.
 
         At start-up the versions are loaded first and the labels checked after. On a reload, as in TF
-        Serving, a label may only name a version that is available *before* the reload: moving a label
-        to a version this same config introduces is refused (FAILED_PRECONDITION) while the version
-        still loads, so the label move is a second step (the config-file poller retries it).
+        Serving, the whole config is validated before any version changes: a label may only name a version
+        that is available now and that the new policy keeps. A refused config (FAILED_PRECONDITION) leaves
+        the versions, labels and config exactly as they were; moving a label to a version the same config
+        introduces is therefore two steps (load it, then label it), as the gate writes them.
         """
-        with self._lock:
-            self._entries = {e.name: e for e in entries}
         if initial or self.allow_unavailable_labels:
+            with self._lock:
+                self._entries = {e.name: e for e in entries}
             self.reconcile()
-            self._apply_labels(entries)
+            self._check_labels(entries, lambda e: set(self.loaded_versions(e.name)))
+            self._install_labels(entries)
             return
-        try:
-            self._apply_labels(entries)
-        finally:
-            self.reconcile()
+        with self._reconcile_lock:  # no poll may load or unload between the check and the switch
+            try:
+                self._check_labels(entries, self._staying)
+            except ServingError as exc:
+                if not quiet:
+                    log.error("model config refused; loaded versions and labels are unchanged: %s", exc.message)
+                raise
+            with self._lock:
+                self._entries = {e.name: e for e in entries}
+        # Labels first: they only name versions that stay loaded, so no request is sent to one being unloaded.
+        self._install_labels(entries)
+        self.reconcile()
 
     def start(self) -> None:
         """Initial load; raises if a configured label cannot be applied (the server must not start)."""
@@ -315,6 +334,7 @@ class ModelManager:
 
         def loop() -> None:
             last_text = config_file.read_text() if config_file and config_file.exists() else None
+            refused_text: str | None = None  # a refused config is retried every poll, but reported once
             next_fs = time.monotonic() + fs_poll_seconds if fs_poll_seconds > 0 else float("inf")
             next_cfg = time.monotonic() + config_poll_seconds if config_file and config_poll_seconds > 0 else float("inf")
             while not self._stop.wait(max(0.01, min(next_fs, next_cfg) - time.monotonic())):
@@ -324,14 +344,27 @@ class ModelManager:
                         next_cfg = now + config_poll_seconds
                         text = config_file.read_text()
                         if text != last_text:
-                            log.info("model config %s changed; reloading", config_file)
-                            self.set_config(entries_from_proto(parse_model_config(text)))
-                            last_text = text  # only once applied: a refused label move is retried next poll
+                            quiet = text == refused_text
+                            if not quiet:
+                                log.info("model config %s changed; reloading", config_file)
+                            try:
+                                entries = entries_from_proto(parse_model_config(text))
+                            except ServingError as exc:
+                                entries = None
+                                refused_text = text
+                                if not quiet:
+                                    log.error("model config %s refused; nothing was changed: %s", config_file, exc.message)
+                            if entries is not None:
+                                try:
+                                    self.set_config(entries, quiet=quiet)
+                                    last_text = text
+                                except ServingError:
+                                    refused_text = text  # set_config said what and why
                     if now >= next_fs:
                         next_fs = now + fs_poll_seconds
                         self.reconcile()
                 except Exception as exc:  # noqa: BLE001 - keep serving what is loaded
-                    log.error("poll failed, keeping the current models: %s", getattr(exc, "message", exc))
+                    log.error("poll failed; nothing was changed: %s", getattr(exc, "message", exc))
 
         self._poller = threading.Thread(target=loop, name="model-poller", daemon=True)
         self._poller.start()

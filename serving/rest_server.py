@@ -6,6 +6,7 @@ JSON is converted to the same numpy inputs the gRPC path uses, and errors come b
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -13,19 +14,19 @@ import re
 import ssl as ssl_lib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+import grpc
 import numpy as np
 
-from serving import grpc_server as api
+from serving import handlers as api
 from serving.errors import ServingError, from_exception, invalid_argument
 from serving.limits import check_message
 
 if TYPE_CHECKING:  # pragma: no cover
     from serving.metrics import MonitoringConfig
-    from serving.server import ServingCore, SSLConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,6 @@ PREDICTION_RE = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
 STATUS_RE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 EXPLAIN_RE = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:explain")
-MAX_CONNECTIONS = 1024
-IDLE_TIMEOUT_S = 30
 
 
 # ---------------------------------------------------------------- JSON <-> numpy
@@ -124,9 +123,109 @@ def _parse_json(body: bytes):
         raise invalid_argument(f"JSON Parse error: {exc}") from None
 
 
-def predict_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
+BATCH_KEYS = ("instances", "inputs", "examples")  # the lists whose length is the request's batch
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _skip_ws(text: str, i: int) -> int:
+    return _WS.match(text, i).end()  # type: ignore[union-attr]
+
+
+def _bounded_list(text: str, i: int, key: str, max_items: int) -> tuple[list, int]:
+    """Parse the JSON array at text[i] element by element, refusing once it has more than max_items."""
+    items: list = []
+    i = _skip_ws(text, i + 1)
+    if text.startswith("]", i):
+        return items, i + 1
+    while True:
+        if len(items) == max_items:
+            raise invalid_argument(f"input {key!r} has a batch of more than {max_items}, more than the limit "
+                                   f"max_batch_size={max_items}")
+        value, i = _DECODER.raw_decode(text, i)
+        items.append(value)
+        i = _skip_ws(text, i)
+        if text.startswith("]", i):
+            return items, i + 1
+        if not text.startswith(",", i):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        i = _skip_ws(text, i + 1)
+
+
+def parse_request(body: bytes, max_items: int):
+    """The request body as JSON, with the batch lists (instances, inputs, examples) counted while parsing.
+
+    A body of millions of tiny instances is refused after max_items of them, in microseconds and without
+    building the rest; every other value is parsed by the standard decoder. Same result as json.loads.
+    """
+    try:
+        text = body.decode("utf-8")
+        i = _skip_ws(text, 0)
+        if not text.startswith("{", i):
+            return _parse_json(body)  # not an object: nothing to bound, and the caller says what is wrong
+        out: dict = {}
+        i = _skip_ws(text, i + 1)
+        if text.startswith("}", i):
+            i += 1
+        else:
+            while True:
+                key, i = _DECODER.raw_decode(text, i)
+                if not isinstance(key, str):
+                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+                i = _skip_ws(text, i)
+                if not text.startswith(":", i):
+                    raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
+                i = _skip_ws(text, i + 1)
+                if key in BATCH_KEYS and text.startswith("[", i):
+                    value, i = _bounded_list(text, i, key, max_items)
+                elif key == "inputs" and text.startswith("{", i):  # columnar: each named input's first dimension
+                    value, i = _bounded_columns(text, i, max_items)
+                else:
+                    value, i = _DECODER.raw_decode(text, i)
+                out[key] = value
+                i = _skip_ws(text, i)
+                if text.startswith("}", i):
+                    i += 1
+                    break
+                if not text.startswith(",", i):
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+                i = _skip_ws(text, i + 1)
+        if _skip_ws(text, i) != len(text):
+            raise json.JSONDecodeError("Extra data", text, i)
+        return out
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise invalid_argument(f"JSON Parse error: {exc}") from None
+
+
+def _bounded_columns(text: str, i: int, max_items: int) -> tuple[dict, int]:
+    """The columnar `inputs` object: each value that is a list is bounded like `instances`."""
+    out: dict = {}
+    i = _skip_ws(text, i + 1)
+    if text.startswith("}", i):
+        return out, i + 1
+    while True:
+        key, i = _DECODER.raw_decode(text, i)
+        if not isinstance(key, str):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
+        i = _skip_ws(text, i)
+        if not text.startswith(":", i):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
+        i = _skip_ws(text, i + 1)
+        if text.startswith("[", i):
+            out[key], i = _bounded_list(text, i, key, max_items)
+        else:
+            out[key], i = _DECODER.raw_decode(text, i)
+        i = _skip_ws(text, i)
+        if text.startswith("}", i):
+            return out, i + 1
+        if not text.startswith(",", i):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
+        i = _skip_ws(text, i + 1)
+
+
+def predict_json(core: Any, name: str, version: int | None, label: str | None, body: bytes) -> dict:
     """:predict with TF Serving's row (instances -> predictions) and columnar (inputs -> outputs) formats."""
-    req = _parse_json(body)
+    req = parse_request(body, core.limits.max_batch_size)
     if not isinstance(req, dict):
         raise invalid_argument("JSON Value: not formatted correctly. Expecting object")
     if "instances" in req and "inputs" in req:
@@ -181,7 +280,7 @@ def predict_json(core: "ServingCore", name: str, version: int | None, label: str
     if row:
         n = {v.shape[0] if v.ndim else 0 for v in outputs.values()}
         if len(n) != 1:
-            raise ServingError(api.grpc.StatusCode.INVALID_ARGUMENT,
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                "Output tensors have different batch sizes; use the columnar 'inputs' format")
         count = n.pop()
         if len(outputs) == 1:
@@ -221,9 +320,9 @@ def _example(obj: Any) -> Any:
     return ex
 
 
-def classify_json(core: "ServingCore", name: str, version: int | None, label: str | None, body: bytes) -> dict:
+def classify_json(core: Any, name: str, version: int | None, label: str | None, body: bytes) -> dict:
     """:classify with TF Serving's JSON (examples, optional context) -> {"result": [[[class, score], ...]]}."""
-    req = _parse_json(body)
+    req = parse_request(body, core.limits.max_batch_size)
     if not isinstance(req, dict) or "examples" not in req:
         raise invalid_argument("Missing 'examples' key")
     if not isinstance(req["examples"], list):
@@ -254,7 +353,7 @@ def _message_json(message: Any, preserve: bool) -> str:
                                          including_default_value_fields=True)
 
 
-def status_json(core: "ServingCore", name: str, version: int | None, label: str | None) -> str:
+def status_json(core: Any, name: str, version: int | None, label: str | None) -> str:
     from tensorflow_serving.apis import get_model_status_pb2
 
     if not name:
@@ -264,7 +363,7 @@ def status_json(core: "ServingCore", name: str, version: int | None, label: str 
     return _message_json(api.get_model_status(core, req), preserve=False)
 
 
-def metadata_json(core: "ServingCore", name: str, version: int | None, label: str | None) -> str:
+def metadata_json(core: Any, name: str, version: int | None, label: str | None) -> str:
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     if not name:
@@ -300,174 +399,329 @@ def _model_info(m: re.Match) -> tuple[str, int | None, str | None]:
 
 
 # ---------------------------------------------------------------- HTTP server
+#
+# An asyncio HTTP/1.1 server: reading a request costs no thread, so slow or idle connections cannot
+# exhaust the handlers; only complete requests reach the worker pool (rest_api_num_threads).
+# - listen backlog LISTEN_BACKLOG (socketserver's default of 5 overflowed at 32 clients);
+# - the headers must arrive within HEADER_TIMEOUT_S of the first byte and the body within a deadline
+#   set by its size: absolute deadlines, so a client sending one byte every few seconds is cut off;
+# - at most MAX_CONNECTIONS open connections; beyond them a clear 503 and close;
+# - keep-alive: idle connections close after KEEPALIVE_IDLE_S, and after MAX_REQUESTS_PER_CONNECTION;
+# - Content-Length is checked against max_message_bytes before any of the body is read (with
+#   `Expect: 100-continue` the client never sends a refused body).
+
+LISTEN_BACKLOG = 1024
+MAX_CONNECTIONS = 2048
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+MIN_BODY_BYTES_PER_S = 256 * 1024  # a larger body gets more time, but never unbounded
+KEEPALIVE_IDLE_S = 15.0
+MAX_REQUESTS_PER_CONNECTION = 1000
+MAX_HEADER_BYTES = 64 * 1024
+WRITE_TIMEOUT_S = 30.0
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
+REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           408: "Request Timeout", 413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+           499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+           504: "Gateway Timeout"}
+BIG_BODY_BYTES = 8 * 1024 * 1024  # after a refused body this large, hand freed memory back to the system
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _BadHTTP(Exception):
+    """A request the HTTP layer refuses; the connection closes after the answer."""
 
-    def __init__(self, address: tuple[str, int], core: "ServingCore", monitoring: "MonitoringConfig",
-                 num_threads: int, ssl_context: ssl_lib.SSLContext | None) -> None:
-        super().__init__(address, _Handler)
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _json_error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
+    """Request line and headers -> (method, target, version, lower-cased headers)."""
+    try:
+        text = head.decode("latin-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        raise _BadHTTP(400, "bad request head") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadHTTP(400, f"bad request line {lines[0][:80]!r}")
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise _BadHTTP(400, f"bad header line {line[:80]!r}")
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    return method, target, version, headers
+
+
+def _body_length(headers: dict[str, str], limits: Any) -> int:
+    """The body size from Content-Length, refused before reading when over max_message_bytes."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise _BadHTTP(400, "chunked request bodies are not supported; send Content-Length")
+    raw = headers.get("content-length", "0").strip() or "0"
+    if not raw.isdigit():
+        raise _BadHTTP(400, "bad Content-Length")
+    n = int(raw)
+    try:
+        check_message(n, limits)
+    except ServingError as exc:
+        raise _BadHTTP(exc.http_status, exc.message) from None
+    return n
+
+
+def _release_memory() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise); a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+class RestServer:
+    """The REST front end: asyncio reads requests, a bounded thread pool answers them."""
+
+    def __init__(self, core: Any, monitoring: "MonitoringConfig", num_threads: int,
+                 ssl_context: ssl_lib.SSLContext | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
         self.core = core
         self.monitoring = monitoring
-        self.work = threading.BoundedSemaphore(num_threads)  # model work in flight, like rest_api_num_threads
-        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refused_connections = 0
+        self.header_timeout_s = HEADER_TIMEOUT_S  # instance copies: a test may shorten them
+        self.keepalive_idle_s = KEEPALIVE_IDLE_S
+        self.pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
+        self.loop = asyncio.new_event_loop()
+        self.server_address: tuple[str, int] = ("", 0)
+        self._server: asyncio.base_events.Server | None = None
+        self._thread: threading.Thread | None = None
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.connections.acquire(blocking=False):
-            self.shutdown_request(request)  # too many open connections: refuse rather than grow without bound
+    def start(self, host: str, port: int) -> "RestServer":
+        started = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            try:
+                self._server = self.loop.run_until_complete(asyncio.start_server(
+                    self._connection, host, port, backlog=LISTEN_BACKLOG, limit=MAX_HEADER_BYTES,
+                    ssl=self.ssl_context, ssl_handshake_timeout=HEADER_TIMEOUT_S if self.ssl_context else None,
+                    reuse_address=True))
+                self.server_address = self._server.sockets[0].getsockname()[:2]
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                error.append(exc)
+                started.set()
+                return
+            started.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="rest", daemon=True)
+        self._thread.start()
+        started.wait()
+        if error:
+            raise error[0]
+        return self
+
+    def shutdown(self) -> None:
+        """Stop accepting and close every connection."""
+        if self._thread is None or not self.loop.is_running():
             return
-        try:
-            super().process_request(request, client_address)
-        except Exception:
-            self.connections.release()
-            raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+                if hasattr(self._server, "close_clients"):
+                    self._server.close_clients()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)  # each closes its connection before the loop stops
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    def server_close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
+
+    # ------------------------------------------------------------ connections
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= self.max_connections:
+            self.refused_connections += 1
+            await self._write(writer, 503, _json_error(
+                f"server busy: {self.open_connections} open connections (limit {self.max_connections}); retry later"),
+                "application/json", {}, close=True)
+            await self._close(writer)
+            return
+        self.open_connections += 1
         try:
-            if self.ssl_context is not None:
-                request.settimeout(IDLE_TIMEOUT_S)
-                request = self.ssl_context.wrap_socket(request, server_side=True)  # handshake in this thread
-            super().process_request_thread(request, client_address)
-        except (OSError, ssl_lib.SSLError) as exc:
-            log.debug("connection from %s failed: %s", client_address, exc)
-            self.shutdown_request(request)
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl_lib.SSLError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
         finally:
-            self.connections.release()
+            self.open_connections -= 1
+            await self._close(writer)
 
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for served in range(MAX_REQUESTS_PER_CONNECTION):
+            # Idle keep-alive: wait for the first byte of the next request, then the header deadline starts.
+            try:
+                first = await asyncio.wait_for(reader.read(1), self.keepalive_idle_s if served else self.header_timeout_s)
+            except asyncio.TimeoutError:
+                return
+            if not first:
+                return
+            try:
+                head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout_s)
+            except asyncio.TimeoutError:
+                await self._write(writer, 408, _json_error(
+                    f"request headers not received within {self.header_timeout_s:g} s"), "application/json", {}, close=True)
+                return
+            except asyncio.LimitOverrunError:
+                await self._write(writer, 431, _json_error(f"request headers larger than {MAX_HEADER_BYTES} bytes"),
+                                  "application/json", {}, close=True)
+                return
+            except asyncio.IncompleteReadError:
+                return
+            try:
+                method, target, version, headers = _parse_head(head[:-4])
+                length = _body_length(headers, self.core.limits)
+            except _BadHTTP as exc:
+                await self._write(writer, exc.status, _json_error(exc.message), "application/json", {}, close=True)
+                return
+            if length and headers.get("expect", "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = b""
+            if length:
+                body_timeout = BODY_TIMEOUT_S + length / MIN_BODY_BYTES_PER_S
+                try:
+                    body = await asyncio.wait_for(reader.readexactly(length), body_timeout)
+                except asyncio.TimeoutError:
+                    await self._write(writer, 408, _json_error(
+                        f"request body of {length} bytes not received within {body_timeout:.0f} s"),
+                        "application/json", {}, close=True)
+                    return
+            conn = headers.get("connection", "").lower()
+            close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive") \
+                or served + 1 >= MAX_REQUESTS_PER_CONNECTION
+            if method not in METHODS:
+                status, ctype, payload, extra = 501, "application/json", _json_error(f"method {method} is not supported"), {}
+            else:
+                status, ctype, payload, extra = await self.loop.run_in_executor(
+                    self.pool, self._answer, method, target, headers, body)
+            if len(body) >= BIG_BODY_BYTES and status >= 400:
+                del body
+                await self.loop.run_in_executor(self.pool, _release_memory)
+            await self._write(writer, status, b"" if method == "HEAD" else payload, ctype, extra, close,
+                              length=len(payload))
+            if close:
+                return
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; without TCP_NODELAY, Nagle's algorithm and the
-    # client's delayed ACK hold the body back for ~40 ms on every keep-alive response.
-    disable_nagle_algorithm = True
-    timeout = IDLE_TIMEOUT_S
-    server: _Server
-    server_version = "leukoflow-serving"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json", headers: dict | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            if k.lower() not in ("content-length",):
-                self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _error(self, err: ServingError) -> None:
-        self._send(err.http_status, json.dumps({"error": err.message}).encode())
-
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-            raise invalid_argument("chunked request bodies are not supported; send Content-Length")
+    async def _write(self, writer: asyncio.StreamWriter, status: int, payload: bytes, content_type: str,
+                     headers: dict, close: bool, length: int | None = None) -> None:
+        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Server: leukoflow-serving",
+                 f"Content-Type: {content_type}", f"Content-Length: {len(payload) if length is None else length}",
+                 f"Connection: {'close' if close else 'keep-alive'}"]
+        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "content-type", "connection")]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
         try:
-            n = int(length or 0)
-        except ValueError:
-            self.close_connection = True
-            raise invalid_argument("bad Content-Length") from None
-        if n < 0:
-            self.close_connection = True
-            raise invalid_argument("bad Content-Length")
-        try:
-            check_message(n, self.server.core.limits)
-        except ServingError:
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            raise
-        return self.rfile.read(n) if n else b""
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            writer.transport.abort()
 
-    def _dispatch(self, method: str) -> None:
-        core = self.server.core
-        path = urlsplit(self.path).path
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        try:
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except (asyncio.TimeoutError, ConnectionError, OSError, ssl_lib.SSLError):
+            writer.transport.abort()
+        except asyncio.CancelledError:
+            writer.transport.abort()
+
+    # ------------------------------------------------------------ requests (worker threads)
+
+    def _answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes, dict]:
+        """One complete request -> (status, content type, body, extra headers); never raises."""
+        core = self.core
+        path = urlsplit(target).path
         start = time.perf_counter()
         api_name, model, code = "rest_other", "", "OK"
         core.set_deadline(None)
         try:
-            body = self._read_body()  # always: an unread body would be parsed as the next request
-            mon = self.server.monitoring
+            mon = self.monitoring
             if mon.enable and path == mon.path:
-                self._send(200, core.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-                return
+                return 200, "text/plain; version=0.0.4; charset=utf-8", core.metrics.render(), {}
             explain = EXPLAIN_RE.fullmatch(path) if method == "POST" else None
             if explain or not (path.lower().startswith("/v1/") or path.lower() == "/v1" or path.startswith("/monitoring/")):
-                if self._page(method, path, body):
-                    return
-                self._send(404, json.dumps({"error": f"Not found: {method} {path}"}).encode())
-                return
-            with self.server.work:
-                if method == "POST" and (m := PREDICTION_RE.fullmatch(path)):
-                    model, version, label = _model_info(m)
-                    verb = m.group(4).lower()
-                    api_name = f"rest_{verb}"
-                    _exclusive(version, label)
-                    if verb == "predict":
-                        out = predict_json(core, model, version, label, body)
-                    elif verb == "classify":
-                        out = classify_json(core, model, version, label, body)
-                    else:
-                        raise ServingError(api.grpc.StatusCode.UNIMPLEMENTED,
-                                           "Regress is not supported: the model has no regression signature")
-                    self._send(200, json.dumps(out).encode())
-                elif method == "GET" and (m := STATUS_RE.fullmatch(path)):
-                    model, version, label = _model_info(m)
-                    if m.group(4):
-                        api_name = "rest_metadata"
-                        self._send(200, metadata_json(core, model, version, label).encode())
-                    else:
-                        api_name = "rest_status"
-                        self._send(200, status_json(core, model, version, label).encode())
+                page = self._page(method, target, headers, body)
+                if page is not None:
+                    return page
+                return 404, "application/json", _json_error(f"Not found: {method} {path}"), {}
+            if method == "POST" and (m := PREDICTION_RE.fullmatch(path)):
+                model, version, label = _model_info(m)
+                verb = m.group(4).lower()
+                api_name = f"rest_{verb}"
+                _exclusive(version, label)
+                if verb == "predict":
+                    out = predict_json(core, model, version, label, body)
+                elif verb == "classify":
+                    out = classify_json(core, model, version, label, body)
                 else:
-                    raise invalid_argument(f"Malformed request: {method} {path}")
+                    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                                       "Regress is not supported: the model has no regression signature")
+                return 200, "application/json", json.dumps(out).encode(), {}
+            if method in ("GET", "HEAD") and (m := STATUS_RE.fullmatch(path)):
+                model, version, label = _model_info(m)
+                if m.group(4):
+                    api_name = "rest_metadata"
+                    return 200, "application/json", metadata_json(core, model, version, label).encode(), {}
+                api_name = "rest_status"
+                return 200, "application/json", status_json(core, model, version, label).encode(), {}
+            raise invalid_argument(f"Malformed request: {method} {path}")
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, never a dropped connection
             err = from_exception(exc)
             code = err.code.name
-            if err.code == api.grpc.StatusCode.INTERNAL:
+            if err.code == grpc.StatusCode.INTERNAL:
                 log.exception("REST %s %s failed", method, path)
-            try:
-                self._error(err)
-            except OSError:
-                pass
+            return err.http_status, "application/json", _json_error(err.message), {}
         finally:
             if api_name != "rest_other":
                 core.metrics.observe(api_name, model, getattr(core.local, "version", None), code, time.perf_counter() - start)
 
-    def _page(self, method: str, path: str, body: bytes) -> bool:
+    def _page(self, method: str, target: str, headers: dict, body: bytes) -> tuple[int, str, bytes, dict] | None:
         """Hand the request to serving.page.routes when that module exists."""
         try:
             from serving.page import routes  # type: ignore
         except ImportError:
-            return False
-        result = routes.handle(method, path, {k: v for k, v in self.headers.items()}, body, self.server.core.manager)
+            return None
+        result = routes.handle(method, target, headers, body, self.core.manager)
         if result is None:
-            return False
-        status, headers, payload = result
-        headers = dict(headers or {})
-        ctype = headers.pop("Content-Type", headers.pop("content-type", "application/octet-stream"))
-        self._send(status, payload, ctype, headers)
-        return True
+            return None
+        status, resp_headers, payload = result
+        resp_headers = dict(resp_headers or {})
+        ctype = resp_headers.pop("Content-Type", resp_headers.pop("content-type", "application/octet-stream"))
+        return status, ctype, payload, resp_headers
 
 
-def _ssl_context(ssl: "SSLConfig") -> ssl_lib.SSLContext:
+def _ssl_context(ssl: Any) -> ssl_lib.SSLContext:
     import os
     import tempfile
 
@@ -486,10 +740,8 @@ def _ssl_context(ssl: "SSLConfig") -> ssl_lib.SSLContext:
     return ctx
 
 
-def start_rest_server(core: "ServingCore", host: str, port: int, num_threads: int, monitoring: "MonitoringConfig",
-                      ssl: "SSLConfig | None" = None) -> tuple[_Server, int]:
-    """Start the REST server in a background thread; returns it and the bound port."""
-    server = _Server((host, port), core, monitoring, num_threads, _ssl_context(ssl) if ssl else None)
-    thread = threading.Thread(target=server.serve_forever, name="rest", daemon=True)
-    thread.start()
+def start_rest_server(core: Any, host: str, port: int, num_threads: int, monitoring: "MonitoringConfig",
+                      ssl: Any = None) -> tuple[RestServer, int]:
+    """Start the REST server on its own event loop thread; returns it and the bound port."""
+    server = RestServer(core, monitoring, num_threads, _ssl_context(ssl) if ssl else None).start(host, port)
     return server, server.server_address[1]

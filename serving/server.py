@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
-from serving.errors import from_exception
+from serving.errors import deadline_exceeded, from_exception
 from serving.limits import Limits, check_batch, check_images, example_images, find_undecodable
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
@@ -98,6 +98,7 @@ class ServerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (the host's cores), as in TF Serving
     tensorflow_inter_op_parallelism: int = 0
+    max_concurrent_runs: int | None = None  # unbatched model runs at once; None: default_concurrent_runs()
 
 
 def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
@@ -127,6 +128,13 @@ def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
 
 
 DEFAULT_HANDLER_THREADS = 16
+
+
+def default_concurrent_runs() -> int:
+    """Unbatched model runs at once by default: one per core (at least two)."""
+    import os
+
+    return max(2, os.cpu_count() or 2)
 MAX_AUTO_HANDLER_THREADS = 1024
 
 
@@ -169,19 +177,36 @@ class ServingCore:
     """What both front ends call: resolve a ModelSpec, check limits, run (batched or not), record."""
 
     def __init__(self, manager: ModelManager, limits: Limits, metrics: Metrics, batcher: Batcher | None = None,
-                 request_logger: RequestSink | None = None) -> None:
+                 request_logger: RequestSink | None = None, max_concurrent_runs: int | None = None) -> None:
         self.manager = manager
         self.limits = limits
         self.metrics = metrics
         self.batcher = batcher
         self.request_logger = request_logger
-        self.local = threading.local()  # per request thread: deadline (s) set by the front end, version served
+        self.local = threading.local()  # per request thread: deadline, caller liveness, version served
+        # Without batching, model runs wait for a slot: a request whose deadline passes while waiting is
+        # never run (more runs at once than cores only slow every one of them down).
+        self.run_slots = threading.BoundedSemaphore(max_concurrent_runs or default_concurrent_runs())
 
-    def set_deadline(self, seconds: float | None) -> None:
-        """Seconds the current request may still wait (a gRPC deadline); None for no deadline."""
+    def set_deadline(self, seconds: float | None, alive: Any = None) -> None:
+        """The current request's remaining seconds (a gRPC deadline; None: none) and `alive()` (caller still there)."""
         # gRPC reports "no deadline" as a huge number; waits with it overflow, so treat it as none.
-        self.local.deadline = seconds if seconds is not None and seconds < 86400 else None
+        self.local.deadline = time.monotonic() + seconds if seconds is not None and seconds < 86400 else None
+        self.local.alive = alive
         self.local.version = None
+
+    def remaining(self) -> float | None:
+        """Seconds left before the current request's deadline; DEADLINE_EXCEEDED when none are, or the caller left."""
+        deadline = getattr(self.local, "deadline", None)
+        alive = getattr(self.local, "alive", None)
+        if alive is not None and not alive():
+            raise deadline_exceeded("the caller has gone (deadline passed or cancelled); the request was not run")
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise deadline_exceeded("Deadline exceeded before the model ran; the request was not run")
+        return left
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         return self.manager.resolve(name, version, label)
@@ -221,9 +246,9 @@ class ServingCore:
                 key = (id(servable), signature_name,
                        tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
                 outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x),
-                                              timeout=getattr(self.local, "deadline", None))
+                                              timeout=self.remaining(), alive=getattr(self.local, "alive", None))
             else:
-                outputs = servable.run_prepared(signature_name, prepared)
+                outputs = self._run_alone(servable, signature_name, prepared)
         except Exception as exc:
             if encoded and from_exception(exc).code == grpc.StatusCode.INVALID_ARGUMENT:
                 for alias, values in encoded.items():  # name the image the graph could not decode, if one
@@ -238,6 +263,16 @@ class ServingCore:
         images = [v for values in (encoded or {}).values() for v in values]
         self._log(servable, signature_name, label, outputs, inputs, images, time.perf_counter() - start)
         return outputs
+
+    def _run_alone(self, servable: Servable, signature_name: str, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run unbatched once a run slot is free, unless the deadline passes (or the caller leaves) first."""
+        if not self.run_slots.acquire(timeout=self.remaining()):
+            raise deadline_exceeded("Deadline exceeded while waiting for the model; the request was not run")
+        try:
+            self.remaining()  # checked again: the wait may have used it up
+            return servable.run_prepared(signature_name, prepared)
+        finally:
+            self.run_slots.release()
 
     def _log(self, servable: Servable, signature_name: str, label: str | None, outputs: dict, inputs: dict,
              images: list[bytes], seconds: float) -> None:
@@ -301,7 +336,7 @@ class Server:
         manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
                                allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models)
         manager.limits = opts.limits  # the page (serving.page.routes) reads the server's limits here
-        self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger)
+        self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger, opts.max_concurrent_runs)
         try:
             manager.start()
             manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)

@@ -115,16 +115,20 @@ def rollback(
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
     serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps "
                                      "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
+    server: str = typer.Option(None, "--server", help="gRPC HOST:PORT of a running server to send each models.config step "
+                               "to (HandleReloadConfigRequest) and confirm the label answers; without it, say that "
+                               "the server must poll the config or be told to reload."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Move stable (and the champion alias) back to the previous champion."""
     from components.promote.executor import PromotionError, rollback as do_rollback
 
     try:
-        result = do_rollback(step_wait_s=step_wait, serving_rest=serving_rest)
+        result = do_rollback(step_wait_s=step_wait, serving_rest=serving_rest, server=server)
     except (ValueError, PromotionError, FileNotFoundError) as exc:
         fail(str(exc), as_json)
-    emit(result, as_json, lambda r: f"stable -> version {r['version']} (was {r['rolled_back_from']}); aliases {r['aliases']}")
+    emit(result, as_json, lambda r: f"stable -> version {r['version']} (was {r['rolled_back_from']}); aliases {r['aliases']}"
+         f"\n{r['server']}")
 
 
 @registry_app.command("promote")
@@ -134,6 +138,9 @@ def promote_version(
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
     serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps "
                                      "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
+    server: str = typer.Option(None, "--server", help="gRPC HOST:PORT of a running server to send each models.config step "
+                               "to (HandleReloadConfigRequest) and confirm the label answers; without it, say that "
+                               "the server must poll the config or be told to reload."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Manual step: put a label on a registered version (registry and models.config together)."""
@@ -142,7 +149,7 @@ def promote_version(
     if label not in ("stable", "canary"):
         fail(f"--label must be stable or canary, got {label!r}", as_json)
     try:
-        result = do_promote(version, label, step_wait_s=step_wait, serving_rest=serving_rest)
+        result = do_promote(version, label, step_wait_s=step_wait, serving_rest=serving_rest, server=server)
     except (ValueError, PromotionError, FileNotFoundError) as exc:
         fail(str(exc), as_json)
-    emit(result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}")
+    emit(result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}\n{r['server']}")

@@ -176,8 +176,8 @@ def preload(version_dir: str | Path) -> None:
     threading.Thread(target=load, name="gradcam-preload", daemon=True).start()
 
 
-def check_image_size(encoded: bytes, max_pixels: int) -> None:
-    """Refuse a decompression bomb from its header, before anything is decoded."""
+def check_image_size(encoded: bytes, max_pixels: int) -> int:
+    """Refuse a decompression bomb from its header, before anything is decoded; returns the pixels (0: unreadable)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit; Pillow would only warn
@@ -185,11 +185,12 @@ def check_image_size(encoded: bytes, max_pixels: int) -> None:
         with Image.open(io.BytesIO(encoded)) as img:
             width, height = img.size
     except Exception:  # not something Pillow reads: the graph decoder will say what is wrong
-        return
+        return 0
     if width * height > max_pixels:
         raise ExplainError(
             f"image is {width}x{height} = {width * height} pixels, more than the limit max_image_pixels={max_pixels}"
         )
+    return width * height
 
 
 def _decode(encoded: bytes) -> "Any":

@@ -20,11 +20,13 @@ import binascii
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from components import settings
+from serving.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,11 @@ SECURITY_HEADERS = {
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_EXPLAIN_INSTANCES = 8
+# Explanations running at once (the server's Limits.max_concurrent_explains wins): one costs about four
+# predictions, so a few explain clients must not take the cores prediction traffic needs.
+DEFAULT_CONCURRENT_EXPLAINS = Limits.max_concurrent_explains
+DEFAULT_MAX_REQUEST_PIXELS = Limits.max_request_pixels
+_SLOTS_LOCK = threading.Lock()
 
 # /ui/model (default model, `stable` or latest) or /ui/models/{name}[/versions/{v}|/labels/{l}]
 _MODEL_INFO = re.compile(
@@ -182,7 +189,17 @@ def _labels(manager: Any, name: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in dict(labels).items()} if labels else {}
 
 
-def _decode_instances(body: bytes) -> tuple[list[bytes], Any]:
+def explain_slots(manager: Any) -> threading.BoundedSemaphore:
+    """The server's explain slots (one semaphore per manager, sized by max_concurrent_explains)."""
+    with _SLOTS_LOCK:
+        slots = getattr(manager, "explain_slots", None)
+        if slots is None:
+            slots = threading.BoundedSemaphore(_limit(manager, "max_concurrent_explains", default=DEFAULT_CONCURRENT_EXPLAINS))
+            manager.explain_slots = slots
+        return slots
+
+
+def _decode_instances(body: bytes, max_instances: int = MAX_EXPLAIN_INSTANCES) -> tuple[list[bytes], Any]:
     """`{"instances": [{"b64": ...}, ...]}` (or `[{"images": {"b64": ...}}]`) -> image bytes."""
     try:
         payload = json.loads(body or b"")
@@ -193,8 +210,9 @@ def _decode_instances(body: bytes) -> tuple[list[bytes], Any]:
     instances = payload["instances"]
     if not instances:
         raise _BadRequest("No instances in the request: send at least one image")
-    if len(instances) > MAX_EXPLAIN_INSTANCES:
-        raise _BadRequest(f"Too many instances: {len(instances)} (at most {MAX_EXPLAIN_INSTANCES} per explain request)")
+    if len(instances) > max_instances:
+        raise _BadRequest(f"Too many instances: {len(instances)} (at most {max_instances} per explain request; "
+                          "the limit is max_batch_size or the page's own)")
     images = []
     for i, item in enumerate(instances):
         if isinstance(item, dict) and "b64" not in item and len(item) == 1:
@@ -217,13 +235,33 @@ def explain(manager: Any, name: str, version: str | None, label: str | None, bod
     max_message = _limit(manager, "max_message_bytes", default=max_bytes * 4 // 3 + 4096)
     if len(body) > max_message:
         return _error(400, f"request of {len(body)} bytes is larger than the limit max_message_bytes={max_message}")
+    # The same limits as :predict, checked from the headers before any work.
+    max_images = min(MAX_EXPLAIN_INSTANCES, _limit(manager, "max_batch_size", default=MAX_EXPLAIN_INSTANCES))
+    max_pixels = _limit(manager, "max_image_pixels", "max_pixels", default=DEFAULT_MAX_PIXELS)
+    max_request_pixels = _limit(manager, "max_request_pixels", default=DEFAULT_MAX_REQUEST_PIXELS)
     try:
-        images, wanted = _decode_instances(body)
+        images, wanted = _decode_instances(body, max_images)
         servable = _resolve(manager, name, version, label)
+        total = 0
+        for i, encoded in enumerate(images):
+            if len(encoded) > max_bytes:
+                raise gradcam.ExplainError(f"instance {i}: image of {len(encoded)} bytes is larger than the limit of {max_bytes} bytes")
+            try:
+                total += gradcam.check_image_size(encoded, max_pixels)
+            except gradcam.ExplainError as exc:
+                raise gradcam.ExplainError(f"instance {i}: {exc}", exc.status) from None
+        if total > max_request_pixels:
+            raise gradcam.ExplainError(f"the {len(images)} images hold {total} pixels, more than the limit "
+                                       f"max_request_pixels={max_request_pixels}")
+    except gradcam.ExplainError as exc:
+        return _error(exc.status, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable JSON error
         return _error(_status_of(exc), _message(exc))
 
-    max_pixels = _limit(manager, "max_image_pixels", "max_pixels", default=DEFAULT_MAX_PIXELS)
+    slots = explain_slots(manager)
+    if not slots.acquire(blocking=False):  # bounded, apart from prediction: excess is refused, not queued
+        return _error(429, "explain is busy: the server computes a limited number of explanations at once "
+                           "(max_concurrent_explains); retry shortly. Predictions are not affected.")
     try:
         explainer = gradcam.load_explainer(servable.path)
         class_index = None
@@ -231,9 +269,6 @@ def explain(manager: Any, name: str, version: str | None, label: str | None, bod
             class_index = domain.class_index(str(wanted)) if not isinstance(wanted, int) else wanted
         results = []
         for i, encoded in enumerate(images):
-            if len(encoded) > max_bytes:
-                raise gradcam.ExplainError(f"instance {i}: image of {len(encoded)} bytes is larger than the limit of {max_bytes} bytes")
-            gradcam.check_image_size(encoded, max_pixels)
             try:
                 results.append(gradcam.explain(explainer, encoded, class_index=class_index))
             except gradcam.ExplainError as exc:
@@ -245,6 +280,8 @@ def explain(manager: Any, name: str, version: str | None, label: str | None, bod
     except Exception as exc:  # noqa: BLE001 - never a stack trace to the page
         log.exception("explain failed for %s version %s", name, servable.version)
         return _error(500, f"Could not compute the explanation: {type(exc).__name__}: {exc}")
+    finally:
+        slots.release()
     spec = {"name": name, "version": int(servable.version)}
     if label:
         spec["label"] = label

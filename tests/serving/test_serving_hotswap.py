@@ -186,8 +186,8 @@ def test_startup_with_label_on_missing_version_fails(exported_versions, tmp_path
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_reload_refuses_label_on_version_it_introduces_then_retry_applies(exported_versions, tmp_path):
-    """TF Serving: a label can only move to a version that is already available; the poller retries."""
+def test_reload_refuses_label_on_version_it_introduces_and_changes_nothing(exported_versions, tmp_path):
+    """TF Serving: a label can only move to a version that is already available; a refused config changes nothing."""
     from serving.errors import ServingError
     from serving.manager import ModelManager, entries_from_proto, parse_model_config
 
@@ -201,6 +201,8 @@ def test_reload_refuses_label_on_version_it_introduces_then_retry_applies(export
     with pytest.raises(ServingError) as info:
         manager.set_config(both)
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert manager.loaded_versions("leukemia") == [1, 2] and manager.labels("leukemia") == {"stable": 1}
-    manager.set_config(both)  # version 2 is available now
+    assert manager.loaded_versions("leukemia") == [1] and manager.labels("leukemia") == {"stable": 1}
+    load = entries_from_proto(parse_model_config(models_config([("leukemia", base, [1, 2], {"stable": 1})])))
+    manager.set_config(load)  # step 1: version 2 beside version 1
+    manager.set_config(both)  # step 2: version 2 is available now
     assert manager.resolve("leukemia", label="stable").version == 2

@@ -188,35 +188,52 @@ def list_models(registry_uri: str | None = None, config_path: str | Path | None 
     return out
 
 def _set_label(version: int, label: str, registry_uri: str | None, config_path: str | Path | None,
-               history: list[int] | None, between: Callable | None) -> None:
-    """Move a label in models.config and the matching alias in the registry, together or not at all."""
+               history: list[int] | None, between: Callable | None, server: str | None = None) -> str:
+    """Move a label in models.config and the matching alias in the registry, together or not at all.
+
+    With `server` (gRPC HOST:PORT) each config step is sent to it and the move is confirmed by the label
+    answering with the version; returns what the running server was told.
+    """
+    from components.promote import server_reload
+
     config_path = Path(config_path or home.models_config_path())
+    step_hook = between
+    if server:
+        def step_hook(step1: Any, v: int) -> None:  # step 1 (the version loaded beside) is served before step 2
+            if between is not None:
+                between(step1, v)
+            server_reload.tell_server(server, config_path, v)
     with model_store.store_lock():
         config_snap = model_store.snapshot_config(config_path)
         reg_snap = registry.snapshot(uri=registry_uri)
         try:
-            model_store.move_label(label, version, config_path, between=between)
+            model_store.move_label(label, version, config_path, between=step_hook)
             registry.assign_label(version, label, uri=registry_uri, history=history)
+            if server:
+                server_reload.tell_server(server, config_path, version, label)
         except BaseException as exc:
             failed = _run_undo([("models.config", lambda: model_store.restore_config(config_snap, config_path)),
                                 ("registry aliases", lambda: registry.restore(reg_snap, uri=registry_uri))])
             state = "previous state kept" if not failed else f"UNDO INCOMPLETE ({'; '.join(failed)})"
             raise PromotionError(f"moving label {label} to version {version} failed: {exc}; {state}") from exc
+    return f"server {server} answers {label} with version {version}" if server else server_reload.NOT_TOLD
+
 
 def promote_version(version: int, label: str, registry_uri: str | None = None, config_path: str | Path | None = None,
-                    step_wait_s: float = 0.0, serving_rest: str | None = None) -> dict[str, Any]:
+                    step_wait_s: float = 0.0, serving_rest: str | None = None, server: str | None = None) -> dict[str, Any]:
     """Manual step: put `label` (stable|canary) on a registered version that is in the model store."""
     record = registry.get_version(version, uri=registry_uri)
     if record is None:
         raise ValueError(f"version {version} is not in the registry")
     if record["tags"].get("status") != "promoted" or not model_store.version_path(version).is_dir():
         raise ValueError(f"version {version} is not a complete version in the model store")
-    _set_label(version, label, registry_uri, config_path, None, wait_between_steps(step_wait_s, serving_rest))
+    told = _set_label(version, label, registry_uri, config_path, None, wait_between_steps(step_wait_s, serving_rest), server)
     return {"version": version, "label": label, "aliases": registry.get_aliases(uri=registry_uri),
-            "serving": model_store.read_state(config_path).to_dict()}
+            "serving": model_store.read_state(config_path).to_dict(), "server": told}
+
 
 def rollback(registry_uri: str | None = None, config_path: str | Path | None = None,
-             step_wait_s: float = 0.0, serving_rest: str | None = None) -> dict[str, Any]:
+             step_wait_s: float = 0.0, serving_rest: str | None = None, server: str | None = None) -> dict[str, Any]:
     """Stable back to the previous champion: models.config label and registry alias together."""
     history = registry.champion_history(uri=registry_uri)
     if len(history) < 2:
@@ -224,7 +241,9 @@ def rollback(registry_uri: str | None = None, config_path: str | Path | None = N
     current, previous = history[-1], history[-2]
     if not model_store.version_path(previous).is_dir():
         raise ValueError(f"previous champion version {previous} is no longer in the model store")
-    _set_label(previous, "stable", registry_uri, config_path, history[:-1], wait_between_steps(step_wait_s, serving_rest))
+    told = _set_label(previous, "stable", registry_uri, config_path, history[:-1], wait_between_steps(step_wait_s, serving_rest),
+                      server)
     registry.set_version_tags(current, {"rolled_back": "true"}, uri=registry_uri)
     return {"rolled_back_from": current, "version": previous, "label": "stable",
-            "aliases": registry.get_aliases(uri=registry_uri), "serving": model_store.read_state(config_path).to_dict()}
+            "aliases": registry.get_aliases(uri=registry_uri), "serving": model_store.read_state(config_path).to_dict(),
+            "server": told}

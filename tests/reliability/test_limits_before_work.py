@@ -1,0 +1,94 @@
+"""Defect 2: limits must be checked before the work they guard (a huge batch used to be built, then refused)."""
+
+from __future__ import annotations
+
+import socket
+import time
+import tracemalloc
+
+import grpc
+import pytest
+import requests
+
+from serving_helpers import install_version
+
+pytestmark = pytest.mark.timeout(120)
+
+INSTANCES = 2_000_000  # one-character strings: an 8 MB body (a 6 MB message), far over max_batch_size
+
+
+@pytest.fixture(scope="module")
+def server(exported_versions, tmp_path_factory):
+    from serving.limits import Limits
+    from serving.server import Server, ServerOptions
+
+    base = tmp_path_factory.mktemp("limits") / "leukemia"
+    install_version(exported_versions, base, 1)
+    srv = Server(ServerOptions(port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base),
+                               file_system_poll_wait_seconds=0, request_log_dir=None, warmup=False,
+                               limits=Limits(max_message_bytes=64 * 1024 * 1024, max_batch_size=8))).start()
+    yield srv
+    srv.stop()
+
+
+def _peak_during(call) -> tuple[float, float, object]:
+    """(peak Python memory in MB, seconds, result) of one call; the server runs in this process."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    start = time.perf_counter()
+    try:
+        result = call()
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+    return peak, seconds, result
+
+
+def test_rest_batch_is_refused_while_parsing(server):
+    body = b'{"instances": [' + b",".join([b'"x"'] * INSTANCES) + b"]}"
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/leukemia:predict"
+    peak, seconds, r = _peak_during(lambda: requests.post(url, data=body, timeout=60))
+    assert r.status_code == 400 and "max_batch_size=8" in r.json()["error"]
+    # Reading the body and decoding it once is all it may cost: not the millions of objects it describes.
+    assert peak < 4 * len(body) / 1e6, f"refusing {len(body) / 1e6:.0f} MB cost {peak:.0f} MB"
+    assert seconds < 2.0
+
+
+def test_rest_body_over_the_limit_is_refused_before_it_is_sent(server):
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/models/leukemia:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"max_message_bytes" in answer
+
+
+def test_grpc_batch_is_refused_from_the_tensor_shape(server):
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                    tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": INSTANCES}]))
+    tensor.string_val.extend([b"x"] * INSTANCES)
+    def request(model: str):
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = model
+        req.inputs["images"].CopyFrom(tensor)
+        return req
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=[
+            ("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def call(req):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(req, timeout=60)
+            return info.value
+
+        unknown, known = request("nope"), request("leukemia")
+        # What moving the message costs (both sides in this process): an unknown model is refused at once.
+        transport, _, err = _peak_during(lambda: call(unknown))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        peak, _, err = _peak_during(lambda: call(known))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size=8" in err.details()
+    assert peak < transport * 1.3 + 2, f"refusing the tensor cost {peak:.0f} MB; moving it {transport:.0f} MB"
