@@ -86,18 +86,19 @@ def export_saved_model(
 
     from components.train import models
 
-    features_model = models.calibration_features_model(model)
-    kernel, bias = (tf.constant(w, tf.float32) for w in model.get_layer(models.OUTPUT_LAYER).get_weights())
-
-    def outputs(pixels):
-        head, mid = features_model(pixels, training=False)
-        logits = tf.matmul(tf.cast(head, tf.float32), kernel) + bias
-        if calibration is None:
-            probabilities = tf.nn.softmax(logits)
-            return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
-        probabilities = tf.nn.softmax(logits / calibration.temperature)
+    if calibration is not None:
+        features_model = models.calibration_features_model(model)
+        kernel, bias = (tf.constant(w, tf.float32) for w in model.get_layer(models.OUTPUT_LAYER).get_weights())
         whitening = tf.constant(calibration.whitening, tf.float32)
         centres = tf.constant(calibration.class_means @ calibration.whitening, tf.float32)
+
+    def outputs(pixels):
+        if calibration is None:  # probabilities as trained
+            probabilities = tf.cast(model(pixels, training=False), tf.float32)
+            return {"probabilities": probabilities, "label": tf.gather(names, tf.argmax(probabilities, axis=1))}
+        head, mid = features_model(pixels, training=False)
+        logits = tf.matmul(tf.cast(head, tf.float32), kernel) + bias
+        probabilities = tf.nn.softmax(logits / calibration.temperature)
         projected = tf.matmul(tf.cast(mid, tf.float32), whitening)
         ood_score = tf.reduce_min(tf.reduce_sum(tf.square(projected[:, None, :] - centres[None]), axis=-1), axis=1)
         in_distribution = ood_score <= calibration.ood_threshold
@@ -142,7 +143,8 @@ def export_saved_model(
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.track(features_model)
+    if calibration is not None:
+        archive.track(features_model)
     archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.add_endpoint(
         "predict_pixels",
