@@ -27,6 +27,7 @@ COMMANDS = {
     "monitor": "monitoring.cli:app",
     "pipeline": "pipelines.pipeline_cli:app",
     "report": "pipelines.report:app",
+    "status": "pipelines.status:app",
 }
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
