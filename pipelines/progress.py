@@ -68,7 +68,11 @@ def is_tf_noise(line: str, gpu: bool) -> bool:
 
 
 def step_name(task: str) -> str:
-    """`validate-op` -> `validate`."""
+    """`validate-op` -> `validate`; the runner's group tasks by what they hold."""
+    if task.startswith("condition-"):  # the pipeline's conditions (gate passed, promotion enabled) guard promotion
+        return "promote"
+    if task.startswith("for-loop-"):
+        return "train and evaluate"
     return task[:-3] if task.endswith("-op") else task
 
 
@@ -91,8 +95,8 @@ def key_figure(task: str, output: dict) -> str:
         return (f"{n(m['images'])} images: {n(m['valid'])} valid, {n(m['quarantined'])} quarantined, "
                 f"{n(m['failed_expectations'])} failed expectations")
     if task == "dedup-op":
-        return (f"{n(m['images'])} in, {n(m['kept'])} kept ({n(m.get('exact_groups', 0))} exact and "
-                f"{n(m.get('near_groups', 0))} near-duplicate groups, {n(m.get('conflict_groups', 0))} label conflicts)")
+        return (f"{n(m['images'])} in, {n(m['kept'])} kept (duplicate groups: {n(m.get('exact_groups', 0))} exact, "
+                f"{n(m.get('near_groups', 0))} near; label conflicts: {n(m.get('conflict_groups', 0))})")
     if task == "preprocess-op":
         shards = md.get("shards", {})
         return f"{n(shards['count'])} images at {n(shards['image_size'])} px"
@@ -105,8 +109,8 @@ def key_figure(task: str, output: dict) -> str:
     if task == "reference-op":
         return f"reference features of {params['Output']} training images"
     if task == "gate-op":
-        gate = md.get("gate", {})
-        return f"{'pass' if gate.get('promote') else 'hold'}: {gate.get('summary', '')}"
+        gate = md.get("gate", {})  # the reason follows in the run's summary
+        return f"pass, promote {gate.get('model')}" if gate.get("promote") else "hold: nothing to promote"
     if task == "promote-op":
         promotion = md.get("promotion", {})
         return f"{promotion.get('model')} is version {params['version']} ({promotion.get('label')})"
@@ -145,6 +149,7 @@ class RunOutput(io.TextIOBase):
         self._lock = threading.RLock()
         self._partial: dict[int, str] = {}
         self._tasks: dict[int, _Task] = {}
+        self._skipped: list[str] = []
 
     # ------------------------------------------------------------- the stream
     @property
@@ -200,7 +205,12 @@ class RunOutput(io.TextIOBase):
                 self._end(task, "ok" if match.group(2) == "SUCCESS" else "FAILED")
             return
         if match := _SKIPPED.search(text):
-            self.say(f"{step_name(match.group(1)):<18} skipped ({text.split(match.group(1), 1)[1].strip(' :()') or 'condition false'})")
+            name = match.group(1)
+            if "upstream" in text:  # after a failure: named once, in finish()
+                if step_name(name) not in self._skipped:
+                    self._skipped.append(step_name(name))
+                return
+            self.say(f"{step_name(name):<18} skipped ({text.split(name, 1)[1].strip(' :()') or 'condition false'})")
             return
         if task is None or task.ended:
             return
@@ -266,18 +276,19 @@ class RunOutput(io.TextIOBase):
                 self.console.write(f"  | {display_text(line)}\n")
 
     def finish(self, error: str | None = None) -> list[str]:
-        """Close the run: steps still running when the runner raised have failed. Returns their labels."""
+        """Close the run: steps still running when the runner raised have failed. Returns the failed steps' labels."""
         with self._lock:
             for thread, rest in list(self._partial.items()):
                 self._line(thread, rest)
             self._partial.clear()
-            failed = []
             for task in self._tasks.values():
                 if not task.ended and error is not None:
                     self._end(task, "FAILED")
-                    failed.append(task.label)
+            if self._skipped:
+                self.say(f"not run after the failure: {', '.join(self._skipped)}")
             if self.dropped:
                 self.log.write(f"leukoflow: dropped {self.dropped} TensorFlow start-up lines "
                                f"(oneDNN/CPU-feature notes{'' if self.gpu else ', CUDA probes on a machine without a GPU'})\n")
             self.flush()
-            return failed
+            return [f"{step['step']} {step['model']}" if step["model"] else step["step"]
+                    for step in self.steps if step["status"] != "ok"]

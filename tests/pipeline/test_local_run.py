@@ -88,7 +88,7 @@ def test_progress_is_one_line_per_step_and_the_full_log_is_in_a_file(local_run):
     text = local_run["progress"]
     for expected in ("validate           started", "validate           ok in", "images:", "kept (",
                      "split              ok in", "train 6", "train cnn          epoch 2/2: val accuracy",
-                     "evaluate mobilenetv2 ok in", "macro-F1", "gate               ok in", "promote            ok in"):
+                     "evaluate mobilenetv2 ok in", "macro-F1", "gate               ok in", "promote cnn        ok in"):
         assert expected in text, f"{expected!r} missing from:\n{text}"
     for noise in ("executor_input", "cuInit", "UserWarning", "RuntimeWarning", '"outputFile"'):
         assert noise not in text, f"{noise!r} on the console:\n{text}"
@@ -146,7 +146,9 @@ def test_a_failing_step_shows_its_last_lines_and_the_log(tmp_path):
     assert "critical expectations failed" in out, out  # the validation's own message, from the step's last lines
     assert "pipeline FAILED in" in out and "failed step validate" in out
     assert "full log: $LEUKOFLOW_HOME/runs/" in out
-    assert "dedup" not in out  # nothing ran after the failure
+    assert "dedup              started" not in out  # nothing ran after the failure, and that is one line
+    skipped = next(line for line in out.splitlines() if "not run after the failure: " in line)
+    assert {"dedup", "preprocess", "split", "train and evaluate", "gate", "promote"} <= set(skipped.split(": ", 1)[1].split(", "))
     assert len(out.splitlines()) <= 30, out
     record = json.loads(next((tmp_path / "home" / "runs").glob("*/run.json")).read_text())
     assert record["status"] == "FAILED" and record["failed_steps"] == ["validate"]

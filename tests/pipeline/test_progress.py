@@ -60,3 +60,10 @@ def test_a_step_that_never_ends_is_reported_failed_with_its_last_lines(tmp_path)
     assert output.finish("RuntimeError: Task 'split-op' failed") == ["split"]
     text = console.getvalue()
     assert "split              FAILED in" in text and "  | ValueError: no rows" in text
+
+
+def test_a_skipped_promotion_is_one_line():
+    console = io.StringIO()
+    output = RunOutput(io.StringIO(), console, gpu=False)
+    output.write("12:00:00.000 - INFO - Skipping conditional task condition-2 (condition evaluated to False)\n")
+    assert console.getvalue().split("] ", 1)[1] == "promote            skipped (condition evaluated to False)\n"
