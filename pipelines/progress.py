@@ -2,7 +2,8 @@
 
 KFP's local runner streams every task's output (its executor-input JSON, local-runner warnings, TensorFlow's
 start-up chatter) through the parent's `sys.stdout`, from one thread per running task. `RunOutput` stands
-in for `sys.stdout`/`sys.stderr` during the run: every line goes to the run's log file, and the lines that
+in for `sys.stdout`/`sys.stderr` during the run: every line goes to the run's log file
+(but TensorFlow's start-up chatter, see pipelines/tf_noise.py), and the lines that
 mark a step's start, end and training epochs become one short console line each, with the step's key
 figure read from its `executor_output.json`. Lines are attributed to tasks by the thread that writes
 them, which is how the runner runs tasks in parallel (ParallelFor).
@@ -11,13 +12,11 @@ them, which is how the runner runs tasks in parallel (ParallelFor).
 from __future__ import annotations
 
 import collections
-import glob
 import io
 import json
 import logging
 import math
 import re
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from components.home import display_text
+from pipelines.tf_noise import gpu_present, is_noise
 
 EPOCH_LINES_PER_FIT = 3  # progress lines per model per Keras fit; a run of 3 models stays within ~50 lines
 TAIL_LINES = 15          # lines of a failed step shown on the console
@@ -37,34 +37,10 @@ _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
 _EPOCH_END = re.compile(r"^\d+/\d+ - .*\bval_accuracy: ([\d.]+)")
 _VAL_LOSS = re.compile(r"\bval_loss: ([\d.]+)")
 
-# TensorFlow's start-up lines on a machine without a GPU: written by C++ before absl logging is
-# initialised, so TF_CPP_MIN_LOG_LEVEL cannot silence them. Dropped only where no GPU device exists;
-# any other TensorFlow warning or error is kept.
-_STARTUP_NOISE = (
-    "All log messages before absl::InitializeLog() is called are written to STDERR",
-    "port.cc:153] oneDNN custom operations are on",
-    "cpu_feature_guard.cc:",
-    "To enable the following instructions:",
-)
-_CPU_ONLY_NOISE = (
-    "cudart_stub.cc:31] Could not find cuda drivers on your machine",
-    "cuda_platform.cc:52] failed call to cuInit",
-)
-
 
 def plain(text: str) -> str:
     """`text` without the runner's ANSI colours."""
     return _ANSI.sub("", text)
-
-
-def gpu_present() -> bool:
-    """True where an NVIDIA device node or `nvidia-smi` exists: there, CUDA messages are never dropped."""
-    return bool(glob.glob("/dev/nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
-
-
-def is_tf_noise(line: str, gpu: bool) -> bool:
-    """A TensorFlow start-up line that says nothing on this machine (CUDA probes only where there is no GPU)."""
-    return any(m in line for m in _STARTUP_NOISE) or (not gpu and any(m in line for m in _CPU_ONLY_NOISE))
 
 
 def step_name(task: str) -> str:
@@ -190,7 +166,7 @@ class RunOutput(io.TextIOBase):
     def _line(self, thread: int, raw: str) -> None:
         line = plain(raw).rstrip()
         text = line.strip()
-        if is_tf_noise(text, self.gpu):
+        if is_noise(text, self.gpu):  # TensorFlow start-up lines (pipelines/tf_noise.py)
             self.dropped += 1
             return
         self.log.write(line + "\n")

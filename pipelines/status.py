@@ -236,33 +236,33 @@ def human(result: dict[str, Any]) -> str:
     s, r = result["serving"], result["registry"]
     labels = ", ".join(f"{k}={v}" for k, v in sorted(s["labels"].items())) or "none"
     lines = [
-        f"served model {s['name']}: versions {s['versions'] or 'none'}, labels {labels} ({d(s['models_config'])})"
-        if s["configured"] else f"served model {s['name']}: not configured yet ({d(s['models_config'])} has no entry)",
-        f"model store  versions {s['store_versions'] or 'none'} in {d(s['base_path'])}; registry versions {r['versions'] or 'none'}",
+        f"served      {s['name']}: versions {s['versions'] or 'none'}, labels {labels} ({d(s['models_config'])})"
+        if s["configured"] else f"served      {s['name']}: not configured yet ({d(s['models_config'])} has no entry)",
+        f"store       versions {s['store_versions'] or 'none'} in {d(s['base_path'])}; registry versions {r['versions'] or 'none'}",
         _model_line("champion", r["champion"]),
         _model_line("challenger", r["challenger"]),
     ]
     run = result["last_pipeline_run"]
     if run:
-        lines.append(f"last run     {run['status']} {run['age']} ago (profile {run['profile']}, {run.get('wall_time_s') or '?'} s)"
+        lines.append(f"last run    {run['status']} {run['age']} ago (profile {run['profile']}, {run.get('wall_time_s') or '?'} s)"
                      + (f", artifacts {d(run['pipeline_root'])}" if run.get("pipeline_root") else "")
                      + (f", log {d(run['log'])}" if run.get("log") else ""))
     else:
-        lines.append("last run     none recorded")
+        lines.append("last run    none recorded")
     drift = result["last_drift_check"]
     if drift:
         moved = f" ({', '.join(drift['drifted_features'])})" if drift["drifted_features"] else ""
-        lines.append(f"drift check  {drift['status']}{moved} {drift['age']} ago, report {d(drift['report_json']) if drift['report_json'] else 'n/a'}")
+        lines.append(f"drift check {drift['status']}{moved} {drift['age']} ago, report {d(drift['report_json']) if drift['report_json'] else 'n/a'}")
     else:
-        lines.append("drift check  none yet")
+        lines.append("drift check none yet")
     t = result["trigger"]
     last = t["last_trigger"]
     episode = t["episode"]
-    lines.append("trigger      " + (f"drift episode since {episode.get('started_at')}" if episode else "no drift episode")
+    lines.append("trigger     " + (f"drift episode since {episode.get('started_at')}" if episode else "no drift episode")
                  + (f"; last retraining started {last.get('at')} ({last.get('status')})" if last else "; no retraining yet")
                  + (f"; cooldown until {t['next_allowed_at']}" if t["in_cooldown"] else "; not in cooldown"))
     q = result["request_log"]
-    lines.append(f"requests     {q['requests']} in the last {q['window_h']:.0f} h ({d(q['directory'])})")
+    lines.append(f"requests    {q['requests']} in the last {q['window_h']:.0f} h ({d(q['directory'])})")
     lines += [f"PROBLEM: {p}" for p in result["problems"]] or ["consistent: labels, models.config, model store and registry agree"]
     return "\n".join(lines)
 

@@ -67,3 +67,23 @@ def test_a_skipped_promotion_is_one_line():
     output = RunOutput(io.StringIO(), console, gpu=False)
     output.write("12:00:00.000 - INFO - Skipping conditional task condition-2 (condition evaluated to False)\n")
     assert console.getvalue().split("] ", 1)[1] == "promote            skipped (condition evaluated to False)\n"
+
+
+def test_the_cli_stderr_filter_drops_cuda_probes_only_without_a_gpu_and_keeps_errors():
+    """What `leukoflow` does to its own stderr (and its children's): C++ writes to fd 2 go through the filter."""
+    import os
+    import subprocess
+    import sys
+
+    from pipelines.tf_noise import gpu_present
+
+    script = ("import os; from pipelines.tf_noise import filter_stderr; filter_stderr(); "
+              "os.write(2, b'E0000 00:00:1.1 6554 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n'); "
+              "os.write(2, b'W0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\\n'); "
+              "os.write(2, b'E0000 00:00:1.2 6554 some_op.cc:1] a real error\\n'); raise SystemExit('exit message')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("_LEUKOFLOW") and k != "LEUKOFLOW_TF_NOISE"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1
+    assert "a real error" in proc.stderr and "exit message" in proc.stderr
+    assert "cpu_feature_guard" not in proc.stderr
+    assert ("failed call to cuInit" in proc.stderr) == gpu_present()
