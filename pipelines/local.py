@@ -72,6 +72,17 @@ def _pick(path: Path | None, keys: tuple[str, ...]) -> dict | None:
     return {k: data[k] for k in keys if k in data}
 
 
+KEEP_RUNS = 50  # run folders (log + record) kept under $LEUKOFLOW_HOME/runs; older ones are removed
+
+
+def _prune_runs(keep: int = KEEP_RUNS) -> None:
+    import shutil
+
+    runs = sorted(p for p in home.runs_dir().iterdir() if p.is_dir())
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _record(path: Path, record: dict) -> None:
     from components import atomic_files
 
@@ -96,7 +107,8 @@ def _captured(output: RunOutput):
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     handler = logging.StreamHandler(output)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # The runner's own format: its task threads swap the root handlers, so either may write a task's lines.
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d - %(levelname)s - %(message)s", datefmt="%H:%M:%S"))
     root.handlers[:] = [handler]
     try:
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
@@ -145,6 +157,7 @@ def run_local(
               "profile": profile, "data_dir": str(data_path), "drift_report": drift_report or None,
               "log": str(log_path), "pipeline_root": None}
     _record(record_path, record)
+    _prune_runs()
 
     console = sys.stderr if quiet_stdout else sys.stdout
     started = time.time()

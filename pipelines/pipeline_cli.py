@@ -32,7 +32,7 @@ def compile(
     from pipelines.pipeline import compile_pipeline
 
     path = compile_pipeline(output or home.home() / "pipeline.yaml", data_pvc=data_pvc or None)
-    emit({"output": str(path)}, as_json, lambda r: f"wrote {r['output']}")
+    emit({"output": str(path)}, as_json, lambda r: f"wrote {home.display(r['output'])}")
 
 
 @app.command()

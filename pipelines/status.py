@@ -246,7 +246,8 @@ def human(result: dict[str, Any]) -> str:
     if run:
         lines.append(f"last run    {run['status']} {run['age']} ago (profile {run['profile']}, {run.get('wall_time_s') or '?'} s)"
                      + (f", artifacts {d(run['pipeline_root'])}" if run.get("pipeline_root") else "")
-                     + (f", log {d(run['log'])}" if run.get("log") else ""))
+                     + (f", log {d(run['log'])}" if run.get("log") else "")
+                     + (f"; a retraining for drift report {d(run['drift_report'])}" if run.get("drift_report") else ""))
     else:
         lines.append("last run    none recorded")
     drift = result["last_drift_check"]

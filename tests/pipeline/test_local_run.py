@@ -103,8 +103,10 @@ def test_progress_is_one_line_per_step_and_the_full_log_is_in_a_file(local_run):
     assert [s["step"] for s in result["steps"]].count("train") == 2
 
 
-def test_human_summary_has_figures_and_no_machine_paths(local_run):
+def test_human_summary_has_figures_and_no_machine_paths(local_run, monkeypatch):
     from pipelines.pipeline_cli import _human_summary
+
+    monkeypatch.setenv("LEUKOFLOW_HOME", str(local_run["home"]))
 
     text = _human_summary(local_run["result"])
     assert "pipeline SUCCEEDED in" in text and "gate: promoted" in text
