@@ -179,6 +179,9 @@ def run_local(
             except Exception as exc:  # the runner raises on a failed task; report it, keep the summary
                 status, error = "FAILED", f"{type(exc).__name__}: {plain(str(exc))}"
                 log_file.write(traceback.format_exc())
+            except KeyboardInterrupt:  # the record must not say RUNNING forever
+                _record(record_path, {**record, "status": "INTERRUPTED", "finished_at": datetime.now(timezone.utc).isoformat()})
+                raise
         failed = output.finish(error)
     run_dir = _new_run_dir(root, before)
     summary = summarize_run(run_dir) if run_dir else {"pipeline_root": None, "models": {}}
