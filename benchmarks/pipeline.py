@@ -20,6 +20,8 @@ from contextlib import redirect_stdout
 from datetime import datetime
 from pathlib import Path
 
+from components import home
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 BUDGET_S = {"quick": 20 * 60}
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--data-dir", default=str(REPO / "data"))
-    parser.add_argument("--from-log", help="Read a finished run's log (e.g. `make run > run.log 2>&1`) instead of running.")
+    parser.add_argument("--from-log", help="Read a finished run's full log ($LEUKOFLOW_HOME/runs/<id>/pipeline.log) instead of running.")
     args = parser.parse_args(argv)
 
     if args.from_log:
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         buffer = io.StringIO()
         started = time.time()
         with redirect_stdout(_Tee(buffer, sys.stderr)):
-            summary = run_local(args.data_dir, profile=args.profile, quiet_stdout=False)
+            summary = run_local(args.data_dir, profile=args.profile, quiet_stdout=False, verbose=True)  # the raw stream: step_times reads it
         total = time.time() - started
         steps = step_times(buffer.getvalue())
     budget = BUDGET_S.get(args.profile)
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": round(total, 1),
         "budget_s": budget,
         "steps": steps,
-        "pipeline_root": summary["pipeline_root"],
+        "pipeline_root": home.display(summary["pipeline_root"]) if summary["pipeline_root"] else None,
         "models": {k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]} for k, v in summary["models"].items()},
     }
     lines = [

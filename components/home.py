@@ -7,6 +7,7 @@ Files under `serving/` and `infra/` are configuration that runs never rewrite.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,11 @@ def request_log_dir() -> Path:
     return home() / "requests"
 
 
+def runs_dir() -> Path:
+    """One folder per local pipeline run: its full log and its record (read by `leukoflow status`)."""
+    return home() / "runs"
+
+
 def reports_dir() -> Path:
     """Reports (drift, gate decisions) produced outside a pipeline run."""
     return home() / "reports"
@@ -64,3 +70,28 @@ def use_keras_home() -> Path:
     path = keras_home()
     os.environ.setdefault("KERAS_HOME", str(path))
     return path
+
+
+HOME_TOKEN = "$LEUKOFLOW_HOME"
+_ABSOLUTE = re.compile(r"(?<![\w.~$/])/(?:[\w.@+-]+/)*[\w.@+-]+")
+
+
+def display(path: str | Path) -> str:
+    """`path` as a person should read it: relative to the repository, else under `$LEUKOFLOW_HOME`.
+
+    Human output and generated docs use this so they never carry one machine's absolute paths.
+    A path outside both is returned unchanged.
+    """
+    resolved = Path(path).expanduser().resolve()
+    state = Path(os.environ.get("LEUKOFLOW_HOME") or REPO_ROOT / ".leukoflow").resolve()
+    if resolved.is_relative_to(REPO_ROOT):
+        return str(resolved.relative_to(REPO_ROOT)) or "."
+    if resolved.is_relative_to(state):
+        inner = resolved.relative_to(state)
+        return HOME_TOKEN if inner == Path() else f"{HOME_TOKEN}/{inner}"
+    return str(path)
+
+
+def display_text(text: str) -> str:
+    """`text` with each absolute path under the repository or the state home made relative (see `display`)."""
+    return _ABSOLUTE.sub(lambda m: display(m.group(0)), text)

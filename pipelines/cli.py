@@ -27,6 +27,7 @@ COMMANDS = {
     "monitor": "monitoring.cli:app",
     "pipeline": "pipelines.pipeline_cli:app",
     "report": "pipelines.report:app",
+    "status": "pipelines.status:app",
 }
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -47,7 +48,17 @@ app = LazyGroup(
 
 
 def main() -> None:
-    """Console entry point; logs go to stderr so `--json` output stays clean."""
+    """Console entry point; logs go to stderr so `--json` output stays clean.
+
+    TensorFlow's INFO lines are off unless TF_CPP_MIN_LOG_LEVEL says otherwise (warnings and errors stay),
+    and its start-up lines that logging levels cannot reach are filtered (pipelines/tf_noise.py).
+    """
+    import os
+
+    from pipelines.tf_noise import filter_stderr
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    filter_stderr()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import sys
 import time
+import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 
 from components import home
+from pipelines.progress import RunOutput, plain
 
 
 def _new_run_dir(root: Path, before: set[Path]) -> Path | None:
@@ -68,6 +72,52 @@ def _pick(path: Path | None, keys: tuple[str, ...]) -> dict | None:
     return {k: data[k] for k in keys if k in data}
 
 
+KEEP_RUNS = 50  # run folders (log + record) kept under $LEUKOFLOW_HOME/runs; older ones are removed
+
+
+def _prune_runs(keep: int = KEEP_RUNS) -> None:
+    import shutil
+
+    runs = sorted(p for p in home.runs_dir().iterdir() if p.is_dir())
+    for old in runs[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _record(path: Path, record: dict) -> None:
+    from components import atomic_files
+
+    atomic_files.write_json(path, record)
+
+
+def last_run() -> dict | None:
+    """The newest local run's record (`$LEUKOFLOW_HOME/runs/<id>/run.json`), or None before the first run."""
+    runs = home.runs_dir()
+    records = sorted(runs.glob("*/run.json")) if runs.is_dir() else []
+    for path in reversed(records):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
+
+
+@contextlib.contextmanager
+def _captured(output: RunOutput):
+    """Route the runner's stdout, stderr, warnings and root-logger output through `output` for the run."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    handler = logging.StreamHandler(output)
+    # The runner's own format: its task threads swap the root handlers, so either may write a task's lines.
+    handler.setFormatter(logging.Formatter("%(asctime)s.%(msecs)03d - %(levelname)s - %(message)s", datefmt="%H:%M:%S"))
+    root.handlers[:] = [handler]
+    try:
+        with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+            yield
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+
+
 def run_local(
     data_dir: str | Path,
     profile: str = "quick",
@@ -77,11 +127,14 @@ def run_local(
     drift_report: str = "",
     promote: bool = True,
     quiet_stdout: bool = True,
+    verbose: bool = False,
 ) -> dict:
-    """Run the whole pipeline locally; returns {"status", "pipeline_root", "models", ...}.
+    """Run the whole pipeline locally; returns {"status", "pipeline_root", "models", "log", ...}.
 
-    KFP's local runner logs to stdout; with `quiet_stdout` those logs go to stderr
-    so a caller's `--json` output stays one object.
+    The console gets one line per step start and end and a few per training (everything with
+    `verbose`), on stderr with `quiet_stdout` so a caller's `--json` output stays one object, else on
+    stdout. The full log goes to `$LEUKOFLOW_HOME/runs/<run id>/pipeline.log`, and the run's record
+    (status, times, artifacts) to `run.json` beside it, for `leukoflow status`.
     """
     from kfp import local
 
@@ -95,24 +148,52 @@ def run_local(
     before = {p for p in root.iterdir() if p.is_dir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
 
+    started_at = datetime.now(timezone.utc)
+    run_id = started_at.strftime("%Y%m%d-%H%M%S-%f")
+    run_home = home.runs_dir() / run_id
+    run_home.mkdir(parents=True, exist_ok=True)
+    log_path, record_path = run_home / "pipeline.log", run_home / "run.json"
+    record = {"run_id": run_id, "status": "RUNNING", "started_at": started_at.isoformat(), "finished_at": None,
+              "profile": profile, "data_dir": str(data_path), "drift_report": drift_report or None,
+              "log": str(log_path), "pipeline_root": None}
+    _record(record_path, record)
+    _prune_runs()
+
+    console = sys.stderr if quiet_stdout else sys.stdout
     started = time.time()
     status, error = "SUCCEEDED", None
-    redirect = contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext()
-    with redirect:
-        try:
-            leukoflow_pipeline(
-                data_dir=str(data_path),
-                profile=profile,
-                models=list(models or settings.MODEL_NAMES),
-                weights=json.dumps(weights or {}),
-                drift_report=drift_report,
-                promote=promote,
-            )
-        except Exception as exc:  # the runner raises on a failed task; report it, keep the summary
-            status, error = "FAILED", f"{type(exc).__name__}: {exc}"
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
+        output = RunOutput(log_file, console, verbose=verbose)
+        output.say(f"pipeline started: profile {profile}, models {', '.join(models or settings.MODEL_NAMES)}; "
+                   f"full log {home.display(log_path)}")
+        with _captured(output):
+            try:
+                leukoflow_pipeline(
+                    data_dir=str(data_path),
+                    profile=profile,
+                    models=list(models or settings.MODEL_NAMES),
+                    weights=json.dumps(weights or {}),
+                    drift_report=drift_report,
+                    promote=promote,
+                )
+            except Exception as exc:  # the runner raises on a failed task; report it, keep the summary
+                status, error = "FAILED", f"{type(exc).__name__}: {plain(str(exc))}"
+                log_file.write(traceback.format_exc())
+            except KeyboardInterrupt:  # the record must not say RUNNING forever
+                _record(record_path, {**record, "status": "INTERRUPTED", "finished_at": datetime.now(timezone.utc).isoformat()})
+                raise
+        failed = output.finish(error)
     run_dir = _new_run_dir(root, before)
     summary = summarize_run(run_dir) if run_dir else {"pipeline_root": None, "models": {}}
-    summary.update(status=status, wall_time_s=round(time.time() - started, 1), profile=profile)
+    summary.update(status=status, wall_time_s=round(time.time() - started, 1), profile=profile, log=str(log_path),
+                   steps=output.steps)
     if error:
         summary["error"] = error
+        summary["failed_steps"] = failed
+    decision = summary.get("decision") or {}
+    record.update(status=status, finished_at=datetime.now(timezone.utc).isoformat(), wall_time_s=summary["wall_time_s"],
+                  pipeline_root=summary.get("pipeline_root"), error=error, failed_steps=failed,
+                  models={k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]} for k, v in summary["models"].items()},
+                  decision={k: decision.get(k) for k in ("promoted", "chosen", "version", "reason")} if decision else None)
+    _record(record_path, record)
     return summary

@@ -32,7 +32,7 @@ def compile(
     from pipelines.pipeline import compile_pipeline
 
     path = compile_pipeline(output or home.home() / "pipeline.yaml", data_pvc=data_pvc or None)
-    emit({"output": str(path)}, as_json, lambda r: f"wrote {r['output']}")
+    emit({"output": str(path)}, as_json, lambda r: f"wrote {home.display(r['output'])}")
 
 
 @app.command()
@@ -45,9 +45,10 @@ def run(
     drift_report: str = typer.Option("", help="Drift report that triggered this run (recorded with the run)."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Evaluate and gate, but never promote."),
     pipeline_root: Path = typer.Option(None, help="Where run artifacts go; default .leukoflow/pipeline-root."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, pipeline_root, models."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, pipeline_root, models (progress goes to stderr)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every task's full output, not one line per step."),
 ) -> None:
-    """Run the whole pipeline (locally with --local)."""
+    """Run the whole pipeline (locally with --local): one line per step; the full log goes to a file under the state home."""
     if not local:
         fail("only --local runs from this command; on a cluster, upload the compiled YAML (see README)", as_json)
     from components.validate.executor import DataNotFoundError, discover
@@ -66,6 +67,8 @@ def run(
         weights=_parse_weights(weights),
         drift_report=drift_report,
         promote=not no_promote,
+        quiet_stdout=as_json,
+        verbose=verbose,
     )
     ordered = {"status": summary["status"], "pipeline_root": summary["pipeline_root"], "models": summary["models"]}
     ordered.update({k: v for k, v in summary.items() if k not in ordered})
@@ -75,33 +78,24 @@ def run(
 
 
 def _human_summary(summary: dict) -> str:
-    lines = [f"pipeline {summary['status']} in {summary.get('wall_time_s')} s", f"artifacts: {summary['pipeline_root']}"]
-    validation, dedup = summary.get("validation"), summary.get("dedup")
-    if validation:
-        lines.append(
-            f"validation: {validation.get('images')} images, success {validation.get('success')}, "
-            f"quarantined {len(validation.get('quarantined') or [])}, failed expectations {validation.get('failed_expectations') or 'none'}"
-        )
-    if dedup:
-        lines.append(
-            f"dedup: {dedup.get('images')} in, {dedup.get('kept')} kept; exact pairs {dedup.get('exact_pairs', 'n/a')}, "
-            f"exact groups {dedup.get('exact_groups', 'n/a')}, near groups {dedup.get('near_groups', 'n/a')}, "
-            f"label conflicts {len(dedup.get('conflicts') or [])}"
-        )
-    if summary.get("split_table"):
-        lines.append(summary["split_table"])
-    for name, figures in summary["models"].items():
-        lines.append(f"  {name:<12} accuracy {figures['accuracy']:.4f}  macro-F1 {figures['macro_f1']:.4f}  {figures['saved_model']}")
+    """The run's outcome in a few lines; paths relative to the repository or $LEUKOFLOW_HOME."""
+    failed = summary.get("failed_steps")
+    lines = [f"pipeline {summary['status']} in {summary.get('wall_time_s')} s (profile {summary.get('profile')})"
+             + (f": failed step {', '.join(failed)}" if failed else "")]
+    if summary["models"]:
+        lines.append(f"  {'model':<12} {'accuracy':>8} {'macro-F1':>8}   (test split)")
+        for name, figures in summary["models"].items():
+            lines.append(f"  {name:<12} {figures['accuracy']:>8.4f} {figures['macro_f1']:>8.4f}")
     decision = summary.get("decision")
     if decision:
         verdict = f"promoted {decision.get('chosen')} as version {decision.get('version')}" if decision.get("promoted") else "not promoted"
         lines.append(f"gate: {verdict}: {decision.get('reason')}")
-    if summary.get("artifacts"):
-        lines.append("artifacts by step:")
-        lines += [f"  {name:<45} {path}" for name, path in summary["artifacts"].items()]
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
-    return "\n".join(lines)
+    if summary.get("pipeline_root"):
+        lines.append(f"artifacts: {home.display(summary['pipeline_root'])}")
+    lines.append(f"full log: {home.display(summary['log'])}")
+    return home.display_text("\n".join(lines))
 
 
 @app.command()

@@ -117,7 +117,7 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
                 p95=lat.get("batch1_p95", float("nan")),
                 thr=m.get("throughput_b32", float("nan")),
                 wall=t.get("wall_time_s", "n/a"),
-                weights=t.get("weights_used", "n/a"),
+                weights=home.display_text(str(t.get("weights_used", "n/a"))),  # no machine paths in the docs
                 paper=f"{_pct(paper['accuracy'])} / {paper['macro_f1']:.2f}" if paper else "",
             )
         )
@@ -235,4 +235,4 @@ def report(
     except FileNotFoundError as exc:
         fail(str(exc), as_json)
     render(run_dir, output, hardware)
-    emit({"run": str(run_dir), "output": str(output)}, as_json, lambda r: f"wrote {r['output']} from {r['run']}")
+    emit({"run": str(run_dir), "output": str(output)}, as_json, lambda r: f"wrote {r['output']} from {home.display(r['run'])}")
