@@ -12,6 +12,8 @@ PROFILE ?= quick
 
 export LEUKOFLOW_HOME ?= $(CURDIR)/.leukoflow
 export KERAS_HOME ?= $(LEUKOFLOW_HOME)/keras
+# Another lab's smears (none an ALL-stage image): the gate's out-of-distribution floor is measured on half of them.
+EXTERNAL_OOD_DIR ?= $(abspath $(SHARED)/external/chula-rbc-12/images)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
@@ -47,7 +49,7 @@ run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROF
 	@if [ -f $(RESNET50_WEIGHTS) ]; then extra=""; else \
 	  echo "note: no ResNet50 ImageNet weights at $(RESNET50_WEIGHTS) (none can be downloaded here): ResNet50 trains from random init" >&2; \
 	  extra="--weights resnet50=none"; fi; \
-	$(LF) pipeline run --local --profile $(PROFILE) --data-dir data $$extra
+	LEUKOFLOW_EXTERNAL_OOD_DIR=$(EXTERNAL_OOD_DIR) $(LF) pipeline run --local --profile $(PROFILE) --data-dir data $$extra
 
 test: $(STAMP) system-deps  ## the whole test suite
 	$(PY) -m pytest -q

@@ -81,6 +81,7 @@ class Profile:
     name: str
     source_size: int
     models: dict[str, ModelConfig] = field(default_factory=dict)
+    gate: dict = field(default_factory=dict)  # Policy fields this profile sets (components/promote/gate/policy.py)
 
 
 def _quick() -> Profile:
@@ -126,6 +127,10 @@ def _smoke() -> Profile:
             name: ModelConfig(name, image_size=size, weights="none", batch_size=16, epochs=2, patience=2, mixed_precision=False)
             for name in MODEL_NAMES
         },
+        # Two epochs on 32-px synthetic squares test the plumbing, not a lab: the trust floors are
+        # measured and reported but do not gate (the test suite checks them on their own, tests/promote).
+        gate={"min_robust_accuracy": 0.0, "min_grayscale_accuracy": 0.0, "max_test_referral": 1.0, "max_ece": 1.0,
+              "coverage_tolerance": 1.0, "min_ood_detection": None},
     )
 
 
@@ -157,8 +162,15 @@ EXTERNAL_OOD_DIR: str = os.environ.get("LEUKOFLOW_EXTERNAL_OOD_DIR", "")
 # ---------------------------------------------------------------- gate
 GATE_MIN_MACRO_F1: float = 0.85
 GATE_MIN_CLASS_RECALL: float = 0.75
-GATE_MIN_ROBUST_ACCURACY: float = 0.50   # worst accuracy under the evaluation's plausible perturbations
-GATE_ROBUSTNESS_EXCLUDED: tuple[str, ...] = ("grayscale",)  # reported, not gated: no lab produces it
+GATE_MIN_ROBUST_ACCURACY: float = 0.95   # worst accuracy under the evaluation's plausible perturbations
+GATE_ROBUSTNESS_EXCLUDED: tuple[str, ...] = ("grayscale",)  # no lab's stain or lamp produces it: its own floor
+GATE_MIN_GRAYSCALE_ACCURACY: float = 0.90
+# Knowing when it does not know (issue 12): measured through the served signature on the test split and
+# the held-out half of the external smears (components/evaluate/executor.py).
+GATE_MAX_TEST_REFERRAL: float = 0.05     # in-distribution test images referred (OOD or a set not one class)
+GATE_MAX_ECE: float = 0.03               # expected calibration error of the calibrated probabilities, 15 bins
+GATE_COVERAGE_TOLERANCE: float = 0.02    # |empirical coverage of the prediction sets - CONFORMAL_COVERAGE|
+GATE_MIN_OOD_DETECTION: float = 0.95     # external smears referred, on the half used to choose nothing
 GATE_MACRO_F1_MARGIN: float = 0.02       # candidates within this of the best are "as good"
 GATE_MAX_REGRESSION: float = 0.01        # a challenger may lose at most this much macro-F1 vs the champion
 

@@ -128,6 +128,7 @@ def run_local(
     promote: bool = True,
     quiet_stdout: bool = True,
     verbose: bool = False,
+    external_ood_dir: str | None = None,
 ) -> dict:
     """Run the whole pipeline locally; returns {"status", "pipeline_root", "models", "log", ...}.
 
@@ -175,6 +176,8 @@ def run_local(
                     weights=json.dumps(weights or {}),
                     drift_report=drift_report,
                     promote=promote,
+                    external_ood_dir=str(Path(external_ood_dir).resolve()) if external_ood_dir
+                    else settings.EXTERNAL_OOD_DIR,
                 )
             except Exception as exc:  # the runner raises on a failed task; report it, keep the summary
                 status, error = "FAILED", f"{type(exc).__name__}: {plain(str(exc))}"

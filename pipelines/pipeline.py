@@ -29,7 +29,8 @@ TRAIN_ACCELERATOR = "nvidia.com/gpu"
 DATA_CPU, DATA_MEMORY = "2", "4G"
 
 
-def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, mount_data=None) -> None:
+def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, external_ood_dir,
+           mount_data=None) -> None:
     """The pipeline's tasks; `mount_data(task)` attaches the dataset volume to the tasks that read raw images."""
     validate = validate_op(data_dir=data_dir)
     dedup = dedup_op(manifest=validate.outputs["manifest"], hamming=dedup_hamming)
@@ -48,12 +49,14 @@ def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report
         train.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
         train.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(1)
         train.set_retry(num_retries=2, backoff_duration="60s")
-        evaluate = evaluate_op(split=split.outputs["split"], trained=train.outputs["trained"])
+        evaluate = evaluate_op(split=split.outputs["split"], trained=train.outputs["trained"],
+                               external_dir=external_ood_dir)
         evaluate.set_cpu_request(DATA_CPU).set_memory_request(TRAIN_MEMORY)
 
     compare_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]))
 
-    gate = gate_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]), split=split.outputs["split"])
+    gate = gate_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]), split=split.outputs["split"],
+                   profile=profile)
     with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
         with dsl.If(promote == True, name="promotion-enabled"):  # noqa: E712
             promote_task = promote_op(
@@ -84,9 +87,11 @@ def make_pipeline(data_pvc: str | None = None):
         dedup_hamming: int = settings.DEDUP_HAMMING,
         drift_report: str = "",
         promote: bool = True,
+        external_ood_dir: str = settings.EXTERNAL_OOD_DIR,
     ):
         """Validate, dedup, preprocess and split the data; train three models in parallel; evaluate, gate, promote."""
-        _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, mount_data)
+        _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, external_ood_dir,
+               mount_data)
 
     return leukoflow_pipeline
 

@@ -47,6 +47,9 @@ def run(
     pipeline_root: Path = typer.Option(None, help="Where run artifacts go; default .leukoflow/pipeline-root."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, pipeline_root, models (progress goes to stderr)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every task's full output, not one line per step."),
+    external_ood_dir: Path = typer.Option(None, "--external-ood-dir", help="Smears from another lab (none an ALL-stage "
+                                          "image): the gate's out-of-distribution floor is measured on half of them "
+                                          "(default $LEUKOFLOW_EXTERNAL_OOD_DIR; without one, no model is promoted)."),
 ) -> None:
     """Run the whole pipeline (locally with --local): one line per step; the full log goes to a file under the state home."""
     if not local:
@@ -69,6 +72,7 @@ def run(
         promote=not no_promote,
         quiet_stdout=as_json,
         verbose=verbose,
+        external_ood_dir=str(external_ood_dir) if external_ood_dir else None,
     )
     ordered = {"status": summary["status"], "pipeline_root": summary["pipeline_root"], "models": summary["models"]}
     ordered.update({k: v for k, v in summary.items() if k not in ordered})

@@ -94,8 +94,8 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
         "",
         "## Headline: test split",
         "",
-        "| model | accuracy [95% CI] | macro-F1 [95% CI] | Benign recall | worst perturbed accuracy (incl. grayscale) | params | size (MB) | CPU latency b1 p50 / p95 (ms) | throughput b32 (img/s) | training wall time (s) | pretrained weights | paper accuracy / macro-F1 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | accuracy [95% CI] | macro-F1 [95% CI] | Benign recall | worst plausible perturbation | grayscale | params | size (MB) | CPU latency b1 p50 / p95 (ms) | throughput b32 (img/s) | training wall time (s) | pretrained weights | paper accuracy / macro-F1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in ordered:
         m = models[name].get("metrics", {})
@@ -103,14 +103,15 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
         paper = PAPER.get(name)
         lat = m.get("latency_ms", {})
         lines.append(
-            "| {name} | {acc} {acc_ci} | {f1:.4f} {f1_ci} | {benign} | {robust} | {params:,} | {size:.1f} | {p50:.1f} / {p95:.1f} | {thr:.1f} | {wall} | {weights} | {paper} |".format(
+            "| {name} | {acc} {acc_ci} | {f1:.4f} {f1_ci} | {benign} | {robust} | {gray} | {params:,} | {size:.1f} | {p50:.1f} / {p95:.1f} | {thr:.1f} | {wall} | {weights} | {paper} |".format(
                 name=name,
                 acc=_pct(m.get("accuracy")),
                 acc_ci=_ci(m.get("accuracy_ci")),
                 f1=m.get("macro_f1", float("nan")),
                 f1_ci="[{:.4f}, {:.4f}]".format(*m["macro_f1_ci"]) if m.get("macro_f1_ci") else "",
                 benign=_pct(m.get("per_class", {}).get("Benign", {}).get("recall")),
-                robust=_pct(m.get("robustness_worst")),
+                robust=_pct(m.get("robustness_worst")) + (f" ({m['robustness_worst_name']})" if m.get("robustness_worst_name") else ""),
+                gray=_pct(m.get("robustness", {}).get("grayscale")),
                 params=int(m.get("params", 0)),
                 size=m.get("size_bytes", 0) / 1e6,
                 p50=lat.get("batch1_p50", float("nan")),
@@ -130,15 +131,8 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
             "nearly gives the class away, so a model is only worth more than this baseline where it is also robust to stain and lamp changes (below).",
         ]
 
-    lines += ["", "## Robustness: test accuracy under fixed stain and brightness perturbations", ""]
-    perturbations = sorted({k for n in ordered for k in models[n].get("metrics", {}).get("robustness", {})})
-    if perturbations:
-        lines.append("| model | clean | " + " | ".join(perturbations) + " |")
-        lines.append("|---|---|" + "---|" * len(perturbations))
-        for name in ordered:
-            m = models[name].get("metrics", {})
-            rob = m.get("robustness", {})
-            lines.append(f"| {name} | {_pct(m.get('accuracy'))} | " + " | ".join(_pct(rob.get(p)) for p in perturbations) + " |")
+    lines += _robustness_section(models, ordered, shortcut)
+    lines += _trust_section(models, ordered, assets, docs_dir)
 
     lines += ["", "## Per-class results", ""]
     for name in ordered:
@@ -196,6 +190,108 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
     text = "\n".join(lines)
     atomic_files.write_text(output, text)
     return text
+
+
+def _robustness_section(models: dict, ordered: list[str], shortcut: dict | None) -> list[str]:
+    """Accuracy under each perturbation (rows) for every model and the shortcut baseline (columns)."""
+    from components.evaluate.robustness import PERTURBATIONS, SEPARATE_FLOOR
+
+    lines = ["", "## Robustness: another lab's stain, lamp and camera", "",
+             "Each perturbation is applied with Pillow to the full-size test image, which is then encoded (PNG; JPEG for the "
+             "JPEG row) and sent through the model's `serving_default`, as a client would (components/evaluate/robustness.py; "
+             "independent of the training augmentation's TensorFlow code). The gate's floors: the worst plausible "
+             f"perturbation >= {_pct(settings.GATE_MIN_ROBUST_ACCURACY)}; "
+             + ", ".join(SEPARATE_FLOOR) + f" on its own floor, >= {_pct(settings.GATE_MIN_GRAYSCALE_ACCURACY)}.", ""]
+    measured = [n for n in PERTURBATIONS if any(n in models[m].get("metrics", {}).get("robustness", {}) for m in ordered)]
+    if not measured:
+        return lines + ["No perturbation results in this run."]
+    base = (shortcut or {}).get("robustness", {})
+    lines.append("| perturbation (severity) | " + " | ".join(ordered) + (" | shortcut baseline |" if base else " |"))
+    lines.append("|---|" + "---|" * (len(ordered) + (1 if base else 0)))
+    clean = [_pct(models[n].get("metrics", {}).get("accuracy")) for n in ordered]
+    lines.append("| clean | " + " | ".join(clean) + (f" | {_pct((shortcut or {}).get('accuracy'))} |" if base else " |"))
+    for name in measured:
+        cells = [_pct(models[n].get("metrics", {}).get("robustness", {}).get(name)) for n in ordered]
+        lines.append(f"| {name} | " + " | ".join(cells) + (f" | {_pct(base.get(name))} |" if base else " |"))
+    referred = [n for n in ordered if models[n].get("metrics", {}).get("robustness_referred")]
+    if referred:
+        lines += ["", "Share of perturbed test images the model refers (out of distribution or an uncertain set):", "",
+                  "| perturbation | " + " | ".join(referred) + " |", "|---|" + "---|" * len(referred)]
+        for name in measured:
+            lines.append(f"| {name} | " + " | ".join(
+                _pct(models[n]["metrics"]["robustness_referred"].get(name)) for n in referred) + " |")
+    return lines
+
+
+def _trust_section(models: dict, ordered: list[str], assets: Path, docs_dir: Path) -> list[str]:
+    """Referral, calibration, prediction sets and out-of-distribution detection, per model, with two plots."""
+    rows = [n for n in ordered if models[n].get("metrics", {}).get("referral")]
+    lines = ["", "## Knows when it does not know: referral, calibration, prediction sets, other labs", ""]
+    if not rows:
+        return lines + ["No model of this run was exported with calibration."]
+    lines += [
+        "Every figure comes from the outputs of `serving_default` (`probabilities` calibrated by temperature, `ood_score`, "
+        "`in_distribution`, `prediction_set`, `refer`). The OOD threshold refers "
+        f"{_pct(settings.OOD_VAL_REFERRAL_RATE)} of the validation split; the conformal sets target "
+        f"{_pct(settings.CONFORMAL_COVERAGE)} coverage. The external smears (another lab's, none an ALL-stage image) are "
+        "halved by a hash of their file names: the *choose* half may inform choices, the *report* half never did; the "
+        "gate reads the report half.",
+        "",
+        "| model | test referred | accuracy of accepted | coverage (target) | mean set size | ECE before -> after | "
+        "temperature | external referred: choose / report | AUROC vs report half: Mahalanobis (mid-level) / max-softmax / energy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in rows:
+        m = models[name]["metrics"]
+        r, c, e = m["referral"], m.get("calibration", {}), m.get("external", {})
+        auroc = (e.get("report") or {}).get("auroc", {})
+        lines.append(
+            f"| {name} | {_pct(r.get('test_referral_rate'))} (OOD {_pct(r.get('ood_referral_rate'))}, set "
+            f"{_pct(r.get('set_referral_rate'))}) | {_pct(r.get('accepted_accuracy'))} | {_pct(r.get('coverage'))} "
+            f"({_pct(r.get('coverage_target'))}) | {r.get('mean_set_size', float('nan')):.3f} | "
+            f"{c.get('ece_before', float('nan')):.4f} -> {c.get('ece_after', float('nan')):.4f} | "
+            f"{c.get('temperature') or float('nan'):.3f} | "
+            f"{_pct((e.get('choose') or {}).get('referred'))} / {_pct((e.get('report') or {}).get('referred'))} | "
+            + " / ".join(f"{auroc[k]:.4f}" if k in auroc else "n/a" for k in ("mahalanobis_mid_level", "max_softmax", "energy"))
+            + " |")
+    plot = _trust_plots(models, rows, assets)
+    if plot:
+        lines += ["", f"![risk-coverage and reliability]({plot.relative_to(docs_dir)})"]
+    return lines
+
+
+def _trust_plots(models: dict, rows: list[str], assets: Path) -> Path | None:
+    """Risk-coverage curves and reliability diagrams (before and after temperature) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 1 + len(rows), figsize=(4.2 * (1 + len(rows)), 4))
+    for name in rows:
+        curve = models[name]["metrics"]["referral"].get("risk_coverage", [])
+        axes[0].plot([100 * p["referred"] for p in curve], [100 * (p["accuracy"] or 0) for p in curve], marker=".",
+                     label=name)
+        point = models[name]["metrics"]["referral"]
+        axes[0].scatter([100 * point["test_referral_rate"]], [100 * (point.get("accepted_accuracy") or 0)], marker="x")
+    axes[0].set(xlabel="test images referred (%)", ylabel="accuracy of the accepted (%)", title="risk-coverage (x: refer)")
+    axes[0].legend()
+    for ax, name in zip(axes[1:], rows):
+        cal = models[name]["metrics"].get("calibration", {})
+        for key, label in (("reliability_before", "before"), ("reliability_after", "after")):
+            bins = [b for b in cal.get(key, []) if b["count"]]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", label=label)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--")
+        ax.set(xlabel="confidence", ylabel="accuracy", title=f"{name}: reliability (15 bins)")
+        ax.legend()
+    fig.tight_layout()
+    assets.mkdir(parents=True, exist_ok=True)
+    path = assets / "trust.png"
+    try:
+        atomic_files.replace_file(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _profile_of(models: dict) -> str:

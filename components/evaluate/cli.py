@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from components import settings
 from components.cli_output import emit, fail
 
 app = typer.Typer(add_completion=False)
@@ -44,6 +45,8 @@ def evaluate(
     latency_runs: int = typer.Option(50, "--latency-runs", help="Batch-1 calls timed for latency percentiles."),
     no_shortcut: bool = typer.Option(False, "--no-shortcut", help="Skip the colour-statistics shortcut baseline."),
     no_robustness: bool = typer.Option(False, "--no-robustness", help="Skip the perturbation robustness check."),
+    external_dir: Path = typer.Option(None, "--external-dir", help="Smears from another lab (none an ALL-stage image) "
+                                      "for out-of-distribution detection; default $LEUKOFLOW_EXTERNAL_OOD_DIR."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Evaluate one exported model on the test split (metrics, intervals, latency, shortcut, robustness); `compare` tabulates."""
@@ -59,7 +62,8 @@ def evaluate(
         split = split_out()
     try:
         result = run_evaluate(split, model, out or default_out(model), bootstrap=bootstrap, latency_runs=latency_runs,
-                              shortcut=not no_shortcut, robust=not no_robustness)
+                              shortcut=not no_shortcut, robust=not no_robustness,
+                              external_dir=external_dir or settings.EXTERNAL_OOD_DIR or None)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, _human)

@@ -15,6 +15,7 @@ import numpy as np
 
 from components import atomic_files, domain, model_metadata, records, settings
 from components.evaluate.metrics import BOOTSTRAP_RESAMPLES, bootstrap_ci, classification_metrics
+from components.train import calibration
 from components.train import input as train_input
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,52 @@ def save_confusion_png(matrix: list[list[int]], path: Path, title: str) -> None:
         plt.close(fig)
 
 
+TRUST_OUTPUTS = ("probabilities", "refer", "in_distribution", "prediction_set", "ood_score")
+
+
+def _keras_logits(saved_model: Path, meta, images: list[bytes]) -> np.ndarray | None:
+    """Logits from the Keras copy kept beside the SavedModel (the energy baseline needs them)."""
+    import tensorflow as tf
+
+    from components.train import models
+
+    if not meta.keras_model or not (saved_model / "assets.extra" / meta.keras_model).is_file():
+        return None
+    model = models.load_keras_model(saved_model / "assets.extra" / meta.keras_model)
+    head = models.pooled_features_model(model)
+    kernel, bias = model.get_layer(models.OUTPUT_LAYER).get_weights()
+    out = []
+    for i in range(0, len(images), 32):
+        pixels = tf.stack([domain.tf_preprocess_encoded(tf.constant(b), meta.image_size, "none") for b in images[i:i + 32]])
+        out.append(np.asarray(head(pixels, training=False)) @ kernel + bias)
+    return np.concatenate(out)
+
+
+def _external(run, external_dir: str | Path, clean: dict, encoded: list[bytes], saved_model: Path, meta) -> dict:
+    """Out-of-distribution detection on another lab's smears: referral per half, AUROC of each method."""
+    from components.evaluate import trust
+
+    halves = trust.external_halves(external_dir)
+    result: dict = {"folder": Path(external_dir).name, "halves": "sha256(file name) parity: choose 0, report 1"}
+    test_logits = _keras_logits(saved_model, meta, encoded)
+    for half, paths in halves.items():
+        images = [p.read_bytes() for p in paths]
+        out = run(images)
+        entry: dict = {"images": len(images)}
+        if "refer" in out:
+            entry["referred"] = float(out["refer"].mean())
+            entry["out_of_distribution"] = float((~out["in_distribution"]).mean())
+            entry["confident_stage"] = float((~out["refer"] & (out["probabilities"].max(axis=1) >= meta.low_confidence)).mean())
+            logits = _keras_logits(saved_model, meta, images) if test_logits is not None else None
+            ins = trust.detection_scores(clean["probabilities"], clean["ood_score"], test_logits)
+            outs = trust.detection_scores(out["probabilities"], out["ood_score"], logits)
+            entry["auroc"] = {name: trust.auroc(ins[name], outs[name]) for name in ins}
+        entry["stage_answered_with_confidence_over_threshold"] = float(
+            (out["probabilities"].max(axis=1) >= meta.low_confidence).mean())
+        result[half] = entry
+    return result
+
+
 def run_evaluate(
     split_dir: str | Path,
     model_dir: str | Path,
@@ -90,11 +137,13 @@ def run_evaluate(
     latency_runs: int = 50,
     shortcut: bool = True,
     robust: bool = True,
+    external_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate the exported model in `model_dir` on split_dir/test; writes out_dir/metrics.json and confusion_matrix.png."""
     import tensorflow as tf
 
-    from components.evaluate.robustness import PERTURBATIONS, robustness
+    from components.evaluate import trust
+    from components.evaluate.robustness import PERTURBATIONS, perturbed_bytes, plausible
     from components.train.export import dir_size
 
     started = time.perf_counter()
@@ -109,14 +158,25 @@ def run_evaluate(
         train_info = json.loads((saved_model.parent / "train.json").read_text())
 
     loaded = tf.saved_model.load(str(saved_model))
-    serve, pixels_fn = loaded.signatures["serving_default"], loaded.signatures["predict_pixels"]
+    serve = loaded.signatures["serving_default"]
+
+    def run(images: list[bytes]) -> dict[str, np.ndarray]:
+        """serving_default over encoded images, in batches: the outputs evaluation reads."""
+        parts: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(images), 32):
+            result = serve(images=tf.constant(images[i:i + 32]))
+            for key in TRUST_OUTPUTS:
+                if key in result:
+                    parts.setdefault(key, []).append(result[key].numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
     examples = list(records.iter_examples(split_dir / "test"))
     encoded = [e["encoded"] for e in examples]
     y_true = np.array([e["label"] for e in examples], dtype=np.int64)
 
     timings = {"load": time.perf_counter() - started}
     mark = time.perf_counter()
-    probs = _batched(lambda b: serve(images=tf.constant(b))["probabilities"].numpy(), encoded, 32)
+    clean = run(encoded)
+    probs = clean["probabilities"]
     y_pred = probs.argmax(axis=1)
     metrics = {"model": meta.model}
     metrics.update(classification_metrics(y_true, y_pred))
@@ -137,22 +197,47 @@ def run_evaluate(
     timings["latency"] = time.perf_counter() - mark
     mark = time.perf_counter()
 
-    def predict_pixels(x: np.ndarray) -> np.ndarray:
-        return _batched(lambda b: pixels_fn(pixels=tf.constant(b))["probabilities"].numpy(), x, 64)
-
+    if "refer" in clean:  # a calibrated export (components/train/calibration.py)
+        metrics["referral"] = trust.referral_summary(probs, y_true, clean["refer"], clean["in_distribution"],
+                                                     clean["prediction_set"], meta.conformal_coverage)
+        before = trust.uncalibrated(probs, meta.temperature or 1.0)
+        metrics["calibration"] = {
+            "temperature": meta.temperature, "bins": calibration.ECE_BINS,
+            "ece_before": calibration.expected_calibration_error(before, y_true),
+            "ece_after": calibration.expected_calibration_error(probs, y_true),
+            "reliability_before": calibration.reliability(before, y_true),
+            "reliability_after": calibration.reliability(probs, y_true),
+        }
+    timings["trust"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    perturbed: dict[str, list[bytes]] = {}
     if robust:
-        pixels = np.stack([domain.tf_resize(tf.image.convert_image_dtype(e["pixels"], tf.float32), size).numpy()
-                           for e in examples])
-        metrics["robustness"] = robustness(predict_pixels, pixels, y_true, PERTURBATIONS)
-        metrics["robustness_worst"] = min(metrics["robustness"].values())
-        metrics["robustness_clean"] = float((predict_pixels(pixels).argmax(axis=1) == y_true).mean())
+        rgb = [domain.load_rgb(e) for e in encoded]
+        accuracy, referred = {}, {}
+        for name in PERTURBATIONS:
+            perturbed[name] = perturbed_bytes(rgb, name)
+            out = run(perturbed[name])
+            accuracy[name] = float((out["probabilities"].argmax(axis=1) == y_true).mean())
+            if "refer" in out:
+                referred[name] = float(out["refer"].mean())
+        metrics["robustness"] = accuracy
+        gated = {k: v for k, v in accuracy.items() if k in plausible()}
+        metrics["robustness_worst_name"] = min(gated, key=gated.get)
+        metrics["robustness_worst"] = gated[metrics["robustness_worst_name"]]
+        metrics["robustness_clean"] = metrics["accuracy"]
+        if referred:
+            metrics["robustness_referred"] = referred
     timings["robustness"] = time.perf_counter() - mark
     mark = time.perf_counter()
     if shortcut:
         from components.evaluate.shortcut import shortcut_on_split
 
-        metrics["shortcut_baseline"] = shortcut_on_split(split_dir, seed)
+        metrics["shortcut_baseline"] = shortcut_on_split(split_dir, seed, perturbed=perturbed or None, labels=y_true)
     timings["shortcut"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    if external_dir:
+        metrics["external"] = _external(run, external_dir, clean, encoded, saved_model, meta)
+    timings["external"] = time.perf_counter() - mark
     metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     metrics["saved_model"] = str(saved_model.resolve())
     metrics["test_images"] = int(len(y_true))

@@ -37,8 +37,12 @@ def colour_features(rgb: np.ndarray) -> np.ndarray:
 
 
 def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-              seed: int = settings.SEED) -> dict:
-    """Fit HistGradientBoostingClassifier on train features, score on test: accuracy, macro-F1, Benign recall."""
+              seed: int = settings.SEED, perturbed: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
+    """Fit HistGradientBoostingClassifier on train features, score on test: accuracy, macro-F1, Benign recall.
+
+    `perturbed` maps a perturbation's name to (features, labels) of the perturbed test images: the
+    baseline's accuracy there is reported beside the models' (components/evaluate/robustness.py).
+    """
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from components.evaluate.metrics import classification_metrics
@@ -47,11 +51,26 @@ def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 
     # One OpenMP thread: on a shared 2-core machine the default thread pool is 16x slower (measured 16 s vs 1 s).
     with threadpool_limits(1):
-        pred = HistGradientBoostingClassifier(random_state=seed).fit(train_x, train_y).predict(test_x)
+        model = HistGradientBoostingClassifier(random_state=seed).fit(train_x, train_y)
+        pred = model.predict(test_x)
+        robustness = {name: float((model.predict(x) == y).mean()) for name, (x, y) in (perturbed or {}).items()}
     m = classification_metrics(test_y, pred)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "benign_recall": m["per_class"]["Benign"]["recall"],
-            "features": "RGB mean/std per channel + 16-bin HSV histograms", "model": "HistGradientBoostingClassifier",
-            "train_images": int(len(train_y)), "test_images": int(len(test_y))}
+    result = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "benign_recall": m["per_class"]["Benign"]["recall"],
+              "features": "RGB mean/std per channel + 16-bin HSV histograms", "model": "HistGradientBoostingClassifier",
+              "train_images": int(len(train_y)), "test_images": int(len(test_y))}
+    if robustness:
+        result["robustness"] = robustness
+    return result
+
+
+def encoded_features(images: list[bytes], size: int = SHORTCUT_SIZE) -> np.ndarray:
+    """Colour features of encoded images, decoded and resized as the serving graph does."""
+    import tensorflow as tf
+
+    from components import domain
+
+    pixels = np.stack([domain.tf_resize(domain.tf_decode(tf.constant(b)), size).numpy() for b in images])
+    return colour_features(pixels)
 
 
 def split_features(split_dir: str | Path, split: str, size: int = SHORTCUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -65,31 +84,38 @@ def split_features(split_dir: str | Path, split: str, size: int = SHORTCUT_SIZE)
     return np.concatenate(feats), np.concatenate(labels)
 
 
-def _cache_key(split_dir: Path, seed: int) -> str:
+def _cache_key(split_dir: Path, seed: int, perturbations: tuple[str, ...] = ()) -> str:
     import hashlib
 
-    digest = hashlib.sha256(f"{seed}:{SHORTCUT_SIZE}:{HSV_BINS}".encode())
+    digest = hashlib.sha256(f"{seed}:{SHORTCUT_SIZE}:{HSV_BINS}:{'|'.join(perturbations)}".encode())
     for path in sorted(split_dir.glob("*/*.tfrecord")):
         stat = path.stat()
         digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:24]
 
 
-def shortcut_on_split(split_dir: str | Path, seed: int = settings.SEED, use_cache: bool = True) -> dict:
-    """The shortcut baseline trained on split_dir/train and tested on split_dir/test.
+def shortcut_on_split(split_dir: str | Path, seed: int = settings.SEED, use_cache: bool = True,
+                      perturbed: dict[str, list[bytes]] | None = None, labels: np.ndarray | None = None) -> dict:
+    """The shortcut baseline trained on split_dir/train and tested on split_dir/test (and its perturbed copies).
 
     It does not depend on the model, so the three evaluations of one split share one result
-    (cached under $LEUKOFLOW_HOME/cache/shortcut/, keyed by the shard files and the seed).
+    (cached under $LEUKOFLOW_HOME/cache/shortcut/, keyed by the shard files, the seed and the perturbations).
+    `perturbed` holds each perturbation's encoded test images, in the order of `labels`.
     """
     import json
 
     from components.home import home
 
     split_dir = Path(split_dir)
-    cache = home() / "cache" / "shortcut" / f"{_cache_key(split_dir, seed)}.json"
+    names = tuple(perturbed or ())
+    cache = home() / "cache" / "shortcut" / f"{_cache_key(split_dir, seed, names)}.json"
     if use_cache and cache.is_file():
         return {**json.loads(cache.read_text()), "cached": True}
-    result = fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed)
+    if perturbed and labels is None:
+        raise ValueError("perturbed test images need their labels")
+    sets = {name: (encoded_features(images), np.asarray(labels)) for name, images in (perturbed or {}).items()}
+    result = fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed,
+                       perturbed=sets)
     if use_cache:
         atomic_files.write_text(cache, json.dumps(result))
     return result

@@ -29,19 +29,22 @@ def gate_op(
     min_robust_accuracy: float = -1.0,
     margin: float = -1.0,
     max_regression: float = -1.0,
+    profile: str = "",
 ) -> bool:
     """Run components.promote.gate.executor.run_gate over the evaluation dirs (each with metrics.json); True to promote.
 
-    Policy parameters left negative take the settings.GATE_* defaults.
+    Policy parameters left negative take the profile's gate settings, then the settings.GATE_* defaults.
     """
     import shutil
 
     from components.promote.gate.executor import run_gate
+    from components import settings
     from components.promote.gate.policy import Policy
 
     given = {"min_macro_f1": min_macro_f1, "min_class_recall": min_class_recall,
              "min_robust_accuracy": min_robust_accuracy, "margin": margin, "max_regression": max_regression}
-    policy = Policy(**{k: v for k, v in given.items() if v >= 0})
+    base = settings.profile(profile).gate if profile else {}
+    policy = Policy(**{**base, **{k: v for k, v in given.items() if v >= 0}})
     result = run_gate([e.path for e in evaluations], gate.path, split.path, policy)
     shutil.copyfile(gate.path + "/decision.md", decision.path)
     gate.metadata.update({"promote": result.promoted, "model": result.chosen or "", "summary": result.summary})

@@ -4,9 +4,12 @@ The rule, in one place:
 
 1. **Floors.** A candidate is eligible only if macro-F1 >= `min_macro_f1`, *every* class's recall >=
    `min_class_recall` (one collapsing class fails the model however good the average), and the worst
-   accuracy under the evaluation's perturbations >= `min_robust_accuracy`. The floor covers the perturbations
-   a lab's stain or lamp plausibly produces (brightness, contrast, hue, saturation); those named in
-   `settings.GATE_ROBUSTNESS_EXCLUDED` (grayscale: no stain at all) are reported, not gated.
+   accuracy under the evaluation's perturbations >= `min_robust_accuracy`. That floor covers the
+   perturbations another lab's stain, lamp or camera plausibly produces; those named in
+   `settings.GATE_ROBUSTNESS_EXCLUDED` (grayscale) have their own floor, `min_grayscale_accuracy`.
+   Knowing when it does not know: test referral <= `max_test_referral`, ECE <= `max_ece`, the prediction
+   sets' coverage within `coverage_tolerance` of its target, and the external smears' held-out half
+   referred >= `min_ood_detection` (None disables that floor, for the smoke profile's synthetic data).
    Missing figures fail the floor they feed.
 2. **As good as the best.** Among eligible candidates, those whose macro-F1 is within `margin` of the best
    eligible macro-F1 (inclusive) are "as good".
@@ -52,6 +55,11 @@ class Policy:
     min_robust_accuracy: float = settings.GATE_MIN_ROBUST_ACCURACY
     margin: float = settings.GATE_MACRO_F1_MARGIN
     max_regression: float = settings.GATE_MAX_REGRESSION
+    min_grayscale_accuracy: float = settings.GATE_MIN_GRAYSCALE_ACCURACY
+    max_test_referral: float = settings.GATE_MAX_TEST_REFERRAL
+    max_ece: float = settings.GATE_MAX_ECE
+    coverage_tolerance: float = settings.GATE_COVERAGE_TOLERANCE
+    min_ood_detection: float | None = settings.GATE_MIN_OOD_DETECTION
 
 
 @dataclass
@@ -141,6 +149,42 @@ def floor_failures(c: Candidate, policy: Policy) -> list[str]:
         out.append("no robustness figures")
     elif c.robustness_worst < policy.min_robust_accuracy - _EPS:
         out.append(f"worst robustness accuracy {c.robustness_worst:.4f} < {policy.min_robust_accuracy:.4f}")
+    out += _trust_failures(c.metrics, policy)
+    return out
+
+
+def _trust_failures(metrics: dict[str, Any], policy: Policy) -> list[str]:
+    """The floors on grayscale, referral, calibration, coverage and out-of-distribution detection."""
+    out = []
+    robustness = metrics.get("robustness") or {}
+    for name in settings.GATE_ROBUSTNESS_EXCLUDED:
+        value = _opt_float(robustness.get(name))
+        if value is None:
+            out.append(f"no {name} accuracy")
+        elif value < policy.min_grayscale_accuracy - _EPS:
+            out.append(f"{name} accuracy {value:.4f} < {policy.min_grayscale_accuracy:.4f}")
+    referral = metrics.get("referral") or {}
+    rate = _opt_float(referral.get("test_referral_rate"))
+    if rate is None:
+        out.append("no referral figures (a model exported without calibration)")
+    elif rate > policy.max_test_referral + _EPS:
+        out.append(f"test referral {rate:.4f} > {policy.max_test_referral:.4f}")
+    ece = _opt_float((metrics.get("calibration") or {}).get("ece_after"))
+    if ece is None:
+        out.append("no calibration figures")
+    elif ece > policy.max_ece + _EPS:
+        out.append(f"ECE {ece:.4f} > {policy.max_ece:.4f}")
+    coverage, target = _opt_float(referral.get("coverage")), _opt_float(referral.get("coverage_target"))
+    if coverage is None or target is None:
+        out.append("no prediction-set coverage")
+    elif abs(coverage - target) > policy.coverage_tolerance + _EPS:
+        out.append(f"coverage {coverage:.4f} not within {policy.coverage_tolerance:.2f} of {target:.2f}")
+    if policy.min_ood_detection is not None:
+        detected = _opt_float(((metrics.get("external") or {}).get("report") or {}).get("referred"))
+        if detected is None:
+            out.append("out-of-distribution detection not measured (no external smears given)")
+        elif detected < policy.min_ood_detection - _EPS:
+            out.append(f"external smears referred {detected:.4f} < {policy.min_ood_detection:.4f}")
     return out
 
 
@@ -311,7 +355,11 @@ def to_markdown(decision: Decision) -> str:
         f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}** — {decision.summary}", "",
         f"Rule: {decision.rule}.", "",
         f"Floors: macro-F1 >= {p['min_macro_f1']}, each class's recall >= {p['min_class_recall']}, "
-        f"worst robustness accuracy >= {p['min_robust_accuracy']}; margin {p['margin']}; "
+        f"worst robustness accuracy >= {p['min_robust_accuracy']}, grayscale accuracy >= "
+        f"{p.get('min_grayscale_accuracy')}, test referral <= {p.get('max_test_referral')}, ECE <= {p.get('max_ece')}, "
+        f"prediction-set coverage within {p.get('coverage_tolerance')} of its target, external smears referred >= "
+        f"{p.get('min_ood_detection') if p.get('min_ood_detection') is not None else 'not gated'}; "
+        f"margin {p['margin']}; "
         f"max regression vs champion {p['max_regression']}.", "",
         "| model | macro-F1 | accuracy | min recall (class) | worst robustness | params | latency p50 ms | floors and champion check | within margin | cost | chosen |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
