@@ -60,7 +60,7 @@ def _store_versions(base_path: Path) -> list[int]:
 
 def serving_section() -> dict[str, Any]:
     """models.config's entry for our model, with the versions the model store holds."""
-    from components.promote import model_store
+    from components.promote.pusher import model_store
 
     config_path = home.models_config_path()
     state = model_store.read_state(config_path)

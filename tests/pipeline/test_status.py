@@ -9,7 +9,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from components.promote import model_store
+from components.promote.pusher import model_store
 
 
 def _status(home: Path) -> tuple[int, dict]:
