@@ -85,22 +85,28 @@ class Profile:
 
 
 def _quick() -> Profile:
-    size = 128
     return Profile(
         name="quick",
-        # Stored at the source size, not 128: cnn and resnet50 then resize 224 -> 96 once, as serving does.
+        # Stored at the source size: every model resizes 224 -> its input size once, as serving does.
         source_size=domain.IMAGE_SIZE,
         models={
-            # Measured on the real split, 2 shared cores (load 7-9): cnn 387 s train (best epoch 5 of 8,
-            # ~45 s/epoch at 96 px), mobilenetv2 145 s, each evaluation 2-4 min; see the train/evaluate report.
+            # Every model normalises white balance and exposure to the smear's background in its graph
+            # and trains on another lab's stain, lamp and camera (components/train/augment.py).
             "cnn": ModelConfig("cnn", image_size=96, weights="none", brightness="background", epochs=8, patience=3,
                                learning_rate=1e-3),
-            # No ResNet50 ImageNet weights exist offline here: a random-init frozen base with cached
-            # features (the head only). Training 23M params from scratch does not fit 2 CPU cores.
-            "resnet50": ModelConfig("resnet50", image_size=96, weights="none", brightness="background", epochs=30,
+            # No ResNet50 ImageNet weights exist offline here, and 23M parameters from scratch do not
+            # train in minutes on 2 CPU cores: a random-init frozen base, the head trained on cached
+            # features of the clean and two augmented copies of every image (at 64 px, to fit the budget).
+            # Honest, and weak; `full` trains the whole network from scratch on a GPU.
+            "resnet50": ModelConfig("resnet50", image_size=64, weights="none", brightness="background", epochs=30,
                                     patience=5, cache_features=True, augment_copies=2),
-            "mobilenetv2": ModelConfig("mobilenetv2", image_size=size, brightness="background", epochs=40, patience=6,
-                                       cache_features=True, augment_copies=4),
+            # ImageNet MobileNetV2 at 160 px: the base below block 12 stays frozen and runs once per cached copy
+            # (the clean image and 4 augmented labs); blocks 13-16 and the head fine-tune on those activations.
+            # Measured on the real split (scratch experiment, same code path): frozen features and a linear
+            # head reach 96-97% at 128-224 px, the fine-tuned top 98.3% at 160 px.
+            "mobilenetv2": ModelConfig("mobilenetv2", image_size=160, brightness="background", batch_size=64,
+                                       epochs=12, patience=3, learning_rate=3e-4, cache_features=True,
+                                       cache_cut="block_12_add", augment_copies=4),
         },
     )
 
@@ -110,9 +116,14 @@ def _full() -> Profile:
         name="full",
         source_size=domain.IMAGE_SIZE,
         models={
-            "cnn": ModelConfig("cnn", weights="none", epochs=50, patience=10, learning_rate=1e-3),
-            "resnet50": ModelConfig("resnet50", epochs=15, fine_tune_epochs=35, fine_tune_layers=40, learning_rate=1e-3),
-            "mobilenetv2": ModelConfig("mobilenetv2", epochs=15, fine_tune_epochs=35, fine_tune_layers=50, learning_rate=1e-3),
+            "cnn": ModelConfig("cnn", weights="none", brightness="background", epochs=50, patience=10,
+                               learning_rate=1e-3),
+            # The whole network from scratch (the honest path without ImageNet weights; a user with the
+            # genuine file passes --weights resnet50=imagenet and it fine-tunes instead).
+            "resnet50": ModelConfig("resnet50", weights="none", brightness="background", epochs=80, patience=12,
+                                    learning_rate=1e-3),
+            "mobilenetv2": ModelConfig("mobilenetv2", brightness="background", epochs=15, fine_tune_epochs=35,
+                                       fine_tune_layers=50, learning_rate=1e-3),
         },
     )
 

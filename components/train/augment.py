@@ -25,7 +25,7 @@ COLOUR_TEMPERATURE = 0.12  # red gain 1 + t, blue gain 1 - t
 GAMMA = (0.7, 1.45)
 CONTRAST = 0.25
 SATURATION = 0.3
-HUE_DELTA = 0.07
+HUE_DELTA = 0.1
 # Optics and sensor.
 BLUR_SIGMA = (0.0, 1.6)  # pixels of the stored image; 0 half the time
 BLUR_PROBABILITY = 0.5

@@ -11,7 +11,7 @@ import pytest
 from components.evaluate.compare import compare
 from components.evaluate.executor import run_evaluate
 from components.evaluate.metrics import bootstrap_ci, classification_metrics
-from components.evaluate.robustness import PERTURBATIONS, perturb
+from components.evaluate.robustness import PERTURBATIONS, encode, perturb, plausible
 
 SCHEMA_KEYS = {"model", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "per_class",
                "confusion_matrix", "class_names", "params", "size_bytes", "latency_ms", "throughput_b32", "robustness",
@@ -41,15 +41,26 @@ def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
     assert a["accuracy_ci"][1] - a["accuracy_ci"][0] < 0.2
 
 
-def test_perturbations_are_fixed_and_in_range():
-    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+def test_perturbations_are_fixed_change_the_image_and_say_their_severity():
+    from PIL import Image
+
+    x = np.random.default_rng(0).integers(30, 220, (16, 16, 3), dtype=np.uint8)
     for name in PERTURBATIONS:
         y = perturb(x, name)
-        assert y.shape == x.shape and 0.0 <= y.min() and y.max() <= 1.0
-        np.testing.assert_array_equal(y, perturb(x, name))
+        assert y.shape == x.shape and y.dtype == np.uint8, name
+        np.testing.assert_array_equal(y, perturb(x, name))  # deterministic (noise is seeded per image)
+        if PERTURBATIONS[name][0] != "jpeg":  # JPEG's loss happens when encoding
+            assert np.abs(y.astype(int) - x).mean() > 0.5, name
+        assert any(ch.isdigit() for ch in name) or name == "grayscale", name  # the severity is in the name
     gray = perturb(x, "grayscale")
-    np.testing.assert_allclose(gray[..., 0], gray[..., 2])
-    np.testing.assert_allclose(perturb(x, "brightness+15%"), np.clip(x * 1.15, 0, 1), atol=1e-6)
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    bright = perturb(x, "brightness -25%").astype(float)
+    assert abs(bright.mean() / x.mean() - 0.75) < 0.02
+    jpeg = np.asarray(Image.open(__import__("io").BytesIO(encode(perturb(x, "JPEG quality 30"), "JPEG quality 30"))))
+    png = np.asarray(Image.open(__import__("io").BytesIO(encode(x, "brightness +15%"))))
+    np.testing.assert_array_equal(png, x)  # PNG is lossless
+    assert np.abs(jpeg.astype(int) - x).mean() > 1
+    assert "grayscale" not in plausible() and len(plausible()) == len(PERTURBATIONS) - 1
 
 
 def test_evaluate_a_model_that_always_says_pre(tiny_split, tmp_path):
@@ -81,14 +92,80 @@ def test_evaluate_trained_model_and_compare(trained, tiny_split, tmp_path):
     m = run_evaluate(tiny_split, trained["out_dir"], tmp_path / "eval", bootstrap=200, latency_runs=5)
     assert SCHEMA_KEYS <= set(m)
     assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
-    assert set(m["robustness"]) == set(PERTURBATIONS) and m["robustness_worst"] == min(m["robustness"].values())
-    assert m["robustness_clean"] == pytest.approx(m["accuracy"])  # pixels path agrees with the bytes path
+    assert set(m["robustness"]) == set(PERTURBATIONS)
+    gated = {k: v for k, v in m["robustness"].items() if k in plausible()}
+    assert m["robustness_worst"] == min(gated.values()) and m["robustness_worst_name"] in gated
     assert m["shortcut_baseline"]["accuracy"] >= 0.5  # colour gives the synthetic classes away, too
+    assert set(m["shortcut_baseline"]["robustness"]) == set(PERTURBATIONS)
+    # The trust figures come from the served outputs of the calibrated export.
+    r = m["referral"]
+    assert 0 <= r["test_referral_rate"] <= 1 and r["coverage_target"] == 0.98
+    assert 0 <= r["coverage"] <= 1
+    assert r["mean_set_size"] >= 1 - r["set_size_counts"]["0"] / m["test_images"]
+    assert len(r["risk_coverage"]) == 21 and r["risk_coverage"][0]["referred"] == 0
+    assert r["risk_coverage"][0]["accuracy"] == pytest.approx(m["accuracy"])
+    c = m["calibration"]
+    assert c["temperature"] > 0 and 0 <= c["ece_after"] <= 1 and len(c["reliability_after"]) == 15
     assert m["latency_ms"]["batch1_p50"] > 0 and m["throughput_b32"] > 0 and m["size_bytes"] > 100_000
     assert m["weights_used"] == "random init" and m["params"] == trained["params"]
     table = compare([tmp_path / "eval", tmp_path / "eval" / "metrics.json"], tmp_path / "compare.md")
     assert table.count("| cnn |") == 4 and "grayscale" in table and "shortcut" in table
     assert Path(tmp_path / "compare.md").read_text() == table
+
+
+def test_referral_summary_by_hand():
+    from components.evaluate.trust import referral_summary
+
+    probs = np.array([[0.9, 0.1, 0, 0], [0.6, 0.4, 0, 0], [0.1, 0.8, 0.1, 0], [0, 0, 0.2, 0.8]])
+    labels = np.array([0, 1, 1, 2])
+    sets = probs >= 0.3
+    refer = np.array([False, True, False, True])
+    in_dist = np.array([True, True, True, False])
+    r = referral_summary(probs, labels, refer, in_dist, sets, 0.98)
+    assert r["test_referral_rate"] == 0.5 and r["ood_referral_rate"] == 0.25 and r["set_referral_rate"] == 0.25
+    assert r["accepted"] == 2 and r["accepted_accuracy"] == 1.0 and r["referred_accuracy"] == 0.0
+    assert r["coverage"] == 0.75  # image 3's set {Pro} misses Pre; image 1's {Benign, Early} holds Early
+    assert r["mean_set_size"] == 1.25 and r["set_size_counts"]["2"] == 1
+    # The curve refers what the model refers first, least confident first: image 1 (wrong) goes first.
+    assert r["risk_coverage"][0]["accuracy"] == 0.5
+    assert r["risk_coverage"][-1]["referred"] == 0.25 and r["risk_coverage"][-1]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_external_halves_are_stable_and_disjoint(tmp_path):
+    from components.evaluate.trust import external_halves
+
+    for i in range(40):
+        (tmp_path / f"smear-{i:03d}.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not an image")
+    halves = external_halves(tmp_path)
+    assert len(halves["choose"]) + len(halves["report"]) == 40
+    assert not set(halves["choose"]) & set(halves["report"]) and 10 <= len(halves["report"]) <= 30
+    assert external_halves(tmp_path) == halves
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        external_halves(tmp_path / "missing")
+
+
+def test_calibration_numbers_by_hand():
+    from components.train import calibration
+
+    labels = np.array([0, 1, 2, 3] * 50)
+    rng = np.random.default_rng(0)
+    logits = np.eye(4)[labels] * 8.0 + rng.normal(0, 1, (200, 4))
+    labels = np.where(rng.random(200) < 0.2, rng.integers(0, 4, 200), labels)  # 20% wrong at ~99.9%: overconfident
+    t = calibration.fit_temperature(logits, labels)
+    assert t > 1.0
+    probs = calibration.softmax(logits, t)
+    assert calibration.expected_calibration_error(probs, labels) <= calibration.expected_calibration_error(
+        calibration.softmax(logits), labels) + 1e-9
+    q = calibration.conformal_quantile(probs, labels, 0.9)
+    sets = calibration.prediction_sets(probs, q)
+    assert sets[np.arange(200), labels].mean() >= 0.9
+    # Mahalanobis: a far-away point scores far higher than the training points.
+    feats = rng.normal(0, 1, (200, 5)) + np.eye(4, 5)[labels] * 3
+    means, whitening = calibration.fit_mahalanobis(feats, labels, 4)
+    inside = calibration.mahalanobis_score(feats, means, whitening)
+    outside = calibration.mahalanobis_score(np.full((1, 5), 20.0), means, whitening)
+    assert outside[0] > 10 * np.percentile(inside, 99)
 
 
 def test_bootstrap_macro_f1_agrees_with_sklearn():
