@@ -73,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = parser.parse_args(argv)
 
-    from components import settings
+    from components import atomic_files, settings
     from components.dedup.executor import near_pairs, run_dedup
     from components.home import default_data_dir
     from components.split.executor import run_split
-    from components.validate.executor import build_manifest, discover, write_csv_atomic
+    from components.validate.executor import build_manifest, discover
     from components.validate.parallel import cpu_count, parallel_map
 
     data_dir = Path(args.data_dir or default_data_dir())
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def from_folder():
         frame, _ = build_manifest(data_dir, workers=workers)
-        write_csv_atomic(frame, work / "manifest.csv")
+        atomic_files.write_csv(work / "manifest.csv", frame)
         return run_dedup(work / "manifest.csv", work / "from_folder", workers=workers)
 
     t_folder, result = _best(from_folder, args.repeats, "dedup_from_folder")

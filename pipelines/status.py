@@ -1,6 +1,6 @@
 """`leukoflow status`: what is served, since when, was there drift, and what ran last, in one answer.
 
-Reads only: models.config and the model store (components/promote/model_store.py), the registry
+Reads only: models.config and the model store (components/promote/pusher/model_store.py), the registry
 (components/promote/registry.py), the last local pipeline run's record (pipelines/local.py), the newest drift
 report (monitoring/cli.py writes them under $LEUKOFLOW_HOME/reports/drift/), the retraining trigger's state
 (monitoring/trigger.py) and the request log (monitoring/request_log.py). Exits 1 when a served label points

@@ -128,6 +128,7 @@ def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
 
 
 DEFAULT_HANDLER_THREADS = 16
+MAX_AUTO_HANDLER_THREADS = 1024
 
 
 def default_concurrent_runs() -> int:
@@ -135,7 +136,6 @@ def default_concurrent_runs() -> int:
     import os
 
     return max(2, os.cpu_count() or 2)
-MAX_AUTO_HANDLER_THREADS = 1024
 
 
 def handler_threads(given: int | None, batching: BatchingParameters | None) -> int:
