@@ -93,12 +93,12 @@ def _keras_logits(saved_model: Path, meta, images: list[bytes]) -> np.ndarray | 
     if not meta.keras_model or not (saved_model / "assets.extra" / meta.keras_model).is_file():
         return None
     model = models.load_keras_model(saved_model / "assets.extra" / meta.keras_model)
-    head = models.pooled_features_model(model)
+    features = models.calibration_features_model(model)
     kernel, bias = model.get_layer(models.OUTPUT_LAYER).get_weights()
     out = []
     for i in range(0, len(images), 32):
         pixels = tf.stack([domain.tf_preprocess_encoded(tf.constant(b), meta.image_size, "none") for b in images[i:i + 32]])
-        out.append(np.asarray(head(pixels, training=False)) @ kernel + bias)
+        out.append(np.asarray(features(pixels, training=False)[0]) @ kernel + bias)
     return np.concatenate(out)
 
 
