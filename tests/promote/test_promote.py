@@ -66,7 +66,8 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
     run = c.get_run(v["run_id"])
     assert run.data.metrics["macro_f1"] == pytest.approx(0.96)
     assert run.data.metrics["per_class.Benign.recall"] == pytest.approx(0.9)
-    assert run.data.metrics["robustness.brightnessplus15pct"] == pytest.approx(0.8)
+    assert run.data.metrics["robustness.brightnessplus15pct"] == pytest.approx(0.97)
+    assert run.data.metrics["calibration.ece_after"] == pytest.approx(0.015)
     assert run.data.params["config.image_size"] == str(H.SIZE)
     assert run.data.tags["git_commit"]
     arts = {a.path for a in c.list_artifacts(v["run_id"])}
