@@ -47,7 +47,7 @@ RESNET50_WEIGHTS := $(KERAS_HOME)/models/resnet50_weights_tf_dim_ordering_tf_ker
 
 run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROFILE=quick|full)
 	@if [ -f $(RESNET50_WEIGHTS) ]; then extra=""; else \
-	  echo "note: no ResNet50 ImageNet weights at $(RESNET50_WEIGHTS) (none can be downloaded here): ResNet50 trains from random init" >&2; \
+	  echo "note: no ResNet50 ImageNet weights in \$$KERAS_HOME/models (none can be downloaded here): ResNet50 trains from random init" >&2; \
 	  extra="--weights resnet50=none"; fi; \
 	LEUKOFLOW_EXTERNAL_OOD_DIR=$(EXTERNAL_OOD_DIR) $(LF) pipeline run --local --profile $(PROFILE) --data-dir data $$extra
 

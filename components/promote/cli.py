@@ -55,9 +55,10 @@ def promote(
                                      "reports the new version AVAILABLE (default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
     min_macro_f1: float = typer.Option(settings.GATE_MIN_MACRO_F1, "--min-macro-f1", help="Floor: macro-F1."),
     min_class_recall: float = typer.Option(settings.GATE_MIN_CLASS_RECALL, "--min-class-recall", help="Floor: every class's recall."),
-    min_robust: float = typer.Option(settings.GATE_MIN_ROBUST_ACCURACY, "--min-robust-accuracy", help="Floor: worst accuracy under perturbations."),
+    min_robust: float = typer.Option(None, "--min-robust-accuracy", help="Floor: worst accuracy under the plausible perturbations (default: the profile's, else settings.GATE_MIN_ROBUST_ACCURACY)."),
     margin: float = typer.Option(settings.GATE_MACRO_F1_MARGIN, "--margin", help="Candidates within this macro-F1 of the best count as equally good."),
     max_regression: float = typer.Option(settings.GATE_MAX_REGRESSION, "--max-regression", help="Macro-F1 the new model may lose against the champion."),
+    profile: str = typer.Option("quick", "--profile", help="Profile whose gate settings apply (smoke does not gate the trust floors)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Gate the evaluated candidates and promote the best-balanced one (model store, models.config, registry)."""
@@ -69,7 +70,18 @@ def promote(
         fail("no candidates: pass --candidates DIR... (evaluation outputs with metrics.json)", as_json)
     if label not in ("stable", "canary"):
         fail(f"--label must be stable or canary, got {label!r}", as_json)
-    policy = Policy(min_macro_f1, min_class_recall, min_robust, margin, max_regression)
+    import dataclasses
+
+    from components import settings as _settings
+
+    # The profile's gate settings (smoke does not gate the trust floors), then the explicit thresholds.
+    try:
+        policy = Policy(**_settings.profile(profile).gate)
+    except ValueError as exc:
+        fail(str(exc), as_json)
+    given = {"min_macro_f1": min_macro_f1, "min_class_recall": min_class_recall, "min_robust_accuracy": min_robust,
+             "margin": margin, "max_regression": max_regression}
+    policy = dataclasses.replace(policy, **{k: v for k, v in given.items() if v is not None})
     try:
         result = run_promote(paths, out, split_dir or _default_split(), label=label, pipeline_run_id=pipeline_run_id,
                              policy=policy, dry_run=dry_run, step_wait_s=step_wait, reference=reference,

@@ -39,7 +39,9 @@ from typing import Any
 from components import domain, settings
 
 RULE = (
-    "floors (macro-F1, every class's recall, worst robustness accuracy) and no regression vs the champion beyond "
+    "floors (macro-F1, every class's recall, worst plausible-perturbation accuracy, grayscale accuracy, test referral, "
+    "calibration error, prediction-set coverage, external out-of-distribution detection) and no regression vs the "
+    "champion beyond "
     "max_regression on the same test split; among those passing, the ones whose macro-F1 is within the margin of "
     "the best; of those the cheapest by params/min(params) + latency_p50/min(latency_p50); then infra validation"
 )
