@@ -64,13 +64,16 @@ def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 
 
 def encoded_features(images: list[bytes], size: int = SHORTCUT_SIZE) -> np.ndarray:
-    """Colour features of encoded images, decoded and resized as the serving graph does."""
-    import tensorflow as tf
+    """Colour features of encoded images, decoded and resized with Pillow (global colour hardly depends on how)."""
+    import io
 
-    from components import domain
+    from PIL import Image
 
-    pixels = np.stack([domain.tf_resize(domain.tf_decode(tf.constant(b)), size).numpy() for b in images])
-    return colour_features(pixels)
+    def small(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+
+    return colour_features(np.stack([small(b) for b in images]))
 
 
 def split_features(split_dir: str | Path, split: str, size: int = SHORTCUT_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -109,13 +112,25 @@ def shortcut_on_split(split_dir: str | Path, seed: int = settings.SEED, use_cach
     split_dir = Path(split_dir)
     names = tuple(perturbed or ())
     cache = home() / "cache" / "shortcut" / f"{_cache_key(split_dir, seed, names)}.json"
-    if use_cache and cache.is_file():
-        return {**json.loads(cache.read_text()), "cached": True}
+    if not use_cache:
+        return _shortcut(split_dir, seed, perturbed, labels)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    import fcntl
+
+    # The evaluations of one run start together: the first computes, the others wait and read its result.
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cache.is_file():
+            return {**json.loads(cache.read_text()), "cached": True}
+        result = _shortcut(split_dir, seed, perturbed, labels)
+        atomic_files.write_text(cache, json.dumps(result))
+    return result
+
+
+def _shortcut(split_dir: Path, seed: int, perturbed: dict[str, list[bytes]] | None, labels: np.ndarray | None) -> dict:
+    """Fit on train, score on test and on each perturbed copy of test."""
     if perturbed and labels is None:
         raise ValueError("perturbed test images need their labels")
     sets = {name: (encoded_features(images), np.asarray(labels)) for name, images in (perturbed or {}).items()}
-    result = fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed,
-                       perturbed=sets)
-    if use_cache:
-        atomic_files.write_text(cache, json.dumps(result))
-    return result
+    return fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed,
+                     perturbed=sets)
