@@ -1,0 +1,86 @@
+"""The page's refer state in a real browser: a live server on the calibrated tiny model (issue 12).
+
+`refer.spec.mjs` uploads a noise image the model must refer (the refer box with its reason, no stage
+headline, the bars and the heatmap still there) and a smear it accepts (a stage). Skipped only when
+Chromium is missing, as test_page_browser.py. LEUKOFLOW_SCREENSHOT=PATH saves a screenshot of the refer state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fixtures.calibrated_model import encode_png, ood_images, smear_images
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+
+@pytest.fixture(scope="module")
+def live_server(calibrated_export, tmp_path_factory):
+    from serving.server import Server, ServerOptions
+
+    base = tmp_path_factory.mktemp("refer-page") / "leukemia"
+    base.mkdir()
+    shutil.copytree(calibrated_export, base / "1")
+    server = Server(ServerOptions(port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base),
+                                  file_system_poll_wait_seconds=0)).start()
+    yield server
+    server.stop()
+
+
+def _accepted_smear(server) -> bytes:
+    """A synthetic smear the served model answers with a stage (not referred), chosen through the server."""
+    from serving.client import ServingClient
+
+    smears = [encode_png(x) for x in smear_images(8, seed=41)[0]]
+    with ServingClient(target=f"127.0.0.1:{server.grpc_port}") as client:
+        answers = client.predict(smears)
+    return next(b for b, p in zip(smears, answers) if p.refer is False)
+
+
+def test_refer_state_in_headless_chromium(live_server, tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (make system-deps installs Debian's chromium)")
+    node = shutil.which("node")
+    assert node, "node is needed to drive the browser (Debian's nodejs)"
+    assert (HERE / "node_modules" / "playwright-core").is_dir(), "playwright-core is missing: run `make system-deps`"
+
+    smear, noise = tmp_path / "smear.png", tmp_path / "noise.png"
+    smear.write_bytes(_accepted_smear(live_server))
+    noise.write_bytes(encode_png(ood_images(seed=41)["noise"]))
+    shot = os.environ.get("LEUKOFLOW_SCREENSHOT") or None
+    url = f"http://127.0.0.1:{live_server.rest_port}"
+    cmd = [node, str(HERE / "refer.spec.mjs"), url, str(smear), str(noise)] + ([str(Path(shot).resolve())] if shot else [])
+    proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(lines[-1])
+    assert proc.returncode == 0 and result["ok"], result.get("error") or proc.stderr
+
+    assert result["refer_reason"] == "out_of_distribution"
+    assert "not like the images the model was trained on" in result["refer_text"]
+    assert result["referred_stage"] == 0 and result["referred_bars"] == 4
+    assert result["stage_class"] in ("Benign", "Early", "Pre", "Pro")
+    assert "refers images unlike its training images" in result["meta"]
+
+
+def test_model_info_says_the_model_refers(live_server):
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{live_server.rest_port}/ui/models/leukemia", timeout=60) as response:
+        info = json.loads(response.read())
+    from components import model_metadata
+
+    meta = model_metadata.read(Path(live_server.core.resolve("leukemia").path))
+    assert info["referral"] == {"ood_val_referral_rate": meta.ood_val_referral_rate,
+                                "conformal_coverage": meta.conformal_coverage}
+    assert info["explain"] is True
