@@ -106,3 +106,19 @@ def test_refer_reason_wording():
     assert refer_reason(False, ["Pre"]) == NOT_LIKE_TRAINING  # out of distribution wins over the set
     assert refer_reason(True, ["Early", "Pre", "Pro"]) == "could be Early, Pre or Pro"
     assert refer_reason(True, []) == "no stage fits with the required confidence"
+
+
+def test_hospital_example_prints_refer(server, images, capsys):
+    from client.test_hospital_example import _load
+
+    example = _load()
+    assert example.main([images["noise"], images["smear"], "--server", f"127.0.0.1:{server.grpc_port}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{images['noise']}: refer: {NOT_LIKE_TRAINING}  (Benign ")
+    assert lines[1].split(": ")[1].split("  ")[0] in domain.CLASS_NAMES
+    assert example.main([images["noise"], "--server", f"127.0.0.1:{server.grpc_port}", "--json"]) == 0
+    item = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert item["refer"] is True and item["reason"] == NOT_LIKE_TRAINING
+    with TwoStageServer() as fake:
+        assert example.main([images["smear"], "--server", fake.target]) == 0
+    assert "refer: could be Early or Pre" in capsys.readouterr().out
