@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from browser.test_page_browser import run_spec
 from fixtures.calibrated_model import encode_png, ood_images, smear_images
-
-HERE = Path(__file__).resolve().parent
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -47,24 +44,12 @@ def _accepted_smear(server) -> bytes:
 
 
 def test_refer_state_in_headless_chromium(live_server, tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (make system-deps installs Debian's chromium)")
-    node = shutil.which("node")
-    assert node, "node is needed to drive the browser (Debian's nodejs)"
-    assert (HERE / "node_modules" / "playwright-core").is_dir(), "playwright-core is missing: run `make system-deps`"
-
     smear, noise = tmp_path / "smear.png", tmp_path / "noise.png"
     smear.write_bytes(_accepted_smear(live_server))
     noise.write_bytes(encode_png(ood_images(seed=41)["noise"]))
     shot = os.environ.get("LEUKOFLOW_SCREENSHOT") or None
     url = f"http://127.0.0.1:{live_server.rest_port}"
-    cmd = [node, str(HERE / "refer.spec.mjs"), url, str(smear), str(noise)] + ([str(Path(shot).resolve())] if shot else [])
-    proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads(lines[-1])
-    assert proc.returncode == 0 and result["ok"], result.get("error") or proc.stderr
+    result = run_spec("refer.spec.mjs", [url, str(smear), str(noise)] + ([str(Path(shot).resolve())] if shot else []))
 
     assert result["refer_reason"] == "out_of_distribution"
     assert "not like the images the model was trained on" in result["refer_text"]

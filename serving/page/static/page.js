@@ -215,11 +215,28 @@
     return box;
   }
 
+  // The server computes few explanations at once (max_concurrent_explains, 1 by default) and answers
+  // 429 beyond that: this page asks for one at a time (several uploads would otherwise refuse each
+  // other's heatmaps) and retries a 429 (another reviewer's) a few times with backoff.
+  var explainQueue = Promise.resolve();
+  var EXPLAIN_RETRIES = 5;
+
   function explain(info, b64) {
+    var run = function () { return requestExplain(info, b64, 0); };
+    var next = explainQueue.then(run, run);
+    explainQueue = next.catch(function () { /* the card shows it */ });
+    return next;
+  }
+
+  function requestExplain(info, b64, attempt) {
     return requestJson(versionPath(info) + ":explain", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ instances: [{ b64: b64 }] })
-    }).then(function (answer) { return answer.explanations[0]; });
+    }).then(function (answer) { return answer.explanations[0]; }, function (err) {
+      if (err.status !== 429 || attempt >= EXPLAIN_RETRIES) throw err;
+      return new Promise(function (resolve) { setTimeout(resolve, 500 * Math.pow(2, attempt)); })
+        .then(function () { return requestExplain(info, b64, attempt + 1); });
+    });
   }
 
   function errorBox(err) {
