@@ -57,15 +57,3 @@ def test_refer_state_in_headless_chromium(live_server, tmp_path):
     assert result["stage_class"] in ("Benign", "Early", "Pre", "Pro")
     assert "refers images unlike its training images" in result["meta"]
 
-
-def test_model_info_says_the_model_refers(live_server):
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{live_server.rest_port}/ui/models/leukemia", timeout=60) as response:
-        info = json.loads(response.read())
-    from components import model_metadata
-
-    meta = model_metadata.read(Path(live_server.core.resolve("leukemia").path))
-    assert info["referral"] == {"ood_val_referral_rate": meta.ood_val_referral_rate,
-                                "conformal_coverage": meta.conformal_coverage}
-    assert info["explain"] is True

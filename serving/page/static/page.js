@@ -374,7 +374,8 @@
       });
       var legend = el("div", "legend");
       legend.hidden = true;
-      legend.appendChild(el("span", null, "Influence on the predicted stage"));
+      legend.appendChild(el("span", null, parts.card.classList.contains("referred")
+        ? "Influence on the most likely class (the image is referred)" : "Influence on the predicted stage"));
       legend.appendChild(el("span", "scale"));
       var ends = el("span", "ends");
       ends.appendChild(el("span", null, "low"));
