@@ -10,6 +10,8 @@ against `leukoflow serve` alike.
 
 The model takes encoded image bytes (JPEG, PNG, BMP, GIF, WebP) and decodes and resizes them
 itself; convert TIFF to PNG before sending. It is decision support for a pathologist, not a diagnosis.
+A model that knows when it does not know also answers `refer` per image: then this prints
+`refer: <why>` instead of a stage (the image is unlike the training images, or several stages fit).
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ def predict(stub, images: list[bytes], label: str | None, timeout_s: float, atte
             time.sleep(0.2 * 2**attempt)
 
 
+def refer_reason(outputs: dict, i: int) -> str:
+    """Why the model refers image i: unlike its training images, or not exactly one stage in its prediction set."""
+    if not outputs["in_distribution"][i]:
+        return "not like the training images"
+    stages = [name for name, inside in zip(CLASS_NAMES, outputs["prediction_set"][i]) if inside]
+    return "could be " + " or ".join(stages) if stages else "no stage fits with the required confidence"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", help="image files")
@@ -72,18 +82,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
 
-    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
     version = response.model_spec.version.value
     results = []
-    for path, row in zip(args.images, probabilities):
+    for i, (path, row) in enumerate(zip(args.images, outputs["probabilities"])):
         scores = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, row)}
-        results.append({"image": path, "label": max(scores, key=scores.get), "confidences": scores})
+        result = {"image": path, "label": max(scores, key=scores.get), "confidences": scores}
+        if "refer" in outputs:  # a model without the referral outputs answers as before
+            result.update(refer=bool(outputs["refer"][i]), reason=refer_reason(outputs, i) if outputs["refer"][i] else None)
+        results.append(result)
     if args.json:
         print(json.dumps({"model": MODEL_NAME, "version": version, "predictions": results}))
     else:
         for r in results:
             scores = "  ".join(f"{k} {v:.3f}" for k, v in r["confidences"].items())
-            print(f"{r['image']}: {r['label']}  ({scores})  model version {version}")
+            answer = f"refer: {r['reason']}" if r.get("refer") else r["label"]
+            print(f"{r['image']}: {answer}  ({scores})  model version {version}")
     return 0
 
 

@@ -42,7 +42,12 @@ def prune_reports(root: Path, keep: int) -> list[Path]:
 
 
 def _human(result: dict) -> str:
-    lines = [f"status: {result['status']} ({result['images']} images)"]
+    reasons = f", because of {', '.join(result['reasons'])}" if result.get("reasons") else ""
+    lines = [f"status: {result['status']} ({result['images']} images{reasons})"]
+    if result.get("ood_rate") is not None:
+        reference = result.get("reference_ood_rate")
+        lines.append(f"out-of-distribution rate: {result['ood_rate']:.1%} (the model's reference: "
+                     + (f"{reference:.1%})" if reference is not None else "unknown, no verdict)"))
     if result.get("drifted_features"):
         lines.append("drifted features: " + ", ".join(result["drifted_features"]))
     lines.append(f"case mix changed: {result.get('case_mix_changed')}")
@@ -111,7 +116,8 @@ def drift(
         ref_frame = drift_mod.reference_frame(ref_path)
         out = output_dir or _report_dir(home.reports_dir() / "drift")
         ws = None if no_workspace else (workspace or home.home() / "evidently")
-        summary = drift_mod.run_drift_check(ref_frame, current, out, ws, source=source, reference_path=str(ref_path))
+        summary = drift_mod.run_drift_check(ref_frame, current, out, ws, source=source, reference_path=str(ref_path),
+                                            reference_ood_rate=drift_mod.reference_ood_rate(model_root, version))
         pipeline_args = _parse_args(pipeline_arg)
         cooldown_td = drift_mod.parse_duration(cooldown)
     except (FileNotFoundError, ValueError) as exc:

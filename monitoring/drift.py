@@ -19,6 +19,12 @@ Three questions, answered apart so one is not mistaken for another:
    window does not flag a trivial change). A case-mix change alone is reported,
    not counted as drift.
 4. **Covariate drift** (context): the pooled window against the raw reference.
+5. **Out-of-distribution rate** (a second verdict). A calibrated model logs per image whether it is
+   in distribution (`in_distribution`, issue 12). The window's share of images that are not is
+   compared with the rate the model's threshold refers on its own validation split
+   (`ood_val_referral_rate` in its metadata): one-sided binomial test at OOD_ALPHA, and only a rise of
+   at least OOD_MIN_RISE counts. Images another lab's microscope makes are often not "brighter" in the
+   colour features at all, only unlike the training images; this catches them.
 
 Constants were calibrated on the real data (benchmarks/drift.py, docs/monitoring.md).
 The decision (`decide`) uses Evidently's own stat-test function; `run_drift_check`
@@ -56,6 +62,10 @@ CASE_MIX_MIN_TVD = 0.10              # ...and only when the shares moved at leas
 CLASS_COLUMN = "class"               # the label column in both frames inside this module
 SAMPLE_SEED = 0                      # the re-weighted reference is a fixed subsample: same window, same verdict
 PROJECT_NAME = "leukoflow drift"     # the Evidently workspace project
+OOD_ALPHA = 0.01                     # one-sided binomial p-value below which the window's OOD rate rose...
+OOD_MIN_RISE = 0.05                  # ...and only when it rose by at least this much (absolute) over the reference
+REASON_STAIN = "stain_features"      # the verdict's reasons (`reasons` in the summary)
+REASON_OOD = "ood_rate"
 
 
 # ---------------------------------------------------------------- the decision
@@ -155,15 +165,48 @@ def case_mix(reference: "pd.DataFrame", current: "pd.DataFrame") -> dict[str, An
     }
 
 
-def decide(reference: "pd.DataFrame", current: "pd.DataFrame", detail: bool = True) -> dict[str, Any]:  # noqa: F821
-    """The verdict for one window (no report): status, drifted features, within-class drift, case mix.
+def out_of_distribution(current: "pd.DataFrame", reference_rate: float | None) -> dict[str, Any]:  # noqa: F821
+    """The window's out-of-distribution rate against the model's reference rate (one-sided binomial test).
+
+    Counts the records that say whether the image is in distribution (`in_distribution`; a record with
+    only `refer` counts as out of distribution when referred). `rate` is None when no record says;
+    `drift` needs a reference rate, p < OOD_ALPHA and a rise of at least OOD_MIN_RISE.
+    """
+    from scipy.stats import binomtest
+
+    flags = None
+    for column, out_when in (("in_distribution", False), ("refer", True)):
+        if column in current.columns and current[column].notna().any():
+            flags = current[column].dropna().map(lambda v, w=out_when: bool(v) == w)
+            break
+    result: dict[str, Any] = {"rate": None, "reference_rate": reference_rate, "images": 0, "out_of_distribution": 0,
+                              "p_value": None, "alpha": OOD_ALPHA, "min_rise": OOD_MIN_RISE, "drift": False}
+    if flags is None or flags.empty:
+        return result
+    n, k = int(len(flags)), int(flags.sum())
+    result.update(rate=k / n, images=n, out_of_distribution=k, source=column)
+    if reference_rate is None:
+        return result
+    if not 0.0 <= reference_rate <= 1.0:
+        raise ValueError(f"reference out-of-distribution rate must be within [0, 1], got {reference_rate}")
+    p_value = float(binomtest(k, n, reference_rate, alternative="greater").pvalue)
+    result.update(p_value=p_value, drift=bool(p_value < OOD_ALPHA and k / n - reference_rate >= OOD_MIN_RISE))
+    return result
+
+
+def decide(reference: "pd.DataFrame", current: "pd.DataFrame", detail: bool = True,  # noqa: F821
+           reference_ood_rate: float | None = None) -> dict[str, Any]:
+    """The verdict for one window (no report): status, drifted features, within-class drift, case mix, OOD rate.
 
     `detail=False` skips the pooled and per-class comparisons, which inform the report but not the verdict.
+    `reference_ood_rate` is the served model's `ood_val_referral_rate` (None: no OOD verdict).
     """
     n = len(current)
-    result: dict[str, Any] = {"images": n, "threshold": feature_threshold(n), "min_drifted_features": MIN_DRIFTED_FEATURES}
+    ood = out_of_distribution(current, reference_ood_rate)
+    result: dict[str, Any] = {"images": n, "threshold": feature_threshold(n), "min_drifted_features": MIN_DRIFTED_FEATURES,
+                              "ood_rate": ood["rate"], "reference_ood_rate": reference_ood_rate, "ood": ood}
     if n < MIN_IMAGES:
-        result.update(status="insufficient_data", drifted_features=[], case_mix_changed=False, moved=[])
+        result.update(status="insufficient_data", drifted_features=[], case_mix_changed=False, moved=[], reasons=[])
         return result
     threshold = feature_threshold(n)
     adjusted = adjusted_reference(reference, current)
@@ -196,14 +239,18 @@ def decide(reference: "pd.DataFrame", current: "pd.DataFrame", detail: bool = Tr
     moved = []
     if is_drift:
         moved.append("stain/brightness features (case-mix adjusted)")
+    if ood["drift"]:
+        moved.append(_ood_moved(ood))
     if any(v.get("drift") for v in within.values()):
         moved.append("features within class(es): " + ", ".join(c for c, v in within.items() if v.get("drift")))
     if mix["changed"]:
         moved.append("predicted-class mix")
     if len(covariate) >= MIN_DRIFTED_FEATURES and not is_drift:
         moved.append("pooled features only (explained by the class mix)" if mix["changed"] else "pooled features")
+    reasons = verdict_reasons(is_drift, ood)
     result.update(
-        status="drift" if is_drift else "no_drift",
+        status="drift" if reasons else "no_drift",
+        reasons=reasons,
         drifted_features=stain if is_drift else [],
         candidate_features=stain,
         case_mix_changed=mix["changed"],
@@ -217,6 +264,16 @@ def decide(reference: "pd.DataFrame", current: "pd.DataFrame", detail: bool = Tr
         adjusted_reference_images=len(adjusted),
     )
     return result
+
+
+def verdict_reasons(stain_drift: bool, ood: dict[str, Any]) -> list[str]:
+    """Why a window drifts: REASON_STAIN and/or REASON_OOD; empty when it does not."""
+    return ([REASON_STAIN] if stain_drift else []) + ([REASON_OOD] if ood.get("drift") else [])
+
+
+def _ood_moved(ood: dict[str, Any]) -> str:
+    return (f"out-of-distribution rate {ood['rate']:.1%} of {ood['images']} images, above the model's "
+            f"{ood['reference_rate']:.1%} (binomial p = {ood['p_value']:.2g})")
 
 
 # ---------------------------------------------------------------- windows
@@ -292,6 +349,16 @@ def reference_frame(path: str | Path) -> "pd.DataFrame":  # noqa: F821
     if LABEL_COLUMN in frame.columns:
         frame = frame.rename(columns={LABEL_COLUMN: CLASS_COLUMN})
     return frame
+
+
+def reference_ood_rate(model_dir: str | Path, version: str | None) -> float | None:
+    """The served version's `ood_val_referral_rate` from its metadata; None for an older model or no version."""
+    from components import model_metadata
+
+    if version is None:
+        return None
+    meta = model_metadata.read_or_none(Path(model_dir) / str(version))
+    return meta.ood_val_referral_rate if meta is not None else None
 
 
 def resolve_reference(explicit: str | Path | None, model_dir: str | Path, version: str | None = None) -> Path:
@@ -408,6 +475,20 @@ def summary_html(summary: dict[str, Any]) -> str:
         return "".join(parts)
     moved = summary.get("moved") or ["nothing"]
     parts.append("<h2>What moved</h2><ul>" + "".join(f"<li>{escape(m)}</li>" for m in moved) + "</ul>")
+    if summary.get("reasons"):
+        parts.append(f"<p>Drift because of: {escape(', '.join(summary['reasons']))}</p>")
+    ood = summary.get("ood") or {}
+    if ood.get("rate") is not None:
+        reference_rate = ood.get("reference_rate")
+        parts.append(
+            "<h2>Out-of-distribution rate</h2>"
+            f"<p>{ood['out_of_distribution']} of {ood['images']} images ({ood['rate']:.1%}) were not like the "
+            "training images; the model's threshold refers "
+            + (f"{reference_rate:.1%} of its validation images" if reference_rate is not None
+               else "an unknown share (no ood_val_referral_rate in the model's metadata: no verdict)")
+            + (f". One-sided binomial p = {ood['p_value']:.3g}; drift when p &lt; {OOD_ALPHA} and the rate rose by "
+               f"at least {OOD_MIN_RISE:.0%}: <b>{'drift' if ood['drift'] else 'no drift'}</b>"
+               if ood.get("p_value") is not None else "") + ".</p>")
     parts.append(
         f"<p>Rule: a feature drifts when its normed Wasserstein distance to the case-mix-adjusted reference is "
         f"&ge; {summary.get('threshold', 0):.3f}; the window drifts when at least {MIN_DRIFTED_FEATURES} do.</p>"
@@ -450,13 +531,17 @@ def run_drift_check(
     workspace_dir: str | Path | None = None,
     source: str = "",
     reference_path: str = "",
+    reference_ood_rate: float | None = None,
 ) -> dict[str, Any]:
-    """Decide, build the Evidently reports, write HTML + JSON, add the runs to the workspace; returns the summary."""
+    """Decide, build the Evidently reports, write HTML + JSON, add the runs to the workspace; returns the summary.
+
+    `reference_ood_rate`: the served model's `ood_val_referral_rate` (see `out_of_distribution`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     html_path, json_path = out / "report.html", out / "report.json"
-    summary = decide(reference, current)
+    summary = decide(reference, current, reference_ood_rate=reference_ood_rate)
     summary.update(
         checked_at=datetime.now(timezone.utc).isoformat(),
         source=source,
@@ -476,7 +561,8 @@ def run_drift_check(
         if set(report_drifted) != set(summary["candidate_features"]):
             log.warning("Evidently report and decision disagree: %s vs %s", report_drifted, summary["candidate_features"])
         is_drift = len(report_drifted) >= MIN_DRIFTED_FEATURES
-        summary["status"] = "drift" if is_drift else "no_drift"
+        summary["reasons"] = verdict_reasons(is_drift, summary["ood"])
+        summary["status"] = "drift" if summary["reasons"] else "no_drift"
         summary["drifted_features"] = report_drifted if is_drift else []
         class_score = report_scores(covariate).get(CLASS_COLUMN)
         if class_score is not None:
@@ -501,7 +587,8 @@ def run_drift_check(
 
 def public_result(summary: dict[str, Any]) -> dict[str, Any]:
     """The one-line `--json` object: the documented keys first, then what moved and where."""
-    keys = ("status", "images", "drifted_features", "case_mix_changed", "report_html", "report_json")
+    keys = ("status", "reasons", "images", "drifted_features", "ood_rate", "reference_ood_rate", "case_mix_changed",
+            "report_html", "report_json")
     result = {key: summary.get(key) for key in keys}
     result["moved"] = summary.get("moved", [])
     result["covariate_drifted_features"] = summary.get("covariate_drifted_features", [])

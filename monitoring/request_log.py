@@ -7,7 +7,8 @@ A record holds what the monitor needs and nothing that identifies a patient:
      "model": "leukemia", "version": 3, "label": "stable",   # served model, version, version label
      "predicted_label": "Pre",
      "confidences": {"Benign": 0.01, "Early": 0.02, "Pre": 0.95, "Pro": 0.02},
-     "features": {...components.host_features.FEATURE_NAMES...}}
+     "features": {...components.host_features.FEATURE_NAMES...},
+     "outputs": {"ood_score": 41.2, "in_distribution": true, "refer": false}}  # a calibrated model only
 
 Only the keys in ALLOWED_KEYS are written (file names, paths, client addresses
 and any other field are dropped), and the image itself only when the log was
@@ -179,6 +180,11 @@ def log_files(directory: str | Path) -> list[Path]:
     return out
 
 
+# The referral outputs a calibrated model's records carry under "outputs" (components/train/export.py),
+# flattened into columns of the same names for the drift monitor's out-of-distribution rate.
+REFERRAL_COLUMNS: tuple[str, ...] = ("ood_score", "in_distribution", "refer")
+
+
 def _flatten(record: dict, class_names: tuple[str, ...]) -> dict:
     row = {key: record.get(key) for key in ("timestamp", "model", "version", "label", "predicted_label")}
     confidences = record.get("confidences") or {}
@@ -187,6 +193,9 @@ def _flatten(record: dict, class_names: tuple[str, ...]) -> dict:
     for name in class_names:
         row[f"confidence_{name}"] = confidences.get(name)
     row.update(record.get("features") or {})
+    outputs = record.get("outputs") if isinstance(record.get("outputs"), dict) else {}
+    for name in REFERRAL_COLUMNS:  # None for a record without them (an older model, or not logged)
+        row[name] = outputs.get(name)
     return row
 
 
@@ -194,7 +203,8 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
     """All logged requests (newer than now - since, when given) as one row each.
 
     Columns: timestamp (UTC datetime), model, version, label, predicted_label,
-    confidence_<class> for each class, and one column per image feature.
+    confidence_<class> for each class, one column per image feature, and REFERRAL_COLUMNS
+    (ood_score, in_distribution, refer; None where a record has no such output).
     Lines that are not valid JSON (a torn write) are skipped, counted in `frame.attrs[SKIPPED_LINES]`
     and warned about.
     """
@@ -204,7 +214,7 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
     from components.host_features import FEATURE_NAMES
 
     columns = ["timestamp", "model", "version", "label", "predicted_label"]
-    columns += [f"confidence_{c}" for c in CLASS_NAMES] + list(FEATURE_NAMES)
+    columns += [f"confidence_{c}" for c in CLASS_NAMES] + list(FEATURE_NAMES) + list(REFERRAL_COLUMNS)
     rows: list[dict] = []
     skipped = 0
     for path in log_files(directory):
@@ -225,7 +235,8 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
     frame = pd.DataFrame(rows)
     for column in columns:
         if column not in frame.columns:
-            frame[column] = pd.Series(dtype="float64" if column not in columns[:5] else "object")
+            frame[column] = pd.Series(dtype="float64" if column not in columns[:5] + ["in_distribution", "refer"]
+                                      else "object")
     frame = frame[columns + [c for c in frame.columns if c not in columns]]
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="ISO8601")
     frame = frame.dropna(subset=["timestamp"])

@@ -43,16 +43,68 @@ class ServerUnavailable(ServingError):
     """The server could not be reached (UNAVAILABLE after every retry)."""
 
 
+# The outputs a calibrated export adds (docs/architecture.md, "The serving contract"); older models lack them.
+REFER_OUTPUTS = ("ood_score", "in_distribution", "prediction_set", "refer")
+NOT_LIKE_TRAINING = "not like the training images"
+
+
+def refer_reason(in_distribution: bool, prediction_set: Sequence[str]) -> str:
+    """Why the model refers an image, in words: unlike its training images, or not exactly one stage fits."""
+    if not in_distribution:
+        return NOT_LIKE_TRAINING
+    if not prediction_set:
+        return "no stage fits with the required confidence"
+    if len(prediction_set) == 1:  # not referred by the set rule; the graph said refer all the same
+        return "referred by the model"
+    names = list(prediction_set)
+    return "could be " + ", ".join(names[:-1]) + " or " + names[-1]
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer: the class, every class's confidence, and the version that answered."""
+    """One image's answer: the class, every class's confidence, the version that answered, and the referral.
+
+    `refer` and its fields are None for a model exported without them (no calibration outputs).
+    """
 
     label: str
     confidences: dict[str, float]
     model_version: int | None = None
+    ood_score: float | None = None
+    in_distribution: bool | None = None
+    prediction_set: tuple[str, ...] | None = None  # class names, in class order
+    refer: bool | None = None
+
+    @property
+    def reason(self) -> str | None:
+        """Why the image is referred (None when it is not, or the model cannot say)."""
+        if not self.refer:
+            return None
+        return refer_reason(self.in_distribution is not False, self.prediction_set or ())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "confidences": self.confidences, "model_version": self.model_version}
+        out: dict[str, Any] = {"label": self.label, "confidences": self.confidences, "model_version": self.model_version}
+        if self.refer is not None:
+            out.update(ood_score=self.ood_score, in_distribution=self.in_distribution,
+                       prediction_set=list(self.prediction_set or ()), refer=self.refer, reason=self.reason)
+        return out
+
+
+def _refer_outputs(response: Any, count: int) -> list[dict[str, Any]]:
+    """Per image, the referral fields of a PredictResponse; empty dicts when the model has none of them."""
+    import numpy as np
+    from tensorflow.python.framework import tensor_util
+
+    if not all(name in response.outputs for name in REFER_OUTPUTS):
+        return [{} for _ in range(count)]
+    values = {name: np.asarray(tensor_util.MakeNdarray(response.outputs[name])) for name in REFER_OUTPUTS}
+    if values["prediction_set"].shape != (count, domain.NUM_CLASSES) or any(
+            values[name].shape != (count,) for name in ("ood_score", "in_distribution", "refer")):
+        raise ServingError("INTERNAL", "the referral outputs do not have one value (one row) per image: "
+                           + ", ".join(f"{k} {v.shape}" for k, v in values.items()))
+    return [{"ood_score": float(values["ood_score"][i]), "in_distribution": bool(values["in_distribution"][i]),
+             "prediction_set": tuple(n for n, inside in zip(domain.CLASS_NAMES, values["prediction_set"][i]) if inside),
+             "refer": bool(values["refer"][i])} for i in range(count)]
 
 
 def is_tiff(data: bytes) -> bool:
@@ -217,13 +269,15 @@ class ServingClient:
         served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         if probs.shape != (len(images), domain.NUM_CLASSES):
             raise ServingError("INTERNAL", f"expected probabilities of shape {(len(images), domain.NUM_CLASSES)}, got {probs.shape}")
+        refer = _refer_outputs(response, len(images))
         return [
             Prediction(
                 label=domain.CLASS_NAMES[int(row.argmax())],
                 confidences={name: float(p) for name, p in zip(domain.CLASS_NAMES, row)},
                 model_version=served,
+                **refer[i],
             )
-            for row in probs
+            for i, row in enumerate(probs)
         ]
 
     def classify(

@@ -21,7 +21,10 @@ def _human(result: dict) -> str:
     lines = []
     for item in result["predictions"]:
         version = f"  [{result['model']} v{item['model_version']}]" if item.get("model_version") is not None else ""
-        lines.append(f"{item['image']}: {item['label']} ({item['confidences'][item['label']]:.3f}){version}")
+        if item.get("refer"):  # the model refers this image: no stage headline, the reason instead
+            lines.append(f"{item['image']}: refer: {item['reason']}{version}")
+        else:
+            lines.append(f"{item['image']}: {item['label']} ({item['confidences'][item['label']]:.3f}){version}")
         lines.append("  " + "  ".join(f"{name} {p:.3f}" for name, p in item["confidences"].items()))
     return "\n".join(lines)
 
@@ -37,7 +40,11 @@ def predict(
     root_cert: Optional[Path] = typer.Option(None, "--root-cert", help="PEM root certificate: use TLS."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Print each image's class and every class's confidence."""
+    """Print each image's class and every class's confidence.
+
+    A model that knows when it does not know (docs/architecture.md) may refer an image: then the line
+    says `refer:` and why (not like the training images, or the stages it could be) instead of a stage.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the official stubs import TensorFlow
     from components import domain, settings
     from serving.client import ServerUnavailable, ServingClient, ServingError, prepare_image

@@ -32,3 +32,14 @@ def clean_synthetic_data(tmp_path_factory) -> dict:
     """Only clean, unique, learnable images (no duplicates or defects). Read-only."""
     root = tmp_path_factory.mktemp("synthetic-clean") / "data"
     return make_synthetic_dataset(root, per_class=12, size=32, seed=1, defects=False)
+
+
+@pytest.fixture(scope="session")
+def calibrated_export(tmp_path_factory) -> Path:
+    """One exported version of the project's tiny cnn with the calibration outputs (ood_score, refer, ...).
+
+    Trained, calibrated and exported once per session (~20 s on one core); copy it into a model base. Read-only.
+    """
+    from fixtures.calibrated_model import export_calibrated
+
+    return export_calibrated(tmp_path_factory.mktemp("calibrated") / "leukemia" / "1")

@@ -5,7 +5,8 @@ The REST server calls `handle()` for every path outside `/v1/` and `/monitoring/
 
 - `GET /` the page; `GET /ui/page.css`, `GET /ui/page.js` its files (from the package, no build step)
 - `GET /ui/models/{name}[/versions/{v}|/labels/{l}]` (or `/ui/model?name=..&label=..`) which version
-  answers, its classes and low-confidence threshold, and the upload limits (JSON); with neither version
+  answers, its classes and low-confidence threshold, whether it refers images (`referral`), and the upload
+  limits (JSON); with neither version
   nor label, the `stable` label when the server has one, else the latest version
 - `POST /v1/models/{name}[/versions/{v}|/labels/{l}]:explain` Grad-CAM for `{"instances": [{"b64": ...}]}`
 
@@ -176,6 +177,9 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
         "max_upload_bytes": upload_limit(manager),
         "max_pixels": _limit(manager, "max_image_pixels", "max_pixels", default=DEFAULT_MAX_PIXELS),
         "explain": (Path(servable.path) / "assets.extra" / "model.keras").is_file(),
+        # A calibrated export refers images (its :predict answer carries `refer`); None: an older model.
+        "referral": None if meta is None or meta.ood_threshold is None else {
+            "ood_val_referral_rate": meta.ood_val_referral_rate, "conformal_coverage": meta.conformal_coverage},
         "labels": _labels(manager, name),
     }
 

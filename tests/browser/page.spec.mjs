@@ -1,33 +1,12 @@
 // Drives the prediction page in Debian's headless Chromium (playwright-core, no downloaded browser).
 // Usage: node page.spec.mjs BASE_URL IMAGE SECOND_IMAGE TEXT_FILE [SCREENSHOT.png]
 // Prints one JSON object with what the page showed; exits non-zero (with the reason) on any failed check.
-import { chromium } from "playwright-core";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { runInChromium } from "./chromium.mjs";
 
 const [baseUrl, imagePath, secondImagePath, textPath, screenshotPath] = process.argv.slice(2);
-const executablePath = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const timeout = 60000;
-const result = { checks: [] };
 
-function check(condition, what) {
-  if (!condition) throw new Error(`check failed: ${what}`);
-  result.checks.push(what);
-}
-
-const userDataDir = mkdtempSync(join(tmpdir(), "leukoflow-chromium-"));
-let context;
-try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath,
-    headless: true,
-    viewport: { width: 1100, height: 900 },
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ],
-  });
+await runInChromium(async (context, result, check) => {
   const page = await context.newPage();
   page.setDefaultTimeout(timeout);
   const consoleErrors = [];
@@ -125,13 +104,4 @@ try {
   }
   check(consoleErrors.length === 0, `no JavaScript errors (${consoleErrors.join("; ")})`);
   check(external.length === 0, `nothing fetched from outside (${external.join(", ")})`);
-  result.ok = true;
-} catch (err) {
-  result.ok = false;
-  result.error = String(err && err.stack ? err.stack : err);
-} finally {
-  if (context) await context.close();
-  rmSync(userDataDir, { recursive: true, force: true });
-}
-console.log(JSON.stringify(result));
-process.exit(result.ok ? 0 : 1);
+});

@@ -60,12 +60,23 @@ def live_server(tmp_path_factory):
     server.stop()
 
 
-def test_page_in_headless_chromium(live_server, tmp_path):
+def run_spec(spec: str, args: list[str]) -> dict:
+    """Run a Node script of this folder against Chromium; its JSON result (the test fails on a failed check)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (make system-deps installs Debian's chromium)")
     node = shutil.which("node")
     assert node, "node is needed to drive the browser (Debian's nodejs)"
     assert (HERE / "node_modules" / "playwright-core").is_dir(), "playwright-core is missing: run `make system-deps`"
+    proc = subprocess.run([node, str(HERE / spec), *args], cwd=HERE, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(lines[-1])
+    assert proc.returncode == 0 and result["ok"], result.get("error") or proc.stderr
+    return result
+
+
+def test_page_in_headless_chromium(live_server, tmp_path):
 
     image = tmp_path / "smear.png"
     x, _ = quadrant_images(1, size=64, seed=7)
@@ -79,13 +90,7 @@ def test_page_in_headless_chromium(live_server, tmp_path):
     shot = _screenshot_path()
 
     url = f"http://127.0.0.1:{live_server.rest_port}"
-    cmd = [node, str(HERE / "page.spec.mjs"), url, str(image), str(second), str(text)] + ([shot] if shot else [])
-    proc = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads(lines[-1])
-    assert proc.returncode == 0 and result["ok"], result.get("error") or proc.stderr
+    result = run_spec("page.spec.mjs", [url, str(image), str(second), str(text)] + ([shot] if shot else []))
 
     assert result["stage_class"] in ("Benign", "Early", "Pre", "Pro")
     assert result["bars"] == 4

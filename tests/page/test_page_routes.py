@@ -188,3 +188,17 @@ def test_explain_unknown_model_version_label(manager):
     for path, (status, words) in cases.items():
         got, answer = _json(routes.handle("POST", path, {}, body, manager))
         assert got == status and words in answer["error"], (path, answer)
+
+
+def test_model_info_says_whether_the_model_refers(manager, calibrated_export):
+    from components import model_metadata
+    from components.servable import Servable
+
+    _, older = _json(routes.handle("GET", "/ui/models/leukemia", {}, b"", manager))
+    assert older["referral"] is None  # exported without a calibration: the page shows what it always did
+    calibrated = Manager(Servable.load(calibrated_export), {"stable": 1})
+    status, info = _json(routes.handle("GET", "/ui/models/leukemia", {}, b"", calibrated))
+    meta = model_metadata.read(calibrated_export)
+    assert status == 200 and 0 < meta.ood_val_referral_rate < 1
+    assert info["referral"] == {"ood_val_referral_rate": meta.ood_val_referral_rate,
+                                "conformal_coverage": meta.conformal_coverage}

@@ -170,14 +170,73 @@
     var names = info.class_names || [];
     var best = 0;
     for (var i = 1; i < probs.length; i++) if (probs[i] > probs[best]) best = i;
-    return { probabilities: probs, index: best, label: (row && row.label) || names[best] || String(best) };
+    var result = { probabilities: probs, index: best, label: (row && row.label) || names[best] || String(best) };
+    // A calibrated model also says when it does not know (docs/architecture.md, "The serving contract");
+    // an older model's answer has none of these and is shown as before.
+    if (row && !Array.isArray(row) && typeof row.refer === "boolean") {
+      result.refer = row.refer;
+      result.inDistribution = row.in_distribution !== false;
+      result.oodScore = row.ood_score;
+      result.predictionSet = [];
+      (row.prediction_set || []).forEach(function (inside, i) {
+        if (inside) result.predictionSet.push(names[i] || String(i));
+      });
+    }
+    return result;
   }
 
+  // Why the model refers an image, in a clinician's words (the same reasons as `leukoflow predict`).
+  function referReason(prediction) {
+    if (!prediction.inDistribution) {
+      return "This image is not like the images the model was trained on, so the model cannot judge it. " +
+        "Check the image (stain, magnification, microscope) and have a pathologist review it.";
+    }
+    var set = prediction.predictionSet || [];
+    if (!set.length) return "No stage fits with the required confidence.";
+    if (set.length > 1) {
+      var named = set.map(stageName);
+      return "The model cannot tell between " + named.slice(0, -1).join(", ") + " and " + named[named.length - 1] + ".";
+    }
+    return "The model refers this image.";
+  }
+
+  function referBox(prediction) {
+    var box = el("div", "refer");
+    box.setAttribute("role", "status");
+    box.setAttribute("data-testid", "refer");
+    box.setAttribute("data-reason", prediction.inDistribution ? "prediction_set" : "out_of_distribution");
+    var icon = el("span", "icon", "\u26a0");
+    icon.setAttribute("aria-hidden", "true");
+    var title = el("strong", "refer-title");
+    title.appendChild(icon);
+    title.appendChild(document.createTextNode(" Refer to a pathologist: no stage given"));
+    box.appendChild(title);
+    box.appendChild(el("span", "refer-reason", referReason(prediction)));
+    return box;
+  }
+
+  // The server computes few explanations at once (max_concurrent_explains, 1 by default) and answers
+  // 429 beyond that: this page asks for one at a time (several uploads would otherwise refuse each
+  // other's heatmaps) and retries a 429 (another reviewer's) a few times with backoff.
+  var explainQueue = Promise.resolve();
+  var EXPLAIN_RETRIES = 5;
+
   function explain(info, b64) {
+    var run = function () { return requestExplain(info, b64, 0); };
+    var next = explainQueue.then(run, run);
+    explainQueue = next.catch(function () { /* the card shows it */ });
+    return next;
+  }
+
+  function requestExplain(info, b64, attempt) {
     return requestJson(versionPath(info) + ":explain", {
       method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ instances: [{ b64: b64 }] })
-    }).then(function (answer) { return answer.explanations[0]; });
+    }).then(function (answer) { return answer.explanations[0]; }, function (err) {
+      if (err.status !== 429 || attempt >= EXPLAIN_RETRIES) throw err;
+      return new Promise(function (resolve) { setTimeout(resolve, 500 * Math.pow(2, attempt)); })
+        .then(function () { return requestExplain(info, b64, attempt + 1); });
+    });
   }
 
   function errorBox(err) {
@@ -225,11 +284,18 @@
 
   function renderResult(parts, info, prediction) {
     var probs = prediction.probabilities;
-    var names = info.class_names || [];
     var top = probs[prediction.index];
     var low = top < info.low_confidence_threshold;
     parts.status.remove();
     parts.card.setAttribute("aria-busy", "false");
+    if (prediction.refer) {
+      // Referred: the reason instead of a stage headline; the bars stay, for the reviewer's information.
+      parts.card.classList.add("referred");
+      parts.side.appendChild(referBox(prediction));
+      parts.side.appendChild(el("p", "bars-caption", "Confidence for every class, for information only:"));
+      renderBars(parts, info, prediction, "Confidence for every class (for information only: the image is referred)");
+      return;
+    }
     if (low) parts.card.classList.add("low");
 
     var stage = el("p", "stage");
@@ -252,11 +318,17 @@
       parts.side.appendChild(flag);
     }
 
+    renderBars(parts, info, prediction, "Confidence for every class");
+  }
+
+  function renderBars(parts, info, prediction, caption) {
+    var probs = prediction.probabilities;
+    var names = info.class_names || [];
     var list = el("ul", "bars");
-    list.setAttribute("aria-label", "Confidence for every class");
+    list.setAttribute("aria-label", caption);
     for (var i = 0; i < probs.length; i++) {
       var name = names[i] || String(i);
-      var item = el("li", i === prediction.index ? "best" : "");
+      var item = el("li", !prediction.refer && i === prediction.index ? "best" : "");
       item.appendChild(el("span", "cls", stageName(name)));
       var track = el("span", "track");
       track.setAttribute("aria-hidden", "true");
@@ -270,7 +342,9 @@
     parts.side.appendChild(list);
     parts.side.appendChild(el("p", "meta", "Answered by model " + info.name + ", version " + info.version +
       (info.label ? " (label \u201c" + info.label + "\u201d)" : "") +
-      ". Low-confidence threshold " + pct(info.low_confidence_threshold) + "."));
+      ". Low-confidence threshold " + pct(info.low_confidence_threshold) + "." +
+      (prediction.refer === undefined ? "" : " This model refers images unlike its training images, and images " +
+        "no single stage fits.")));
   }
 
   function addHeatmapToggle(parts, info, b64) {
@@ -300,7 +374,8 @@
       });
       var legend = el("div", "legend");
       legend.hidden = true;
-      legend.appendChild(el("span", null, "Influence on the predicted stage"));
+      legend.appendChild(el("span", null, parts.card.classList.contains("referred")
+        ? "Influence on the most likely class (the image is referred)" : "Influence on the predicted stage"));
       legend.appendChild(el("span", "scale"));
       var ends = el("span", "ends");
       ends.appendChild(el("span", null, "low"));
