@@ -270,10 +270,11 @@ def _trust_plots(models: dict, rows: list[str], assets: Path) -> Path | None:
     fig, axes = plt.subplots(1, 1 + len(rows), figsize=(4.2 * (1 + len(rows)), 4))
     for name in rows:
         curve = models[name]["metrics"]["referral"].get("risk_coverage", [])
-        axes[0].plot([100 * p["referred"] for p in curve], [100 * (p["accuracy"] or 0) for p in curve], marker=".",
-                     label=name)
+        (line,) = axes[0].plot([100 * p["referred"] for p in curve], [100 * (p["accuracy"] or 0) for p in curve],
+                               marker=".", label=name)
         point = models[name]["metrics"]["referral"]
-        axes[0].scatter([100 * point["test_referral_rate"]], [100 * (point.get("accepted_accuracy") or 0)], marker="x")
+        axes[0].scatter([100 * point["test_referral_rate"]], [100 * (point.get("accepted_accuracy") or 0)], marker="x",
+                        s=60, color=line.get_color())
     axes[0].set(xlabel="test images referred (%)", ylabel="accuracy of the accepted (%)", title="risk-coverage (x: refer)")
     axes[0].legend()
     for ax, name in zip(axes[1:], rows):
