@@ -52,6 +52,8 @@ def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report
         evaluate = evaluate_op(split=split.outputs["split"], trained=train.outputs["trained"],
                                external_dir=external_ood_dir)
         evaluate.set_cpu_request(DATA_CPU).set_memory_request(TRAIN_MEMORY)
+        if mount_data:  # the external smears (external_ood_dir) live on the dataset volume
+            mount_data(evaluate)
 
     compare_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]))
 
