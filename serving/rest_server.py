@@ -152,53 +152,8 @@ def _bounded_list(text: str, i: int, key: str, max_items: int) -> tuple[list, in
         i = _skip_ws(text, i + 1)
 
 
-def parse_request(body: bytes, max_items: int):
-    """The request body as JSON, with the batch lists (instances, inputs, examples) counted while parsing.
-
-    A body of millions of tiny instances is refused after max_items of them, in microseconds and without
-    building the rest; every other value is parsed by the standard decoder. Same result as json.loads.
-    """
-    try:
-        text = body.decode("utf-8")
-        i = _skip_ws(text, 0)
-        if not text.startswith("{", i):
-            return _parse_json(body)  # not an object: nothing to bound, and the caller says what is wrong
-        out: dict = {}
-        i = _skip_ws(text, i + 1)
-        if text.startswith("}", i):
-            i += 1
-        else:
-            while True:
-                key, i = _DECODER.raw_decode(text, i)
-                if not isinstance(key, str):
-                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, i)
-                i = _skip_ws(text, i)
-                if not text.startswith(":", i):
-                    raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
-                i = _skip_ws(text, i + 1)
-                if key in BATCH_KEYS and text.startswith("[", i):
-                    value, i = _bounded_list(text, i, key, max_items)
-                elif key == "inputs" and text.startswith("{", i):  # columnar: each named input's first dimension
-                    value, i = _bounded_columns(text, i, max_items)
-                else:
-                    value, i = _DECODER.raw_decode(text, i)
-                out[key] = value
-                i = _skip_ws(text, i)
-                if text.startswith("}", i):
-                    i += 1
-                    break
-                if not text.startswith(",", i):
-                    raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
-                i = _skip_ws(text, i + 1)
-        if _skip_ws(text, i) != len(text):
-            raise json.JSONDecodeError("Extra data", text, i)
-        return out
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise invalid_argument(f"JSON Parse error: {exc}") from None
-
-
-def _bounded_columns(text: str, i: int, max_items: int) -> tuple[dict, int]:
-    """The columnar `inputs` object: each value that is a list is bounded like `instances`."""
+def _bounded_object(text: str, i: int, value) -> tuple[dict, int]:
+    """A JSON object whose opening brace is at `i`; `value(key, text, j)` parses each member's value."""
     out: dict = {}
     i = _skip_ws(text, i + 1)
     if text.startswith("}", i):
@@ -210,17 +165,43 @@ def _bounded_columns(text: str, i: int, max_items: int) -> tuple[dict, int]:
         i = _skip_ws(text, i)
         if not text.startswith(":", i):
             raise json.JSONDecodeError("Expecting ':' delimiter", text, i)
-        i = _skip_ws(text, i + 1)
-        if text.startswith("[", i):
-            out[key], i = _bounded_list(text, i, key, max_items)
-        else:
-            out[key], i = _DECODER.raw_decode(text, i)
+        out[key], i = value(key, text, _skip_ws(text, i + 1))
         i = _skip_ws(text, i)
         if text.startswith("}", i):
             return out, i + 1
         if not text.startswith(",", i):
             raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
         i = _skip_ws(text, i + 1)
+
+
+def parse_request(body: bytes, max_items: int):
+    """The request body as JSON, with the batch lists (instances, inputs, examples) counted while parsing.
+
+    A body of millions of tiny instances is refused after max_items of them, in microseconds and without
+    building the rest; every other value is parsed by the standard decoder. Same result as json.loads.
+    """
+
+    def column(key: str, text: str, i: int):  # columnar `inputs`: each list value is bounded like `instances`
+        return _bounded_list(text, i, key, max_items) if text.startswith("[", i) else _DECODER.raw_decode(text, i)
+
+    def member(key: str, text: str, i: int):
+        if key in BATCH_KEYS and text.startswith("[", i):
+            return _bounded_list(text, i, key, max_items)
+        if key == "inputs" and text.startswith("{", i):
+            return _bounded_object(text, i, column)
+        return _DECODER.raw_decode(text, i)
+
+    try:
+        text = body.decode("utf-8")
+        i = _skip_ws(text, 0)
+        if not text.startswith("{", i):
+            return _parse_json(body)  # not an object: nothing to bound, and the caller says what is wrong
+        out, i = _bounded_object(text, i, member)
+        if _skip_ws(text, i) != len(text):
+            raise json.JSONDecodeError("Extra data", text, i)
+        return out
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise invalid_argument(f"JSON Parse error: {exc}") from None
 
 
 def predict_json(core: Any, name: str, version: int | None, label: str | None, body: bytes) -> dict:
