@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import math
 import re
 import threading
 import time
@@ -35,6 +36,7 @@ CLASSIFY_METHOD = "/tensorflow.serving.PredictionService/Classify"
 METADATA_TTL_S = 60.0            # how long a signature's output list is trusted before asking again
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_THREADS = 64
+DT_FLOAT = 1                     # TensorProto dtype enum
 # Headers that belong to one hop, not to the message (RFC 9110 7.6.1), and gRPC's own headers.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
@@ -105,14 +107,37 @@ class _Outputs:
             self._cache.clear()
 
 
-def _predict_reader(raw: bytes, label: str | None) -> Callable[[], tuple[dict, dict]]:
-    """Parse a PredictResponse later, in the writer's thread."""
+def _logged_arrays(outputs: Any, names: tuple[str, ...]) -> dict:
+    """The outputs a record copies, as numpy; the rest (label strings, prediction sets) are never converted.
+
+    Runs in the writer's thread but holds the GIL the gRPC threads need: float outputs with one value per
+    element (what the signature returns) take one numpy call, anything else goes through tensor_to_array.
+    """
+    import numpy as np
+
+    from monitoring.request_log import tensor_to_array
+
+    arrays = {}
+    for name in names:
+        if name not in outputs:
+            continue
+        proto = outputs[name]
+        shape = [d.size for d in proto.tensor_shape.dim]
+        if proto.dtype == DT_FLOAT and not proto.tensor_content and len(proto.float_val) == math.prod(shape):
+            arrays[name] = np.array(proto.float_val, np.float32).reshape(shape)
+        else:
+            arrays[name] = tensor_to_array(proto)
+    return arrays
+
+
+def _predict_reader(raw: bytes, label: str | None, names: tuple[str, ...]) -> Callable[[], tuple[dict, dict]]:
+    """Parse a PredictResponse later, in the writer's thread: only the outputs a record copies (`names`)."""
 
     def read() -> tuple[dict, dict]:
         from tensorflow_serving.apis import predict_pb2
 
         response = predict_pb2.PredictResponse.FromString(raw)
-        return _spec_meta(response.model_spec, label), dict(response.outputs)
+        return _spec_meta(response.model_spec, label), _logged_arrays(response.outputs, names)
 
     return read
 
@@ -159,9 +184,17 @@ class LoggingProxy:
         self._channel = grpc.insecure_channel(upstream_grpc, options=options)
         self._calls: dict[str, Any] = {}
         self._monitoring_outputs = tuple(FEATURE_OUTPUTS) + tuple(getattr(writer, "logged_outputs", ()))
+        self._logged = ("probabilities", "scores") + self._monitoring_outputs  # what a record copies
+        self._counted: dict[tuple[str, str], Any] = {}
         self._outputs = _Outputs(self._channel, lambda: self._monitoring_outputs)
         self._grpc: grpc.Server | None = None
         self._rest: ThreadingHTTPServer | None = None
+
+    def _count(self, api: str, code: str) -> None:
+        child = self._counted.get((api, code))
+        if child is None:  # a labels() lookup takes a lock and builds a key each call: keep the children
+            child = self._counted.setdefault((api, code), self.metrics.requests.labels(api, code))
+        child.inc()
 
     # ------------------------------------------------------------ gRPC
 
@@ -179,7 +212,7 @@ class LoggingProxy:
                 metadata=_passable(context.invocation_metadata()))
         except grpc.RpcError as err:
             code = err.code() or grpc.StatusCode.UNKNOWN
-            self.metrics.requests.labels(api, code.name).inc()
+            self._count(api, code.name)
             initial = _passable(err.initial_metadata() if hasattr(err, "initial_metadata") else ())
             if initial:
                 context.send_initial_metadata(initial)
@@ -189,7 +222,7 @@ class LoggingProxy:
         if initial:
             context.send_initial_metadata(initial)
         context.set_trailing_metadata(_passable(call.trailing_metadata()))
-        self.metrics.requests.labels(api, "OK").inc()
+        self._count(api, "OK")
         return response
 
     def _passthrough(self, method: str, body: bytes, context: grpc.ServicerContext) -> bytes:
@@ -224,28 +257,37 @@ class LoggingProxy:
         if not added:
             response = self._forward(method, body, context, "Predict")
             meta = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-            self.writer.submit(meta, _predict_reader(response, label), images)
+            self.writer.submit(meta, _predict_reader(response, label, self._logged), images)
             return response
         request.output_filter.extend(added)
         response = predict_pb2.PredictResponse.FromString(
             self._forward(method, request.SerializeToString(), context, "Predict"))
         meta = {**_spec_meta(response.model_spec, label),
                 "latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-        logged = {k: v for k, v in response.outputs.items()}
-        self.writer.submit(meta, lambda: ({}, logged), images)
+        logged = {k: response.outputs[k] for k in self._logged if k in response.outputs}  # protos: converted later
+        self.writer.submit(meta, lambda: ({}, _logged_arrays(logged, self._logged)), images)
         for name in added:  # the client gets exactly the outputs it asked for
             del response.outputs[name]
         return response.SerializeToString()
 
     def _grpc_handler(self) -> grpc.GenericRpcHandler:
         proxy = self
+        special = {PREDICT_METHOD: proxy._predict, CLASSIFY_METHOD: proxy._classify}
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def make(method: str) -> grpc.RpcMethodHandler:
+            fn = special.get(method, proxy._passthrough)
+            # Every TF Serving method is unary; raw bytes in and out.
+            return grpc.unary_unary_rpc_method_handler(lambda body, context: fn(method, body, context))
 
         class Handler(grpc.GenericRpcHandler):
             def service(self, details: grpc.HandlerCallDetails) -> Any:
-                method = details.method
-                fn = {PREDICT_METHOD: proxy._predict, CLASSIFY_METHOD: proxy._classify}.get(method, proxy._passthrough)
-                # Every TF Serving method is unary; raw bytes in and out.
-                return grpc.unary_unary_rpc_method_handler(lambda body, context: fn(method, body, context))
+                handler = handlers.get(details.method)
+                if handler is None:  # one per method name, built once
+                    if len(handlers) >= 256:  # method names come from clients: keep the cache bounded
+                        return make(details.method)
+                    handler = handlers.setdefault(details.method, make(details.method))
+                return handler
 
         return Handler()
 
@@ -304,11 +346,11 @@ class LoggingProxy:
                         conn.close()
                         local.conn = None
                         if attempt:
-                            proxy.metrics.requests.labels("rest", "503").inc()
+                            proxy._count("rest", "503")
                             self._reply(503, [("Content-Type", "application/json")],
                                         b'{"error": "TF Serving is not reachable behind the proxy"}')
                             return
-                proxy.metrics.requests.labels("rest", str(upstream.status)).inc()
+                proxy._count("rest", str(upstream.status))
                 match = REST_API.match(self.path.split("?", 1)[0])
                 if match and self.command == "POST" and upstream.status == 200:
                     meta = {"model": match["name"], "version": int(match["version"]) if match["version"] else None,
