@@ -9,7 +9,7 @@ On loopback only, every loop bounded by a count or a few seconds. Measured:
 - predict p50 idle, and while 4 clients ask for Grad-CAM explanations without pause;
 - REST answers (API and page) while 1,000 slow connections are held open;
 - failed `stable` requests while a reload that moves `stable` to a version not yet loaded is refused.
-The model: the promoted one under /work/main/.leukoflow/serving when present, else benchmarks.serving's
+The model: the newest promoted version in the state home's model store when present, else benchmarks.serving's
 choice (promoted in LEUKOFLOW_HOME, trained, or the quick profile's MobileNetV2 with random weights).
 Writes benchmarks/results/abuse.json and abuse.md and prints the table.
 """
@@ -31,7 +31,6 @@ import numpy as np
 
 from benchmarks.serving import MODEL, RESULTS, load_jpegs, rss_mb, start_server, stop_server
 
-MAIN_STORE = Path("/work/main/.leukoflow/serving")
 BIG_INSTANCES = 15_000_000
 EXPIRED = 16
 EXPLAIN_CLIENTS = 4
@@ -292,10 +291,13 @@ def main() -> None:
         model_dir = args.model_dir
         source = "given"
         if not model_dir:
-            promoted = sorted((p for p in (MAIN_STORE / MODEL).glob("*") if (p / "saved_model.pb").is_file()),
-                              key=lambda p: int(p.name)) if (MAIN_STORE / MODEL).is_dir() else []
+            from components import home
+
+            store = home.model_base() / MODEL
+            promoted = sorted((p for p in store.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()),
+                              key=lambda p: int(p.name)) if store.is_dir() else []
             if promoted:
-                model_dir, source = str(promoted[-1]), f"promoted version {promoted[-1].name} ({MAIN_STORE})"
+                model_dir, source = str(promoted[-1]), f"promoted version {promoted[-1].name} ({home.display(store)})"
         if model_dir:
             model = Path(model_dir)
         else:
