@@ -8,8 +8,8 @@ graph's `feature_*` outputs, ood_score/refer when the model has them) off the re
 What clients see is what TF Serving sends:
 - gRPC: every method is forwarded as raw bytes (generic handler); status code, details, initial and
   trailing metadata pass through. A Predict with no output_filter is forwarded byte for byte and its
-  response returned byte for byte (parsed later, in the writer's thread). A Predict *with* an
-  output_filter gets the monitoring outputs added upstream (when the signature has them, from a cached
+  response returned byte for byte (parsed later, in the writer's thread, in batches: LOG_LINGER_S).
+  A Predict *with* an output_filter gets the monitoring outputs added upstream (when the signature has them, from a cached
   GetModelMetadata) and stripped from the reply, so the client receives exactly the outputs it asked for.
 - REST: method, path, headers and body forwarded; status, headers and body returned unchanged.
 No image bytes and no identifiers are logged unless the writer was opened with store_images.
@@ -37,6 +37,10 @@ METADATA_TTL_S = 60.0            # how long a signature's output list is trusted
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_THREADS = 64
 DT_FLOAT = 1                     # TensorProto dtype enum
+# How long a response waits in the writer's queue before it is parsed, so the writer's thread works in
+# batches: on 2 cores a per-response wake-up, cache-cold, beside TF Serving's inference, cost the
+# proxy 0.5 ms p50 (benchmarks/results/serving.md). Records reach the file this much later.
+LOG_LINGER_S = 0.25
 # Headers that belong to one hop, not to the message (RFC 9110 7.6.1), and gRPC's own headers.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
@@ -107,6 +111,28 @@ class _Outputs:
             self._cache.clear()
 
 
+class _Batches:
+    """Holds the writer's thread until a batch of responses has gathered (see LOG_LINGER_S).
+
+    Called only from the writer's one thread, before it parses a response: the first response submitted
+    after the current batch began waits until it is `linger_s` old; the ones submitted before that (those
+    queued behind it) are read at once. Records are never held back past that: flush() and close() of the
+    writer still see every response queued, and the writer's bounded queue counts drops as before.
+    """
+
+    def __init__(self, linger_s: float) -> None:
+        self.linger_s = linger_s
+        self._began = float("-inf")
+
+    def wait(self, submitted: float) -> None:
+        if submitted <= self._began:
+            return
+        delay = submitted + self.linger_s - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._began = time.monotonic()
+
+
 def _logged_arrays(outputs: Any, names: tuple[str, ...]) -> dict:
     """The outputs a record copies, as numpy; the rest (label strings, prediction sets) are never converted.
 
@@ -171,7 +197,8 @@ class LoggingProxy:
 
     def __init__(self, upstream_grpc: str, upstream_rest: str | None, writer: Any, *, host: str = "0.0.0.0",
                  grpc_port: int = 8500, rest_port: int = 8501, threads: int = DEFAULT_THREADS,
-                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, metrics: ProxyMetrics | None = None) -> None:
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, metrics: ProxyMetrics | None = None,
+                 log_linger_s: float = LOG_LINGER_S) -> None:
         from components.image_features import FEATURE_OUTPUTS
 
         self.writer = writer
@@ -186,6 +213,7 @@ class LoggingProxy:
         self._monitoring_outputs = tuple(FEATURE_OUTPUTS) + tuple(getattr(writer, "logged_outputs", ()))
         self._logged = ("probabilities", "scores") + self._monitoring_outputs  # what a record copies
         self._counted: dict[tuple[str, str], Any] = {}
+        self._batches = _Batches(log_linger_s)
         self._outputs = _Outputs(self._channel, lambda: self._monitoring_outputs)
         self._grpc: grpc.Server | None = None
         self._rest: ThreadingHTTPServer | None = None
@@ -195,6 +223,16 @@ class LoggingProxy:
         if child is None:  # a labels() lookup takes a lock and builds a key each call: keep the children
             child = self._counted.setdefault((api, code), self.metrics.requests.labels(api, code))
         child.inc()
+
+    def _submit(self, meta: dict, read: Callable[[], tuple[dict, dict]], images: list[bytes] | None = None) -> None:
+        """Queue a response for the writer now (bounded, counted); it is parsed later, in a batch."""
+        submitted, batches = time.monotonic(), self._batches
+
+        def deferred() -> tuple[dict, dict]:
+            batches.wait(submitted)
+            return read()
+
+        self.writer.submit(meta, deferred, images)
 
     # ------------------------------------------------------------ gRPC
 
@@ -235,7 +273,7 @@ class LoggingProxy:
         started = time.perf_counter()
         response = self._forward(method, body, context, "Classify")
         meta = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-        self.writer.submit(meta, _classify_reader(response, request.model_spec.version_label or None))
+        self._submit(meta, _classify_reader(response, request.model_spec.version_label or None))
         return response
 
     def _predict(self, method: str, body: bytes, context: grpc.ServicerContext) -> bytes:
@@ -257,7 +295,7 @@ class LoggingProxy:
         if not added:
             response = self._forward(method, body, context, "Predict")
             meta = {"latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-            self.writer.submit(meta, _predict_reader(response, label, self._logged), images)
+            self._submit(meta, _predict_reader(response, label, self._logged), images)
             return response
         request.output_filter.extend(added)
         response = predict_pb2.PredictResponse.FromString(
@@ -265,7 +303,7 @@ class LoggingProxy:
         meta = {**_spec_meta(response.model_spec, label),
                 "latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
         logged = {k: response.outputs[k] for k in self._logged if k in response.outputs}  # protos: converted later
-        self.writer.submit(meta, lambda: ({}, _logged_arrays(logged, self._logged)), images)
+        self._submit(meta, lambda: ({}, _logged_arrays(logged, self._logged)), images)
         for name in added:  # the client gets exactly the outputs it asked for
             del response.outputs[name]
         return response.SerializeToString()
@@ -356,7 +394,7 @@ class LoggingProxy:
                     meta = {"model": match["name"], "version": int(match["version"]) if match["version"] else None,
                             "label": match["label"], "signature": None,
                             "latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-                    proxy.writer.submit(meta, _rest_reader(data, match["verb"]))
+                    proxy._submit(meta, _rest_reader(data, match["verb"]))
                 self._reply(upstream.status, upstream.getheaders(), data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815

@@ -79,3 +79,48 @@ def test_reader_records_equal_those_from_the_full_response():
     got = records_from_outputs(meta, arrays)
     assert len(got) == 3 and "features" in got[0] and "outputs" in got[0]
     assert got == records_from_outputs(meta, full)
+
+
+def test_the_writer_reads_responses_in_batches_and_loses_none(tmp_path, monkeypatch):
+    """Responses wait for the writer in a batch (LOG_LINGER_S): one write for many calls, none lost at stop."""
+    from concurrent import futures
+
+    import grpc
+
+    from components.image_features import FEATURE_OUTPUTS
+    from monitoring import request_log
+    from monitoring.proxy import PREDICT_METHOD, LoggingProxy
+
+    rng = np.random.default_rng(1)
+    canned = _response({"probabilities": rng.dirichlet(np.ones(4), size=1).astype(np.float32),
+                        **{name: rng.random(1).astype(np.float32) for name in FEATURE_OUTPUTS}})
+
+    class Upstream(grpc.GenericRpcHandler):
+        def service(self, details):
+            return grpc.unary_unary_rpc_method_handler(lambda body, context: canned)
+
+    writes = []
+    real_append = request_log.RequestLog.append_lines
+    monkeypatch.setattr(request_log.RequestLog, "append_lines",
+                        lambda self, data: (writes.append(data.count(b"\n")), real_append(self, data))[1])
+    upstream = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Upstream()])
+    port = upstream.add_insecure_port("127.0.0.1:0")
+    upstream.start()
+    writer = request_log.RequestLogWriter(tmp_path)
+    proxy = LoggingProxy(f"127.0.0.1:{port}", None, writer, host="127.0.0.1", grpc_port=0, rest_port=-1,
+                         log_linger_s=1.0).start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{proxy.grpc_port}")
+        predict = channel.unary_unary(PREDICT_METHOD)
+        for _ in range(8):
+            assert predict(b"", timeout=10) == canned  # the reply is not held back, only the record
+        assert writer.flush(timeout=10)
+        assert sum(writes) == 8 and len(writes) <= 2, writes  # unbatched, each call is a write of its own
+        for _ in range(3):
+            predict(b"", timeout=10)
+        channel.close()
+    finally:
+        proxy.stop()  # closes the writer: what is queued is written, fresh or not
+        upstream.stop(0)
+    lines = (tmp_path / request_log.FILE_NAME).read_text().splitlines()
+    assert len(lines) == 11 and writer.dropped == 0
