@@ -36,6 +36,7 @@ CLASSIFY_METHOD = "/tensorflow.serving.PredictionService/Classify"
 METADATA_TTL_S = 60.0            # how long a signature's output list is trusted before asking again
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_THREADS = 64
+MAX_METHODS = 256                # gRPC method names whose handler and upstream call are kept
 DT_FLOAT = 1                     # TensorProto dtype enum
 # How long a response waits in the writer's queue before it is parsed, so the writer's thread works in
 # batches: on 2 cores a per-response wake-up, cache-cold, beside TF Serving's inference, cost the
@@ -239,6 +240,8 @@ class LoggingProxy:
     def _upstream(self, method: str) -> Any:
         call = self._calls.get(method)
         if call is None:  # identity (de)serializers: bytes in, bytes out
+            if len(self._calls) >= MAX_METHODS:  # method names come from clients: a bounded cache
+                return self._channel.unary_unary(method)
             call = self._calls.setdefault(method, self._channel.unary_unary(method))
         return call
 
@@ -322,7 +325,7 @@ class LoggingProxy:
             def service(self, details: grpc.HandlerCallDetails) -> Any:
                 handler = handlers.get(details.method)
                 if handler is None:  # one per method name, built once
-                    if len(handlers) >= 256:  # method names come from clients: keep the cache bounded
+                    if len(handlers) >= MAX_METHODS:  # method names come from clients: a bounded cache
                         return make(details.method)
                     handler = handlers.setdefault(details.method, make(details.method))
                 return handler
