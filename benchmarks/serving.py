@@ -429,6 +429,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _display(path: Path) -> str:
+    """No machine paths in the committed results: relative to the repo or the state home."""
+    from components import home
+
+    return home.display(path)
+
+
 def run(model_dir: str | None, iterations: int, duration_s: float, clients: list[int], images: int, out_dir: Path,
         batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -463,7 +470,7 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
     proxy_overhead = proxy["proxy_grpc_latency"]["p50_ms"] - proxy["direct_grpc_latency"]["p50_ms"]
     dropped = server["batching_on"]["log_dropped"] + server["batching_off"]["log_dropped"] + proxy["log_dropped"]
     results = {
-        "model_source": origin, "model_dir": str(source), "images": len(jpegs), "iterations": iterations,
+        "model_source": origin, "model_dir": _display(source), "images": len(jpegs), "iterations": iterations,
         "duration_s": duration_s, "clients": clients,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "host": {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
