@@ -1,7 +1,8 @@
 """run_evaluate: the exported model on the test split -> metrics.json (docs/architecture.md schema) + confusion matrix PNG.
 
-Predictions go through the SavedModel's `serving_default` on the original encoded bytes (what
-serving will see); robustness goes through `predict_pixels` on perturbed test pixels.
+Everything goes through the SavedModel's `serving_default` on encoded bytes, as a client sends them:
+the original test images, their perturbed copies (components/evaluate/robustness.py) and, when given,
+another lab's smears (referral, calibration and OOD figures from components/evaluate/trust.py).
 """
 
 from __future__ import annotations
@@ -28,10 +29,6 @@ def find_saved_model(model_dir: str | Path) -> Path:
         if (candidate / "saved_model.pb").is_file():
             return candidate
     raise FileNotFoundError(f"no SavedModel (saved_model.pb) in {model_dir} or {model_dir / 'saved_model'}")
-
-
-def _batched(fn, values, batch: int) -> np.ndarray:
-    return np.concatenate([fn(values[i:i + batch]) for i in range(0, len(values), batch)])
 
 
 def latency(serve, encoded: list[bytes], runs: int = 50, batch: int = 32, batch_runs: int = 5) -> dict:
