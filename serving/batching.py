@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from serving.errors import deadline_exceeded, from_exception, invalid_argument, resource_exhausted
+from serving.errors import deadline_exceeded, detached_error, invalid_argument, resource_exhausted
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class Batcher:
                     start += t.size
             except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
                 for t in batch:
-                    t.error = from_exception(exc)
+                    t.error = detached_error(exc)
             finally:
                 for t in batch:
                     t.done.set()
@@ -257,7 +257,7 @@ class Batcher:
             task.result = task.runner(task.inputs)
             self._record(task.size)
         except BaseException as exc:  # noqa: BLE001 - the waiting request gets the error
-            task.error = from_exception(exc)
+            task.error = detached_error(exc)
         finally:
             task.done.set()
 

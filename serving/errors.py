@@ -116,6 +116,17 @@ def from_exception(exc: BaseException) -> ServingError:
     return internal(f"{type(exc).__name__}: {exc}")
 
 
+def detached_error(exc: BaseException) -> ServingError:
+    """`from_exception` as a fresh error with no traceback: safe to keep in a local or hand to another thread.
+
+    Keeping the caught exception itself in a handler's local forms a cycle (error -> traceback -> the handler's
+    frame -> error) that holds the request, body and parse state alive until a full garbage collection: it kept
+    about 100 MB per refused 60 MB REST body.
+    """
+    err = from_exception(exc)
+    return ServingError(err.code, err.message)
+
+
 def graph_error_message(text: str) -> str:
     """The op's own message out of a TF graph error.
 

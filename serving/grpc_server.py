@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from serving.errors import from_exception
+from serving.errors import detached_error
 from serving.handlers import classify, get_model_metadata, get_model_status, predict, reload_config, spec_parts
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _servicer_classes() -> tuple[type, type]:
                 version = response.model_spec.version.value if hasattr(response, "model_spec") else version
                 return response
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
-                err = from_exception(exc)
+                err = detached_error(exc)
                 code = err.code.name
                 version = getattr(self.core.local, "version", None) or version  # the version that failed, if resolved
                 if err.code == grpc.StatusCode.INTERNAL:
@@ -70,14 +70,14 @@ def _servicer_classes() -> tuple[type, type]:
             try:
                 return get_model_status(self.core, request)
             except Exception as exc:  # noqa: BLE001
-                err = from_exception(exc)
+                err = detached_error(exc)
                 context.abort(err.code, err.message)
 
         def HandleReloadConfigRequest(self, request, context):  # noqa: N802
             try:
                 return reload_config(self.core, request)
             except Exception as exc:  # noqa: BLE001
-                err = from_exception(exc)
+                err = detached_error(exc)
                 context.abort(err.code, err.message)
 
     return PredictionServicer, ModelServicer

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from serving.errors import ServingError, from_exception, invalid_argument
+from serving.errors import ServingError, detached_error, invalid_argument
 from serving.limits import check_batch, example_images
 from components.servable import DEFAULT_SIGNATURE, example_list
 
@@ -237,7 +237,7 @@ def reload_config(core: Any, request: Any) -> Any:
     try:
         core.manager.set_config(entries_from_proto(request.config))
     except Exception as exc:  # noqa: BLE001
-        err = from_exception(exc)
+        err = detached_error(exc)
         response.status.error_code = err.code.value[0]
         response.status.error_message = err.message
         raise ServingError(err.code, err.message) from None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from serving.errors import ServingError, failed_precondition, from_exception, invalid_argument, not_found, servable_not_found
+from serving.errors import ServingError, detached_error, failed_precondition, invalid_argument, not_found, servable_not_found
 from components.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ class ModelManager:
             if self._warmup:
                 servable.warmup()
         except Exception as exc:  # noqa: BLE001 - a broken version must not take the server down
-            err = from_exception(exc)
+            err = detached_error(exc)
             log.error("%s version %d failed to load: %s", entry.name, version, err.message)
             self._failed[(entry.name, version)] = mtime
             self._set_state(entry.name, version, END, err)

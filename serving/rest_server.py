@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from serving import handlers as api
-from serving.errors import ServingError, from_exception, invalid_argument
+from serving.errors import ServingError, detached_error, invalid_argument
 from serving.limits import check_message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -607,8 +607,9 @@ class RestServer:
             else:
                 status, ctype, payload, extra = await self.loop.run_in_executor(
                     self.pool, self._answer, method, target, headers, body)
-            if len(body) >= BIG_BODY_BYTES and status >= 400:
-                del body
+            # The body is not kept while the answer is written or the connection waits for its next request.
+            size, body = len(body), b""
+            if size >= BIG_BODY_BYTES and status >= 400:
                 await self.loop.run_in_executor(self.pool, _release_memory)
             await self._write(writer, status, b"" if method == "HEAD" else payload, ctype, extra, close,
                               length=len(payload))
@@ -678,7 +679,7 @@ class RestServer:
                 return 200, "application/json", status_json(core, model, version, label).encode(), {}
             raise invalid_argument(f"Malformed request: {method} {path}")
         except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error, never a dropped connection
-            err = from_exception(exc)
+            err = detached_error(exc)
             code = err.code.name
             if err.code == grpc.StatusCode.INTERNAL:
                 log.exception("REST %s %s failed", method, path)
