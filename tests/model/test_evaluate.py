@@ -160,6 +160,11 @@ def test_calibration_numbers_by_hand():
     q = calibration.conformal_quantile(probs, labels, 0.9)
     sets = calibration.prediction_sets(probs, q)
     assert sets[np.arange(200), labels].mean() >= 0.9
+    # A validation split with no error: the likelihood alone would sharpen without limit (to the 0.05 bound).
+    true = np.array([0, 1, 2, 3] * 50)
+    clean = np.eye(4)[true] * 8.0 + rng.normal(0, 0.5, (200, 4))
+    assert 0.3 < calibration.fit_temperature(clean, true) <= 1.0
+    assert calibration.fit_temperature(clean, true, prior_sd=1e6) < 0.3  # flat at machine precision long before
     # Mahalanobis: a far-away point scores far higher than the training points.
     feats = rng.normal(0, 1, (200, 5)) + np.eye(4, 5)[labels] * 3
     means, whitening = calibration.fit_mahalanobis(feats, labels, 4)
