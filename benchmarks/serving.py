@@ -346,7 +346,7 @@ def proxy_and_measure(config: Path, jpegs: list[bytes], iterations: int, duratio
                       workdir: Path, batching_config: Path, batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
     """The production path: the proxy (logging) in front of a server that does not log, as TF Serving does not.
 
-    Latency: the same unbatched server called directly and through the proxy, alternately in blocks, so
+    Latency: the same unbatched server called directly and through the proxy, alternately call by call, so
     load drift on the shared machine hits both. Throughput: a batched server through the proxy.
     """
     out: dict = {}
@@ -354,10 +354,14 @@ def proxy_and_measure(config: Path, jpegs: list[bytes], iterations: int, duratio
     proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log", workdir / "proxy.log")
     try:
         direct, via = grpc_caller(grpc_port, jpegs), grpc_caller(proxy_port, jpegs)
+        for i in range(5):  # warm-up
+            direct(i), via(i)
         direct_s, via_s = [], []
-        for block in range(4):
-            direct_s += timed(direct, iterations // 4)
-            via_s += timed(via, iterations // 4)
+        for i in range(iterations):  # interleaved call by call, so load drift on the machine hits both alike
+            for call, samples in ((direct, direct_s), (via, via_s)):
+                start = time.perf_counter()
+                call(i)
+                samples.append(time.perf_counter() - start)
         out["direct_grpc_latency"], out["proxy_grpc_latency"] = percentiles(direct_s), percentiles(via_s)
     finally:
         stop_server(proxy)

@@ -208,7 +208,6 @@ def proxy_cmd(
                                     help="Further signature outputs to copy into each record, comma-separated, when present."),
     log_images: bool = typer.Option(False, "--log-images", help="Also store each image (base64); off by default."),
     max_pending: int = typer.Option(4096, "--max-pending", help="Responses waiting for the writer before records are dropped."),
-    threads: int = typer.Option(64, "--threads", help="Calls forwarded at once per front end."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once listening."),
 ) -> None:
     """Pass-through request-logging proxy in front of tensorflow/serving (same pod; docs/monitoring.md)."""
@@ -226,8 +225,7 @@ def proxy_cmd(
                                   max_pending=max_pending, on_drop=metrics.log_dropped.inc,
                                   logged_outputs=tuple(o.strip() for o in log_outputs.split(",") if o.strip()))
         proxy = LoggingProxy(upstream_grpc, None if upstream_rest.lower() == "none" else upstream_rest, writer,
-                             host=host, grpc_port=grpc_port, rest_port=rest_port, threads=threads,
-                             metrics=metrics).start()
+                             host=host, grpc_port=grpc_port, rest_port=rest_port, metrics=metrics).start()
     except (OSError, ValueError) as exc:
         fail(f"cannot start the proxy: {exc}", as_json)
         return

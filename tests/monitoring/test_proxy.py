@@ -70,7 +70,7 @@ def _predict(images: list[bytes], output_filter=(), name="leukemia"):
 
 
 def _records(stack) -> list[dict]:
-    assert stack["writer"].flush()
+    assert stack["proxy"].flush()
     path = stack["root"] / "log" / "requests.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -162,20 +162,24 @@ def test_metadata_and_status_pass_through_a_generic_upstream(tmp_path):
 
 
 def test_output_filter_honoured_and_records_equal_the_graph(stack):
-    via, _ = _stubs(stack["via"])
+    via, direct = _stubs(stack["via"])[0], _stubs(stack["direct"])[0]
     before = len(_records(stack))
     rng = np.random.default_rng(5)
     images = [png(smear(c, rng, size=s)) for c, s in (("Benign", 32), ("Pro", 64))]
     filtered = via.Predict(_predict(images, output_filter=["probabilities"]), timeout=30)
-    assert set(filtered.outputs) == {"probabilities"}  # the features were fetched for the log, then stripped
+    assert filtered == direct.Predict(_predict(images, output_filter=["probabilities"]), timeout=30)
+    assert set(filtered.outputs) == {"probabilities"}  # TF Serving honours it; the proxy never changes a request
     full = via.Predict(_predict(images), timeout=30)
     assert set(full.outputs) == {"probabilities", "label", *FEATURE_OUTPUTS}  # as TF Serving sends them
     records = _records(stack)[before:]
     assert len(records) == 4
-    for offset in (0, 2):  # the filtered call, then the plain one: each logs the graph's features per image
+    for offset in (0, 2):
         for i, image in enumerate(images):
             record = records[offset + i]
-            assert record["features"] == pytest.approx(encoded_image_features(image), abs=1e-4)
+            if offset:  # the plain call: the graph's features, per image
+                assert record["features"] == pytest.approx(encoded_image_features(image), abs=1e-4)
+            else:  # the filtered call: what it asked for, no features (the drift check skips it)
+                assert "features" not in record
             assert record["model"] == "leukemia" and record["version"] == 1
             assert set(record) <= {"timestamp", "model", "version", "label", "signature", "latency_ms",
                                    "predicted_label", "confidences", "features"}  # no image, no identifier
