@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> dict:
-    """One local run of the smoke profile (32x32, two epochs), shared by the checks below."""
+    """One local run of the smoke profile (32x32, four epochs for the CNN, two for the others), shared by the checks below."""
     base = tmp_path_factory.mktemp("e2e")
     data = make_synthetic_dataset(base / "data", per_class=24, size=32, seed=3)
     env = dict(os.environ, LEUKOFLOW_HOME=str(base / "home"))
