@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ def _one_hot(ds):
     return ds.map(lambda x, y: (x, tf.one_hot(y, domain.NUM_CLASSES)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _compile(model, learning_rate: float, label_smoothing: float) -> None:
+def _compile(model, learning_rate, label_smoothing: float) -> None:
     import keras
 
     model.compile(
@@ -174,6 +175,7 @@ def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, we
     of stain, lamp and camera at the cost of one bottom pass per copy. Returns the history and the
     pooled mid-level features of every cached training copy (the OOD score is fitted on them).
     """
+    import keras
     import tensorflow as tf
 
     bottom, top = _bottom_and_top(model, config)
@@ -210,7 +212,11 @@ def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, we
         ds = ds.batch(config.batch_size)
         return ds.map(lambda a, b: ((tf.cast(a, tf.float32) - mean) / std, b)).prefetch(tf.data.AUTOTUNE)
 
-    _compile(top, config.learning_rate, config.label_smoothing)
+    learning_rate = config.learning_rate
+    if config.cosine_decay:  # a constant rate left the validation loss jumping epoch to epoch (0.044 -> 0.173 -> 0.057)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.epochs * math.ceil(len(train_x) / config.batch_size), alpha=0.05)
+    _compile(top, learning_rate, config.label_smoothing)
     history = _fit(top, as_ds(train_x, train_y, True), as_ds(val_x, val_y, False), epochs=config.epochs,
                    initial_epoch=0, config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
     if standardise:

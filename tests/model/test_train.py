@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from components.settings import ModelConfig
 from components.train import input as train_input
@@ -72,10 +73,11 @@ def test_precise_batchnorm_sets_exact_statistics():
     assert bn.momentum == 0.99
 
 
-def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path):
+@pytest.mark.parametrize("cosine_decay", [False, True])
+def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path, cosine_decay):
     """The head trained on standardised cached features, folded into Dense, gives the same val accuracy in the full model."""
     config = ModelConfig("resnet50", image_size=32, weights="none", batch_size=16, epochs=3, patience=3,
-                         cache_features=True, augment=False)
+                         cache_features=True, augment=False, cosine_decay=cosine_decay)
     result = run_train(tiny_split, tmp_path / "r50", config, verbose=0, export_saved_model=False)
     history = json.loads((tmp_path / "r50" / "history.json").read_text())
     best = int(np.argmin(history["val_loss"]))
