@@ -380,16 +380,8 @@ def proxy_and_measure(config: Path, jpegs: list[bytes], iterations: int, duratio
     server, grpc_port, rest_port = start_server(config, False, workdir / "server-for-proxy.log")
     proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log", workdir / "proxy.log")
     try:
-        direct, via = grpc_caller(grpc_port, jpegs), grpc_caller(proxy_port, jpegs)
-        for i in range(5):  # warm-up
-            direct(i), via(i)
-        direct_s, via_s = [], []
-        for i in range(iterations):  # interleaved call by call, so load drift on the machine hits both alike
-            for call, samples in ((direct, direct_s), (via, via_s)):
-                start = time.perf_counter()
-                call(i)
-                samples.append(time.perf_counter() - start)
-        out["direct_grpc_latency"], out["proxy_grpc_latency"] = percentiles(direct_s), percentiles(via_s)
+        paired = paired_latency(grpc_caller(grpc_port, jpegs), grpc_caller(proxy_port, jpegs), iterations)
+        out["direct_grpc_latency"], out["proxy_grpc_latency"] = paired["reference"], paired["call"]
     finally:
         stop_server(proxy)
         stop_server(server)

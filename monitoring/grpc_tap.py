@@ -314,7 +314,6 @@ class GrpcRelay:
         self._threads: list[threading.Thread] = []
         self._warned = float("-inf")
         self.lost_connections = 0
-        self.refused_connections = 0
 
     # ------------------------------------------------------------ relay (event loop thread)
 
@@ -322,7 +321,6 @@ class GrpcRelay:
         conn = _Connection(self)
         half = _Half(conn, True)
         if len(self._connections) >= self._max_connections:
-            self.refused_connections += 1
             self._loop.call_soon(lambda: half.transport and half.transport.abort())
             conn.tapped = False
             conn.closed = True

@@ -146,10 +146,6 @@ class LoggingProxy:
             child = self._counted.setdefault((api, code), self.metrics.requests.labels(api, code))
         child.inc()
 
-    def _submit(self, meta: dict, read: Callable[[], tuple[dict, dict]], images: list[bytes] | None = None) -> None:
-        """Queue a response for the writer (bounded, counted); it is parsed in the writer's thread."""
-        self.writer.submit(meta, read, images)
-
     # ------------------------------------------------------------ gRPC (the tap thread)
 
     def _exchange(self, exchange: Any) -> None:
@@ -158,8 +154,8 @@ class LoggingProxy:
         if exchange.status != 0 or exchange.method not in (PREDICT_METHOD, CLASSIFY_METHOD):
             return
         meta = {"latency_ms": round(exchange.latency_ms, 3)}
-        if exchange.request is None or exchange.response is None:  # over max_message_bytes, or compressed unknown
-            self._submit(meta, _unreadable)
+        if exchange.request is None or exchange.response is None:
+            self.writer.drop(1, "a gRPC call the tap could not read (over max_message_bytes, or compressed)")
             return
         try:
             if exchange.method == PREDICT_METHOD:
@@ -169,20 +165,19 @@ class LoggingProxy:
                 images = None
                 if getattr(self.writer, "store_images", False):
                     images = [bytes(v) for t in request.inputs.values() if t.dtype == 7 for v in t.string_val]
-                self._submit(meta, _predict_reader(exchange.response, request.model_spec.version_label or None,
+                self.writer.submit(meta, _predict_reader(exchange.response, request.model_spec.version_label or None,
                                                    self._logged), images)
             else:
                 from tensorflow_serving.apis import classification_pb2
 
                 request = classification_pb2.ClassificationRequest.FromString(exchange.request)
-                self._submit(meta, _classify_reader(exchange.response, request.model_spec.version_label or None))
+                self.writer.submit(meta, _classify_reader(exchange.response, request.model_spec.version_label or None))
         except Exception:  # noqa: BLE001 - an unparsable request is dropped and counted, never fatal
-            self._submit(meta, _unreadable)
+            self.writer.drop(1, "a gRPC request that is not a TF Serving message")
 
     def _untapped(self, lost_exchanges: int) -> None:
         self.metrics.untapped.inc()
-        for _ in range(lost_exchanges):
-            self._submit({}, _unreadable)
+        self.writer.drop(lost_exchanges, "a gRPC connection is no longer read by the tap")
 
     # ------------------------------------------------------------ REST
 
@@ -249,7 +244,7 @@ class LoggingProxy:
                     meta = {"model": match["name"], "version": int(match["version"]) if match["version"] else None,
                             "label": match["label"], "signature": None,
                             "latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
-                    proxy._submit(meta, _rest_reader(data, match["verb"]))
+                    proxy.writer.submit(meta, _rest_reader(data, match["verb"]))
                 self._reply(upstream.status, upstream.getheaders(), data)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815
@@ -292,11 +287,6 @@ class LoggingProxy:
         if self._relay is not None:
             self._relay.stop()  # reads what the tap has queued, so its records reach the writer
         self.writer.close()
-
-
-def _unreadable() -> tuple[dict, dict]:
-    raise ValueError("the tap could not read this call (over max_message_bytes, compressed, or not a "
-                     "TF Serving message)")
 
 
 def _rest_reader(raw: bytes, verb: str) -> Callable[[], tuple[dict, dict]]:

@@ -387,7 +387,8 @@ class RequestLogWriter:
                             "counted until it is usable", self.directory, exc)
         return self._log
 
-    def _drop(self, count: int, why: str) -> None:
+    def drop(self, count: int, why: str) -> None:
+        """Count records lost before they reached the writer or in it; warns at most once a minute."""
         if count <= 0:
             return
         with self._lock:
@@ -414,7 +415,7 @@ class RequestLogWriter:
         if not fits:
             probs = outputs.get("probabilities", outputs.get("scores")) if isinstance(outputs, dict) else None
             rows = np.shape(probs)[0] if isinstance(probs, np.ndarray) and np.ndim(probs) else 1
-            self._drop(int(rows), "the writer is behind (queue full)")
+            self.drop(int(rows), "the writer is behind (queue full)")
 
     def _drain(self) -> None:
         while True:
@@ -445,18 +446,18 @@ class RequestLogWriter:
                     meta = {**meta, **more}
                 records += records_from_outputs(meta, outputs, images, self.logged_outputs)
             except Exception as exc:  # noqa: BLE001 - a malformed response is dropped, never fatal
-                self._drop(1, f"unreadable response ({exc})")
+                self.drop(1, f"unreadable response ({exc})")
         if not records:
             return
         target = self._open()
         if target is None:
-            self._drop(len(records), f"folder {self.directory} is unusable")
+            self.drop(len(records), f"folder {self.directory} is unusable")
             return
         try:
             target.append_lines(b"".join(target.line(r) for r in records))
             self.written += len(records)
         except OSError as exc:
-            self._drop(len(records), f"cannot write {target.path} ({exc.strerror or exc})")
+            self.drop(len(records), f"cannot write {target.path} ({exc.strerror or exc})")
             if not self.directory.is_dir():
                 self._log = None  # the folder went away: recreate it on a later try
 
