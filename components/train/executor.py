@@ -140,7 +140,8 @@ def _bottom_and_top(model, config: ModelConfig):
     The cut is `config.cache_cut`, a layer inside the base: everything below it stays frozen and runs
     once per cached copy; the layers above it (and the head) train on the cached activations. With no
     cut the activation is the pooled last feature map and the top is the head alone. Both models share
-    their layers with `model`, so training the top trains the model itself.
+    their layers with `model`, so training the top trains the model itself. They see one view of each
+    image (the `views` layer sits above `normalize`); the full model averages its views (models.py).
     """
     import keras
 

@@ -4,6 +4,8 @@ Every model takes float32 [size, size, 3] in [0, 1] (the domain contract), appli
 configured brightness adjustment and its own normalisation inside the graph, runs a
 backbone whose last 4-D output is the layer named `feature_map` (Grad-CAM hooks there),
 then global average pooling, dropout and a float32 softmax layer named `probabilities`.
+With `views` > 1 the backbone sees each image in that many orientations (stacked on the batch
+axis, identity first) and the pooled features are averaged over them before the head.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ MOBILENET_SIZES = (96, 128, 160, 192, 224)
 # Few steps per epoch on this data (~70): moving statistics must settle within a few epochs.
 BN_MOMENTUM = 0.9
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+# The symmetries of the square, in the order `ModelConfig.views` takes them: a smear has no canonical
+# orientation, so every one is the same smear; the model averages its pooled features over the first few.
+VIEW_ORDER = ("identity", "flip_left_right", "flip_up_down", "rotate_90", "rotate_180", "rotate_270", "transpose",
+              "anti_transpose")
+VIEW_COUNTS = (1, 2, 4, 8)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -107,7 +114,58 @@ def _layers() -> tuple:
         def get_config(self):
             return {**super().get_config(), "mode": self.mode}
 
-    _LAYER_CACHE = (Brightness, Normalize)
+    @keras.saving.register_keras_serializable(package="leukoflow")
+    class Views(keras.layers.Layer):
+        """Stack the first `count` symmetries of the square (VIEW_ORDER) of each image along the batch axis."""
+
+        def __init__(self, count: int = 1, **kwargs):
+            super().__init__(**kwargs)
+            if count not in VIEW_COUNTS:
+                raise ValueError(f"views must be one of {VIEW_COUNTS}, got {count!r}")
+            self.count = count
+
+        def call(self, inputs):
+            from keras import ops
+
+            transposed = ops.transpose(inputs, (0, 2, 1, 3))  # square images: rotations are transpose + flip
+            every = {
+                "identity": inputs,
+                "flip_left_right": ops.flip(inputs, axis=2),
+                "flip_up_down": ops.flip(inputs, axis=1),
+                "rotate_90": ops.flip(transposed, axis=1),
+                "rotate_180": ops.flip(ops.flip(inputs, axis=1), axis=2),
+                "rotate_270": ops.flip(transposed, axis=2),
+                "transpose": transposed,
+                "anti_transpose": ops.flip(ops.flip(transposed, axis=1), axis=2),
+            }
+            return ops.concatenate([every[name] for name in VIEW_ORDER[:self.count]], axis=0)
+
+        def get_config(self):
+            return {**super().get_config(), "count": self.count}
+
+    @keras.saving.register_keras_serializable(package="leukoflow")
+    class CombineViews(keras.layers.Layer):
+        """[views * B, ...] stacked by Views -> [B, ...]: their mean, or the identity view alone ("first")."""
+
+        def __init__(self, count: int = 1, how: str = "mean", **kwargs):
+            super().__init__(**kwargs)
+            if how not in ("mean", "first"):
+                raise ValueError(f"unknown view combination {how!r}; expected mean or first")
+            self.count, self.how = count, how
+
+        def call(self, inputs):
+            from keras import ops
+
+            views = ops.reshape(inputs, (self.count, -1, *inputs.shape[1:]))
+            return ops.mean(views, axis=0) if self.how == "mean" else views[0]
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "count": self.count, "how": self.how}
+
+    _LAYER_CACHE = (Brightness, Normalize, Views, CombineViews)
     return _LAYER_CACHE
 
 
@@ -218,12 +276,12 @@ def build_model(config: ModelConfig) -> "keras.Model":
     import keras
     from keras import layers
 
-    Brightness, Normalize = _layers()
+    Brightness, Normalize, Views, CombineViews = _layers()
     size = config.image_size
     inputs = keras.Input((size, size, domain.CHANNELS), dtype="float32", name="pixels")
     x = Brightness(config.brightness, name="brightness")(inputs)
     if config.name == "cnn":
-        x = Normalize("tf", name="normalize")(x)
+        x = Views(config.views, name="views")(Normalize("tf", name="normalize")(x))
         mid, x = _cnn_backbone(x, config)
         used = "random init"
     elif config.name in ("resnet50", "mobilenetv2"):
@@ -231,13 +289,15 @@ def build_model(config: ModelConfig) -> "keras.Model":
         # Pretrained (or cached-feature) bases start frozen: phase 1 trains the head, set_fine_tune() the top.
         # A random-init base has nothing to preserve, so it trains from the first step.
         base.trainable = used == "random init" and not config.cache_features
-        x = Normalize(mode, name="normalize")(x)
+        x = Views(config.views, name="views")(Normalize(mode, name="normalize")(x))
         mid, x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     else:
         raise ValueError(f"unknown model {config.name!r}; expected one of cnn, resnet50, mobilenetv2")
     del mid  # reached again by name in calibration_features_model()
     x = layers.Identity(name=FEATURE_LAYER)(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    # One pooled feature vector per view, averaged: the head's logits are then the mean of the views' logits
+    # (the head is linear), and everything fitted on the pooled features (calibration) sees the averaged ones.
+    x = CombineViews(config.views, name="combine_views")(layers.GlobalAveragePooling2D(name="gap")(x))
     x = layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
     outputs = layers.Dense(domain.NUM_CLASSES, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
     model = keras.Model(inputs, outputs, name=config.name)
@@ -254,7 +314,20 @@ def calibration_features_model(model: "keras.Model") -> "keras.Model":
     mid = (base._inbound_nodes[-1].output_tensors[0] if base is not None
            else model.get_layer(OOD_SOURCE_LAYERS[model.name]).output)
     pooled_mid = keras.layers.GlobalAveragePooling2D(name="ood_gap")(mid)
-    return keras.Model(model.input, [model.get_layer("gap").output, pooled_mid])
+    count = views(model)
+    if count > 1:  # the OOD statistics are fitted on single upright images: score the identity view alone
+        pooled_mid = _layers()[3](count, how="first", name="ood_identity_view")(pooled_mid)
+    head = model.get_layer("combine_views" if _has_layer(model, "combine_views") else "gap")  # older models: none
+    return keras.Model(model.input, [head.output, pooled_mid])
+
+
+def _has_layer(model: "keras.Model", name: str) -> bool:
+    return any(layer.name == name for layer in model.layers)
+
+
+def views(model: "keras.Model") -> int:
+    """How many views of each image the model averages (1 for models built before views existed)."""
+    return model.get_layer("views").count if _has_layer(model, "views") else 1
 
 
 def base_layer(model: "keras.Model") -> "keras.Model | None":

@@ -39,7 +39,7 @@ def test_cached_feature_base_starts_frozen():
 def test_normalisation_matches_keras_preprocess_input(mode, app):
     import keras
 
-    _, normalize = models._layers()
+    normalize = models._layers()[1]
     x = np.random.default_rng(1).random((2, 8, 8, 3), dtype=np.float32)
     expected = getattr(keras.applications, app).preprocess_input(x * 255.0)
     np.testing.assert_allclose(np.asarray(normalize(mode)(x)), expected, atol=1e-3)
@@ -100,3 +100,41 @@ def test_imagenet_weights_of_a_model_without_a_rule_are_an_error(tmp_path, monke
     with pytest.raises(ValueError, match="no ImageNet weights rule for model 'efficientnet'.*--weights none"):
         models.resolve_weights(ModelConfig("efficientnet", image_size=32, weights="imagenet"))
     assert models.resolve_weights(ModelConfig("resnet50", image_size=32, weights="imagenet"))[0] == "imagenet"
+
+
+def test_views_are_the_symmetries_of_the_square():
+    views_layer = models._layers()[2]
+    x = np.random.default_rng(2).random((2, 5, 5, 3), dtype=np.float32)
+    stacked = np.asarray(views_layer(8)(x)).reshape(8, 2, 5, 5, 3)
+    np.testing.assert_array_equal(stacked[0], x)  # identity first: CombineViews(how="first") relies on it
+    expected = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
+    expected += [np.flip(e, axis=2) for e in expected]
+    key = lambda a: a.tobytes()  # noqa: E731
+    assert sorted(map(key, stacked)) == sorted(map(key, expected))  # all eight, each once
+    with pytest.raises(ValueError, match="views must be one of"):
+        views_layer(3)
+
+
+@pytest.mark.parametrize("name", ["cnn", "mobilenetv2"])
+def test_views_average_the_pooled_features_of_each_orientation(name, tmp_path):
+    """views=4: the head sees the mean of the single-view pooled features; OOD features are the upright view's."""
+    single = models.build_model(ModelConfig(name, image_size=32, weights="none", seed=3))
+    four = models.build_model(ModelConfig(name, image_size=32, weights="none", seed=3, views=4))
+    four.set_weights(single.get_weights())
+    x = np.random.default_rng(4).random((3, 32, 32, 3), dtype=np.float32)
+    oriented = np.asarray(models._layers()[2](4)(x)).reshape(4, 3, 32, 32, 3)
+    head_1 = models.calibration_features_model(single)
+    per_view = [np.asarray(head_1(v, training=False)[0]) for v in oriented]
+    head, mid = (np.asarray(t) for t in models.calibration_features_model(four)(x, training=False))
+    scale = np.abs(per_view).max()  # a random-init MobileNetV2's pooled features are tiny (~1e-12)
+    np.testing.assert_allclose(head / scale, np.mean(per_view, axis=0) / scale, atol=1e-5)
+    assert np.abs(per_view[0] - per_view[1]).max() > 1e-2 * scale  # the views differ: the mean is not trivial
+    upright_mid = np.asarray(head_1(x, training=False)[1])
+    np.testing.assert_allclose(mid / np.abs(upright_mid).max(), upright_mid / np.abs(upright_mid).max(), atol=1e-5)
+    assert models.views(four) == 4 and models.views(single) == 1
+    features, probs = models.gradcam_model(four)(x)
+    assert features.shape[0] == 4 * 3 and probs.shape == (3, 4)  # Grad-CAM reads the first (upright) view
+    path = tmp_path / "four.keras"
+    four.save(path)
+    np.testing.assert_allclose(models.load_keras_model(path).predict(x, verbose=0), four.predict(x, verbose=0),
+                               atol=1e-5)

@@ -55,6 +55,38 @@ def test_cached_features_then_fine_tuning(tiny_split, tmp_path):
     assert (tmp_path / "mnv2" / "keras" / "model.keras").is_file() and result["saved_model"] is None
 
 
+def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny_split, tmp_path):
+    """views=4 with a cut inside the base: the served probabilities are the calibrated mean of the views' logits."""
+    import tensorflow as tf
+
+    from components.train import models
+
+    # ResNet50: a random-init MobileNetV2's features are ~1e-12, so its views would agree trivially.
+    config = ModelConfig("resnet50", image_size=32, weights="none", batch_size=16, epochs=2, patience=2,
+                         cache_features=True, cache_cut="conv5_block2_out", augment_copies=1, cosine_decay=True,
+                         views=4)
+    result = run_train(tiny_split, tmp_path / "r50", config, verbose=0)
+    trained = models.load_keras_model(tmp_path / "r50" / "keras" / "model.keras")
+    assert models.views(trained) == 4 and result["config"]["views"] == 4
+    one_view = models.build_model(ModelConfig("resnet50", image_size=32, weights="none"))
+    one_view.set_weights(trained.get_weights())  # the view layers hold no weights
+    x = np.random.default_rng(5).random((2, 32, 32, 3), dtype=np.float32)
+    kernel, bias = trained.get_layer(models.OUTPUT_LAYER).get_weights()
+    head = models.calibration_features_model(one_view)
+    per_view = np.stack([np.asarray(head(v, training=False)[0]) @ kernel + bias
+                         for v in np.asarray(models._layers()[2](4)(x)).reshape(4, 2, 32, 32, 3)])
+    assert np.ptp(per_view, axis=0).max() > 1e-2  # the views disagree: serving one of them would fail below
+    logits = per_view.mean(axis=0)
+    served = tf.saved_model.load(result["saved_model"]).signatures["predict_pixels"](pixels=tf.constant(x))
+    expected = _softmax(logits / result["calibration"]["temperature"])
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-3, atol=1e-4)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def test_precise_batchnorm_sets_exact_statistics():
     import keras
 
