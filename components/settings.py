@@ -33,6 +33,7 @@ NUM_SHARDS: int = 8
 
 # ---------------------------------------------------------------- models and profiles
 MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")
+VIEW_COUNTS: tuple[int, ...] = (1, 2, 4, 8)  # ModelConfig.views: the first n symmetries of the square (models.py)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class ModelConfig:
                                          # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
     mixed_precision: bool = True         # only where a GPU is present
     seed: int = SEED
+
+    def __post_init__(self):
+        if self.views not in VIEW_COUNTS:
+            raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {self.views!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

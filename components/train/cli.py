@@ -40,6 +40,8 @@ def train(
     image_size: int = typer.Option(None, "--image-size", help="Override the model's input size."),
     batch_size: int = typer.Option(None, "--batch-size", help="Override the batch size."),
     seed: int = typer.Option(None, "--seed", help="Override the random seed."),
+    views: int = typer.Option(None, "--views", help="Override how many orientations of each image the model answers "
+                                                    "on (1, 2, 4 or 8; each costs one backbone pass)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Train one model (two-phase transfer learning where configured), save model.keras and the serving SavedModel."""
@@ -47,7 +49,8 @@ def train(
     from components.train.models import WeightsNotFoundError
 
     overrides = {k: v for k, v in dict(weights=weights, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
-                                       image_size=image_size, batch_size=batch_size, seed=seed).items() if v is not None}
+                                       image_size=image_size, batch_size=batch_size, seed=seed,
+                                       views=views).items() if v is not None}
     try:
         config = settings.model_config(profile, model, **overrides)
     except ValueError as exc:

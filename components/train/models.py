@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components import domain
+from components import domain, settings
 from components.settings import ModelConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,7 +40,7 @@ RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # orientation, so every one is the same smear; the model averages its pooled features over the first few.
 VIEW_ORDER = ("identity", "flip_left_right", "flip_up_down", "rotate_90", "rotate_180", "rotate_270", "transpose",
               "anti_transpose")
-VIEW_COUNTS = (1, 2, 4, 8)
+VIEW_COUNTS = settings.VIEW_COUNTS
 
 
 class WeightsNotFoundError(FileNotFoundError):

@@ -112,7 +112,7 @@ def test_views_are_the_symmetries_of_the_square():
     key = lambda a: a.tobytes()  # noqa: E731
     assert sorted(map(key, stacked)) == sorted(map(key, expected))  # all eight, each once
     with pytest.raises(ValueError, match="views must be one of"):
-        views_layer(3)
+        views_layer(3)  # the layer checks too: a model.keras edited by hand
 
 
 @pytest.mark.parametrize("name", ["cnn", "mobilenetv2"])
@@ -138,3 +138,16 @@ def test_views_average_the_pooled_features_of_each_orientation(name, tmp_path):
     four.save(path)
     np.testing.assert_allclose(models.load_keras_model(path).predict(x, verbose=0), four.predict(x, verbose=0),
                                atol=1e-5)
+
+
+def test_train_refuses_an_unsupported_view_count_before_any_work(tmp_path):
+    """`leukoflow train --views 3`: a clear error naming the allowed counts, nothing written."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "train", "--model", "cnn", "--views", "3",
+         "--split", str(tmp_path / "no-split"), "--out", str(tmp_path / "out"), "--json"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["error"] == "views must be one of 1, 2, 4, 8, got 3"
+    assert not (tmp_path / "out").exists()
+    assert ModelConfig("cnn", views=8).views == 8
