@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from components import domain, settings
 from components.settings import ModelConfig
@@ -40,7 +40,6 @@ RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # orientation, so every one is the same smear; the model averages its pooled features over the first few.
 VIEW_ORDER = ("identity", "flip_left_right", "flip_up_down", "rotate_90", "rotate_180", "rotate_270", "transpose",
               "anti_transpose")
-VIEW_COUNTS = settings.VIEW_COUNTS
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -66,11 +65,18 @@ def keras_cache_dir() -> Path:
 
 
 
-_LAYER_CACHE: tuple | None = None
+class _GraphLayers(NamedTuple):
+    brightness: type
+    normalize: type
+    views: type
+    combine_views: type
 
 
-def _layers() -> tuple:
-    """The two small graph layers, defined lazily so importing this module does not import Keras."""
+_LAYER_CACHE: _GraphLayers | None = None
+
+
+def _layers() -> _GraphLayers:
+    """The project's own graph layers, defined lazily so importing this module does not import Keras."""
     global _LAYER_CACHE
     if _LAYER_CACHE is not None:
         return _LAYER_CACHE
@@ -120,25 +126,27 @@ def _layers() -> tuple:
 
         def __init__(self, count: int = 1, **kwargs):
             super().__init__(**kwargs)
-            if count not in VIEW_COUNTS:
-                raise ValueError(f"views must be one of {VIEW_COUNTS}, got {count!r}")
+            if count not in settings.VIEW_COUNTS:
+                raise ValueError(f"views must be one of {', '.join(map(str, settings.VIEW_COUNTS))}, got {count!r}")
             self.count = count
 
         def call(self, inputs):
             from keras import ops
 
-            transposed = ops.transpose(inputs, (0, 2, 1, 3))  # square images: rotations are transpose + flip
-            every = {
-                "identity": inputs,
-                "flip_left_right": ops.flip(inputs, axis=2),
-                "flip_up_down": ops.flip(inputs, axis=1),
-                "rotate_90": ops.flip(transposed, axis=1),
-                "rotate_180": ops.flip(ops.flip(inputs, axis=1), axis=2),
-                "rotate_270": ops.flip(transposed, axis=2),
+            def transposed(x):  # square images: rotations are a transpose and a flip
+                return ops.transpose(x, (0, 2, 1, 3))
+
+            transforms = {
+                "identity": lambda x: x,
+                "flip_left_right": lambda x: ops.flip(x, axis=2),
+                "flip_up_down": lambda x: ops.flip(x, axis=1),
+                "rotate_90": lambda x: ops.flip(transposed(x), axis=1),
+                "rotate_180": lambda x: ops.flip(x, axis=(1, 2)),
+                "rotate_270": lambda x: ops.flip(transposed(x), axis=2),
                 "transpose": transposed,
-                "anti_transpose": ops.flip(ops.flip(transposed, axis=1), axis=2),
+                "anti_transpose": lambda x: ops.flip(transposed(x), axis=(1, 2)),
             }
-            return ops.concatenate([every[name] for name in VIEW_ORDER[:self.count]], axis=0)
+            return ops.concatenate([transforms[name](inputs) for name in VIEW_ORDER[:self.count]], axis=0)
 
         def get_config(self):
             return {**super().get_config(), "count": self.count}
@@ -165,7 +173,7 @@ def _layers() -> tuple:
         def get_config(self):
             return {**super().get_config(), "count": self.count, "how": self.how}
 
-    _LAYER_CACHE = (Brightness, Normalize, Views, CombineViews)
+    _LAYER_CACHE = _GraphLayers(Brightness, Normalize, Views, CombineViews)
     return _LAYER_CACHE
 
 
@@ -316,7 +324,7 @@ def calibration_features_model(model: "keras.Model") -> "keras.Model":
     pooled_mid = keras.layers.GlobalAveragePooling2D(name="ood_gap")(mid)
     count = views(model)
     if count > 1:  # the OOD statistics are fitted on single upright images: score the identity view alone
-        pooled_mid = _layers()[3](count, how="first", name="ood_identity_view")(pooled_mid)
+        pooled_mid = _layers().combine_views(count, how="first", name="ood_identity_view")(pooled_mid)
     head = model.get_layer("combine_views" if _has_layer(model, "combine_views") else "gap")  # older models: none
     return keras.Model(model.input, [head.output, pooled_mid])
 

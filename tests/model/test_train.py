@@ -59,7 +59,7 @@ def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny
     """views=4 with a cut inside the base: the served probabilities are the calibrated mean of the views' logits."""
     import tensorflow as tf
 
-    from components.train import models
+    from components.train import calibration, models
 
     # ResNet50: a random-init MobileNetV2's features are ~1e-12, so its views would agree trivially.
     config = ModelConfig("resnet50", image_size=32, weights="none", batch_size=16, epochs=2, patience=2,
@@ -74,17 +74,12 @@ def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny
     kernel, bias = trained.get_layer(models.OUTPUT_LAYER).get_weights()
     head = models.calibration_features_model(one_view)
     per_view = np.stack([np.asarray(head(v, training=False)[0]) @ kernel + bias
-                         for v in np.asarray(models._layers()[2](4)(x)).reshape(4, 2, 32, 32, 3)])
+                         for v in np.asarray(models._layers().views(4)(x)).reshape(4, 2, 32, 32, 3)])
     assert np.ptp(per_view, axis=0).max() > 1e-2  # the views disagree: serving one of them would fail below
     logits = per_view.mean(axis=0)
     served = tf.saved_model.load(result["saved_model"]).signatures["predict_pixels"](pixels=tf.constant(x))
-    expected = _softmax(logits / result["calibration"]["temperature"])
+    expected = calibration.softmax(logits, result["calibration"]["temperature"])
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-3, atol=1e-4)
-
-
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def test_precise_batchnorm_sets_exact_statistics():
