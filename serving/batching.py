@@ -2,7 +2,10 @@
 
 Requests for the same servable and signature are queued; a batch thread takes up to max_batch_size
 rows once that many are waiting or batch_timeout_micros has passed since the oldest arrived, runs
-them as one call and splits the outputs. When a merged batch fails (one request's image does not
+them as one call and splits the outputs. With enable_large_batch_splitting (as in TF Serving), a
+request may hold up to max_batch_size rows but runs in batches of at most max_execution_batch_size:
+it is cut into pieces that fill the open batch first, and its answer is put back together in order.
+That bounds how long one started batch holds a core, whatever size the clients send. When a merged batch fails (one request's image does not
 decode, say), its requests are run one by one, so only the bad one gets the error. A queue holds at most max_enqueued_batches * max_batch_size
 rows: beyond that a request is refused with RESOURCE_EXHAUSTED, so memory stays bounded.
 
@@ -40,13 +43,22 @@ class BatchingParameters:
     batch_timeout_micros: int = 0
     max_enqueued_batches: int = 10
     num_batch_threads: int = 4
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int | None = None  # with splitting; TF Serving's default is max_batch_size
+
+    @property
+    def execution_batch_size(self) -> int:
+        """The most rows one batch runs: max_execution_batch_size when splitting is on, else max_batch_size."""
+        if self.enable_large_batch_splitting and self.max_execution_batch_size is not None:
+            return self.max_execution_batch_size
+        return self.max_batch_size
 
 
-_FIELD = re.compile(r"(\w+)\s*(?::\s*)?\{\s*value\s*:\s*(-?\d+)\s*\}|(\w+)\s*:\s*(-?\d+)")
-_KNOWN = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+_FIELD = re.compile(r"(\w+)\s*(?::\s*)?\{\s*value\s*:\s*(-?\d+|true|false)\s*\}|(\w+)\s*:\s*(-?\d+|true|false)")
+_KNOWN = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads", "max_execution_batch_size")
+_FLAGS = ("enable_large_batch_splitting",)
 # Fields of BatchingParameters that are accepted (TF Serving reads them) but have no effect here.
-_IGNORED = ("allowed_batch_sizes", "pad_variable_length_inputs", "thread_pool_name", "enable_large_batch_splitting",
-            "max_execution_batch_size")
+_IGNORED = ("allowed_batch_sizes", "pad_variable_length_inputs", "thread_pool_name")
 
 
 def parse_batching_parameters(text: str) -> BatchingParameters:
@@ -56,18 +68,22 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         from tensorflow_serving.servables.tensorflow import session_bundle_config_pb2  # type: ignore
 
         msg = text_format.Parse(text, session_bundle_config_pb2.BatchingParameters())
-        values = {k: getattr(msg, k).value for k in _KNOWN if msg.HasField(k)}
+        values = {k: getattr(msg, k).value for k in (*_KNOWN, *_FLAGS) if msg.HasField(k)}
         return _validated(values)
     except ImportError:
         pass
     stripped = re.sub(r"#.*", "", text)
-    values: dict[str, int] = {}
+    values: dict[str, int | bool] = {}
     for m in _FIELD.finditer(stripped):
         name, value = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-        if name in _KNOWN:
+        if name in _KNOWN and value not in ("true", "false"):
             values[name] = int(value)
+        elif name in _FLAGS and value in ("true", "false"):
+            values[name] = value == "true"
+        elif name in (*_KNOWN, *_FLAGS):
+            raise ValueError(f"batching parameters: {name} cannot be {value}")
         elif name not in _IGNORED and name != "value":
-            raise ValueError(f"batching parameters: unknown field {name!r}; expected one of {', '.join(_KNOWN)}")
+            raise ValueError(f"batching parameters: unknown field {name!r}; expected one of {', '.join((*_KNOWN, *_FLAGS))}")
     leftovers = _FIELD.sub("", stripped)
     leftovers = re.sub(r"\b(" + "|".join(_IGNORED) + r")\b\s*:?\s*(\{[^}]*\}|\"[^\"]*\"|\S+)", "", leftovers).strip()
     if leftovers:
@@ -75,12 +91,18 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
     return _validated(values)
 
 
-def _validated(values: dict[str, int]) -> BatchingParameters:
-    params = BatchingParameters(**values)
+def _validated(values: dict[str, int | bool]) -> BatchingParameters:
+    params = BatchingParameters(**values)  # type: ignore[arg-type]
     for name in _KNOWN:
         minimum = 0 if name == "batch_timeout_micros" else 1
-        if getattr(params, name) < minimum:
-            raise ValueError(f"batching parameters: {name} must be >= {minimum}, got {getattr(params, name)}")
+        value = getattr(params, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"batching parameters: {name} must be >= {minimum}, got {value}")
+    if params.execution_batch_size > params.max_batch_size:
+        raise ValueError(f"batching parameters: max_execution_batch_size ({params.max_execution_batch_size}) "
+                         f"must be <= max_batch_size ({params.max_batch_size})")
+    if params.max_execution_batch_size is not None and not params.enable_large_batch_splitting:
+        log.warning("batching parameters: max_execution_batch_size has no effect without enable_large_batch_splitting")
     return params
 
 
@@ -101,12 +123,33 @@ class _Task:
     deadline: float | None = None  # time.monotonic() by which the caller wants an answer
     alive: Callable[[], bool] | None = None  # False once the caller has gone (e.g. gRPC context.is_active)
     abandoned: bool = False  # the caller stopped waiting
+    taken: int = 0  # rows handed to batches so far (a split request is taken piece by piece)
+    running: int = 0  # pieces in batches not yet finished
+    parts: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)  # first row -> that piece's outputs
 
     def gone(self, now: float) -> bool:
-        """The caller will not read the result: deadline passed, cancelled, or stopped waiting."""
-        if self.abandoned or (self.deadline is not None and now >= self.deadline):
+        """The caller will not read the result: deadline passed, cancelled, stopped waiting, or already answered
+        (a piece of a split request failed)."""
+        if self.abandoned or self.done.is_set() or (self.deadline is not None and now >= self.deadline):
             return True
         return self.alive is not None and not self.alive()
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Rows [start, stop) of one request, in one batch: the whole request unless it was split."""
+
+    task: _Task
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    def inputs(self, name: str) -> np.ndarray:
+        array = self.task.inputs[name]
+        return array if (self.start, self.stop) == (0, self.task.size) else array[self.start : self.stop]
 
 
 @dataclass
@@ -152,7 +195,7 @@ class Batcher:
                 raise resource_exhausted("batch scheduler is stopped")
             queue = self._queues.setdefault(key, _Queue())
             self._drop_gone(queue, time.monotonic())  # expired work must not make room-checks fail
-            if queue.rows + size > max_rows * self.params.max_enqueued_batches:
+            if queue.rows + size > self.params.execution_batch_size * self.params.max_enqueued_batches:
                 raise resource_exhausted(QUEUE_FULL)
             queue.tasks.append(task)
             queue.rows += size
@@ -175,16 +218,18 @@ class Batcher:
         kept: deque = deque()
         for t in queue.tasks:
             if t.gone(now):
-                queue.rows -= t.size
-                t.error = deadline_exceeded(EXPIRED)
-                t.done.set()
+                queue.rows -= t.size - t.taken  # a split request may have pieces running already
+                if not t.done.is_set():
+                    t.error = deadline_exceeded(EXPIRED)
+                    t.done.set()
             else:
                 kept.append(t)
         queue.tasks = kept
 
-    def _take(self) -> list[_Task] | None:
+    def _take(self) -> list[_Piece] | None:
         """Under the lock: pop one ready batch, or None after waiting (stopped -> [])."""
         timeout_s = self.params.batch_timeout_micros / 1e6
+        capacity = self.params.execution_batch_size
         now = time.monotonic()
         best_key, wait = None, None
         for key, q in list(self._queues.items()):
@@ -193,7 +238,7 @@ class Batcher:
                 del self._queues[key]
                 continue
             age = now - q.tasks[0].enqueued
-            if q.rows >= self.params.max_batch_size or age >= timeout_s:
+            if q.rows >= capacity or age >= timeout_s:
                 best_key = key
                 break
             remaining = timeout_s - age
@@ -202,11 +247,19 @@ class Batcher:
             self._cond.wait(wait)
             return None
         q = self._queues[best_key]
-        batch, rows = [], 0
-        while q.tasks and rows + q.tasks[0].size <= self.params.max_batch_size:
-            task = q.tasks.popleft()
-            batch.append(task)
-            rows += task.size
+        batch: list[_Piece] = []
+        rows = 0
+        while q.tasks and rows < capacity:
+            task = q.tasks[0]
+            n = min(task.size - task.taken, capacity - rows)
+            if n < task.size - task.taken and not self.params.enable_large_batch_splitting:
+                break  # whole requests only: it waits for the next batch
+            batch.append(_Piece(task, task.taken, task.taken + n))
+            task.taken += n
+            task.running += 1
+            rows += n
+            if task.taken == task.size:
+                q.tasks.popleft()
         q.rows -= rows
         if not q.tasks:
             del self._queues[best_key]  # no per-key leak across hot swaps
@@ -221,44 +274,66 @@ class Batcher:
             if batch:
                 self._run(batch)
 
-    def _run(self, batch: list[_Task]) -> None:
+    def _run(self, batch: list[_Piece]) -> None:
         now = time.monotonic()  # the remaining deadlines, checked again just before the work starts
-        for t in batch:
-            if t.gone(now):
-                t.error = deadline_exceeded(EXPIRED)
-                t.done.set()
-        batch = [t for t in batch if not t.done.is_set()]
-        if not batch:
+        live = []
+        for piece in batch:
+            if piece.task.gone(now):
+                self._finish(piece, error=deadline_exceeded(EXPIRED))
+            else:
+                live.append(piece)
+        if not live:
             return  # every caller has gone: start nothing
-        if len(batch) > 1:
+        if len(live) > 1:
             try:
-                merged = {k: np.concatenate([t.inputs[k] for t in batch]) for k in batch[0].inputs}
-                outputs = batch[0].runner(merged)
+                merged = {k: np.concatenate([p.inputs(k) for p in live]) for k in live[0].task.inputs}
+                outputs = live[0].task.runner(merged)
             except Exception:  # noqa: BLE001 - one bad request must not fail the others: run each alone
-                log.info("a batch of %d requests failed; running them one by one", len(batch))
-                for t in batch:
-                    self._run([t])
+                log.info("a batch of %d requests failed; running them one by one", len(live))
+                for piece in live:
+                    self._run([piece])
                 return
-            try:
-                self._record(sum(t.size for t in batch))
-                start = 0
-                for t in batch:
-                    t.result = {k: v[start : start + t.size] for k, v in outputs.items()}
-                    start += t.size
-            except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
-                for t in batch:
-                    t.error = detached_error(exc)
-            finally:
-                for t in batch:
-                    t.done.set()
+            self._record(sum(p.rows for p in live))
+            start = 0
+            for piece in live:
+                try:
+                    part = {k: v[start : start + piece.rows] for k, v in outputs.items()}
+                except BaseException as exc:  # noqa: BLE001 - every waiting request gets the error
+                    self._finish(piece, error=detached_error(exc))
+                else:
+                    self._finish(piece, outputs=part)
+                start += piece.rows
             return
-        (task,) = batch
+        (piece,) = live
         try:
-            task.result = task.runner(task.inputs)
-            self._record(task.size)
+            outputs = piece.task.runner({k: piece.inputs(k) for k in piece.task.inputs})
+            self._record(piece.rows)
         except BaseException as exc:  # noqa: BLE001 - the waiting request gets the error
-            task.error = detached_error(exc)
-        finally:
+            self._finish(piece, error=detached_error(exc))
+        else:
+            self._finish(piece, outputs=outputs)
+
+    def _finish(self, piece: _Piece, outputs: dict[str, np.ndarray] | None = None,
+                error: BaseException | None = None) -> None:
+        """One piece is over: the request answers once all of its pieces are in, or at its first error."""
+        task = piece.task
+        with self._cond:
+            task.running -= 1
+            if task.done.is_set():
+                return
+            if error is not None:
+                task.error = error
+                task.done.set()
+                return
+            assert outputs is not None
+            task.parts[piece.start] = outputs
+            if task.taken < task.size or task.running:
+                return
+            if len(task.parts) == 1:
+                task.result = outputs
+            else:
+                order = sorted(task.parts)
+                task.result = {k: np.concatenate([task.parts[i][k] for i in order]) for k in outputs}
             task.done.set()
 
     def _record(self, rows: int) -> None:

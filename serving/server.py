@@ -143,7 +143,7 @@ def handler_threads(given: int | None, batching: BatchingParameters | None) -> i
 
     A request holds its handler thread while it waits in the batch queue, so with batching the handlers
     must cover a running batch per batch thread plus the one being formed; with fewer, batches stay
-    smaller than max_batch_size however many clients call (throughput halves at 32 clients and 16 threads).
+    smaller than they may be however many clients call (throughput halves at 32 clients and 16 threads).
     """
     if given is not None:
         if given < 1:
@@ -151,7 +151,7 @@ def handler_threads(given: int | None, batching: BatchingParameters | None) -> i
         return given
     if batching is None:
         return DEFAULT_HANDLER_THREADS
-    wanted = batching.max_batch_size * (batching.num_batch_threads + 1)
+    wanted = batching.execution_batch_size * (batching.num_batch_threads + 1)
     return max(DEFAULT_HANDLER_THREADS, min(wanted, MAX_AUTO_HANDLER_THREADS))
 
 

@@ -33,6 +33,9 @@ def test_batching_config():
     for field in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
         assert params.HasField(field), field
         assert getattr(params, field).value > 0, field
+    # Batches run at most max_execution_batch_size rows; larger requests are split across them.
+    assert params.enable_large_batch_splitting.value is True
+    assert 0 < params.max_execution_batch_size.value <= params.max_batch_size.value
 
 
 def test_monitoring_config():

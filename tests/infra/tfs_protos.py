@@ -38,6 +38,10 @@ def _build() -> dict[str, type]:
         _field("thread_pool_name", 5, _F.TYPE_MESSAGE, sv),
         _field("allowed_batch_sizes", 6, _F.TYPE_INT64, repeated=True),
         _field("pad_variable_length_inputs", 7, _F.TYPE_BOOL),
+        # Types as TF Serving reads them (bundle_factory_util.h: .has_...() and .value()); the text format
+        # goes by name, so these two field numbers are not checked against the real proto.
+        _field("max_execution_batch_size", 8, _F.TYPE_MESSAGE, i64),
+        _field("enable_large_batch_splitting", 9, _F.TYPE_MESSAGE, ".google.protobuf.BoolValue"),
     ])
     pool.Add(batching)
 

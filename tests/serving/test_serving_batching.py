@@ -35,6 +35,102 @@ def test_parse_batching_parameters():
         parse_batching_parameters("max_batch_size { value: 0 }")
 
 
+SPLITTING = """
+max_batch_size { value: 32 }
+batch_timeout_micros { value: 20000 }
+max_enqueued_batches { value: 8 }
+num_batch_threads { value: 2 }
+enable_large_batch_splitting { value: true }
+max_execution_batch_size { value: 4 }
+"""
+
+
+def test_parse_large_batch_splitting():
+    from serving.batching import parse_batching_parameters
+
+    p = parse_batching_parameters(SPLITTING)
+    assert (p.enable_large_batch_splitting, p.max_execution_batch_size, p.execution_batch_size) == (True, 4, 4)
+    off = parse_batching_parameters("max_batch_size { value: 32 }\nmax_execution_batch_size { value: 4 }")
+    assert off.execution_batch_size == 32  # TF Serving ignores it unless splitting is on
+    assert parse_batching_parameters("max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }"
+                                     ).execution_batch_size == 32
+    with pytest.raises(ValueError, match=r"max_execution_batch_size \(64\) must be <= max_batch_size \(32\)"):
+        parse_batching_parameters("max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }\n"
+                                  "max_execution_batch_size { value: 64 }")
+    with pytest.raises(ValueError, match="enable_large_batch_splitting cannot be 3"):
+        parse_batching_parameters("enable_large_batch_splitting { value: 3 }")
+    with pytest.raises(ValueError, match="max_execution_batch_size cannot be true"):
+        parse_batching_parameters("max_execution_batch_size { value: true }")
+
+
+def test_a_large_request_runs_in_execution_sized_pieces_and_answers_in_order():
+    """With splitting, no batch the model runs exceeds max_execution_batch_size; answers come back whole, in order."""
+    from serving.batching import Batcher, parse_batching_parameters
+
+    sizes: list[int] = []
+    batcher = Batcher(parse_batching_parameters(SPLITTING), on_batch=sizes.append)
+    results: dict[int, np.ndarray] = {}
+
+    def run(x: dict) -> dict:
+        assert len(x["x"]) <= 4
+        time.sleep(0.01)
+        return {"y": x["x"] * 2, "n": np.full(len(x["x"]), len(x["x"]))}
+
+    def client(i: int, rows: int) -> None:
+        results[i] = batcher.submit("k", {"x": np.arange(rows, dtype=np.float32) + 100 * i}, run)["y"]
+
+    threads = [threading.Thread(target=client, args=(i, rows)) for i, rows in enumerate((10, 3, 1, 7))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    batcher.stop()
+    for i, rows in enumerate((10, 3, 1, 7)):
+        np.testing.assert_array_equal(results[i], (np.arange(rows) + 100 * i) * 2)
+    assert sum(sizes) == 21 and max(sizes) <= 4 and len(sizes) >= 6
+
+
+def test_a_failing_piece_fails_its_request_only():
+    from serving.batching import Batcher, parse_batching_parameters
+    from serving.errors import ServingError
+
+    batcher = Batcher(parse_batching_parameters(SPLITTING))
+
+    def run(x: dict) -> dict:
+        if (x["x"] < 0).any():
+            raise ValueError("negative input")
+        return {"y": x["x"] * 2}
+
+    bad = np.arange(9, dtype=np.float32)
+    bad[6] = -1  # in the second piece of four rows
+    with pytest.raises(ServingError, match="negative input"):
+        batcher.submit("k", {"x": bad}, run)
+    np.testing.assert_array_equal(batcher.submit("k", {"x": np.ones(9, np.float32)}, run)["y"], np.full(9, 2.0))
+    batcher.stop()
+
+
+def test_the_pieces_of_an_expired_split_request_are_not_run():
+    """A split request whose deadline passes while its first piece runs: the rest never start."""
+    from serving.batching import Batcher, parse_batching_parameters
+    from serving.errors import ServingError
+
+    params = parse_batching_parameters(SPLITTING.replace("num_batch_threads { value: 2 }", "num_batch_threads { value: 1 }"))
+    batcher = Batcher(params)
+    ran: list[int] = []
+
+    def slow(x: dict) -> dict:
+        ran.append(len(x["x"]))
+        time.sleep(0.3)
+        return {"y": x["x"]}
+
+    with pytest.raises(ServingError) as info:
+        batcher.submit("k", {"x": np.zeros(32, np.float32)}, slow, timeout=0.1)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    np.testing.assert_array_equal(batcher.submit("k", {"x": np.ones(2, np.float32)}, slow, timeout=5)["y"], np.ones(2))
+    batcher.stop()
+    assert ran == [4, 2]  # one piece of the 32 rows started; the other seven were dropped
+
+
 def test_batcher_merges_concurrent_requests_and_splits_results():
     from serving.batching import Batcher, parse_batching_parameters
 
@@ -228,6 +324,9 @@ def test_handler_threads_default_fills_batches():
     assert handler_threads(7, BatchingParameters(max_batch_size=32, num_batch_threads=4)) == 7  # the flag wins
     assert handler_threads(None, BatchingParameters(max_batch_size=32, num_batch_threads=4)) == 160
     assert handler_threads(None, BatchingParameters(max_batch_size=2, num_batch_threads=1)) == DEFAULT_HANDLER_THREADS
+    split = BatchingParameters(max_batch_size=32, num_batch_threads=4, enable_large_batch_splitting=True,
+                               max_execution_batch_size=8)
+    assert handler_threads(None, split) == 40  # batches of 8 rows, not of 32
     with pytest.raises(ValueError, match="handler threads must be >= 1"):
         handler_threads(0, None)
 
