@@ -7,7 +7,6 @@ the pipeline and the tests share. Values measured on the real data say so.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 from components import domain
@@ -91,14 +90,6 @@ class Profile:
     source_size: int
     models: dict[str, ModelConfig] = field(default_factory=dict)
     gate: dict = field(default_factory=dict)  # Policy fields this profile sets (components/promote/gate/policy.py)
-    # The pipeline trains two models at a time, in list order (ParallelFor parallelism 2): the models
-    # named here start first, so the longest training and evaluation is not left to run alone at the end.
-    start_first: tuple[str, ...] = ()
-
-    def training_order(self, names: Sequence[str]) -> list[str]:
-        """`names` with this profile's `start_first` models moved to the front (otherwise in the given order)."""
-        rank = {name: i for i, name in enumerate(self.start_first)}
-        return sorted(names, key=lambda name: rank.get(name, len(rank)))
 
 
 def _quick() -> Profile:
@@ -127,9 +118,6 @@ def _quick() -> Profile:
                                        epochs=12, patience=12, learning_rate=3e-4, cache_features=True,
                                        cache_cut="block_12_add", augment_copies=4, cosine_decay=True, views=4),
         },
-        # MobileNetV2's training and four-view evaluation are the run's longest chain (11 of 18 min, the
-        # second half of it alone on the cores when it started third).
-        start_first=("mobilenetv2",),
     )
 
 

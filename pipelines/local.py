@@ -11,7 +11,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from components import home, settings
+from components import home
 from pipelines.progress import RunOutput, plain
 
 
@@ -36,8 +36,6 @@ def summarize_run(run_dir: Path) -> dict:
             "saved_model": metrics.get("saved_model"),
             "metrics": str(metrics_path),
         }
-    order = {name: i for i, name in enumerate(settings.MODEL_NAMES)}  # the paper's order, whatever ran first
-    models = dict(sorted(models.items(), key=lambda item: order.get(item[0], len(order))))
     # <task>/<artifact>, and <loop iteration>/<task>/<artifact> inside ParallelFor.
     candidates = [p for p in run_dir.glob("*/*") if not p.parent.name.startswith("for-loop-")]
     candidates += list(run_dir.glob("for-loop-*/*/*"))
@@ -141,12 +139,13 @@ def run_local(
     """
     from kfp import local
 
+    from components import settings
     from pipelines.pipeline import leukoflow_pipeline
 
     data_path = Path(data_dir).resolve()
     root = Path(pipeline_root or home.pipeline_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    models = settings.profile(profile).training_order(models or settings.MODEL_NAMES)  # fails early on an unknown profile
+    settings.profile(profile)  # fail early on an unknown profile
     before = {p for p in root.iterdir() if p.is_dir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
 
@@ -166,14 +165,14 @@ def run_local(
     status, error = "SUCCEEDED", None
     with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
         output = RunOutput(log_file, console, verbose=verbose)
-        output.say(f"pipeline started: profile {profile}, models {', '.join(models)}; "
+        output.say(f"pipeline started: profile {profile}, models {', '.join(models or settings.MODEL_NAMES)}; "
                    f"full log {home.display(log_path)}")
         with _captured(output):
             try:
                 leukoflow_pipeline(
                     data_dir=str(data_path),
                     profile=profile,
-                    models=models,
+                    models=list(models or settings.MODEL_NAMES),
                     weights=json.dumps(weights or {}),
                     drift_report=drift_report,
                     promote=promote,
