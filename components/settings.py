@@ -36,6 +36,13 @@ MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")
 VIEW_COUNTS: tuple[int, ...] = (1, 2, 4, 8)  # ModelConfig.views: the first n symmetries of the square (models.py)
 
 
+def check_views(count: int) -> int:
+    """`count` if the model graph can average that many orientations (VIEW_COUNTS), else a ValueError naming them."""
+    if count not in VIEW_COUNTS:
+        raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {count!r}")
+    return count
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything one training run needs besides the data."""
@@ -65,8 +72,7 @@ class ModelConfig:
     seed: int = SEED
 
     def __post_init__(self):
-        if self.views not in VIEW_COUNTS:
-            raise ValueError(f"views must be one of {', '.join(map(str, VIEW_COUNTS))}, got {self.views!r}")
+        check_views(self.views)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -5,9 +5,10 @@ rows once that many are waiting or batch_timeout_micros has passed since the old
 them as one call and splits the outputs. With enable_large_batch_splitting (as in TF Serving), a
 request may hold up to max_batch_size rows but runs in batches of at most max_execution_batch_size:
 it is cut into pieces that fill the open batch first, and its answer is put back together in order.
-That bounds how long one started batch holds a core, whatever size the clients send. When a merged batch fails (one request's image does not
-decode, say), its requests are run one by one, so only the bad one gets the error. A queue holds at most max_enqueued_batches * max_batch_size
-rows: beyond that a request is refused with RESOURCE_EXHAUSTED, so memory stays bounded.
+That bounds how long one started batch holds a core, whatever size the clients send. When a merged
+batch fails (one request's image does not decode, say), its requests are run one by one, so only the
+bad one gets the error. A queue holds at most max_enqueued_batches batches of the size that runs
+(execution_batch_size): beyond that a request is refused with RESOURCE_EXHAUSTED, so memory stays bounded.
 
 Deadlines are honoured end to end: a request whose deadline passes while queued is taken out of the
 queue and never run, the remaining deadline is checked again just before a batch runs, and a batch

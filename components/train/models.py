@@ -126,9 +126,7 @@ def _layers() -> _GraphLayers:
 
         def __init__(self, count: int = 1, **kwargs):
             super().__init__(**kwargs)
-            if count not in settings.VIEW_COUNTS:
-                raise ValueError(f"views must be one of {', '.join(map(str, settings.VIEW_COUNTS))}, got {count!r}")
-            self.count = count
+            self.count = settings.check_views(count)  # also here: a model.keras edited by hand
 
         def call(self, inputs):
             from keras import ops
