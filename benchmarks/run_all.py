@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # served_checks last: it measures the model the pipeline benchmark (or `make run`) promoted.
-BENCHMARKS = ("dedup", "input_pipeline", "normalisation", "drift", "serving", "abuse", "pipeline", "served_checks")
+BENCHMARKS = ("dedup", "input_pipeline", "normalisation", "recipe_cv", "drift", "serving", "abuse", "pipeline", "served_checks")
 
 
 def main(argv: list[str] | None = None) -> int:
