@@ -10,7 +10,7 @@ once, out of fold, with 1, 2 and 4 views (the mean of the views' pooled features
 
     python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--folds 5]
 
-Writes benchmarks/results/recipe_cv.{json,md}. About 25 minutes per size on 2 CPU cores.
+Writes benchmarks/results/recipe_cv.{json,md}. About 40 (160 px) to 50 (192 px) minutes per size on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{size} px fold {k}: {time.perf_counter() - fold_started:.0f} s", flush=True)
             for n, view_logits in zip(VIEW_COUNTS, logits):
                 row = _scores(labels, view_logits)
-                row.update(size=size, views=n, copies=copies, cache_s=round(cache_s, 1),
-                           cv_s=round(time.perf_counter() - started, 1))
+                row.update(size=size, views=n, cache_s=round(cache_s, 1),
+                           total_s=round(time.perf_counter() - started, 1))
                 rows[f"{size}px/{n}v"] = row
                 print(f"{size} px, {n} view(s): {row['errors']} errors, accuracy {row['accuracy']:.4f}, macro-F1 "
                       f"{row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}", flush=True)
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                      + " | ".join(f"{rec[c]:.4f}" for c in rec) + f" | {cm[0][1]} | {cm[1][0]} |")
     lines += ["", f"Cost per size ({result['cores']} CPU cores, {result['when']}, load average "
               f"{result['load_average'][0]} -> {result['load_average'][1]}): "
-              + "; ".join(f"{r['size']} px: caching {r['cache_s']:.0f} s, all folds {r['cv_s']:.0f} s"
+              + "; ".join(f"{r['size']} px: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
                           for name, r in rows.items() if r["views"] == 1) + "."]
     (RESULTS / "recipe_cv.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
