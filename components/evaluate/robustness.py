@@ -1,7 +1,7 @@
 """Fixed perturbations of the test images: how much accuracy survives another lab's stain, lamp and camera.
 
 Each perturbation is applied with Pillow to the full-size decoded test image, the result is
-encoded (PNG, lossless; JPEG for the JPEG perturbation) and sent through the exported model's
+encoded (PNG, lossless and stored uncompressed; JPEG for the JPEG perturbation) and sent through the exported model's
 `serving_default`, as a client would send it. The code is deliberately independent of the
 training augmentation (components/train/augment.py, TensorFlow ops): a model is not graded by
 the implementation it was trained with. Deterministic: every model and run sees the same images.
@@ -10,7 +10,8 @@ the implementation it was trained with. Deterministic: every model and run sees 
 from __future__ import annotations
 
 import io
-from typing import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -86,14 +87,18 @@ def perturb(rgb: np.ndarray, name: str, index: int = 0) -> np.ndarray:
 
 
 def encode(rgb: np.ndarray, name: str | None = None) -> bytes:
-    """The bytes a client would send: PNG, or JPEG at the perturbation's quality."""
+    """The bytes a client would send: PNG, or JPEG at the perturbation's quality.
+
+    The PNG is stored uncompressed (compress_level 0): the pixels are the same at any level, and
+    deflating 9,000 images cost a third of the suite's time on 2 cores (1.9 s against 1.0 s per 471).
+    """
     from PIL import Image
 
     buffer = io.BytesIO()
     if name is not None and PERTURBATIONS.get(name, ("", 0))[0] == "jpeg":
         Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=int(PERTURBATIONS[name][1]))
     else:
-        Image.fromarray(rgb, "RGB").save(buffer, format="PNG", compress_level=1)
+        Image.fromarray(rgb, "RGB").save(buffer, format="PNG", compress_level=0)
     return buffer.getvalue()
 
 
@@ -101,8 +106,28 @@ def perturbed_bytes(images: Sequence[np.ndarray], name: str) -> list[bytes]:
     return [encode(perturb(img, name, i), name) for i, img in enumerate(images)]
 
 
+def perturbed_sets(images: Sequence[np.ndarray], names: Sequence[str] = tuple(PERTURBATIONS)
+                   ) -> Iterator[tuple[str, list[bytes]]]:
+    """(name, encoded perturbed images) in order, the next set prepared in a thread while the caller uses this one.
+
+    Pillow and NumPy release the GIL, so the preparation runs on the core the model leaves idle:
+    the suite took 125 s instead of 151 s for MobileNetV2 at 192 px on 2 cores, the same accuracies.
+    """
+    names = list(names)
+    if not names:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="perturb") as pool:
+        pending = pool.submit(perturbed_bytes, images, names[0])
+        for i, name in enumerate(names):
+            current = pending.result()
+            if i + 1 < len(names):
+                pending = pool.submit(perturbed_bytes, images, names[i + 1])
+            yield name, current
+
+
 def robustness(predict: Callable[[list[bytes]], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
                names: Sequence[str] = tuple(PERTURBATIONS)) -> dict[str, float]:
     """Accuracy of `predict` (encoded images -> probabilities) on each perturbed copy of `images`."""
     labels = np.asarray(labels)
-    return {name: float((predict(perturbed_bytes(images, name)).argmax(axis=1) == labels).mean()) for name in names}
+    return {name: float((predict(encoded).argmax(axis=1) == labels).mean())
+            for name, encoded in perturbed_sets(images, names)}

@@ -11,7 +11,7 @@ import pytest
 from components.evaluate.compare import compare
 from components.evaluate.executor import run_evaluate
 from components.evaluate.metrics import bootstrap_ci, classification_metrics
-from components.evaluate.robustness import PERTURBATIONS, encode, perturb, plausible
+from components.evaluate.robustness import PERTURBATIONS, encode, perturb, perturbed_bytes, perturbed_sets, plausible
 
 SCHEMA_KEYS = {"model", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "per_class",
                "confusion_matrix", "class_names", "params", "size_bytes", "latency_ms", "throughput_b32", "robustness",
@@ -63,6 +63,17 @@ def test_perturbations_are_fixed_change_the_image_and_say_their_severity():
     assert "grayscale" not in plausible() and len(plausible()) == len(PERTURBATIONS) - 1
 
 
+def test_perturbed_sets_come_in_order_and_equal_the_serial_encoding():
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (12, 12, 3), dtype=np.uint8) for _ in range(3)]
+    names = ["sensor noise sigma 0.03", "JPEG quality 30", "grayscale"]
+    sets = list(perturbed_sets(images, names))
+    assert [name for name, _ in sets] == names
+    for name, encoded in sets:
+        assert encoded == perturbed_bytes(images, name), name
+    assert list(perturbed_sets(images, [])) == []
+
+
 def test_evaluate_a_model_that_always_says_pre(tiny_split, tmp_path):
     """A real exported SavedModel with known output: every number of metrics.json can be checked by hand."""
     import keras
@@ -89,8 +100,23 @@ def test_evaluate_a_model_that_always_says_pre(tiny_split, tmp_path):
 
 
 def test_evaluate_trained_model_and_compare(trained, tiny_split, tmp_path):
-    m = run_evaluate(tiny_split, trained["out_dir"], tmp_path / "eval", bootstrap=200, latency_runs=5)
+    from PIL import Image
+
+    other_lab = tmp_path / "other-lab"  # larger, differently coloured JPEGs: the external smears' path
+    other_lab.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(other_lab / f"{i}.jpg")
+    m = run_evaluate(tiny_split, trained["out_dir"], tmp_path / "eval", bootstrap=200, latency_runs=5,
+                     external_dir=other_lab)
     assert SCHEMA_KEYS <= set(m)
+    external = m["external"]
+    assert external["folder"] == "other-lab"
+    halves = [external[h] for h in external if isinstance(external[h], dict)]
+    assert sum(h["images"] for h in halves) == 6
+    for half in halves:  # every detection method, the energy score from the Keras copy's logits included
+        assert 0 <= half["referred"] <= 1 and set(half["auroc"]) >= {"energy"}
+        assert all(0 <= v <= 1 for v in half["auroc"].values())
     assert m["accuracy_ci"][0] <= m["accuracy"] <= m["accuracy_ci"][1]
     assert set(m["robustness"]) == set(PERTURBATIONS)
     gated = {k: v for k, v in m["robustness"].items() if k in plausible()}
