@@ -34,8 +34,9 @@ _EXECUTING = re.compile(r"Executing task '([\w.-]+)'")
 _FINISHED = re.compile(r"Task '([\w.-]+)' finished with status (\w+)")
 _SKIPPED = re.compile(r"Skipping (?:conditional )?task ([\w.-]+)")
 _EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
-_EPOCH_END = re.compile(r"^\d+/\d+ - .*\bval_accuracy: ([\d.]+)")
-_VAL_LOSS = re.compile(r"\bval_loss: ([\d.]+)")
+_NUMBER = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"  # Keras writes small losses as 9.0189e-04
+_EPOCH_END = re.compile(r"^\d+/\d+ - .*\bval_accuracy: " + _NUMBER)
+_VAL_LOSS = re.compile(r"\bval_loss: " + _NUMBER)
 
 
 def plain(text: str) -> str:
@@ -108,6 +109,11 @@ class _Task:
     @property
     def label(self) -> str:
         return f"{step_name(self.name)} {self.model}" if self.model else step_name(self.name)
+
+
+def _loss(value: float) -> str:
+    """Four decimals, or two significant digits in scientific notation below 0.001 (not "0.0009" or "9.0189")."""
+    return f"{value:.4f}" if value >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
 class RunOutput(io.TextIOBase):
@@ -206,7 +212,7 @@ class RunOutput(io.TextIOBase):
             if epoch % every == 0 or epoch == total:
                 loss = _VAL_LOSS.search(text)
                 self.say(f"{task.label:<18} epoch {epoch}/{total}: val accuracy {float(match.group(1)):.4f}"
-                         + (f", val loss {float(loss.group(1)):.4f}" if loss else ""))
+                         + (f", val loss {_loss(float(loss.group(1)))}" if loss else ""))
 
     def _collect_executor_input(self, task: _Task, text: str) -> None:
         task.executor_input.append(text)

@@ -46,6 +46,14 @@ def test_a_training_step_is_a_few_lines_and_the_log_keeps_everything(tmp_path):
                              "figure": "val accuracy 0.9000 after 6 epochs"}]
 
 
+def test_a_small_validation_loss_keeps_its_exponent(tmp_path):
+    console = io.StringIO()
+    output = RunOutput(io.StringIO(), console, gpu=False, clock=lambda: 100.0)
+    task = _train_task(tmp_path).replace("val_loss: 1.6", "val_loss: 9.0189e-04")
+    _feed(output, task.replace("val_accuracy: 0.6000", "val_accuracy: 1.0000"))
+    assert "epoch 6/6: val accuracy 1.0000, val loss 9.02e-04" in console.getvalue()
+
+
 def test_cuda_errors_stay_where_a_gpu_exists(tmp_path):
     log = io.StringIO()
     output = RunOutput(log, io.StringIO(), gpu=True)
