@@ -19,6 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from components import atomic_files
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZE, BATCH, BATCHES = 192, 32, 10
 
@@ -59,20 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
     path = RESULTS / "host_speed.json"
     history = json.loads(path.read_text()) if path.is_file() else []
     history.append(result)
-    _write(path, json.dumps(history, indent=1))
+    atomic_files.write_text(path, json.dumps(history, indent=1))
     rows = [f"| {h['measured_at']} | {h['cpus']} | {h['images_per_s']:.1f} | {', '.join(map(str, h['rounds']))} |"
             for h in history]
-    _write(RESULTS / "host_speed.md", "\n".join([
+    atomic_files.write_text(RESULTS / "host_speed.md", "\n".join([
         "### Host speed", "", "`python -m benchmarks.host_speed`: MobileNetV2 at 192 px (random weights), batch 32, CPU "
         "forward pass, images/s (median of the rounds); measured before and after runs to put their wall time in context.",
         "", "| measured (UTC) | CPUs | images/s | rounds |", "|---|---|---|---|", *rows, ""]))
     return result
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
