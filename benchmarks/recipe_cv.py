@@ -8,9 +8,9 @@ stratified 5-fold cross-validation of the top fine-tune (the quick profile's opt
 class weights; the last epoch is kept, as the held-out fold must not choose one). Every image is scored
 once, out of fold, with 1, 2 and 4 views (the mean of the views' pooled features, as models.py serves).
 
-    python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--folds 5]
+    python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--epochs 12] [--folds 5] [--out recipe_cv]
 
-Writes benchmarks/results/recipe_cv.{json,md}. About 40 (160 px) to 50 (192 px) minutes per size on 2 CPU cores.
+Writes benchmarks/results/<out>.{json,md} (default recipe_cv). About 40 (160 px) to 50 (192 px) minutes per size on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="160,192", help="comma-separated input sizes to compare")
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (default: the quick profile's)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    parser.add_argument("--epochs", type=int, default=None, help="top fine-tune epochs (default: the quick profile's)")
+    parser.add_argument("--out", default="recipe_cv", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
 
     from sklearn.model_selection import StratifiedKFold
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.split = default_out()
     base = settings.model_config("quick", "mobilenetv2")
     copies = base.augment_copies if args.copies is None else args.copies
+    if args.epochs is not None:
+        base = base.with_overrides(epochs=args.epochs)
     rows, load_before = {}, os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="recipe-cv-") as tmp:
         pool = _pool(args.split, Path(tmp))
@@ -156,13 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": len(os.sched_getaffinity(0)),
               "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recipe_cv.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
     lines = ["# Quick MobileNetV2 recipe: input size and views, cross-validated", "",
              f"Stratified {args.folds}-fold cross-validation on train + val ({len(labels)} images; the test split is "
              f"not used), the top fine-tuned on cached activations of the clean image and {copies} augmented copies "
              f"({base.epochs} epochs, cosine, class-weighted, last epoch), each image scored once out of fold. "
              f"The quick profile serves {base.image_size} px with {base.views} view(s). "
-             "`python -m benchmarks.recipe_cv`.", "",
+             f"`{' '.join(['python -m benchmarks.recipe_cv', *(argv if argv is not None else sys.argv[1:])])}`.",
+             "",
              "| recipe | errors | accuracy | macro-F1 | Benign | Early | Pre | Pro | Benign -> Early | Early -> Benign |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{result['load_average'][0]} -> {result['load_average'][1]}): "
               + "; ".join(f"{r['size']} px: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
                           for name, r in rows.items() if r["views"] == 1) + "."]
-    (RESULTS / "recipe_cv.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
 
