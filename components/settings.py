@@ -65,7 +65,7 @@ class ModelConfig:
                                          # above it train on them (fine-tuning the top); None: the head alone
     dropout: float = 0.3
     label_smoothing: float = 0.0
-    cosine_decay: bool = False           # cached-activation training: the learning rate falls along a cosine to 5%
+    cosine_decay: bool = False           # phase 1: the learning rate falls along a cosine to 5% over `epochs`
     views: int = 1                       # orientations (symmetries of the square) whose pooled features the model
                                          # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
     mixed_precision: bool = True         # only where a GPU is present

@@ -110,3 +110,35 @@ def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path, cosine_deca
     best = int(np.argmin(history["val_loss"]))
     assert abs(result["val_accuracy"] - history["val_accuracy"][best]) < 1e-6
     assert abs(result["val_loss"] - history["val_loss"][best]) < 1e-3
+
+
+def test_learning_rate_is_constant_or_a_cosine_to_five_percent():
+    from components.train.executor import _learning_rate
+
+    assert _learning_rate(ModelConfig("cnn", learning_rate=1e-3, epochs=4), 10) == 1e-3
+    schedule = _learning_rate(ModelConfig("cnn", learning_rate=1e-3, epochs=4, cosine_decay=True), 10)
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(20)) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5), rel=1e-5)  # half way down the cosine
+    assert float(schedule(40)) == pytest.approx(5e-5, rel=1e-5)  # the end of the last epoch
+
+
+def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatch):
+    """The CNN path (no cached features) compiles with the schedule, so the rate falls within its epochs."""
+    import keras
+
+    from components.train import executor
+
+    rates = []
+    original = executor._compile
+
+    def recording(model, rate, smoothing):
+        rates.append(rate)
+        original(model, rate, smoothing)
+
+    monkeypatch.setattr(executor, "_compile", recording)
+    config = ModelConfig("cnn", image_size=32, weights="none", batch_size=16, epochs=2, patience=2, augment=False,
+                         cosine_decay=True)
+    run_train(tiny_split, tmp_path / "cnn", config, verbose=0, export_saved_model=False)
+    assert isinstance(rates[0], keras.optimizers.schedules.CosineDecay)
+    steps = train_input.steps_per_epoch(len(train_input.labels(tiny_split, "train")), 16)
+    assert rates[0].decay_steps == 2 * steps
