@@ -8,7 +8,7 @@ stratified 5-fold cross-validation of the top fine-tune (the quick profile's opt
 class weights; the last epoch is kept, as the held-out fold must not choose one). Every image is scored
 once, out of fold, with 1, 2 and 4 views (the mean of the views' pooled features, as models.py serves).
 
-    python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--epochs 12] [--folds 5] [--out recipe_cv]
+    python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--epochs 12] [--cut block_12_add] [--folds 5] [--out recipe_cv]
 
 Writes benchmarks/results/<out>.{json,md} (default recipe_cv). About 40 (160 px) to 50 (192 px) minutes per size on 2 CPU cores.
 """
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (default: the quick profile's)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument("--epochs", type=int, default=None, help="top fine-tune epochs (default: the quick profile's)")
+    parser.add_argument("--cut", default=None, help="the base layer whose activations are cached (default: the quick profile's)")
     parser.add_argument("--out", default="recipe_cv", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
 
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     copies = base.augment_copies if args.copies is None else args.copies
     if args.epochs is not None:
         base = base.with_overrides(epochs=args.epochs)
+    if args.cut is not None:
+        base = base.with_overrides(cache_cut=args.cut)
     rows, load_before = {}, os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="recipe-cv-") as tmp:
         pool = _pool(args.split, Path(tmp))
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{size} px, {n} view(s): {row['errors']} errors, accuracy {row['accuracy']:.4f}, macro-F1 "
                       f"{row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}", flush=True)
     result = {"pooled_images": int(len(labels)), "folds": args.folds, "copies": copies, "epochs": base.epochs,
+              "cache_cut": base.cache_cut,
               "split": str(args.split), "recipes": rows,
               "quick_profile": {"image_size": base.image_size, "views": base.views},
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": len(os.sched_getaffinity(0)),
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
     lines = ["# Quick MobileNetV2 recipe: input size and views, cross-validated", "",
              f"Stratified {args.folds}-fold cross-validation on train + val ({len(labels)} images; the test split is "
-             f"not used), the top fine-tuned on cached activations of the clean image and {copies} augmented copies "
+             f"not used), the top (above `{base.cache_cut}`) fine-tuned on cached activations of the clean image and "
+             f"{copies} augmented copies "
              f"({base.epochs} epochs, cosine, class-weighted, last epoch), each image scored once out of fold. "
              f"The quick profile serves {base.image_size} px with {base.views} view(s). "
              f"`{' '.join(['python -m benchmarks.recipe_cv', *(argv if argv is not None else sys.argv[1:])])}`.",
