@@ -363,9 +363,11 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
                 val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
             calibration_started = time.perf_counter()
             fitted = _fit_calibration(model, config, split_dir, ood_train)
-            log.info("%s calibration in %.1fs: temperature %.3f, val ECE %.4f -> %.4f, OOD threshold %.2f, "
+            log.info("%s calibration in %.1fs: temperature %.3f%s, val ECE %.4f -> %.4f, OOD threshold %.2f, "
                      "conformal quantile %.4f", config.name, time.perf_counter() - calibration_started,
-                     fitted.temperature, fitted.fitted_on["val_ece_before"], fitted.fitted_on["val_ece_after"],
+                     fitted.temperature, "" if fitted.fitted_on["temperature_kept"] else
+                     f" (the fitted {fitted.fitted_on['fitted_temperature']:.3f} raised the val ECE)",
+                     fitted.fitted_on["val_ece_before"], fitted.fitted_on["val_ece_after"],
                      fitted.ood_threshold, fitted.conformal_quantile)
     finally:
         keras.mixed_precision.set_global_policy("float32")

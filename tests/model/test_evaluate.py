@@ -237,3 +237,37 @@ def test_shortcut_baseline_runs_on_the_split(tiny_split):
     again = shortcut_on_split(tiny_split, seed=0)
     assert again.pop("cached") is True and again == result
     assert shortcut_on_split(tiny_split, seed=0, use_cache=False) == result  # seeded: recomputing agrees
+
+
+def _fit_on_logits(logits: np.ndarray, labels: np.ndarray):
+    """fit_calibration with the logits as head features (identity head) and random mid-level features."""
+    from components.train import calibration
+
+    rng = np.random.default_rng(1)
+    train_features, val_features = rng.normal(0, 1, (200, 5)), rng.normal(0, 1, (len(labels), 5))
+    return calibration.fit_calibration(train_features, np.arange(200) % 4, logits, val_features, labels, np.eye(4),
+                                       np.zeros(4), num_classes=4, ood_referral_rate=0.05, coverage=0.9)
+
+
+def test_temperature_stands_only_when_it_lowers_the_validation_ece():
+    from components.train import calibration
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    pred = np.where(rng.random(400) < 0.8, labels, rng.integers(0, 4, 400))
+    logits = np.eye(4)[pred] * 2.5 + rng.normal(0, 0.3, (400, 4))
+    wrong = np.flatnonzero(pred != labels)[:6]
+    logits[wrong] = np.eye(4)[pred[wrong]] * 60.0  # a few hugely confident mistakes dominate the likelihood
+    fitted = _fit_on_logits(logits, labels)
+    assert fitted.fitted_on["fitted_temperature"] > 2.0  # the NLL optimum softens everything ...
+    assert calibration.expected_calibration_error(calibration.softmax(logits, fitted.fitted_on["fitted_temperature"]),
+                                                  labels) > fitted.fitted_on["val_ece_before"]  # ... and calibrates worse
+    assert fitted.temperature == 1.0 and fitted.fitted_on["temperature_kept"] is False
+    assert fitted.fitted_on["val_ece_after"] == fitted.fitted_on["val_ece_before"]
+    # Overconfident everywhere (20% wrong at ~99.9%): the fitted temperature lowers the ECE and stands.
+    true = np.array([0, 1, 2, 3] * 50)
+    overconfident = np.eye(4)[true] * 8.0 + rng.normal(0, 1, (200, 4))
+    noisy = np.where(rng.random(200) < 0.2, rng.integers(0, 4, 200), true)
+    kept = _fit_on_logits(overconfident, noisy)
+    assert kept.temperature > 1.0 and kept.fitted_on["temperature_kept"] is True
+    assert kept.fitted_on["val_ece_after"] < kept.fitted_on["val_ece_before"]
