@@ -92,7 +92,12 @@ def _human_summary(summary: dict) -> str:
             lines.append(f"  {name:<12} {figures['accuracy']:>8.4f} {figures['macro_f1']:>8.4f}")
     decision = summary.get("decision")
     if decision:
-        verdict = f"promoted {decision.get('chosen')} as version {decision.get('version')}" if decision.get("promoted") else "not promoted"
+        if not decision.get("promoted"):
+            verdict = "not promoted"
+        elif decision.get("version") is None:  # the gate chose, but the promote step did not run (--no-promote)
+            verdict = f"chose {decision.get('chosen')}, not promoted (promotion disabled)"
+        else:
+            verdict = f"promoted {decision.get('chosen')} as version {decision.get('version')}"
         lines.append(f"gate: {verdict}: {decision.get('reason')}")
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")

@@ -115,6 +115,17 @@ def test_human_summary_has_figures_and_no_machine_paths(local_run, monkeypatch):
     assert len(text.splitlines()) <= 8
 
 
+def test_human_summary_says_when_the_gate_chose_but_promotion_was_disabled():
+    from pipelines.pipeline_cli import _human_summary
+
+    run = {"status": "SUCCEEDED", "wall_time_s": 1.0, "profile": "quick", "models": {}, "log": "/tmp/run.log",
+           "decision": {"promoted": True, "chosen": "mobilenetv2", "version": None, "reason": "passes the floors"}}
+    assert "gate: chose mobilenetv2, not promoted (promotion disabled): passes the floors" in _human_summary(run)
+    assert "as version" not in _human_summary(run)
+    run["decision"]["version"] = "5"
+    assert "gate: promoted mobilenetv2 as version 5: passes the floors" in _human_summary(run)
+
+
 def test_status_after_the_run(local_run):
     """`leukoflow status --json` names the served version, the champion and the run that produced it."""
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--json"],
