@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -75,6 +74,7 @@ def _fold(config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarra
 
     from components import domain
     from components.train import executor, models
+    from components.train import input as train_input
 
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config)
@@ -84,9 +84,8 @@ def _fold(config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarra
     ds = (tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, domain.NUM_CLASSES)))
           .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
           .map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(tf.data.AUTOTUNE))
-    rate = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=config.epochs * math.ceil(len(x) / config.batch_size), alpha=0.05)
-    executor._compile(top, rate, config.label_smoothing)
+    executor._compile(top, executor._learning_rate(config, train_input.steps_per_epoch(len(x), config.batch_size)),
+                      config.label_smoothing)
     top.fit(ds, epochs=config.epochs, class_weight=executor.class_weights(labels[train]), verbose=0)
     # The pooled features of each view; the head is linear, so their mean is what the served model scores.
     cached = keras.Input(top.input.shape[1:])
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from sklearn.model_selection import StratifiedKFold
 
-    from components import domain, settings
+    from components import atomic_files, domain, settings
 
     if args.split is None:
         from components.split.cli import default_out
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
               "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": len(os.sched_getaffinity(0)),
               "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
+    atomic_files.write_text(RESULTS / f"{args.out}.json", json.dumps(result, indent=2))
     lines = ["# Quick MobileNetV2 recipe: input size and views, cross-validated", "",
              f"Stratified {args.folds}-fold cross-validation on train + val ({len(labels)} images; the test split is "
              f"not used), the top (above `{base.cache_cut}`) fine-tuned on cached activations of the clean image and "
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{result['load_average'][0]} -> {result['load_average'][1]}): "
               + "; ".join(f"{r['size']} px: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
                           for name, r in rows.items() if r["views"] == 1) + "."]
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    atomic_files.write_text(RESULTS / f"{args.out}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
 

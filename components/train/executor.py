@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -224,7 +223,8 @@ def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, we
         return ds.map(lambda a, b: ((tf.cast(a, tf.float32) - mean) / std, b)).prefetch(tf.data.AUTOTUNE)
 
     # A constant rate left the validation loss jumping epoch to epoch (0.044 -> 0.173 -> 0.057).
-    _compile(top, _learning_rate(config, math.ceil(len(train_x) / config.batch_size)), config.label_smoothing)
+    _compile(top, _learning_rate(config, train_input.steps_per_epoch(len(train_x), config.batch_size)),
+             config.label_smoothing)
     history = _fit(top, as_ds(train_x, train_y, True), as_ds(val_x, val_y, False), epochs=config.epochs,
                    initial_epoch=0, config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
     if standardise:
