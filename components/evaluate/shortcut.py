@@ -20,20 +20,33 @@ def colour_features(rgb: np.ndarray) -> np.ndarray:
 
     `rgb` is uint8 [N, H, W, 3] or float [N, H, W, 3] in [0, 1].
     """
-    from skimage.color import rgb2hsv
-
     x = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
     if x.ndim == 3:
         x = x[None]
     flat = x.reshape(len(x), -1, 3)
     stats = np.concatenate([flat.mean(axis=1), flat.std(axis=1)], axis=1)
-    hsv = rgb2hsv(x.reshape(-1, x.shape[2], 3)).reshape(len(x), -1, 3)
-    # One bincount for every (image, channel, bin) at once: np.histogram per image is 50x slower.
-    bins = np.minimum((hsv * HSV_BINS).astype(np.int64), HSV_BINS - 1)
-    offsets = (np.arange(len(x))[:, None, None] * 3 + np.arange(3)[None, None, :]) * HSV_BINS
-    counts = np.bincount((bins + offsets).ravel(), minlength=len(x) * 3 * HSV_BINS)
-    hists = counts.reshape(len(x), 3 * HSV_BINS) / hsv.shape[1]
-    return np.concatenate([stats, hists.astype(np.float32)], axis=1)
+    return np.concatenate([stats, hsv_histograms(flat).astype(np.float32)], axis=1)
+
+
+def hsv_histograms(flat: np.ndarray) -> np.ndarray:
+    """float32 [N, P, 3] in [0, 1] -> [N, 3 * HSV_BINS]: the fraction of each image's pixels in each H, S, V bin.
+
+    HSV by scikit-image's `rgb2hsv` arithmetic in float32 (a test checks it bin for bin), without its masked
+    assignments: 7x faster, and those were most of the shortcut baseline's time in an evaluation.
+    """
+    r, g, b = flat[..., 0], flat[..., 1], flat[..., 2]
+    v = np.maximum(np.maximum(r, g), b)
+    delta = v - np.minimum(np.minimum(r, g), b)
+    grey = delta == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.where(grey, np.float32(0), delta / v)
+        h = np.where(b == v, 4.0 + (r - g) / delta, np.where(g == v, 2.0 + (b - r) / delta, (g - b) / delta))
+    h = (h.astype(np.float32) / np.float32(6.0)) % np.float32(1.0)
+    h[grey] = 0
+    image_offset = (np.arange(len(flat), dtype=np.int64) * HSV_BINS)[:, None]
+    hists = [np.bincount((np.minimum((c * HSV_BINS).astype(np.int64), HSV_BINS - 1) + image_offset).ravel(),
+                         minlength=len(flat) * HSV_BINS).reshape(len(flat), HSV_BINS) for c in (h, s, v)]
+    return np.concatenate(hists, axis=1) / flat.shape[1]
 
 
 def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
