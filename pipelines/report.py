@@ -197,7 +197,7 @@ def _robustness_section(models: dict, ordered: list[str], shortcut: dict | None)
     from components.evaluate.robustness import PERTURBATIONS, SEPARATE_FLOOR
 
     lines = ["", "## Robustness: another lab's stain, lamp and camera", "",
-             "Each perturbation is applied with Pillow to the full-size test image, which is then encoded (PNG; JPEG for the "
+             "Each perturbation is applied with Pillow to the full-size test image, which is then encoded (BMP, lossless; JPEG for the "
              "JPEG row) and sent through the model's `serving_default`, as a client would (components/evaluate/robustness.py; "
              "independent of the training augmentation's TensorFlow code). The gate's floors: the worst plausible "
              f"perturbation >= {_pct(settings.GATE_MIN_ROBUST_ACCURACY)}; "
