@@ -36,6 +36,9 @@ JPEG_QUALITY = (25, 95)
 JPEG_PROBABILITY = 0.5
 GRAYSCALE_PROBABILITY = 0.12
 PHOTOMETRIC_PROBABILITY = 0.9  # a few images stay as the lab made them
+# A lamp turned up until the background clips (a model config sets how often): this dataset's background
+# is already near white, so such light cannot be normalised away (components/domain.py) and must be learnt.
+OVEREXPOSURE = (1.0, 1.3)
 
 
 def _uniform(low: float, high: float, shape=()) -> "tf.Tensor":
@@ -86,8 +89,18 @@ def change_resolution(image: "tf.Tensor", factor: "tf.Tensor | float") -> "tf.Te
     return tf.image.resize(tf.image.resize(image, small, antialias=True), shape)
 
 
-def photometric(image: "tf.Tensor") -> "tf.Tensor":
-    """One random lab: float [H, W, 3] in [0, 1] -> float [H, W, 3] in [0, 1]."""
+def overexpose(image: "tf.Tensor", gain: "tf.Tensor | float") -> "tf.Tensor":
+    """More light by `gain` (>= 1), clipped where the sensor saturates."""
+    import tensorflow as tf
+
+    return tf.clip_by_value(image * gain, 0.0, 1.0)
+
+
+def photometric(image: "tf.Tensor", overexposure: float = 0.0) -> "tf.Tensor":
+    """One random lab: float [H, W, 3] in [0, 1] -> float [H, W, 3] in [0, 1].
+
+    With probability `overexposure`, the lab's image is then taken with more light (OVEREXPOSURE).
+    """
     import tensorflow as tf
 
     def change(x):
@@ -111,6 +124,8 @@ def photometric(image: "tf.Tensor") -> "tf.Tensor":
     x = tf.cond(_chance(PHOTOMETRIC_PROBABILITY), lambda: change(image), lambda: image)
     x = tf.cond(_chance(GRAYSCALE_PROBABILITY), lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)),
                 lambda: x)
+    if overexposure > 0:
+        x = tf.cond(_chance(overexposure), lambda: overexpose(x, _uniform(*OVEREXPOSURE)), lambda: x)
     x = tf.clip_by_value(x, 0.0, 1.0)
     x.set_shape(shape)
     return x

@@ -73,8 +73,12 @@ def dataset(
     seed: int = settings.SEED,
     cache: bool = True,
     count: int | None = None,
+    overexposure: float = 0.0,
 ) -> "tf.data.Dataset":
-    """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards."""
+    """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards.
+
+    `overexposure`: with `augment`, how often a lab's image is also overexposed (augment.photometric).
+    """
     import tensorflow as tf
 
     files = split_shards(split_dir, split)
@@ -102,7 +106,7 @@ def dataset(
     if augment:  # per image, after the cache: every epoch (and every cached copy) draws a new lab
         from components.train.augment import photometric
 
-        ds = ds.map(lambda x, y: (photometric(x), y), num_parallel_calls=autotune)
+        ds = ds.map(lambda x, y: (photometric(x, overexposure), y), num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=False)
     if augment:
         geometry = _geometry(seed)

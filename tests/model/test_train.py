@@ -44,6 +44,39 @@ def test_augmentation_only_on_training_batches(tiny_split):
     assert resized.shape == (4, 16, 16, 3)
 
 
+def test_overexposure_scales_the_light_and_clips_what_saturates(monkeypatch):
+    import tensorflow as tf
+
+    from components.train import augment
+
+    monkeypatch.setattr(augment, "PHOTOMETRIC_PROBABILITY", 0.0)  # the lab's own changes off: overexposure alone
+    monkeypatch.setattr(augment, "GRAYSCALE_PROBABILITY", 0.0)
+    image = tf.constant(np.stack([np.full((4, 4), v, np.float32) for v in (0.2, 0.5, 0.95)], axis=-1))
+    np.testing.assert_array_equal(augment.photometric(image, overexposure=0.0).numpy(), image.numpy())
+    low, high = augment.OVEREXPOSURE
+    gains = set()
+    for _ in range(8):
+        out = augment.photometric(image, overexposure=1.0).numpy()
+        gain = out[..., 0] / 0.2
+        assert np.allclose(gain, gain.flat[0], rtol=1e-5) and low <= gain.flat[0] <= high
+        np.testing.assert_allclose(out[..., 1], 0.5 * gain, rtol=1e-5)  # cells: the same gain, not clipped
+        np.testing.assert_allclose(out[..., 2], np.minimum(0.95 * gain, 1.0), rtol=1e-5)  # background: clipped
+        gains.add(round(float(gain.flat[0]), 4))
+    assert len(gains) > 1  # every image draws its own gain
+
+
+def test_overexposure_reaches_the_training_batches_only_when_asked(tiny_split, monkeypatch):
+    from components.train import augment
+
+    monkeypatch.setattr(augment, "PHOTOMETRIC_PROBABILITY", 0.0)
+    monkeypatch.setattr(augment, "GRAYSCALE_PROBABILITY", 0.0)
+    monkeypatch.setattr(augment, "OVEREXPOSURE", (1.5, 1.5))
+    def batch(**kwargs):
+        return next(iter(train_input.dataset(tiny_split, "train", 32, 8, augment=True, seed=3, **kwargs)))[0].numpy()
+    plain, bright = batch(), batch(overexposure=1.0)
+    assert bright.mean() > plain.mean() * 1.1 and bright.max() <= 1.0
+
+
 def test_cached_features_then_fine_tuning(tiny_split, tmp_path):
     """Transfer model: head on cached frozen-base features, then fine-tuning the top of the base."""
     config = ModelConfig("mobilenetv2", image_size=32, weights="none", batch_size=16, epochs=2, patience=2,
@@ -142,3 +175,27 @@ def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatc
     assert isinstance(rates[0], keras.optimizers.schedules.CosineDecay)
     steps = train_input.steps_per_epoch(len(train_input.labels(tiny_split, "train")), 16)
     assert rates[0].decay_steps == 2 * steps
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_precise_batchnorm_statistics_come_from_batches_augmented_as_training_sees_them(tiny_split, tmp_path,
+                                                                                         monkeypatch, augment):
+    """Before each validation BatchNorm gets the statistics of the training distribution: augmented when training is."""
+    from components.train import executor
+
+    seen = []
+    original = executor.recompute_batchnorm
+
+    def recording(model, batches):
+        seen.append([x.numpy() for x, _ in batches])
+        return original(model, batches)
+
+    monkeypatch.setattr(executor, "recompute_batchnorm", recording)
+    config = ModelConfig("cnn", image_size=32, weights="none", batch_size=16, epochs=1, patience=1, augment=augment,
+                         overexposure=0.5)
+    run_train(tiny_split, tmp_path / "cnn", config, verbose=0, export_saved_model=False)
+    clean = [x.numpy() for x, _ in train_input.dataset(tiny_split, "train", 32, 16, training=True, seed=config.seed,
+                                                       cache=False).take(len(seen[0]))]
+    assert seen and len(seen[0]) == len(clean)
+    same = all(np.array_equal(a, b) for a, b in zip(seen[0], clean))
+    assert same is (not augment)
