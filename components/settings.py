@@ -109,7 +109,8 @@ def _quick() -> Profile:
             # Every model normalises white balance and exposure to the smear's background in its graph
             # and trains on another lab's stain, lamp and camera (components/train/augment.py).
             # 30% of its images also overexposed until the background clips (augment.py); without it and with
-            # BatchNorm statistics of clean images it lost 8-13 points on val at 15% more light (docs/model.md).
+            # BatchNorm statistics of clean images it lost 8-11 points on val at 15% more light
+            # (benchmarks/results/cnn_robustness.md).
             "cnn": ModelConfig("cnn", image_size=96, weights="none", brightness="background", epochs=8, patience=3,
                                learning_rate=1e-3, overexposure=0.3),
             # No ResNet50 ImageNet weights exist offline here, and 23M parameters from scratch do not

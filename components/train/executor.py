@@ -326,8 +326,8 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
             val_ds = _one_hot(train_input.dataset(split_dir, "val", config.image_size, batch, count=val_count))
             history: dict = {}
             # Exact BatchNorm statistics before each validation, over training batches augmented as the weights
-            # see them: statistics of clean images alone left the CNN's normalised activations off-centre
-            # under every lab change (worst plausible perturbation on val 83-88% against 90-9x%, docs/model.md).
+            # see them. With the statistics of clean images the quick CNN's worst plausible perturbation on val was
+            # 83-88%; with these, 89-92% (benchmarks/results/cnn_robustness.md).
             bn_batches = train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                              augment=config.augment, seed=config.seed, cache=False,
                                              overexposure=config.overexposure).take(PRECISE_BN_BATCHES)

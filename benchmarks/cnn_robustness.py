@@ -1,0 +1,136 @@
+"""The quick CNN under another lab's light: which training change keeps it at 90% under its worst plausible perturbation.
+
+Four variants of the quick profile's CNN, each trained on the real split with a few seeds and scored
+on the **validation** split (the test split plays no part in the choice) under every perturbation
+of components/evaluate/robustness.py, through the Keras graph (its in-graph normalisation included):
+
+- before: BatchNorm's precise statistics from clean training batches, no overexposure (until 2026-12-06);
+- bn-augmented: the statistics from training batches augmented as the weights see them;
+- overexposure: 30% of the training images also overexposed until the background clips (augment.py);
+- both: the two together (the quick profile since 2026-12-06).
+
+    python -m benchmarks.cnn_robustness [--split DIR] [--seeds 42 43 44] [--variants before both]
+
+Writes benchmarks/results/cnn_robustness.{json,md}. About 4 minutes per training on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("before", "bn-augmented", "overexposure", "both")
+
+
+@contextlib.contextmanager
+def _clean_batchnorm_statistics():
+    """Training batches for precise BatchNorm (training=True, cache=False) un-augmented, as before 2026-12-06."""
+    from components.train import executor
+
+    original = executor.train_input.dataset
+
+    def dataset(*args, **kwargs):
+        if kwargs.get("training") and kwargs.get("cache") is False:
+            kwargs.update(augment=False, overexposure=0.0)
+        return original(*args, **kwargs)
+
+    executor.train_input.dataset = dataset
+    try:
+        yield
+    finally:
+        executor.train_input.dataset = original
+
+
+def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
+    import tensorflow as tf
+
+    from components import domain, records
+    from components.evaluate.robustness import PERTURBATIONS, encode, perturbed_bytes
+    from components.train import models
+
+    model = models.load_keras_model(keras_path)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def pixels(encoded):
+        return tf.map_fn(lambda b: domain.tf_resize(domain.tf_decode(b), size), encoded,
+                         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+    def accuracy(images: list[bytes], labels: np.ndarray) -> float:
+        probs = np.concatenate([model.predict_on_batch(pixels(tf.constant(images[i:i + 64])))
+                                for i in range(0, len(images), 64)])
+        return float((probs.argmax(axis=1) == labels).mean())
+
+    examples = list(records.iter_examples(split / "val"))
+    labels = np.array([e["label"] for e in examples])
+    rgb = [domain.load_rgb(e["encoded"]) for e in examples]
+    result = {"clean": accuracy([encode(x) for x in rgb], labels)}
+    result.update({name: accuracy(perturbed_bytes(rgb, name), labels) for name in PERTURBATIONS})
+    return result
+
+
+def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
+    from components import settings
+    from components.evaluate.robustness import plausible
+    from components.train.executor import run_train
+
+    overexposure = settings.model_config("quick", "cnn").overexposure if variant in ("overexposure", "both") else 0.0
+    config = settings.model_config("quick", "cnn", seed=seed, overexposure=overexposure)
+    started = time.perf_counter()
+    guard = _clean_batchnorm_statistics() if variant in ("before", "overexposure") else contextlib.nullcontext()
+    with guard:
+        trained = run_train(split, work / f"{variant}-{seed}", config, verbose=0, export_saved_model=False)
+    train_s = time.perf_counter() - started
+    val = _val_accuracies(trained["keras_model"], split, config.image_size)
+    worst = min(plausible(), key=val.get)
+    return {"variant": variant, "seed": seed, "overexposure": overexposure, "train_s": round(train_s, 1),
+            "val_clean": val["clean"], "worst_plausible": val[worst], "worst_name": worst,
+            "brightness_plus_15": val["brightness +15%"], "grayscale": val["grayscale"], "val": val}
+
+
+def write(rows: list[dict], note: str = "") -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "cnn_robustness.json").write_text(json.dumps({"note": note, "runs": rows}, indent=1))
+    lines = ["# The quick CNN under another lab's light (validation split)", "", note, "",
+             "| variant | seed | val clean | worst plausible (which) | brightness +15% | grayscale | training (s) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['val_clean']:.2%} | {r['worst_plausible']:.2%} "
+                     f"({r['worst_name']}) | {r['brightness_plus_15']:.2%} | {r['grayscale']:.2%} | {r['train_s']:.0f} |")
+    lines += ["", "| variant | runs | mean val clean | mean worst plausible | lowest worst plausible |", "|---|---|---|---|---|"]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == variant]
+        lines.append(f"| {variant} | {len(mine)} | {np.mean([r['val_clean'] for r in mine]):.2%} | "
+                     f"{np.mean([r['worst_plausible'] for r in mine]):.2%} | "
+                     f"{min(r['worst_plausible'] for r in mine):.2%} |")
+    (RESULTS / "cnn_robustness.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--work", type=Path, default=None, help="where the trained variants go (default: $LEUKOFLOW_HOME/runs/cnn_robustness)")
+    args = parser.parse_args(argv)
+    from components.home import home
+
+    split = args.split
+    if split is None:
+        from components.split.cli import default_out
+
+        split = default_out()
+    work = args.work or home() / "runs" / "cnn_robustness"
+    rows = [run_variant(v, s, split, work) for v in args.variants for s in args.seeds]
+    write(rows, f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {split}.")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
