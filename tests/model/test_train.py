@@ -71,6 +71,7 @@ def test_overexposure_reaches_the_training_batches_only_when_asked(tiny_split, m
     monkeypatch.setattr(augment, "PHOTOMETRIC_PROBABILITY", 0.0)
     monkeypatch.setattr(augment, "GRAYSCALE_PROBABILITY", 0.0)
     monkeypatch.setattr(augment, "OVEREXPOSURE", (1.5, 1.5))
+
     def batch(**kwargs):
         return next(iter(train_input.dataset(tiny_split, "train", 32, 8, augment=True, seed=3, **kwargs)))[0].numpy()
     plain, bright = batch(), batch(overexposure=1.0)
