@@ -98,14 +98,6 @@ class Profile:
     source_size: int
     models: dict[str, ModelConfig] = field(default_factory=dict)
     gate: dict = field(default_factory=dict)  # Policy fields this profile sets (components/promote/gate/policy.py)
-    # The pipeline trains two models at a time, in list order: the longest first keeps both slots busy to
-    # the end instead of leaving it to run alone (longest-processing-time scheduling).
-    run_order: tuple[str, ...] = MODEL_NAMES
-
-    def in_run_order(self, models: list[str] | tuple[str, ...]) -> list[str]:
-        """`models` ordered as this profile runs them (names it does not rank keep their order, last)."""
-        rank = {name: i for i, name in enumerate(self.run_order)}
-        return sorted(models, key=lambda name: rank.get(name, len(rank)))
 
 
 def _quick() -> Profile:
@@ -140,9 +132,6 @@ def _quick() -> Profile:
                                        epochs=12, patience=12, learning_rate=3e-4, cache_features=True,
                                        cache_cut="block_12_add", augment_copies=4, cosine_decay=True, views=1),
         },
-        # MobileNetV2 trains ~11 minutes, the CNN ~5, ResNet50 ~2: started last, MobileNetV2 ran alone for its
-        # last 9 minutes with the second core mostly idle.
-        run_order=("mobilenetv2", "cnn", "resnet50"),
     )
 
 
@@ -160,7 +149,6 @@ def _full() -> Profile:
             "mobilenetv2": ModelConfig("mobilenetv2", brightness="background", epochs=15, fine_tune_epochs=35,
                                        fine_tune_layers=50, learning_rate=1e-3),
         },
-        run_order=("resnet50", "mobilenetv2", "cnn"),  # 80 epochs of the whole ResNet50 from scratch first
     )
 
 

@@ -145,7 +145,7 @@ def run_local(
     data_path = Path(data_dir).resolve()
     root = Path(pipeline_root or home.pipeline_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    models = settings.profile(profile).in_run_order(models or settings.MODEL_NAMES)  # fails early on an unknown profile
+    settings.profile(profile)  # fail early on an unknown profile
     before = {p for p in root.iterdir() if p.is_dir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
 
@@ -165,14 +165,14 @@ def run_local(
     status, error = "SUCCEEDED", None
     with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
         output = RunOutput(log_file, console, verbose=verbose)
-        output.say(f"pipeline started: profile {profile}, models {', '.join(models)}; "
+        output.say(f"pipeline started: profile {profile}, models {', '.join(models or settings.MODEL_NAMES)}; "
                    f"full log {home.display(log_path)}")
         with _captured(output):
             try:
                 leukoflow_pipeline(
                     data_dir=str(data_path),
                     profile=profile,
-                    models=models,
+                    models=list(models or settings.MODEL_NAMES),
                     weights=json.dumps(weights or {}),
                     drift_report=drift_report,
                     promote=promote,
