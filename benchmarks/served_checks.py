@@ -99,6 +99,14 @@ def latest_run() -> Path:
     return max(runs, key=lambda p: p.stat().st_mtime)
 
 
+def run_containing(path: Path) -> Path | None:
+    """The pipeline run folder that holds `path` (a split or a metrics.json), if it lies under the pipeline root."""
+    from components import home
+
+    root = home.pipeline_root().resolve()
+    return next((parent for parent in path.resolve().parents if parent.parent == root), None)
+
+
 def find_split(run: Path) -> Path:
     candidates = sorted(p for p in run.glob("**/split") if (p / "test").is_dir())
     if not candidates:
@@ -491,7 +499,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir, version = promoted_model()
     meta = model_metadata.read(model_dir)
-    run = latest_run()
+    # The run the figures come from: the one holding --metrics or --split when given, else the latest.
+    given = args.metrics or args.split
+    run = (run_containing(Path(given)) if given else None) or latest_run()
     split = Path(args.split) if args.split else find_split(run)
     if not (split / "test").is_dir():
         parser.error(f"--split {split}: no test/ folder in it")
