@@ -9,7 +9,9 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
 - overexposure: 30% of the training images also overexposed until the background clips (augment.py);
 - both: the two together (the quick profile 2026-12-06);
 - cosine: both, with the learning rate falling along a cosine to 5% over the 8 epochs instead of constant
-  (the quick profile since 2026-12-07).
+  (the quick profile since 2026-12-07);
+- strong overexposure: cosine, with the overexposed images' gain drawn from x1.1-1.4 instead of x1.0-1.3, so each
+  of them clips (STRONG_OVEREXPOSURE).
 
     python -m benchmarks.cnn_robustness [--split DIR] [--seeds 42 43 44] [--variants before both] [--append]
 
@@ -27,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("before", "bn-augmented", "overexposure", "both", "cosine")
+VARIANTS = ("before", "bn-augmented", "overexposure", "both", "cosine", "strong overexposure")
+STRONG_OVEREXPOSURE = (1.1, 1.4)
 
 
 @contextlib.contextmanager
@@ -47,6 +50,19 @@ def _clean_batchnorm_statistics():
         yield
     finally:
         executor.train_input.dataset = original
+
+
+@contextlib.contextmanager
+def _overexposure_gains(gains: tuple[float, float]):
+    """Draw the overexposed training images' gain from `gains` (augment.OVEREXPOSURE, read when the data is built)."""
+    from components.train import augment
+
+    original = augment.OVEREXPOSURE
+    augment.OVEREXPOSURE = gains
+    try:
+        yield
+    finally:
+        augment.OVEREXPOSURE = original
 
 
 def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
@@ -80,13 +96,14 @@ def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
     from components.train.executor import run_train
 
     overexposure = (settings.model_config("quick", "cnn").overexposure
-                    if variant in ("overexposure", "both", "cosine") else 0.0)
+                    if variant in ("overexposure", "both", "cosine", "strong overexposure") else 0.0)
     config = settings.model_config("quick", "cnn", seed=seed, overexposure=overexposure,
-                                   cosine_decay=variant == "cosine")
+                                   cosine_decay=variant in ("cosine", "strong overexposure"))
     started = time.perf_counter()
     guard = _clean_batchnorm_statistics() if variant in ("before", "overexposure") else contextlib.nullcontext()
-    with guard:
-        trained = run_train(split, work / f"{variant}-{seed}", config, verbose=0, export_saved_model=False)
+    gains = _overexposure_gains(STRONG_OVEREXPOSURE) if variant == "strong overexposure" else contextlib.nullcontext()
+    with guard, gains:
+        trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
     train_s = time.perf_counter() - started
     val = _val_accuracies(trained["keras_model"], split, config.image_size)
     worst = min(plausible(), key=val.get)
