@@ -26,12 +26,31 @@ import contextlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("before", "bn-augmented", "overexposure", "both", "cosine", "strong overexposure", "10 epochs")
 STRONG_OVEREXPOSURE = (1.1, 1.4)
+
+
+class Variant(NamedTuple):
+    clean_batchnorm: bool  # precise BatchNorm statistics from un-augmented batches
+    overexposed: bool      # the quick profile's share of overexposed images (else none)
+    cosine_decay: bool
+    gains: tuple[float, float] | None = None  # augment.OVEREXPOSURE for this variant (None: the module's own)
+    epochs: int | None = None                 # None: the quick profile's
+
+
+VARIANTS: dict[str, Variant] = {
+    "before": Variant(clean_batchnorm=True, overexposed=False, cosine_decay=False),
+    "bn-augmented": Variant(clean_batchnorm=False, overexposed=False, cosine_decay=False),
+    "overexposure": Variant(clean_batchnorm=True, overexposed=True, cosine_decay=False),
+    "both": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=False),
+    "cosine": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True),
+    "strong overexposure": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, gains=STRONG_OVEREXPOSURE),
+    "10 epochs": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, epochs=10),
+}
 
 
 @contextlib.contextmanager
@@ -96,14 +115,13 @@ def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
     from components.evaluate.robustness import plausible
     from components.train.executor import run_train
 
-    overexposure = (settings.model_config("quick", "cnn").overexposure
-                    if variant in ("overexposure", "both", "cosine", "strong overexposure", "10 epochs") else 0.0)
-    epochs = 10 if variant == "10 epochs" else settings.model_config("quick", "cnn").epochs
-    config = settings.model_config("quick", "cnn", seed=seed, overexposure=overexposure, epochs=epochs,
-                                   cosine_decay=variant in ("cosine", "strong overexposure", "10 epochs"))
+    chosen, quick = VARIANTS[variant], settings.model_config("quick", "cnn")
+    overexposure = quick.overexposure if chosen.overexposed else 0.0
+    config = quick.with_overrides(seed=seed, overexposure=overexposure, epochs=chosen.epochs or quick.epochs,
+                                  cosine_decay=chosen.cosine_decay)
     started = time.perf_counter()
-    guard = _clean_batchnorm_statistics() if variant in ("before", "overexposure") else contextlib.nullcontext()
-    gains = _overexposure_gains(STRONG_OVEREXPOSURE) if variant == "strong overexposure" else contextlib.nullcontext()
+    guard = _clean_batchnorm_statistics() if chosen.clean_batchnorm else contextlib.nullcontext()
+    gains = _overexposure_gains(chosen.gains) if chosen.gains else contextlib.nullcontext()
     with guard, gains:
         trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
     train_s = time.perf_counter() - started
