@@ -12,7 +12,14 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
   (the quick profile since 2026-12-07);
 - strong overexposure: cosine, with the overexposed images' gain drawn from x1.1-1.4 instead of x1.0-1.3, so each
   of them clips (STRONG_OVEREXPOSURE);
-- 10 epochs: cosine, over 10 epochs instead of 8 (about 25% more of the CNN's training time).
+- 10 epochs: cosine, over 10 epochs instead of 8 (about 25% more of the CNN's training time);
+- saturated 1.15 / 1.3: cosine, with the in-graph background normalisation mapping the background to 1.15 (1.3)
+  instead of 0.92, so a clean smear's highlights saturate as a 15% (30%) brighter lamp's do
+  (domain.BACKGROUND_TARGET, read when the graph is built);
+- 128 px: cosine, at a 128-px input instead of 96 (about 1.8x the pixels);
+- twins 12 / twins 1: cosine, every training image beside an overexposed twin and a Jensen-Shannon consistency loss
+  between their predictions (weight 12, AugMix's, or 1; components/train/consistency.py); twice the images per epoch;
+- twins 12 4 epochs: weight 12 over 4 epochs, the compute of 'cosine'.
 
     python -m benchmarks.cnn_robustness [--split DIR] [--seeds 42 43 44] [--variants before both] [--append]
 
@@ -40,6 +47,9 @@ class Variant(NamedTuple):
     cosine_decay: bool
     gains: tuple[float, float] | None = None  # augment.OVEREXPOSURE for this variant (None: the module's own)
     epochs: int | None = None                 # None: the quick profile's
+    background_target: float | None = None    # domain.BACKGROUND_TARGET for this variant (None: the module's own)
+    image_size: int | None = None             # None: the quick profile's
+    twin_consistency: float = 0.0
 
 
 VARIANTS: dict[str, Variant] = {
@@ -50,6 +60,13 @@ VARIANTS: dict[str, Variant] = {
     "cosine": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True),
     "strong overexposure": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, gains=STRONG_OVEREXPOSURE),
     "10 epochs": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, epochs=10),
+    "saturated 1.15": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.15),
+    "saturated 1.3": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.3),
+    "128 px": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, image_size=128),
+    "twins 12": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, twin_consistency=12.0),
+    "twins 12 4 epochs": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, twin_consistency=12.0,
+                                 epochs=4),
+    "twins 1": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, twin_consistency=1.0),
 }
 
 
@@ -85,6 +102,19 @@ def _overexposure_gains(gains: tuple[float, float]):
         augment.OVEREXPOSURE = original
 
 
+@contextlib.contextmanager
+def _background_target(target: float):
+    """Map the background to `target` in the graph's normalisation (domain.BACKGROUND_TARGET, read at trace time)."""
+    from components import domain
+
+    original = domain.BACKGROUND_TARGET
+    domain.BACKGROUND_TARGET = target
+    try:
+        yield
+    finally:
+        domain.BACKGROUND_TARGET = original
+
+
 def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
     import tensorflow as tf
 
@@ -118,14 +148,16 @@ def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
     chosen, quick = VARIANTS[variant], settings.model_config("quick", "cnn")
     overexposure = quick.overexposure if chosen.overexposed else 0.0
     config = quick.with_overrides(seed=seed, overexposure=overexposure, epochs=chosen.epochs or quick.epochs,
-                                  cosine_decay=chosen.cosine_decay)
+                                  cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size,
+                                  twin_consistency=chosen.twin_consistency)
     started = time.perf_counter()
     guard = _clean_batchnorm_statistics() if chosen.clean_batchnorm else contextlib.nullcontext()
     gains = _overexposure_gains(chosen.gains) if chosen.gains else contextlib.nullcontext()
-    with guard, gains:
+    target = _background_target(chosen.background_target) if chosen.background_target else contextlib.nullcontext()
+    with guard, gains, target:
         trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
-    train_s = time.perf_counter() - started
-    val = _val_accuracies(trained["keras_model"], split, config.image_size)
+        train_s = time.perf_counter() - started
+        val = _val_accuracies(trained["keras_model"], split, config.image_size)
     worst = min(plausible(), key=val.get)
     return {"variant": variant, "seed": seed, "overexposure": overexposure, "cosine_decay": config.cosine_decay,
             "train_s": round(train_s, 1),
