@@ -16,10 +16,9 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
 - saturated 1.15 / 1.3: cosine, with the in-graph background normalisation mapping the background to 1.15 (1.3)
   instead of 0.92, so a clean smear's highlights saturate as a 15% (30%) brighter lamp's do
   (domain.BACKGROUND_TARGET, read when the graph is built);
-- 128 px: cosine, at a 128-px input instead of 96 (about 1.8x the pixels);
-- twins 12 / twins 1: cosine, every training image beside an overexposed twin and a Jensen-Shannon consistency loss
-  between their predictions (weight 12, AugMix's, or 1; components/train/consistency.py); twice the images per epoch;
-- twins 12 4 epochs: weight 12 over 4 epochs, the compute of 'cosine'.
+- 128 px: cosine, at a 128-px input instead of 96 (about 1.8x the pixels).
+- 'twins 1' (in the results) ran on commit a43905f: every training image beside an overexposed twin and a
+  Jensen-Shannon consistency loss between their predictions; its code was reverted in the next commit.
 
     python -m benchmarks.cnn_robustness [--split DIR] [--seeds 42 43 44] [--variants before both] [--append]
 
@@ -49,7 +48,6 @@ class Variant(NamedTuple):
     epochs: int | None = None                 # None: the quick profile's
     background_target: float | None = None    # domain.BACKGROUND_TARGET for this variant (None: the module's own)
     image_size: int | None = None             # None: the quick profile's
-    twin_consistency: float = 0.0
 
 
 VARIANTS: dict[str, Variant] = {
@@ -63,10 +61,6 @@ VARIANTS: dict[str, Variant] = {
     "saturated 1.15": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.15),
     "saturated 1.3": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.3),
     "128 px": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, image_size=128),
-    "twins 12": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, twin_consistency=12.0),
-    "twins 12 4 epochs": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, twin_consistency=12.0,
-                                 epochs=4),
-    "twins 1": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, twin_consistency=1.0),
 }
 
 
@@ -148,8 +142,7 @@ def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
     chosen, quick = VARIANTS[variant], settings.model_config("quick", "cnn")
     overexposure = quick.overexposure if chosen.overexposed else 0.0
     config = quick.with_overrides(seed=seed, overexposure=overexposure, epochs=chosen.epochs or quick.epochs,
-                                  cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size,
-                                  twin_consistency=chosen.twin_consistency)
+                                  cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size)
     started = time.perf_counter()
     guard = _clean_batchnorm_statistics() if chosen.clean_batchnorm else contextlib.nullcontext()
     gains = _overexposure_gains(chosen.gains) if chosen.gains else contextlib.nullcontext()

@@ -63,8 +63,6 @@ class ModelConfig:
     augment_copies: int = 4              # cache_features + augment: augmented copies of each training image cached
     overexposure: float = 0.0            # augment: how often a lab's image is also overexposed until its
                                          # background clips (components/train/augment.py)
-    twin_consistency: float = 0.0        # augment, trained end to end: weight of the divergence between each image's
-                                         # prediction and its overexposed twin's (components/train/consistency.py); 0: off
     cache_cut: str | None = None         # cache_features: the base layer whose activations are cached; the layers
                                          # above it train on them (fine-tuning the top); None: the head alone
     dropout: float = 0.3

@@ -43,14 +43,14 @@ def _one_hot(ds):
     return ds.map(lambda x, y: (x, tf.one_hot(y, domain.NUM_CLASSES)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _compile(model, learning_rate, label_smoothing: float, twin_consistency: float = 0.0) -> None:
+def _compile(model, learning_rate, label_smoothing: float) -> None:
     import keras
 
-    from components.train.consistency import twin_consistency_loss
-
-    loss = (twin_consistency_loss(twin_consistency, label_smoothing) if twin_consistency > 0
-            else keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+        metrics=["accuracy"],
+    )
 
 
 def _learning_rate(config: ModelConfig, steps_per_epoch: int):
@@ -323,17 +323,14 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
             has_base = models.base_layer(model) is not None
             checkpoint = out_dir / "checkpoints" / "best.weights.h5"
             val_count = len(train_input.labels(split_dir, "val"))
-            # Twin consistency: validation batches hold identical twins, so val_loss stays the cross-entropy.
-            twins = config.twin_consistency > 0 and config.augment and not (config.cache_features and has_base)
-            val_ds = _one_hot(train_input.dataset(split_dir, "val", config.image_size, batch, count=val_count,
-                                                  twins=twins))
+            val_ds = _one_hot(train_input.dataset(split_dir, "val", config.image_size, batch, count=val_count))
             history: dict = {}
             # Exact BatchNorm statistics before each validation, over training batches augmented as the weights
             # see them. With the statistics of clean images the quick CNN's worst plausible perturbation on val was
             # 83-88%; with these, 89-92% (benchmarks/results/cnn_robustness.md).
             bn_batches = train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                              augment=config.augment, seed=config.seed, cache=False,
-                                             overexposure=config.overexposure, twins=twins).take(PRECISE_BN_BATCHES)
+                                             overexposure=config.overexposure).take(PRECISE_BN_BATCHES)
             phases: list[str] = []
             ood_train = None
             if config.cache_features and has_base:
@@ -343,11 +340,9 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
             else:
                 train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
                                                         augment=config.augment, seed=config.seed,
-                                                        count=len(train_labels), overexposure=config.overexposure,
-                                                        twins=twins))
-                steps = train_input.steps_per_epoch(len(train_labels), batch // 2 if twins else batch)
-                _compile(model, _learning_rate(config, steps), config.label_smoothing,
-                         config.twin_consistency if twins else 0.0)
+                                                        count=len(train_labels), overexposure=config.overexposure))
+                _compile(model, _learning_rate(config, train_input.steps_per_epoch(len(train_labels), batch)),
+                         config.label_smoothing)
                 history = _fit(model, train_ds, val_ds, epochs=config.epochs, initial_epoch=0, config=config,
                                weights=weights, checkpoint=checkpoint, verbose=verbose, bn_batches=bn_batches)
                 frozen = has_base and not models.base_layer(model).trainable

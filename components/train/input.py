@@ -74,13 +74,10 @@ def dataset(
     cache: bool = True,
     count: int | None = None,
     overexposure: float = 0.0,
-    twins: bool = False,
 ) -> "tf.data.Dataset":
     """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards.
 
     `overexposure`: with `augment`, how often a lab's image is also overexposed (augment.photometric).
-    `twins`: each batch is batch_size/2 images, then their twins (consistency.twin_batch: overexposed with
-    `augment`, identical without), for the twin-consistency loss; an epoch then takes twice the steps.
     """
     import tensorflow as tf
 
@@ -110,13 +107,7 @@ def dataset(
         from components.train.augment import photometric
 
         ds = ds.map(lambda x, y: (photometric(x, overexposure), y), num_parallel_calls=autotune)
-    if twins:
-        from components.train.consistency import twin_batch
-
-        ds = ds.batch(max(1, batch_size // 2), drop_remainder=False)
-        ds = ds.map(lambda x, y: twin_batch(x, y, overexpose=augment), num_parallel_calls=autotune)
-    else:
-        ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.batch(batch_size, drop_remainder=False)
     if augment:
         geometry = _geometry(seed)
         ds = ds.map(lambda x, y: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), y),

@@ -165,9 +165,9 @@ def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatc
     rates = []
     original = executor._compile
 
-    def recording(model, rate, smoothing, *consistency):
+    def recording(model, rate, smoothing):
         rates.append(rate)
-        original(model, rate, smoothing, *consistency)
+        original(model, rate, smoothing)
 
     monkeypatch.setattr(executor, "_compile", recording)
     config = ModelConfig("cnn", image_size=32, weights="none", batch_size=16, epochs=2, patience=2, augment=False,
