@@ -16,7 +16,10 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
 - saturated 1.15 / 1.3: cosine, with the in-graph background normalisation mapping the background to 1.15 (1.3)
   instead of 0.92, so a clean smear's highlights saturate as a 15% (30%) brighter lamp's do
   (domain.BACKGROUND_TARGET, read when the graph is built);
-- 128 px: cosine, at a 128-px input instead of 96 (about 1.8x the pixels).
+- 128 px: cosine, at a 128-px input instead of 96 (about 1.8x the pixels);
+- weight EMA: cosine, validated, checkpointed and kept with an exponential moving average of the weights (momentum
+  0.99, about 1.4 epochs; Keras' `use_ema` and `SwapEMAWeights`), patched into the executor here;
+- label smoothing 0.1: cosine, with the targets smoothed by 0.1 (ModelConfig.label_smoothing).
 - 'twins 1' (in the results) ran on commit a43905f: every training image beside an overexposed twin and a
   Jensen-Shannon consistency loss between their predictions; its code was reverted in the next commit.
 
@@ -48,6 +51,8 @@ class Variant(NamedTuple):
     epochs: int | None = None                 # None: the quick profile's
     background_target: float | None = None    # domain.BACKGROUND_TARGET for this variant (None: the module's own)
     image_size: int | None = None             # None: the quick profile's
+    weight_ema: float | None = None           # the optimizer's EMA momentum (None: no EMA)
+    label_smoothing: float = 0.0
 
 
 VARIANTS: dict[str, Variant] = {
@@ -61,6 +66,8 @@ VARIANTS: dict[str, Variant] = {
     "saturated 1.15": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.15),
     "saturated 1.3": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.3),
     "128 px": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, image_size=128),
+    "weight EMA": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, weight_ema=0.99),
+    "label smoothing 0.1": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, label_smoothing=0.1),
 }
 
 
@@ -109,6 +116,29 @@ def _background_target(target: float):
         domain.BACKGROUND_TARGET = original
 
 
+@contextlib.contextmanager
+def _weight_ema(momentum: float):
+    """Adam with an EMA of the weights; validation, checkpoints and the kept model use the EMA weights."""
+    import keras
+
+    from components.train import executor
+
+    compile_, callbacks_ = executor._compile, executor._callbacks
+
+    def compile_with_ema(model, learning_rate, label_smoothing):
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=momentum),
+                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
+
+    def callbacks_with_swap(*args, **kwargs):  # first: precise BN and the checkpoints then see the EMA weights
+        return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + callbacks_(*args, **kwargs)
+
+    executor._compile, executor._callbacks = compile_with_ema, callbacks_with_swap
+    try:
+        yield
+    finally:
+        executor._compile, executor._callbacks = compile_, callbacks_
+
+
 def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
     import tensorflow as tf
 
@@ -142,12 +172,14 @@ def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
     chosen, quick = VARIANTS[variant], settings.model_config("quick", "cnn")
     overexposure = quick.overexposure if chosen.overexposed else 0.0
     config = quick.with_overrides(seed=seed, overexposure=overexposure, epochs=chosen.epochs or quick.epochs,
-                                  cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size)
+                                  cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size,
+                                  label_smoothing=chosen.label_smoothing)
     started = time.perf_counter()
     guard = _clean_batchnorm_statistics() if chosen.clean_batchnorm else contextlib.nullcontext()
     gains = _overexposure_gains(chosen.gains) if chosen.gains else contextlib.nullcontext()
     target = _background_target(chosen.background_target) if chosen.background_target else contextlib.nullcontext()
-    with guard, gains, target:
+    ema = _weight_ema(chosen.weight_ema) if chosen.weight_ema else contextlib.nullcontext()
+    with guard, gains, target, ema:
         trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
         train_s = time.perf_counter() - started
         val = _val_accuracies(trained["keras_model"], split, config.image_size)
