@@ -19,7 +19,7 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
 - 128 px: cosine, at a 128-px input instead of 96 (about 1.8x the pixels);
 - weight EMA: cosine, validated, checkpointed and kept with an exponential moving average of the weights (momentum
   0.99, about 1.4 epochs; Keras' `use_ema` and `SwapEMAWeights`), patched into the executor here;
-- label smoothing 0.1: cosine, with the targets smoothed by 0.1 (ModelConfig.label_smoothing).
+- label smoothing 0.1: cosine, with the targets smoothed by 0.1 (ModelConfig.label_smoothing);
 - 'twins 1' (in the results) ran on commit a43905f: every training image beside an overexposed twin and a
   Jensen-Shannon consistency loss between their predictions; its code was reverted in the next commit.
 
@@ -72,6 +72,18 @@ VARIANTS: dict[str, Variant] = {
 
 
 @contextlib.contextmanager
+def _replaced(owner, **attributes):
+    """Set `owner`'s attributes for the block, then put the originals back (a variant's change, this process only)."""
+    originals = {name: getattr(owner, name) for name in attributes}
+    for name, value in attributes.items():
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for name, value in originals.items():
+            setattr(owner, name, value)
+
+
 def _clean_batchnorm_statistics():
     """Training batches for precise BatchNorm (training=True, cache=False) un-augmented, as before 2026-12-06."""
     from components.train import executor
@@ -83,60 +95,39 @@ def _clean_batchnorm_statistics():
             kwargs.update(augment=False, overexposure=0.0)
         return original(*args, **kwargs)
 
-    executor.train_input.dataset = dataset
-    try:
-        yield
-    finally:
-        executor.train_input.dataset = original
+    return _replaced(executor.train_input, dataset=dataset)
 
 
-@contextlib.contextmanager
 def _overexposure_gains(gains: tuple[float, float]):
     """Draw the overexposed training images' gain from `gains` (augment.OVEREXPOSURE, read when the data is built)."""
     from components.train import augment
 
-    original = augment.OVEREXPOSURE
-    augment.OVEREXPOSURE = gains
-    try:
-        yield
-    finally:
-        augment.OVEREXPOSURE = original
+    return _replaced(augment, OVEREXPOSURE=gains)
 
 
-@contextlib.contextmanager
 def _background_target(target: float):
     """Map the background to `target` in the graph's normalisation (domain.BACKGROUND_TARGET, read at trace time)."""
     from components import domain
 
-    original = domain.BACKGROUND_TARGET
-    domain.BACKGROUND_TARGET = target
-    try:
-        yield
-    finally:
-        domain.BACKGROUND_TARGET = original
+    return _replaced(domain, BACKGROUND_TARGET=target)
 
 
-@contextlib.contextmanager
 def _weight_ema(momentum: float):
     """Adam with an EMA of the weights; validation, checkpoints and the kept model use the EMA weights."""
     import keras
 
     from components.train import executor
 
-    compile_, callbacks_ = executor._compile, executor._callbacks
+    callbacks = executor._callbacks
 
     def compile_with_ema(model, learning_rate, label_smoothing):
         model.compile(optimizer=keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=momentum),
                       loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
 
     def callbacks_with_swap(*args, **kwargs):  # first: precise BN and the checkpoints then see the EMA weights
-        return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + callbacks_(*args, **kwargs)
+        return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + callbacks(*args, **kwargs)
 
-    executor._compile, executor._callbacks = compile_with_ema, callbacks_with_swap
-    try:
-        yield
-    finally:
-        executor._compile, executor._callbacks = compile_, callbacks_
+    return _replaced(executor, _compile=compile_with_ema, _callbacks=callbacks_with_swap)
 
 
 def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:

@@ -146,6 +146,7 @@ def run_local(
     root = Path(pipeline_root or home.pipeline_root()).resolve()
     root.mkdir(parents=True, exist_ok=True)
     settings.profile(profile)  # fail early on an unknown profile
+    models = list(models or settings.MODEL_NAMES)
     before = {p for p in root.iterdir() if p.is_dir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
 
@@ -165,14 +166,14 @@ def run_local(
     status, error = "SUCCEEDED", None
     with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
         output = RunOutput(log_file, console, verbose=verbose)
-        output.say(f"pipeline started: profile {profile}, models {', '.join(models or settings.MODEL_NAMES)}; "
+        output.say(f"pipeline started: profile {profile}, models {', '.join(models)}; "
                    f"full log {home.display(log_path)}")
         with _captured(output):
             try:
                 leukoflow_pipeline(
                     data_dir=str(data_path),
                     profile=profile,
-                    models=list(models or settings.MODEL_NAMES),
+                    models=models,
                     weights=json.dumps(weights or {}),
                     drift_report=drift_report,
                     promote=promote,
