@@ -20,10 +20,18 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
 - weight EMA: cosine, validated, checkpointed and kept with an exponential moving average of the weights (momentum
   0.99, about 1.4 epochs; Keras' `use_ema` and `SwapEMAWeights`), patched into the executor here;
 - label smoothing 0.1: cosine, with the targets smoothed by 0.1 (ModelConfig.label_smoothing);
+- distilled: cosine, with the targets half the label and half the predictions of a teacher trained on the same
+  training images (the MobileNetV2 of a pipeline run, `--teacher`), softened at temperature 2, computed once
+  on the clean images (Hinton et al. 2015); the student still starts from random weights;
+- lr 3e-3: cosine, from a peak rate of 3e-3 instead of 1e-3;
+- level jitter: cosine, with a training-only gain (x0.85-1.15) after the graph's background normalisation and, on
+  half the images, a random ceiling (0.8-1.0) the bright band clips at, so that the absolute level the
+  normalisation lands on carries nothing (benchmarks/exposure_headroom.py: the quick CNN fails when it moves);
 - 'twins 1' (in the results) ran on commit a43905f: every training image beside an overexposed twin and a
   Jensen-Shannon consistency loss between their predictions; its code was reverted in the next commit.
 
     python -m benchmarks.cnn_robustness [--split DIR] [--seeds 42 43 44] [--variants before both] [--append]
+        [--teacher RUN/.../mobilenetv2/keras/model.keras]   # the distilled variant's teacher
 
 Writes benchmarks/results/cnn_robustness.{json,md}. About 4 minutes per training on 2 cores.
 """
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import time
 from pathlib import Path
@@ -53,6 +62,9 @@ class Variant(NamedTuple):
     image_size: int | None = None             # None: the quick profile's
     weight_ema: float | None = None           # the optimizer's EMA momentum (None: no EMA)
     label_smoothing: float = 0.0
+    distilled: bool = False                   # targets mixed with a teacher's softened predictions
+    learning_rate: float | None = None        # the cosine's peak (None: the quick profile's)
+    level_jitter: bool = False                # training-only random level after the graph's normalisation
 
 
 VARIANTS: dict[str, Variant] = {
@@ -68,7 +80,14 @@ VARIANTS: dict[str, Variant] = {
     "128 px": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, image_size=128),
     "weight EMA": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, weight_ema=0.99),
     "label smoothing 0.1": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, label_smoothing=0.1),
+    "distilled": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, distilled=True),
+    "lr 3e-3": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, learning_rate=3e-3),
+    "level jitter": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, level_jitter=True),
 }
+LEVEL_GAIN = (0.85, 1.15)     # 'level jitter': gain after the in-graph normalisation, clipped at 1
+LEVEL_CEILING = (0.8, 1.0)    # and, for half the images, a ceiling the bright band clips flat at
+DISTILLATION_TEMPERATURE = 2.0
+DISTILLATION_LABEL_SHARE = 0.5
 
 
 @contextlib.contextmanager
@@ -130,6 +149,72 @@ def _weight_ema(momentum: float):
     return _replaced(executor, _compile=compile_with_ema, _callbacks=callbacks_with_swap)
 
 
+@functools.lru_cache(maxsize=2)
+def _teacher_targets(teacher: Path, split: Path) -> np.ndarray:
+    """The teacher's predictions on the clean training images (shard order), softened, mixed with the labels."""
+    from components import domain
+    from components.train import input as train_input
+    from components.train import models
+
+    model = models.load_keras_model(teacher)
+    pixels, labels = train_input.pixels_and_labels(split, "train", int(model.input_shape[1]))
+    probabilities = model.predict(pixels, batch_size=64, verbose=0).astype(np.float64)
+    print(f"teacher {teacher}: training accuracy {(probabilities.argmax(1) == labels).mean():.2%}")
+    soft = probabilities ** (1.0 / DISTILLATION_TEMPERATURE)
+    soft /= soft.sum(axis=1, keepdims=True)
+    one_hot = np.eye(domain.NUM_CLASSES)[labels]
+    return (DISTILLATION_LABEL_SHARE * one_hot + (1 - DISTILLATION_LABEL_SHARE) * soft).astype(np.float32)
+
+
+def _distilled(targets: np.ndarray):
+    """The training batches carry `targets` (one row per training image, shard order) instead of one-hot labels."""
+    import tensorflow as tf
+
+    from components.train import augment, executor
+
+    dataset, one_hot = executor.train_input.dataset, executor._one_hot
+
+    def with_targets(split_dir, split, image_size, batch_size, **kwargs):
+        if not (split == "train" and kwargs.get("training") and kwargs.get("count") is not None):
+            return dataset(split_dir, split, image_size, batch_size, **kwargs)  # validation, precise-BN batches
+        seed = kwargs["seed"]
+        pixels, _ = executor.train_input.pixels_and_labels(split_dir, "train", image_size)
+        ds = tf.data.Dataset.from_tensor_slices((pixels, targets)).shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(lambda x, t: (augment.photometric(x, kwargs.get("overexposure", 0.0)), t),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+        geometry = executor.train_input._geometry(seed)
+        ds = ds.batch(batch_size).map(lambda x, t: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), t),
+                                      num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def one_hot_unless_targets(ds):
+        return ds if len(ds.element_spec[1].shape) == 2 else one_hot(ds)
+
+    return _replaced(executor, _one_hot=one_hot_unless_targets), _replaced(executor.train_input, dataset=with_targets)
+
+
+def _level_jitter():
+    """The CNN's Normalize layer jitters the normalised level while training (LEVEL_GAIN, LEVEL_CEILING)."""
+    import keras
+    import tensorflow as tf
+
+    from components.train import models
+
+    layers = models._layers()
+
+    @keras.saving.register_keras_serializable(package="leukoflow_benchmark")
+    class LevelJitteredNormalize(layers.normalize):
+        def call(self, inputs, training=None):
+            if training:
+                shape = [tf.shape(inputs)[0], 1, 1, 1]
+                inputs = tf.clip_by_value(inputs * tf.random.uniform(shape, *LEVEL_GAIN), 0.0, 1.0)
+                ceiling = tf.where(tf.random.uniform(shape) < 0.5, tf.random.uniform(shape, *LEVEL_CEILING), 1.0)
+                inputs = tf.minimum(inputs, ceiling)
+            return super().call(inputs)
+
+    return _replaced(models, _layers=lambda: layers._replace(normalize=LevelJitteredNormalize))
+
+
 def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
     import tensorflow as tf
 
@@ -155,7 +240,7 @@ def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]
     return {"clean": clean, **robustness(predict, rgb, labels)}
 
 
-def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
+def run_variant(variant: str, seed: int, split: Path, work: Path, teacher: Path | None = None) -> dict:
     from components import settings
     from components.evaluate.robustness import plausible
     from components.train.executor import run_train
@@ -164,13 +249,18 @@ def run_variant(variant: str, seed: int, split: Path, work: Path) -> dict:
     overexposure = quick.overexposure if chosen.overexposed else 0.0
     config = quick.with_overrides(seed=seed, overexposure=overexposure, epochs=chosen.epochs or quick.epochs,
                                   cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size,
-                                  label_smoothing=chosen.label_smoothing)
+                                  label_smoothing=chosen.label_smoothing,
+                                  learning_rate=chosen.learning_rate or quick.learning_rate)
     started = time.perf_counter()
     guard = _clean_batchnorm_statistics() if chosen.clean_batchnorm else contextlib.nullcontext()
     gains = _overexposure_gains(chosen.gains) if chosen.gains else contextlib.nullcontext()
     target = _background_target(chosen.background_target) if chosen.background_target else contextlib.nullcontext()
     ema = _weight_ema(chosen.weight_ema) if chosen.weight_ema else contextlib.nullcontext()
-    with guard, gains, target, ema:
+    if chosen.distilled and teacher is None:
+        raise ValueError(f"variant {variant!r} needs --teacher (a pipeline run's mobilenetv2 keras/model.keras)")
+    distil = _distilled(_teacher_targets(teacher, split)) if chosen.distilled else (contextlib.nullcontext(),) * 2
+    jitter = _level_jitter() if chosen.level_jitter else contextlib.nullcontext()
+    with guard, gains, target, ema, distil[0], distil[1], jitter:
         trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
         train_s = time.perf_counter() - started
         val = _val_accuracies(trained["keras_model"], split, config.image_size)
@@ -208,6 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--append", action="store_true", help="keep the runs already in the results file and add these")
     parser.add_argument("--work", type=Path, default=None, help="where the trained variants go (default: $LEUKOFLOW_HOME/runs/cnn_robustness)")
+    parser.add_argument("--teacher", type=Path, default=None, help="the 'distilled' variant's teacher (a keras model file)")
     args = parser.parse_args(argv)
     from components.home import home
 
@@ -219,7 +310,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     work = args.work or home() / "runs" / "cnn_robustness"
     earlier = json.loads((RESULTS / "cnn_robustness.json").read_text()) if args.append else {"note": "", "runs": []}
     started = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
-    rows = [run_variant(v, s, split, work) for v in args.variants for s in args.seeds]
+    rows = [run_variant(v, s, split, work, args.teacher) for v in args.variants for s in args.seeds]
     note = f"Variants {', '.join(args.variants)}: measured from {started} on {split}."
     write(earlier["runs"] + rows, f"{earlier['note']}\n\n{note}".strip())
     return rows
