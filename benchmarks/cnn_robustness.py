@@ -166,6 +166,7 @@ def _teacher_targets(teacher: Path, split: Path) -> np.ndarray:
     return (DISTILLATION_LABEL_SHARE * one_hot + (1 - DISTILLATION_LABEL_SHARE) * soft).astype(np.float32)
 
 
+@contextlib.contextmanager
 def _distilled(targets: np.ndarray):
     """The training batches carry `targets` (one row per training image, shard order) instead of one-hot labels."""
     import tensorflow as tf
@@ -190,7 +191,8 @@ def _distilled(targets: np.ndarray):
     def one_hot_unless_targets(ds):
         return ds if len(ds.element_spec[1].shape) == 2 else one_hot(ds)
 
-    return _replaced(executor, _one_hot=one_hot_unless_targets), _replaced(executor.train_input, dataset=with_targets)
+    with _replaced(executor, _one_hot=one_hot_unless_targets), _replaced(executor.train_input, dataset=with_targets):
+        yield
 
 
 def _level_jitter():
@@ -252,15 +254,18 @@ def run_variant(variant: str, seed: int, split: Path, work: Path, teacher: Path 
                                   label_smoothing=chosen.label_smoothing,
                                   learning_rate=chosen.learning_rate or quick.learning_rate)
     started = time.perf_counter()
-    guard = _clean_batchnorm_statistics() if chosen.clean_batchnorm else contextlib.nullcontext()
-    gains = _overexposure_gains(chosen.gains) if chosen.gains else contextlib.nullcontext()
-    target = _background_target(chosen.background_target) if chosen.background_target else contextlib.nullcontext()
-    ema = _weight_ema(chosen.weight_ema) if chosen.weight_ema else contextlib.nullcontext()
     if chosen.distilled and teacher is None:
         raise ValueError(f"variant {variant!r} needs --teacher (a pipeline run's mobilenetv2 keras/model.keras)")
-    distil = _distilled(_teacher_targets(teacher, split)) if chosen.distilled else (contextlib.nullcontext(),) * 2
-    jitter = _level_jitter() if chosen.level_jitter else contextlib.nullcontext()
-    with guard, gains, target, ema, distil[0], distil[1], jitter:
+    changes = [(chosen.clean_batchnorm, _clean_batchnorm_statistics),
+               (chosen.gains, lambda: _overexposure_gains(chosen.gains)),
+               (chosen.background_target, lambda: _background_target(chosen.background_target)),
+               (chosen.weight_ema, lambda: _weight_ema(chosen.weight_ema)),
+               (chosen.distilled, lambda: _distilled(_teacher_targets(teacher, split))),
+               (chosen.level_jitter, _level_jitter)]
+    with contextlib.ExitStack() as stack:
+        for wanted, change in changes:
+            if wanted:
+                stack.enter_context(change())
         trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
         train_s = time.perf_counter() - started
         val = _val_accuracies(trained["keras_model"], split, config.image_size)
