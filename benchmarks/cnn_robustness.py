@@ -27,6 +27,8 @@ of components/evaluate/robustness.py, through the Keras graph (its in-graph norm
 - level jitter: cosine, with a training-only gain (x0.85-1.15) after the graph's background normalisation and, on
   half the images, a random ceiling (0.8-1.0) the bright band clips at, so that the absolute level the
   normalisation lands on carries nothing (benchmarks/exposure_headroom.py: the quick CNN fails when it moves);
+- clip mask: cosine, with a fourth input channel beside the normalised RGB, set where the received pixels clipped
+  (every channel at 254/255 or more), so the network can tell how far more light went past the background reference;
 - 'twins 1' (in the results) ran on commit a43905f: every training image beside an overexposed twin and a
   Jensen-Shannon consistency loss between their predictions; its code was reverted in the next commit.
 
@@ -65,6 +67,7 @@ class Variant(NamedTuple):
     distilled: bool = False                   # targets mixed with a teacher's softened predictions
     learning_rate: float | None = None        # the cosine's peak (None: the quick profile's)
     level_jitter: bool = False                # training-only random level after the graph's normalisation
+    clip_mask: bool = False                   # a fourth input channel: where the camera clipped
 
 
 VARIANTS: dict[str, Variant] = {
@@ -83,6 +86,7 @@ VARIANTS: dict[str, Variant] = {
     "distilled": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, distilled=True),
     "lr 3e-3": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, learning_rate=3e-3),
     "level jitter": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, level_jitter=True),
+    "clip mask": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, clip_mask=True),
 }
 LEVEL_GAIN = (0.85, 1.15)     # 'level jitter': gain after the in-graph normalisation, clipped at 1
 LEVEL_CEILING = (0.8, 1.0)    # and, for half the images, a ceiling the bright band clips flat at
@@ -217,6 +221,27 @@ def _level_jitter():
     return _replaced(models, _layers=lambda: layers._replace(normalize=LevelJitteredNormalize))
 
 
+def _clip_mask():
+    """The graph's brightness layer also outputs where the received image clipped, as a fourth channel."""
+    import keras
+    import tensorflow as tf
+
+    from components.train import models
+
+    layers = models._layers()
+
+    @keras.saving.register_keras_serializable(package="leukoflow_benchmark")
+    class BrightnessAndClipMask(layers.brightness):
+        def call(self, inputs):
+            clipped = tf.cast(tf.reduce_min(inputs, axis=-1, keepdims=True) >= 254.0 / 255.0, inputs.dtype)
+            return tf.concat([super().call(inputs), clipped], axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], input_shape[-1] + 1)
+
+    return _replaced(models, _layers=lambda: layers._replace(brightness=BrightnessAndClipMask))
+
+
 def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
     import tensorflow as tf
 
@@ -261,7 +286,8 @@ def run_variant(variant: str, seed: int, split: Path, work: Path, teacher: Path 
                (chosen.background_target, lambda: _background_target(chosen.background_target)),
                (chosen.weight_ema, lambda: _weight_ema(chosen.weight_ema)),
                (chosen.distilled, lambda: _distilled(_teacher_targets(teacher, split))),
-               (chosen.level_jitter, _level_jitter)]
+               (chosen.level_jitter, _level_jitter),
+               (chosen.clip_mask, _clip_mask)]
     with contextlib.ExitStack() as stack:
         for wanted, change in changes:
             if wanted:
