@@ -128,10 +128,16 @@ def tf_adjust_brightness(image: "tf.Tensor", method: str = "none") -> "tf.Tensor
         mean = tf.reduce_mean(image, axis=[-3, -2, -1], keepdims=True)
         return tf.clip_by_value(image * (BRIGHTNESS_TARGET / tf.maximum(mean, 1e-3)), 0.0, 1.0)
     if method == "background":
-        low, high = BACKGROUND_GAIN_RANGE
-        gains = tf.clip_by_value(BACKGROUND_TARGET / tf.maximum(tf_background_colour(image), 1e-3), low, high)
-        return tf.clip_by_value(image * gains, 0.0, 1.0)
+        return tf.clip_by_value(image * tf_background_gains(image), 0.0, 1.0)
     raise ValueError(f"unknown brightness method {method!r}; expected one of {BRIGHTNESS_METHODS}")
+
+
+def tf_background_gains(image: "tf.Tensor") -> "tf.Tensor":
+    """The per-channel gains that take the background to BACKGROUND_TARGET grey, shaped as tf_background_colour."""
+    import tensorflow as tf
+
+    low, high = BACKGROUND_GAIN_RANGE
+    return tf.clip_by_value(BACKGROUND_TARGET / tf.maximum(tf_background_colour(image), 1e-3), low, high)
 
 
 def tf_background_colour(image: "tf.Tensor") -> "tf.Tensor":
