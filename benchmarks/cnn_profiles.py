@@ -25,14 +25,14 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def row(label: str, trained: Path, evaluated: Path, split: Path) -> dict:
-    from benchmarks.cnn_robustness import _val_accuracies
+    from benchmarks.cnn_robustness import val_accuracies
     from components.evaluate.robustness import plausible
 
     train = json.loads((trained / "train.json").read_text())
     metrics = json.loads((evaluated / "metrics.json").read_text())
     if metrics.get("saved_model") and Path(metrics["saved_model"]).resolve().parent != trained.resolve():
         raise ValueError(f"{evaluated} evaluated {metrics['saved_model']}, not the training in {trained}")
-    val = _val_accuracies(train["keras_model"], split, train["config"]["image_size"])
+    val = val_accuracies(train["keras_model"], split, train["config"]["image_size"])
     worst_val = min(plausible(), key=val.get)
     return {"label": label, "trained": str(trained), "evaluated": str(evaluated),
             "image_size": train["config"]["image_size"], "epochs": train["config"]["epochs"],

@@ -242,7 +242,8 @@ def _clip_mask():
     return _replaced(models, _layers=lambda: layers._replace(brightness=BrightnessAndClipMask))
 
 
-def _val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
+def val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
+    """A Keras model's accuracy on the clean validation images and under every perturbation of evaluation."""
     import tensorflow as tf
 
     from components import domain, records
@@ -294,7 +295,7 @@ def run_variant(variant: str, seed: int, split: Path, work: Path, teacher: Path 
                 stack.enter_context(change())
         trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
         train_s = time.perf_counter() - started
-        val = _val_accuracies(trained["keras_model"], split, config.image_size)
+        val = val_accuracies(trained["keras_model"], split, config.image_size)
     worst = min(plausible(), key=val.get)
     return {"variant": variant, "seed": seed, "overexposure": overexposure, "cosine_decay": config.cosine_decay,
             "train_s": round(train_s, 1),
