@@ -8,7 +8,8 @@ stratified 5-fold cross-validation of the top fine-tune (the quick profile's opt
 class weights; the last epoch is kept, as the held-out fold must not choose one). Every image is scored
 once, out of fold, with 1, 2 and 4 views (the mean of the views' pooled features, as models.py serves).
 
-    python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--epochs 12] [--cut block_12_add] [--folds 5] [--out recipe_cv]
+    python -m benchmarks.recipe_cv [--split DIR] [--sizes 160,192] [--copies 4] [--epochs 12] [--cut block_12_add]
+        [--benign-weights 1,2] [--folds 5] [--logits DIR] [--out recipe_cv]
 
 Writes benchmarks/results/<out>.{json,md} (default recipe_cv). About 40 (160 px) to 50 (192 px) minutes per size on 2 CPU cores.
 """
@@ -86,7 +87,7 @@ def _fold(config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarra
           .map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(tf.data.AUTOTUNE))
     executor._compile(top, executor._learning_rate(config, train_input.steps_per_epoch(len(x), config.batch_size)),
                       config.label_smoothing)
-    top.fit(ds, epochs=config.epochs, class_weight=executor.class_weights(labels[train]), verbose=0)
+    top.fit(ds, epochs=config.epochs, class_weight=executor.class_weights(labels[train], config.benign_weight), verbose=0)
     # The pooled features of each view; the head is linear, so their mean is what the served model scores.
     cached = keras.Input(top.input.shape[1:])
     top_of_base, gap = top.layers[1], model.get_layer("gap")
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument("--epochs", type=int, default=None, help="top fine-tune epochs (default: the quick profile's)")
     parser.add_argument("--cut", default=None, help="the base layer whose activations are cached (default: the quick profile's)")
+    parser.add_argument("--benign-weights", default="1", help="comma-separated factors on Benign's class weight")
+    parser.add_argument("--logits", type=Path, default=None, help="directory for the out-of-fold logits (.npz)")
     parser.add_argument("--out", default="recipe_cv", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
 
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         args.split = default_out()
     base = settings.model_config("quick", "mobilenetv2")
+    benign_weights = [float(f) for f in args.benign_weights.split(",")]
     copies = base.augment_copies if args.copies is None else args.copies
     if args.epochs is not None:
         base = base.with_overrides(epochs=args.epochs)
@@ -144,20 +148,30 @@ def main(argv: list[str] | None = None) -> dict:
             started = time.perf_counter()
             clean, augmented, labels = _cache(config, pool, copies)
             cache_s = time.perf_counter() - started
-            logits = np.zeros((len(VIEW_COUNTS), len(labels), domain.NUM_CLASSES), np.float32)
-            folds = StratifiedKFold(args.folds, shuffle=True, random_state=0).split(np.zeros(len(labels)), labels)
-            for k, (train, held_out) in enumerate(folds):
-                fold_started = time.perf_counter()
-                logits[:, held_out] = _fold(config, clean, augmented, labels, train, held_out)
-                print(f"{size} px fold {k}: {time.perf_counter() - fold_started:.0f} s", flush=True)
-            for n, view_logits in zip(VIEW_COUNTS, logits):
-                row = _scores(labels, view_logits)
-                row.update(size=size, views=n, cache_s=round(cache_s, 1),
-                           total_s=round(time.perf_counter() - started, 1))
-                rows[f"{size}px/{n}v"] = row
-                print(f"{size} px, {n} view(s): {row['errors']} errors, accuracy {row['accuracy']:.4f}, macro-F1 "
-                      f"{row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}", flush=True)
+            for factor in benign_weights:
+                factor_started = time.perf_counter()
+                weighted = config.with_overrides(benign_weight=factor)
+                logits = np.zeros((len(VIEW_COUNTS), len(labels), domain.NUM_CLASSES), np.float32)
+                folds = StratifiedKFold(args.folds, shuffle=True, random_state=0).split(np.zeros(len(labels)), labels)
+                for k, (train, held_out) in enumerate(folds):
+                    fold_started = time.perf_counter()
+                    logits[:, held_out] = _fold(weighted, clean, augmented, labels, train, held_out)
+                    print(f"{size} px, Benign weight x{factor:g}, fold {k}: {time.perf_counter() - fold_started:.0f} s",
+                          flush=True)
+                suffix = "" if benign_weights == [1.0] else f"/benign x{factor:g}"
+                for n, view_logits in zip(VIEW_COUNTS, logits):
+                    row = _scores(labels, view_logits)
+                    row.update(size=size, views=n, benign_weight=factor, cache_s=round(cache_s, 1),
+                               total_s=round(cache_s + time.perf_counter() - factor_started, 1))
+                    rows[f"{size}px/{n}v{suffix}"] = row
+                    print(f"{size} px, {n} view(s){suffix}: {row['errors']} errors, accuracy {row['accuracy']:.4f}, "
+                          f"macro-F1 {row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}", flush=True)
+                if args.logits is not None:  # out-of-fold logits, to study decision rules without retraining
+                    args.logits.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(args.logits / f"{size}px{suffix.replace('/benign x', '_benign')}.npz",
+                                        logits=logits, labels=labels, view_counts=np.array(VIEW_COUNTS))
     result = {"pooled_images": int(len(labels)), "folds": args.folds, "copies": copies, "epochs": base.epochs,
+              "benign_weights": benign_weights,
               "cache_cut": base.cache_cut,
               "split": str(args.split), "recipes": rows,
               "quick_profile": {"image_size": base.image_size, "views": base.views},
@@ -169,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
              f"Stratified {args.folds}-fold cross-validation on train + val ({len(labels)} images; the test split is "
              f"not used), the top (above `{base.cache_cut}`) fine-tuned on cached activations of the clean image and "
              f"{copies} augmented copies "
-             f"({base.epochs} epochs, cosine, class-weighted, last epoch), each image scored once out of fold. "
+             f"({base.epochs} epochs, cosine, class-weighted (Benign's weight x "
+             f"{', '.join(f'{f:g}' for f in benign_weights)}), last epoch), each image scored once out of fold. "
              f"The quick profile serves {base.image_size} px with {base.views} view(s). "
              f"`{' '.join(['python -m benchmarks.recipe_cv', *(argv if argv is not None else sys.argv[1:])])}`.",
              "",
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
                      + " | ".join(f"{rec[c]:.4f}" for c in rec) + f" | {cm[0][1]} | {cm[1][0]} |")
     lines += ["", f"Cost per size ({result['cores']} CPU cores, {result['when']}, load average "
               f"{result['load_average'][0]} -> {result['load_average'][1]}): "
-              + "; ".join(f"{r['size']} px: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
+              + "; ".join(f"{name.replace('/1v', '')}: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
                           for name, r in rows.items() if r["views"] == 1) + "."]
     atomic_files.write_text(RESULTS / f"{args.out}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -67,6 +67,9 @@ class ModelConfig:
                                          # above it train on them (fine-tuning the top); None: the head alone
     dropout: float = 0.3
     label_smoothing: float = 0.0
+    benign_weight: float = 1.0           # factor on Benign's balanced class weight; 1 in every profile: x2 on the
+                                         # quick MobileNetV2 missed as many Benign and answered more Early Benign
+                                         # out of fold (benchmarks/results/recipe_cv_benign2.md)
     cosine_decay: bool = False           # phase 1: the learning rate falls along a cosine to 5% over `epochs`
     views: int = 1                       # orientations (symmetries of the square) whose pooled features the model
                                          # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
@@ -75,6 +78,8 @@ class ModelConfig:
 
     def __post_init__(self):
         check_views(self.views)
+        if not self.benign_weight > 0:
+            raise ValueError(f"benign_weight must be positive, got {self.benign_weight!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,14 +20,17 @@ log = logging.getLogger(__name__)
 WARMUP_IMAGES = 4
 
 
-def class_weights(train_labels: np.ndarray) -> dict[int, float]:
-    """'balanced' weights from the training counts (scikit-learn); classes absent from train get 1.0."""
+def class_weights(train_labels: np.ndarray, benign_factor: float = 1.0) -> dict[int, float]:
+    """'balanced' weights from the training counts (scikit-learn), Benign's times `benign_factor`; absent classes 1.0."""
     from sklearn.utils.class_weight import compute_class_weight
 
+    if not benign_factor > 0:
+        raise ValueError(f"benign_factor must be positive, got {benign_factor!r}")
     present = np.unique(train_labels)
     weights = compute_class_weight("balanced", classes=present, y=train_labels)
     out = {i: 1.0 for i in range(domain.NUM_CLASSES)}
     out.update({int(c): float(w) for c, w in zip(present, weights)})
+    out[domain.CLASS_NAMES.index("Benign")] *= benign_factor
     return out
 
 
@@ -311,7 +314,7 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
     batch = config.batch_size * replicas
 
     train_labels = train_input.labels(split_dir, "train")
-    weights = class_weights(train_labels)
+    weights = class_weights(train_labels, config.benign_weight)
     counts = {domain.CLASS_NAMES[i]: int((train_labels == i).sum()) for i in range(domain.NUM_CLASSES)}
     log.info("training %s on %d images %s, class weights %s, devices %s", config.name, len(train_labels), counts,
              weights, gpus or ["cpu"])

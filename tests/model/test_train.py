@@ -33,6 +33,16 @@ def test_class_weights_are_balanced_from_counts():
     assert weights[2] == weights[3] == 1.0  # absent from train
 
 
+def test_benign_weight_multiplies_only_benigns_balanced_weight():
+    labels = np.array([0, 0, 0, 1])
+    plain, doubled = class_weights(labels), class_weights(labels, 2.0)
+    assert doubled[0] == 2 * plain[0] and {k: doubled[k] for k in (1, 2, 3)} == {k: plain[k] for k in (1, 2, 3)}
+    with pytest.raises(ValueError, match="benign_factor must be positive"):
+        class_weights(labels, 0.0)
+    with pytest.raises(ValueError, match="benign_weight must be positive"):
+        ModelConfig("cnn", benign_weight=-1.0)
+
+
 def test_augmentation_only_on_training_batches(tiny_split):
     plain = next(iter(train_input.dataset(tiny_split, "train", 32, 8)))[0].numpy()
     again = next(iter(train_input.dataset(tiny_split, "train", 32, 8)))[0].numpy()
