@@ -13,8 +13,13 @@ SIZE = 32
 
 
 def write_split(root: Path, per_class: int = 24, seed: int = 3) -> Path:
-    """Synthetic images -> split_dir/{train,val,test}/shard-*.tfrecord (stratified 50/25/25)."""
+    """Synthetic images -> split_dir/{train,val,test}/shard-*.tfrecord (stratified 50/25/25).
+
+    The stored pixels come from the preprocess step's own decode (the serving graph's), as in the product: Pillow's
+    JPEG decoder differs from TensorFlow's by up to 5/255, which moved served OOD scores across the fitted threshold.
+    """
     from components import domain, records
+    from components.preprocess.executor import resized_pixels
 
     data = make_synthetic_dataset(root / "images", per_class=per_class, size=SIZE, seed=seed, defects=False)
     split_dir = root / "split"
@@ -23,11 +28,10 @@ def write_split(root: Path, per_class: int = 24, seed: int = 3) -> Path:
         n = len(paths)
         cut = {"train": (0, n // 2), "val": (n // 2, 3 * n // 4), "test": (3 * n // 4, n)}
         for split, (lo, hi) in cut.items():
-            for path in paths[lo:hi]:
-                encoded = Path(path).read_bytes()
+            for path, (encoded, pixels) in zip(paths[lo:hi], resized_pixels([str(p) for p in paths[lo:hi]], SIZE)):
                 per_split[split].append(
                     records.make_example(hashlib.sha256(encoded).hexdigest(), path, domain.class_index(label), encoded,
-                                         domain.load_rgb(encoded))
+                                         pixels)
                 )
     for split, recs in per_split.items():
         records.write_shards(recs, split_dir / split, num_shards=2)
