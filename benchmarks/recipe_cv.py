@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                           f"macro-F1 {row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}", flush=True)
                 if args.logits is not None:  # out-of-fold logits, to study decision rules without retraining
                     args.logits.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(args.logits / f"{size}px{suffix.replace('/benign x', '_benign')}.npz",
+                    stem = f"{size}px" + (f"_benign{factor:g}" if suffix else "")
+                    np.savez_compressed(args.logits / f"{stem}.npz",
                                         logits=logits, labels=labels, view_counts=np.array(VIEW_COUNTS))
     result = {"pooled_images": int(len(labels)), "folds": args.folds, "copies": copies, "epochs": base.epochs,
               "benign_weights": benign_weights,

@@ -68,7 +68,7 @@ class ModelConfig:
     dropout: float = 0.3
     label_smoothing: float = 0.0
     benign_weight: float = 1.0           # factor on Benign's balanced class weight; 1 in every profile: x2 on the
-                                         # quick MobileNetV2 missed as many Benign and answered more Early Benign
+                                         # quick MobileNetV2 missed about as many Benign, answered more Early Benign
                                          # out of fold (benchmarks/results/recipe_cv_benign2.md)
     cosine_decay: bool = False           # phase 1: the learning rate falls along a cosine to 5% over `epochs`
     views: int = 1                       # orientations (symmetries of the square) whose pooled features the model

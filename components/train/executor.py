@@ -30,7 +30,7 @@ def class_weights(train_labels: np.ndarray, benign_factor: float = 1.0) -> dict[
     weights = compute_class_weight("balanced", classes=present, y=train_labels)
     out = {i: 1.0 for i in range(domain.NUM_CLASSES)}
     out.update({int(c): float(w) for c, w in zip(present, weights)})
-    out[domain.CLASS_NAMES.index("Benign")] *= benign_factor
+    out[domain.class_index("Benign")] *= benign_factor
     return out
 
 
