@@ -131,7 +131,8 @@ def _quick() -> Profile:
             # Chosen by 5-fold cross-validation on train+val (benchmarks/recipe_cv.py, the test split untouched):
             # 192 px with one view made 10 errors in 2,674 (Benign recall 98.6%), 160 px with four views 22
             # (Benign 96.9%). One view at 192 px also costs 1.44x one 160-px pass where four views cost 4x.
-            # 224 px (the images' own size) made 16 errors, Benign 98.1%, for 1.17x the time: no better.
+            # 224 px (the images' own size) made 16 errors, Benign 98.1%, for 1.17x the time; fine-tuning from
+            # block_9_add 10 errors, Benign 98.6%, for 1.84x: neither better beyond the spread (10-15 errors).
             # The whole cosine schedule runs (patience 12; the best epoch is kept): one of three seeds stopped
             # at epoch 8 with patience 3, at a validation loss 10x the others'.
             "mobilenetv2": ModelConfig("mobilenetv2", image_size=192, brightness="background", batch_size=64,
