@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> dict:
-    """One local run of the smoke profile (32x32, four epochs for the CNN, two for the others), shared by the checks below."""
+    """One local run of the smoke profile (32x32, eight epochs for the CNN, two for the others), shared by the checks below."""
     base = tmp_path_factory.mktemp("e2e")
     data = make_synthetic_dataset(base / "data", per_class=24, size=32, seed=3)
     env = dict(os.environ, LEUKOFLOW_HOME=str(base / "home"))
@@ -87,7 +87,7 @@ def test_progress_is_one_line_per_step_and_the_full_log_is_in_a_file(local_run):
     assert len(progress) <= 36, "\n".join(progress)  # 2 models: 13 steps x 2 lines, a few epoch lines, the header
     text = local_run["progress"]
     for expected in ("validate           started", "validate           ok in", "images:", "kept (",
-                     "split              ok in", "train 6", "train cnn          epoch 2/4: val accuracy",
+                     "split              ok in", "train 6", "train cnn          epoch 3/8: val accuracy",
                      "evaluate mobilenetv2 ok in", "macro-F1", "gate               ok in", "promote cnn        ok in"):
         assert expected in text, f"{expected!r} missing from:\n{text}"
     for noise in ("executor_input", "cuInit", "UserWarning", "RuntimeWarning", '"outputFile"'):
