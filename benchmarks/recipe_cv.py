@@ -67,6 +67,20 @@ def _cache(config, pool: Path, copies: int) -> tuple[np.ndarray, list[np.ndarray
     return clean, copies_x, labels
 
 
+def pooled_images(pool: Path) -> list[tuple[str, int]]:
+    """The pooled images' (source path, label), in the order `_cache` reads them (train_input.dataset's interleave)."""
+    import tensorflow as tf
+
+    from components import records
+    from components.train import input as train_input
+
+    files = train_input.split_shards(pool, "train")
+    ordered = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parsed = (tf.io.parse_single_example(raw, records.feature_spec()) for raw in ordered)
+    return [(example["image/path"].numpy().decode(), int(example["image/label"])) for example in parsed]
+
+
 def _fold(config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarray, train: np.ndarray,
           held_out: np.ndarray) -> np.ndarray:
     """Train the top on the fold's cached copies; the held-out images' logits per view count [len(VIEW_COUNTS), n, C]."""
@@ -169,8 +183,9 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.logits is not None:  # out-of-fold logits, to study decision rules without retraining
                     args.logits.mkdir(parents=True, exist_ok=True)
                     stem = f"{size}px" + (f"_benign{factor:g}" if suffix else "")
-                    np.savez_compressed(args.logits / f"{stem}.npz",
-                                        logits=logits, labels=labels, view_counts=np.array(VIEW_COUNTS))
+                    np.savez_compressed(args.logits / f"{stem}.npz", logits=logits, labels=labels,
+                                        view_counts=np.array(VIEW_COUNTS),
+                                        paths=np.array([path for path, _ in pooled_images(pool)]))
     result = {"pooled_images": int(len(labels)), "folds": args.folds, "copies": copies, "epochs": base.epochs,
               "benign_weights": benign_weights,
               "cache_cut": base.cache_cut,
