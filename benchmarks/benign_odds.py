@@ -51,20 +51,17 @@ def rate_for_odds(odds: float, benign: int, allowed: int) -> float:
     return low
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def _load(spec: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
     name, sep, file = spec.partition("=")
     if not sep or not name or not file:
         raise SystemExit(f"--logits wants NAME=FILE.npz, got {spec!r}")
     if not Path(file).is_file():
         raise SystemExit(f"--logits {name}: no file {file} (write one with `python -m benchmarks.recipe_cv --logits DIR`)")
+    from components.train.calibration import softmax
+
     data = np.load(file)
     paths = data["paths"] if "paths" in data.files else None
-    return name, _softmax(data["logits"][0]), data["labels"], paths  # [0]: one view, as the quick profile serves
+    return name, softmax(data["logits"][0]), data["labels"], paths  # [0]: one view, as the quick profile serves
 
 
 def _paths_from_split(split: Path, labels: np.ndarray) -> np.ndarray:
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
         paths = _paths_from_split(args.split, labels)
     names = [Path(p).stem for p in paths] if paths is not None else [f"#{i}" for i in range(len(labels))]
 
-    benign_index = domain.CLASS_NAMES.index("Benign")
+    benign_index, early_index = domain.CLASS_NAMES.index("Benign"), domain.CLASS_NAMES.index("Early")
     is_benign = labels == benign_index
     test_benign = _test_benign(args.split)
     allowed = allowed_misses(test_benign)
@@ -122,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         missed = np.flatnonzero(is_benign & (predicted != benign_index))
         rate = len(missed) / int(is_benign.sum())
         rows[name] = {"errors": int((predicted != labels).sum()), "benign_missed": len(missed),
-                      "benign_recall": 1 - rate, "early_as_benign": int(((labels == 1) & (predicted == benign_index)).sum()),
+                      "benign_recall": 1 - rate, "early_as_benign": int(((labels == early_index) & (predicted == benign_index)).sum()),
                       "meet_odds": meet_odds(rate, test_benign, allowed),
                       "missed": [names[i] for i in missed]}
         missed_by[name] = set(missed.tolist())

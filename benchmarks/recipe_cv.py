@@ -68,15 +68,13 @@ def _cache(config, pool: Path, copies: int) -> tuple[np.ndarray, list[np.ndarray
 
 
 def pooled_images(pool: Path) -> list[tuple[str, int]]:
-    """The pooled images' (source path, label), in the order `_cache` reads them (train_input.dataset's interleave)."""
+    """The pooled images' (source path, label), in the order `_cache` reads them (train_input.dataset's)."""
     import tensorflow as tf
 
     from components import records
     from components.train import input as train_input
 
-    files = train_input.split_shards(pool, "train")
-    ordered = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ordered = train_input.serialized_records(train_input.split_shards(pool, "train"))
     parsed = (tf.io.parse_single_example(raw, records.feature_spec()) for raw in ordered)
     return [(example["image/path"].numpy().decode(), int(example["image/label"])) for example in parsed]
 
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         base = base.with_overrides(epochs=args.epochs)
     if args.cut is not None:
         base = base.with_overrides(cache_cut=args.cut)
-    rows, load_before = {}, os.getloadavg()[0]
+    rows, load_before, paths = {}, os.getloadavg()[0], None
     with tempfile.TemporaryDirectory(prefix="recipe-cv-") as tmp:
         pool = _pool(args.split, Path(tmp))
         for size in [int(s) for s in args.sizes.split(",")]:
@@ -183,9 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
                 if args.logits is not None:  # out-of-fold logits, to study decision rules without retraining
                     args.logits.mkdir(parents=True, exist_ok=True)
                     stem = f"{size}px" + (f"_benign{factor:g}" if suffix else "")
+                    if paths is None:
+                        paths = np.array([path for path, _ in pooled_images(pool)])
                     np.savez_compressed(args.logits / f"{stem}.npz", logits=logits, labels=labels,
-                                        view_counts=np.array(VIEW_COUNTS),
-                                        paths=np.array([path for path, _ in pooled_images(pool)]))
+                                        view_counts=np.array(VIEW_COUNTS), paths=paths)
     result = {"pooled_images": int(len(labels)), "folds": args.folds, "copies": copies, "epochs": base.epochs,
               "benign_weights": benign_weights,
               "cache_cut": base.cache_cut,

@@ -63,6 +63,16 @@ def _geometry(seed: int):
     )
 
 
+def serialized_records(files: list[str]) -> "tf.data.Dataset":
+    """The shards' serialized records in the order every reader of a split sees them."""
+    import tensorflow as tf
+
+    # Interleave shards so reading is parallel too; deterministic order keeps runs reproducible.
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
 def dataset(
     split_dir: str | Path,
     split: str,
@@ -92,11 +102,7 @@ def dataset(
             image = domain.tf_resize(image, image_size)
         return image, label
 
-    # Interleave shards so reading is parallel too; deterministic order keeps runs reproducible.
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=autotune, deterministic=True
-    )
-    ds = ds.map(parse, num_parallel_calls=autotune, deterministic=True)
+    ds = serialized_records(files).map(parse, num_parallel_calls=autotune, deterministic=True)
     if count is not None:  # a known epoch length: Keras then shows progress and does not warn at epoch end
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if cache:
