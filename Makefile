@@ -17,7 +17,7 @@ EXTERNAL_OOD_DIR ?= $(abspath $(SHARED)/external/chula-rbc-12/images)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup system-deps weights data run test test-fast compile serve bench report clean
+.PHONY: help setup system-deps weights data run test test-fast lint format compile serve bench report clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -53,6 +53,14 @@ run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROF
 
 test: $(STAMP) system-deps  ## the whole test suite
 	$(PY) -m pytest -q
+
+lint: $(STAMP)  ## ruff lint and format check (CI runs it)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)  ## format the code and apply ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 compile: $(STAMP)  ## compile the pipeline to KFP IR YAML
 	$(LF) pipeline compile --output $(LEUKOFLOW_HOME)/pipeline.yaml

@@ -48,9 +48,19 @@ def untrained_model(workdir: Path) -> tuple[Path, str]:
     keras_path = workdir / "model.keras"
     model.save(keras_path)
     path = workdir / "untrained-mobilenetv2"
-    export_saved_model(model, path, model_name=config.name, image_size=config.image_size, brightness=config.brightness,
-                       warmup_images=load_jpegs(1), keras_path=keras_path)
-    return path, f"untrained (random weights) mobilenetv2 at {config.image_size}px, exported by components/train/export.py"
+    export_saved_model(
+        model,
+        path,
+        model_name=config.name,
+        image_size=config.image_size,
+        brightness=config.brightness,
+        warmup_images=load_jpegs(1),
+        keras_path=keras_path,
+    )
+    return (
+        path,
+        f"untrained (random weights) mobilenetv2 at {config.image_size}px, exported by components/train/export.py",
+    )
 
 
 def _store(source: Path, root: Path) -> Path:
@@ -64,10 +74,15 @@ def _store(source: Path, root: Path) -> Path:
 
 
 def _config(base: Path, versions: list[int], labels: dict[str, int]) -> str:
-    return ("model_config_list {\n  config {\n" f'    name: "{MODEL}"\n    base_path: "{base}"\n'
-            '    model_platform: "tensorflow"\n    model_version_policy { specific { '
-            + " ".join(f"versions: {v}" for v in versions) + " } }\n"
-            + "".join(f'    version_labels {{ key: "{k}" value: {v} }}\n' for k, v in labels.items()) + "  }\n}\n")
+    return (
+        "model_config_list {\n  config {\n"
+        f'    name: "{MODEL}"\n    base_path: "{base}"\n'
+        '    model_platform: "tensorflow"\n    model_version_policy { specific { '
+        + " ".join(f"versions: {v}" for v in versions)
+        + " } }\n"
+        + "".join(f'    version_labels {{ key: "{k}" value: {v} }}\n' for k, v in labels.items())
+        + "  }\n}\n"
+    )
 
 
 def _post(port: int, path: str, body: bytes, timeout: float = 120.0) -> tuple[int, bytes]:
@@ -107,7 +122,7 @@ class _PeakRss:
             self.peak = max(self.peak, rss_mb(self.pid))
             time.sleep(0.01)
 
-    def __enter__(self) -> "_PeakRss":
+    def __enter__(self) -> _PeakRss:
         self._thread.start()
         return self
 
@@ -128,12 +143,23 @@ def big_body(proc, rest: int) -> dict:
             status, answer = _post(rest, f"/v1/models/{MODEL}:predict", body)
             seconds = time.perf_counter() - start
         time.sleep(0.5)
-        runs.append({"status": status, "seconds": round(seconds, 3), "peak_growth_mb": round(peak.peak - before, 1),
-                     "growth_after_mb": round(rss_mb(proc.pid) - before, 1),
-                     "error": json.loads(answer).get("error", "")[:120]})
+        runs.append(
+            {
+                "status": status,
+                "seconds": round(seconds, 3),
+                "peak_growth_mb": round(peak.peak - before, 1),
+                "growth_after_mb": round(rss_mb(proc.pid) - before, 1),
+                "error": json.loads(answer).get("error", "")[:120],
+            }
+        )
     after = rss_mb(proc.pid)
-    return {"body_mb": round(len(body) / 1e6, 1), "runs": runs, "refused_s_max": max(r["seconds"] for r in runs),
-            "rss_growth_mb": round(after - before, 1), "peak_growth_mb": max(r["peak_growth_mb"] for r in runs)}
+    return {
+        "body_mb": round(len(body) / 1e6, 1),
+        "runs": runs,
+        "refused_s_max": max(r["seconds"] for r in runs),
+        "rss_growth_mb": round(after - before, 1),
+        "peak_growth_mb": max(r["peak_growth_mb"] for r in runs),
+    }
 
 
 def expired_then_next(grpc_port: int, jpegs: list[bytes]) -> dict:
@@ -198,8 +224,12 @@ def explain_pressure(grpc_port: int, rest: int, jpegs: list[bytes]) -> dict:
         stop.set()
         for t in threads:
             t.join()
-    return {"predict_p50_idle_ms": round(idle, 2), "predict_p50_under_explain_ms": round(loaded, 2),
-            "ratio": round(loaded / idle, 2), "explain_answers": {str(c): codes.count(c) for c in sorted(set(codes))}}
+    return {
+        "predict_p50_idle_ms": round(idle, 2),
+        "predict_p50_under_explain_ms": round(loaded, 2),
+        "ratio": round(loaded / idle, 2),
+        "explain_answers": {str(c): codes.count(c) for c in sorted(set(codes))},
+    }
 
 
 def slow_connections(rest: int, n: int) -> dict:
@@ -237,9 +267,14 @@ def slow_connections(rest: int, n: int) -> dict:
         for s in held:
             s.close()
     ok = sum(1 for s in statuses if s == 200)
-    return {"slow_connections": len(held), "connect_refused": refused, "api_ok": f"{ok}/{len(statuses)}",
-            "api_p50_ms": round(float(np.percentile(np.asarray(latencies) * 1000, 50)), 2),
-            "api_max_ms": round(max(latencies) * 1000, 2), "page_status": page}
+    return {
+        "slow_connections": len(held),
+        "connect_refused": refused,
+        "api_ok": f"{ok}/{len(statuses)}",
+        "api_p50_ms": round(float(np.percentile(np.asarray(latencies) * 1000, 50)), 2),
+        "api_max_ms": round(max(latencies) * 1000, 2),
+        "page_status": page,
+    }
 
 
 def refused_reload(grpc_port: int, base: Path, jpegs: list[bytes], seconds: float = 4.0) -> dict:
@@ -277,8 +312,12 @@ def refused_reload(grpc_port: int, base: Path, jpegs: list[bytes], seconds: floa
     stop.set()
     for t in threads:
         t.join()
-    return {"reload": reload, "stable_requests": counts[0] + len(failures), "failed": len(failures),
-            "first_failure": failures[0] if failures else ""}
+    return {
+        "reload": reload,
+        "stable_requests": counts[0] + len(failures),
+        "failed": len(failures),
+        "first_failure": failures[0] if failures else "",
+    }
 
 
 def main() -> None:
@@ -294,8 +333,14 @@ def main() -> None:
             from components import home
 
             store = home.model_base() / MODEL
-            promoted = sorted((p for p in store.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()),
-                              key=lambda p: int(p.name)) if store.is_dir() else []
+            promoted = (
+                sorted(
+                    (p for p in store.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()),
+                    key=lambda p: int(p.name),
+                )
+                if store.is_dir()
+                else []
+            )
             if promoted:
                 model_dir, source = str(promoted[-1]), f"promoted version {promoted[-1].name} ({home.display(store)})"
         if model_dir:
@@ -327,22 +372,48 @@ def main() -> None:
 def _table(r: dict) -> list[tuple[str, str, str, bool]]:
     b, e, s, rr = r["big_body"], r["explain"], r["slow_connections"], r["refused_reload"]
     return [
-        (f"{b['body_mb']} MB REST body ({BIG_INSTANCES:,} instances) refused", f"{b['refused_s_max']:.3f} s max of 3",
-         "< 1 s", b["refused_s_max"] < 1.0),
-        ("server RSS growth after 3 such bodies (peak during)", f"{b['rss_growth_mb']:.0f} MB ({b['peak_growth_mb']:.0f} MB)",
-         "< 100 MB", b["rss_growth_mb"] < 100),
-        (f"next request after {EXPIRED} expired (no batching)", f"{r['deadline_unbatched']['next_request_s']:.3f} s", "< 1 s",
-         r["deadline_unbatched"]["next_request_s"] < 1.0),
-        (f"next request after {EXPIRED} expired (batching)", f"{r['deadline_batched']['next_request_s']:.3f} s", "< 1 s",
-         r["deadline_batched"]["next_request_s"] < 1.0),
-        (f"predict p50 idle -> under {EXPLAIN_CLIENTS} explain clients",
-         f"{e['predict_p50_idle_ms']:.1f} -> {e['predict_p50_under_explain_ms']:.1f} ms (x{e['ratio']})", "<= x2",
-         e["ratio"] <= 2.0),
-        (f"REST while {s['slow_connections']} slow connections are held",
-         f"{s['api_ok']} OK, p50 {s['api_p50_ms']:.1f} ms, max {s['api_max_ms']:.0f} ms; page {s['page_status']}",
-         "answers", s["api_ok"].split("/")[0] == s["api_ok"].split("/")[1] and s["page_status"] == 200),
-        ("failed `stable` requests through a refused reload", f"{rr['failed']} of {rr['stable_requests']}", "0",
-         rr["failed"] == 0 and rr["reload"] != "OK"),
+        (
+            f"{b['body_mb']} MB REST body ({BIG_INSTANCES:,} instances) refused",
+            f"{b['refused_s_max']:.3f} s max of 3",
+            "< 1 s",
+            b["refused_s_max"] < 1.0,
+        ),
+        (
+            "server RSS growth after 3 such bodies (peak during)",
+            f"{b['rss_growth_mb']:.0f} MB ({b['peak_growth_mb']:.0f} MB)",
+            "< 100 MB",
+            b["rss_growth_mb"] < 100,
+        ),
+        (
+            f"next request after {EXPIRED} expired (no batching)",
+            f"{r['deadline_unbatched']['next_request_s']:.3f} s",
+            "< 1 s",
+            r["deadline_unbatched"]["next_request_s"] < 1.0,
+        ),
+        (
+            f"next request after {EXPIRED} expired (batching)",
+            f"{r['deadline_batched']['next_request_s']:.3f} s",
+            "< 1 s",
+            r["deadline_batched"]["next_request_s"] < 1.0,
+        ),
+        (
+            f"predict p50 idle -> under {EXPLAIN_CLIENTS} explain clients",
+            f"{e['predict_p50_idle_ms']:.1f} -> {e['predict_p50_under_explain_ms']:.1f} ms (x{e['ratio']})",
+            "<= x2",
+            e["ratio"] <= 2.0,
+        ),
+        (
+            f"REST while {s['slow_connections']} slow connections are held",
+            f"{s['api_ok']} OK, p50 {s['api_p50_ms']:.1f} ms, max {s['api_max_ms']:.0f} ms; page {s['page_status']}",
+            "answers",
+            s["api_ok"].split("/")[0] == s["api_ok"].split("/")[1] and s["page_status"] == 200,
+        ),
+        (
+            "failed `stable` requests through a refused reload",
+            f"{rr['failed']} of {rr['stable_requests']}",
+            "0",
+            rr["failed"] == 0 and rr["reload"] != "OK",
+        ),
     ]
 
 
@@ -351,14 +422,23 @@ def write(results: dict) -> None:
 
     rows = _table(results)
     results["targets_met"] = all(ok for *_, ok in rows)
-    lines = ["# Serving under abuse (benchmarks/abuse.py)", "",
-             f"Model: {results['model']}. Host: {results['cpus']} CPUs. Loopback only.", "",
-             "| probe | measured | target | met |", "|---|---|---|---|"]
+    lines = [
+        "# Serving under abuse (benchmarks/abuse.py)",
+        "",
+        f"Model: {results['model']}. Host: {results['cpus']} CPUs. Loopback only.",
+        "",
+        "| probe | measured | target | met |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {probe} | {measured} | {target} | {'yes' if ok else 'NO'} |" for probe, measured, target, ok in rows]
-    lines += ["", f"Expired requests' codes: unbatched {results['deadline_unbatched']['expired_codes']}, "
-              f"batched {results['deadline_batched']['expired_codes']}. "
-              f"Explain answers under pressure: {results['explain']['explain_answers']}. "
-              f"Refused reload: {results['refused_reload']['reload']}.", ""]
+    lines += [
+        "",
+        f"Expired requests' codes: unbatched {results['deadline_unbatched']['expired_codes']}, "
+        f"batched {results['deadline_batched']['expired_codes']}. "
+        f"Explain answers under pressure: {results['explain']['explain_answers']}. "
+        f"Refused reload: {results['refused_reload']['reload']}.",
+        "",
+    ]
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_text(RESULTS / "abuse.json", json.dumps(results, indent=2) + "\n")
     write_text(RESULTS / "abuse.md", "\n".join(lines))

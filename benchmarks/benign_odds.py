@@ -56,7 +56,9 @@ def _load(spec: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | None]:
     if not sep or not name or not file:
         raise SystemExit(f"--logits wants NAME=FILE.npz, got {spec!r}")
     if not Path(file).is_file():
-        raise SystemExit(f"--logits {name}: no file {file} (write one with `python -m benchmarks.recipe_cv --logits DIR`)")
+        raise SystemExit(
+            f"--logits {name}: no file {file} (write one with `python -m benchmarks.recipe_cv --logits DIR`)"
+        )
     from components.train.calibration import softmax
 
     data = np.load(file)
@@ -84,9 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logits", nargs="+", required=True, help="NAME=FILE.npz, one per cross-validation")
     parser.add_argument("--ensemble", nargs="*", default=[], help="NAME+NAME[+...]: average these sets' probabilities")
-    parser.add_argument("--split", type=Path, default=None,
-                        help="the split the cross-validations pooled (names the smears of files without paths; "
-                             "its test split's Benign count)")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="the split the cross-validations pooled (names the smears of files without paths; "
+        "its test split's Benign count)",
+    )
     parser.add_argument("--out", default="benign_odds", help="results file stem under benchmarks/results/")
     args = parser.parse_args(argv)
 
@@ -118,39 +124,60 @@ def main(argv: list[str] | None = None) -> dict:
         predicted = probabilities.argmax(axis=1)
         missed = np.flatnonzero(is_benign & (predicted != benign_index))
         rate = len(missed) / int(is_benign.sum())
-        rows[name] = {"errors": int((predicted != labels).sum()), "benign_missed": len(missed),
-                      "benign_recall": 1 - rate, "early_as_benign": int(((labels == early_index) & (predicted == benign_index)).sum()),
-                      "meet_odds": meet_odds(rate, test_benign, allowed),
-                      "missed": [names[i] for i in missed]}
+        rows[name] = {
+            "errors": int((predicted != labels).sum()),
+            "benign_missed": len(missed),
+            "benign_recall": 1 - rate,
+            "early_as_benign": int(((labels == early_index) & (predicted == benign_index)).sum()),
+            "meet_odds": meet_odds(rate, test_benign, allowed),
+            "missed": [names[i] for i in missed],
+        }
         missed_by[name] = set(missed.tolist())
     single = [n for n in sets if "+" not in n]
     every = set.intersection(*(missed_by[n] for n in single))
     some = set.union(*(missed_by[n] for n in single)) - every
     needed_rate = rate_for_odds(ODDS_WANTED, test_benign, allowed)
-    result = {"test_benign": test_benign, "allowed_misses": allowed, "target_recall": TARGET_RECALL,
-              "odds_wanted": ODDS_WANTED, "recall_needed_for_odds": 1 - needed_rate,
-              "pooled_benign": int(is_benign.sum()), "sets": rows,
-              "missed_by_every_single_set": sorted(names[i] for i in every),
-              "missed_by_some": {names[i]: sum(i in missed_by[n] for n in single) for i in sorted(some)},
-              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    result = {
+        "test_benign": test_benign,
+        "allowed_misses": allowed,
+        "target_recall": TARGET_RECALL,
+        "odds_wanted": ODDS_WANTED,
+        "recall_needed_for_odds": 1 - needed_rate,
+        "pooled_benign": int(is_benign.sum()),
+        "sets": rows,
+        "missed_by_every_single_set": sorted(names[i] for i in every),
+        "missed_by_some": {names[i]: sum(i in missed_by[n] for n in single) for i in sorted(some)},
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
 
-    lines = ["# Benign recall on the test split: the odds of meeting issue 13's target", "",
-             f"Out of fold on train + val ({result['pooled_benign']} Benign smears; benchmarks/recipe_cv.py), one view. "
-             f"The test split has {test_benign} Benign smears, so Benign recall >= {TARGET_RECALL} allows {allowed} "
-             f"miss(es). 'Odds' is P(at most {allowed} of {test_benign} missed) if each is missed independently at the "
-             "set's out-of-fold rate: a model, not a count of runs. "
-             f"`{' '.join(['python -m benchmarks.benign_odds', *(argv if argv is not None else [])])}`", "",
-             "| set | errors | Benign missed | Benign recall | Early -> Benign | odds of meeting the target |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "# Benign recall on the test split: the odds of meeting issue 13's target",
+        "",
+        f"Out of fold on train + val ({result['pooled_benign']} Benign smears; benchmarks/recipe_cv.py), one view. "
+        f"The test split has {test_benign} Benign smears, so Benign recall >= {TARGET_RECALL} allows {allowed} "
+        f"miss(es). 'Odds' is P(at most {allowed} of {test_benign} missed) if each is missed independently at the "
+        "set's out-of-fold rate: a model, not a count of runs. "
+        f"`{' '.join(['python -m benchmarks.benign_odds', *(argv if argv is not None else [])])}`",
+        "",
+        "| set | errors | Benign missed | Benign recall | Early -> Benign | odds of meeting the target |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['errors']} | {r['benign_missed']} | {r['benign_recall']:.4f} | "
-                     f"{r['early_as_benign']} | {r['meet_odds']:.2f} |")
-    lines += ["", f"Odds of {ODDS_WANTED:.0%} need an out-of-fold Benign recall of at least "
-              f"{result['recall_needed_for_odds']:.4f} ({needed_rate * result['pooled_benign']:.1f} misses of "
-              f"{result['pooled_benign']}).", "",
-              f"Missed by every single set ({len(every)}): {', '.join(result['missed_by_every_single_set']) or 'none'}.",
-              f"Missed by some ({len(some)}; by how many of the {len(single)}): "
-              + (", ".join(f"{k} ({v})" for k, v in result["missed_by_some"].items()) or "none") + "."]
+        lines.append(
+            f"| {name} | {r['errors']} | {r['benign_missed']} | {r['benign_recall']:.4f} | "
+            f"{r['early_as_benign']} | {r['meet_odds']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Odds of {ODDS_WANTED:.0%} need an out-of-fold Benign recall of at least "
+        f"{result['recall_needed_for_odds']:.4f} ({needed_rate * result['pooled_benign']:.1f} misses of "
+        f"{result['pooled_benign']}).",
+        "",
+        f"Missed by every single set ({len(every)}): {', '.join(result['missed_by_every_single_set']) or 'none'}.",
+        f"Missed by some ({len(some)}; by how many of the {len(single)}): "
+        + (", ".join(f"{k} ({v})" for k, v in result["missed_by_some"].items()) or "none")
+        + ".",
+    ]
     RESULTS.mkdir(exist_ok=True)
     atomic_files.write_text(RESULTS / f"{args.out}.json", json.dumps(result, indent=2))
     atomic_files.write_text(RESULTS / f"{args.out}.md", "\n".join(lines) + "\n")

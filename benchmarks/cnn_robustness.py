@@ -56,18 +56,18 @@ STRONG_OVEREXPOSURE = (1.1, 1.4)
 
 class Variant(NamedTuple):
     clean_batchnorm: bool  # precise BatchNorm statistics from un-augmented batches
-    overexposed: bool      # the quick profile's share of overexposed images (else none)
+    overexposed: bool  # the quick profile's share of overexposed images (else none)
     cosine_decay: bool
     gains: tuple[float, float] | None = None  # augment.OVEREXPOSURE for this variant (None: the module's own)
-    epochs: int | None = None                 # None: the quick profile's
-    background_target: float | None = None    # domain.BACKGROUND_TARGET for this variant (None: the module's own)
-    image_size: int | None = None             # None: the quick profile's
-    weight_ema: float | None = None           # the optimizer's EMA momentum (None: no EMA)
+    epochs: int | None = None  # None: the quick profile's
+    background_target: float | None = None  # domain.BACKGROUND_TARGET for this variant (None: the module's own)
+    image_size: int | None = None  # None: the quick profile's
+    weight_ema: float | None = None  # the optimizer's EMA momentum (None: no EMA)
     label_smoothing: float = 0.0
-    distilled: bool = False                   # targets mixed with a teacher's softened predictions
-    learning_rate: float | None = None        # the cosine's peak (None: the quick profile's)
-    level_jitter: bool = False                # training-only random level after the graph's normalisation
-    clip_mask: bool = False                   # a fourth input channel: where the camera clipped
+    distilled: bool = False  # targets mixed with a teacher's softened predictions
+    learning_rate: float | None = None  # the cosine's peak (None: the quick profile's)
+    level_jitter: bool = False  # training-only random level after the graph's normalisation
+    clip_mask: bool = False  # a fourth input channel: where the camera clipped
 
 
 VARIANTS: dict[str, Variant] = {
@@ -76,7 +76,9 @@ VARIANTS: dict[str, Variant] = {
     "overexposure": Variant(clean_batchnorm=True, overexposed=True, cosine_decay=False),
     "both": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=False),
     "cosine": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True),
-    "strong overexposure": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, gains=STRONG_OVEREXPOSURE),
+    "strong overexposure": Variant(
+        clean_batchnorm=False, overexposed=True, cosine_decay=True, gains=STRONG_OVEREXPOSURE
+    ),
     "10 epochs": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, epochs=10),
     "saturated 1.15": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.15),
     "saturated 1.3": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, background_target=1.3),
@@ -88,8 +90,8 @@ VARIANTS: dict[str, Variant] = {
     "level jitter": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, level_jitter=True),
     "clip mask": Variant(clean_batchnorm=False, overexposed=True, cosine_decay=True, clip_mask=True),
 }
-LEVEL_GAIN = (0.85, 1.15)     # 'level jitter': gain after the in-graph normalisation, clipped at 1
-LEVEL_CEILING = (0.8, 1.0)    # and, for half the images, a ceiling the bright band clips flat at
+LEVEL_GAIN = (0.85, 1.15)  # 'level jitter': gain after the in-graph normalisation, clipped at 1
+LEVEL_CEILING = (0.8, 1.0)  # and, for half the images, a ceiling the bright band clips flat at
 DISTILLATION_TEMPERATURE = 2.0
 DISTILLATION_LABEL_SHARE = 0.5
 
@@ -144,8 +146,11 @@ def _weight_ema(momentum: float):
     callbacks = executor._callbacks
 
     def compile_with_ema(model, learning_rate, label_smoothing):
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=momentum),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=momentum),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+            metrics=["accuracy"],
+        )
 
     def callbacks_with_swap(*args, **kwargs):  # first: precise BN and the checkpoints then see the EMA weights
         return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + callbacks(*args, **kwargs)
@@ -184,12 +189,18 @@ def _distilled(targets: np.ndarray):
             return dataset(split_dir, split, image_size, batch_size, **kwargs)  # validation, precise-BN batches
         seed = kwargs["seed"]
         pixels, _ = executor.train_input.pixels_and_labels(split_dir, "train", image_size)
-        ds = tf.data.Dataset.from_tensor_slices((pixels, targets)).shuffle(2048, seed=seed, reshuffle_each_iteration=True)
-        ds = ds.map(lambda x, t: (augment.photometric(x, kwargs.get("overexposure", 0.0)), t),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.from_tensor_slices((pixels, targets)).shuffle(
+            2048, seed=seed, reshuffle_each_iteration=True
+        )
+        ds = ds.map(
+            lambda x, t: (augment.photometric(x, kwargs.get("overexposure", 0.0)), t),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         geometry = executor.train_input._geometry(seed)
-        ds = ds.batch(batch_size).map(lambda x, t: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), t),
-                                      num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(
+            lambda x, t: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), t),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def one_hot_unless_targets(ds):
@@ -254,12 +265,16 @@ def val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def pixels(encoded):  # the model applies its own normalisation, as in the served graph
-        return tf.map_fn(lambda b: domain.tf_preprocess_encoded(b, size, "none"), encoded,
-                         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return tf.map_fn(
+            lambda b: domain.tf_preprocess_encoded(b, size, "none"),
+            encoded,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
 
     def predict(images: list[bytes]) -> np.ndarray:
-        return np.concatenate([model.predict_on_batch(pixels(tf.constant(images[i:i + 64])))
-                               for i in range(0, len(images), 64)])
+        return np.concatenate(
+            [model.predict_on_batch(pixels(tf.constant(images[i : i + 64]))) for i in range(0, len(images), 64)]
+        )
 
     examples = list(records.iter_examples(split / "val"))
     labels = np.array([e["label"] for e in examples])
@@ -275,62 +290,102 @@ def run_variant(variant: str, seed: int, split: Path, work: Path, teacher: Path 
 
     chosen, quick = VARIANTS[variant], settings.model_config("quick", "cnn")
     overexposure = quick.overexposure if chosen.overexposed else 0.0
-    config = quick.with_overrides(seed=seed, overexposure=overexposure, epochs=chosen.epochs or quick.epochs,
-                                  cosine_decay=chosen.cosine_decay, image_size=chosen.image_size or quick.image_size,
-                                  label_smoothing=chosen.label_smoothing,
-                                  learning_rate=chosen.learning_rate or quick.learning_rate)
+    config = quick.with_overrides(
+        seed=seed,
+        overexposure=overexposure,
+        epochs=chosen.epochs or quick.epochs,
+        cosine_decay=chosen.cosine_decay,
+        image_size=chosen.image_size or quick.image_size,
+        label_smoothing=chosen.label_smoothing,
+        learning_rate=chosen.learning_rate or quick.learning_rate,
+    )
     started = time.perf_counter()
     if chosen.distilled and teacher is None:
         raise ValueError(f"variant {variant!r} needs --teacher (a pipeline run's mobilenetv2 keras/model.keras)")
-    changes = [(chosen.clean_batchnorm, _clean_batchnorm_statistics),
-               (chosen.gains, lambda: _overexposure_gains(chosen.gains)),
-               (chosen.background_target, lambda: _background_target(chosen.background_target)),
-               (chosen.weight_ema, lambda: _weight_ema(chosen.weight_ema)),
-               (chosen.distilled, lambda: _distilled(_teacher_targets(teacher, split))),
-               (chosen.level_jitter, _level_jitter),
-               (chosen.clip_mask, _clip_mask)]
+    changes = [
+        (chosen.clean_batchnorm, _clean_batchnorm_statistics),
+        (chosen.gains, lambda: _overexposure_gains(chosen.gains)),
+        (chosen.background_target, lambda: _background_target(chosen.background_target)),
+        (chosen.weight_ema, lambda: _weight_ema(chosen.weight_ema)),
+        (chosen.distilled, lambda: _distilled(_teacher_targets(teacher, split))),
+        (chosen.level_jitter, _level_jitter),
+        (chosen.clip_mask, _clip_mask),
+    ]
     with contextlib.ExitStack() as stack:
         for wanted, change in changes:
             if wanted:
                 stack.enter_context(change())
-        trained = run_train(split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False)
+        trained = run_train(
+            split, work / f"{variant.replace(' ', '-')}-{seed}", config, verbose=0, export_saved_model=False
+        )
         train_s = time.perf_counter() - started
         val = val_accuracies(trained["keras_model"], split, config.image_size)
     worst = min(plausible(), key=val.get)
-    return {"variant": variant, "seed": seed, "overexposure": overexposure, "cosine_decay": config.cosine_decay,
-            "train_s": round(train_s, 1),
-            "val_clean": val["clean"], "worst_plausible": val[worst], "worst_name": worst,
-            "brightness_plus_15": val["brightness +15%"], "grayscale": val["grayscale"], "val": val}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "overexposure": overexposure,
+        "cosine_decay": config.cosine_decay,
+        "train_s": round(train_s, 1),
+        "val_clean": val["clean"],
+        "worst_plausible": val[worst],
+        "worst_name": worst,
+        "brightness_plus_15": val["brightness +15%"],
+        "grayscale": val["grayscale"],
+        "val": val,
+    }
 
 
 def write(rows: list[dict], note: str = "") -> None:
     from components import atomic_files
 
     atomic_files.write_text(RESULTS / "cnn_robustness.json", json.dumps({"note": note, "runs": rows}, indent=1))
-    lines = ["# The quick CNN under another lab's light (validation split)", "", note, "",
-             "| variant | seed | val clean | worst plausible (which) | brightness +15% | grayscale | training (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# The quick CNN under another lab's light (validation split)",
+        "",
+        note,
+        "",
+        "| variant | seed | val clean | worst plausible (which) | brightness +15% | grayscale | training (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['val_clean']:.2%} | {r['worst_plausible']:.2%} "
-                     f"({r['worst_name']}) | {r['brightness_plus_15']:.2%} | {r['grayscale']:.2%} | {r['train_s']:.0f} |")
-    lines += ["", "| variant | runs | mean val clean | mean worst plausible | lowest worst plausible |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {r['val_clean']:.2%} | {r['worst_plausible']:.2%} "
+            f"({r['worst_name']}) | {r['brightness_plus_15']:.2%} | {r['grayscale']:.2%} | {r['train_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "| variant | runs | mean val clean | mean worst plausible | lowest worst plausible |",
+        "|---|---|---|---|---|",
+    ]
     for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
-        lines.append(f"| {variant} | {len(mine)} | {np.mean([r['val_clean'] for r in mine]):.2%} | "
-                     f"{np.mean([r['worst_plausible'] for r in mine]):.2%} | "
-                     f"{min(r['worst_plausible'] for r in mine):.2%} |")
+        lines.append(
+            f"| {variant} | {len(mine)} | {np.mean([r['val_clean'] for r in mine]):.2%} | "
+            f"{np.mean([r['worst_plausible'] for r in mine]):.2%} | "
+            f"{min(r['worst_plausible'] for r in mine):.2%} |"
+        )
     atomic_files.write_text(RESULTS / "cnn_robustness.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)")
+    parser.add_argument(
+        "--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--append", action="store_true", help="keep the runs already in the results file and add these")
-    parser.add_argument("--work", type=Path, default=None, help="where the trained variants go (default: $LEUKOFLOW_HOME/runs/cnn_robustness)")
-    parser.add_argument("--teacher", type=Path, default=None, help="the 'distilled' variant's teacher (a keras model file)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="where the trained variants go (default: $LEUKOFLOW_HOME/runs/cnn_robustness)",
+    )
+    parser.add_argument(
+        "--teacher", type=Path, default=None, help="the 'distilled' variant's teacher (a keras model file)"
+    )
     args = parser.parse_args(argv)
     from components.home import home
 
@@ -341,7 +396,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         split = default_out()
     work = args.work or home() / "runs" / "cnn_robustness"
     earlier = json.loads((RESULTS / "cnn_robustness.json").read_text()) if args.append else {"note": "", "runs": []}
-    started = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = [run_variant(v, s, split, work, args.teacher) for v in args.variants for s in args.seeds]
     note = f"Variants {', '.join(args.variants)}: measured from {started} on {split}."
     write(earlier["runs"] + rows, f"{earlier['note']}\n\n{note}".strip())

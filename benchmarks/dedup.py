@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t_folder, result = _best(from_folder, args.repeats, "dedup_from_folder")
     t_rehash, rehashed = _best(
-        lambda: run_dedup(work / "manifest.csv", work / "rehash", workers=workers, rehash=True), args.repeats, "dedup_rehash_from_manifest")
+        lambda: run_dedup(work / "manifest.csv", work / "rehash", workers=workers, rehash=True),
+        args.repeats,
+        "dedup_rehash_from_manifest",
+    )
     assert rehashed["groups"] == result["groups"], "hashes from the manifest and from the files disagree"
 
     import pandas as pd
@@ -134,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         "idle_cores_estimate_seconds": {k: round(idle_estimate(k, workers), 3) for k in CPU},
         "target_seconds": TARGET_S,
         "within_target_wall": t_folder <= TARGET_S and t_rehash <= TARGET_S,
-        "within_target_idle_estimate": max(idle_estimate("dedup_from_folder", workers),
-                                           idle_estimate("dedup_rehash_from_manifest", workers)) <= TARGET_S,
+        "within_target_idle_estimate": max(
+            idle_estimate("dedup_from_folder", workers), idle_estimate("dedup_rehash_from_manifest", workers)
+        )
+        <= TARGET_S,
         "hamming": result["hamming"],
         "exact_pairs": result["exact_pairs"],
         "exact_pairs_expected": EXPECTED_EXACT_PAIRS,
@@ -159,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| step | wall s (measured) | x decode | CPU s (main + workers) | est. wall s, idle cores | x decode |",
         "|---|---:|---:|---:|---:|---:|",
-        *[f"| {label} | {seconds[key]:.2f} | {seconds[key] / t_decode:.2f} | {CPU[key][0]:.2f} + {CPU[key][1]:.2f} | "
-          f"{idle_estimate(key, workers):.2f} | {idle_estimate(key, workers) / idle_estimate('decode_only', workers):.2f} |"
-          for key, label in (("decode_only", "decode alone (reference)"),
-                             ("dedup_from_folder", "dedup from the folder (manifest pass + grouping)"),
-                             ("dedup_rehash_from_manifest", "dedup from a manifest, rehashing every image"),
-                             ("near_pair_search", f"near-pair search alone (multi-index, {len(hashes)} hashes)"))],
+        *[
+            f"| {label} | {seconds[key]:.2f} | {seconds[key] / t_decode:.2f} | {CPU[key][0]:.2f} + {CPU[key][1]:.2f} | "
+            f"{idle_estimate(key, workers):.2f} | {idle_estimate(key, workers) / idle_estimate('decode_only', workers):.2f} |"
+            for key, label in (
+                ("decode_only", "decode alone (reference)"),
+                ("dedup_from_folder", "dedup from the folder (manifest pass + grouping)"),
+                ("dedup_rehash_from_manifest", "dedup from a manifest, rehashing every image"),
+                ("near_pair_search", f"near-pair search alone (multi-index, {len(hashes)} hashes)"),
+            )
+        ],
         "",
         "The estimate for idle cores is the main process's CPU time plus the workers' CPU time divided by the "
         "worker count: what the run takes when no other job shares the cores.",
@@ -183,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| distance | pairs | byte-identical | cross-label |",
         "|---:|---:|---:|---:|",
-        *[f"| {d} | {v['pairs']} | {v['byte_identical']} | {v['cross_label']} |" for d, v in tuning.items() if v["pairs"]],
+        *[
+            f"| {d} | {v['pairs']} | {v['byte_identical']} | {v['cross_label']} |"
+            for d, v in tuning.items()
+            if v["pairs"]
+        ],
         "",
         f"Split of the kept images (seed {split['seed']}):",
         "",
@@ -199,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines))
     ok = result["exact_pairs"] == EXPECTED_EXACT_PAIRS
     if not ok:
-        print(f"error: expected {EXPECTED_EXACT_PAIRS} byte-identical pairs, found {result['exact_pairs']}", file=sys.stderr)
+        print(
+            f"error: expected {EXPECTED_EXACT_PAIRS} byte-identical pairs, found {result['exact_pairs']}",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 

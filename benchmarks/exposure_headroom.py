@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-GAIN = 1.15          # evaluation's 'brightness +15%'
+GAIN = 1.15  # evaluation's 'brightness +15%'
 STRONGER_GAIN = 1.25  # the top of training's exposure range (augment.EXPOSURE)
 QUANTILES = (0.10, 0.25, 0.50, 0.75)
 
@@ -55,11 +55,19 @@ def clipping(pixels: np.ndarray, labels: np.ndarray) -> dict:
     levels = np.quantile(small, QUANTILES, axis=1).T
     rows = []
     for i, q in enumerate(QUANTILES):
-        rows.append({"quantile": q, "median": float(np.median(levels[:, i])),
-                     "per_class_median": {domain.CLASS_NAMES[c]: float(np.median(levels[labels == c, i]))
-                                          for c in range(domain.NUM_CLASSES) if (labels == c).any()},
-                     f"clips_at_{GAIN}": float(np.mean(levels[:, i] * GAIN >= 0.999)),
-                     f"clips_at_{STRONGER_GAIN}": float(np.mean(levels[:, i] * STRONGER_GAIN >= 0.999))})
+        rows.append(
+            {
+                "quantile": q,
+                "median": float(np.median(levels[:, i])),
+                "per_class_median": {
+                    domain.CLASS_NAMES[c]: float(np.median(levels[labels == c, i]))
+                    for c in range(domain.NUM_CLASSES)
+                    if (labels == c).any()
+                },
+                f"clips_at_{GAIN}": float(np.mean(levels[:, i] * GAIN >= 0.999)),
+                f"clips_at_{STRONGER_GAIN}": float(np.mean(levels[:, i] * STRONGER_GAIN >= 0.999)),
+            }
+        )
     return {"quantiles": rows, "pixels_saturated_clean": float(np.mean(pixels.mean(axis=-1) >= 250 / 255))}
 
 
@@ -91,10 +99,14 @@ def decomposition(model_path: Path, pixels: np.ndarray, labels: np.ndarray) -> d
         predicted = model.predict(np.clip(images, 0.0, 1.0), batch_size=64, verbose=0).argmax(axis=1)
         return float((predicted == labels).mean())
 
-    return {"model": str(model_path), "missed_exposure": [round(float(v), 4) for v in missed.mean(axis=(0, 1, 2))],
-            "clean": accuracy(clean * clean_gain), "brightness +15%": accuracy(brighter * brighter_gain),
-            "gain error only": accuracy(clean * clean_gain * missed),
-            "clipped band only": accuracy(brighter * clean_gain / GAIN)}
+    return {
+        "model": str(model_path),
+        "missed_exposure": [round(float(v), 4) for v in missed.mean(axis=(0, 1, 2))],
+        "clean": accuracy(clean * clean_gain),
+        "brightness +15%": accuracy(brighter * brighter_gain),
+        "gain error only": accuracy(clean * clean_gain * missed),
+        "clipped band only": accuracy(brighter * clean_gain / GAIN),
+    }
 
 
 def write(result: dict) -> None:
@@ -102,20 +114,31 @@ def write(result: dict) -> None:
 
     atomic_files.write_text(RESULTS / "exposure_headroom.json", json.dumps(result, indent=1))
     images = result["images"]
-    lines = ["# 15% more light: what clips, and what it costs a CNN", "",
-             f"Measured {result['measured']} on {result['split']}/{result['part']} ({result['count']} images). "
-             f"Pixels already at 250/255 or more in the clean images: {images['pixels_saturated_clean']:.1%}.", "",
-             f"| luminance quantile (background grid) | median | per-class median | clips at x{GAIN} | clips at x{STRONGER_GAIN} |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "# 15% more light: what clips, and what it costs a CNN",
+        "",
+        f"Measured {result['measured']} on {result['split']}/{result['part']} ({result['count']} images). "
+        f"Pixels already at 250/255 or more in the clean images: {images['pixels_saturated_clean']:.1%}.",
+        "",
+        f"| luminance quantile (background grid) | median | per-class median | clips at x{GAIN} | clips at x{STRONGER_GAIN} |",
+        "|---|---|---|---|---|",
+    ]
     for row in images["quantiles"]:
         per_class = ", ".join(f"{k} {v:.3f}" for k, v in row["per_class_median"].items())
-        lines.append(f"| {row['quantile']:.2f} | {row['median']:.3f} | {per_class} | {row[f'clips_at_{GAIN}']:.1%} | "
-                     f"{row[f'clips_at_{STRONGER_GAIN}']:.1%} |")
-    lines += ["", "| model | clean | brightness +15% | gain error only | clipped band only | missed exposure (R, G, B) |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {row['quantile']:.2f} | {row['median']:.3f} | {per_class} | {row[f'clips_at_{GAIN}']:.1%} | "
+            f"{row[f'clips_at_{STRONGER_GAIN}']:.1%} |"
+        )
+    lines += [
+        "",
+        "| model | clean | brightness +15% | gain error only | clipped band only | missed exposure (R, G, B) |",
+        "|---|---|---|---|---|---|",
+    ]
     for m in result["models"]:
-        lines.append(f"| {m['model']} | {m['clean']:.2%} | {m['brightness +15%']:.2%} | {m['gain error only']:.2%} | "
-                     f"{m['clipped band only']:.2%} | {', '.join(f'x{v:.3f}' for v in m['missed_exposure'])} |")
+        lines.append(
+            f"| {m['model']} | {m['clean']:.2%} | {m['brightness +15%']:.2%} | {m['gain error only']:.2%} | "
+            f"{m['clipped band only']:.2%} | {', '.join(f'x{v:.3f}' for v in m['missed_exposure'])} |"
+        )
     atomic_files.write_text(RESULTS / "exposure_headroom.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -123,7 +146,9 @@ def write(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append", default=[], help="a Keras model file (repeatable)")
-    parser.add_argument("--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)")
+    parser.add_argument(
+        "--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)"
+    )
     parser.add_argument("--part", default="val", choices=("train", "val", "test"))
     args = parser.parse_args(argv)
     split = args.split
@@ -132,9 +157,14 @@ def main(argv: list[str] | None = None) -> dict:
 
         split = default_out()
     pixels, labels = _images(split, args.part)
-    result = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "split": str(split), "part": args.part,
-              "count": len(labels), "images": clipping(pixels, labels),
-              "models": [decomposition(path, pixels, labels) for path in args.model]}
+    result = {
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "split": str(split),
+        "part": args.part,
+        "count": len(labels),
+        "images": clipping(pixels, labels),
+        "models": [decomposition(path, pixels, labels) for path in args.model],
+    }
     write(result)
     return result
 

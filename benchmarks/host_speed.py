@@ -16,7 +16,7 @@ import json
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from components import atomic_files
@@ -27,8 +27,8 @@ SIZE, BATCH, BATCHES = 192, 32, 10
 
 def measure(repeats: int = 3) -> dict:
     """Images/s of a MobileNetV2 (192 px, random weights) forward pass at batch 32: each round and the median."""
-    import numpy as np
     import keras
+    import numpy as np
     import tensorflow as tf
 
     keras.utils.set_random_seed(0)
@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    result = {"measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-              "machine": platform.machine(), "model": f"MobileNetV2 {SIZE} px, batch {BATCH}, random weights",
-              **measure(args.repeats)}
+    result = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "model": f"MobileNetV2 {SIZE} px, batch {BATCH}, random weights",
+        **measure(args.repeats),
+    }
     print("| measured (UTC) | CPUs | MobileNetV2 192 px forward |")
     print("|---|---|---|")
     print(f"| {result['measured_at']} | {result['cpus']} | {result['images_per_s']:.1f} images/s |")
@@ -62,12 +66,26 @@ def main(argv: list[str] | None = None) -> dict:
     history = json.loads(path.read_text()) if path.is_file() else []
     history.append(result)
     atomic_files.write_text(path, json.dumps(history, indent=1))
-    rows = [f"| {h['measured_at']} | {h['cpus']} | {h['images_per_s']:.1f} | {', '.join(map(str, h['rounds']))} |"
-            for h in history]
-    atomic_files.write_text(RESULTS / "host_speed.md", "\n".join([
-        "### Host speed", "", "`python -m benchmarks.host_speed`: MobileNetV2 at 192 px (random weights), batch 32, CPU "
-        "forward pass, images/s (median of the rounds); measured before and after runs to put their wall time in context.",
-        "", "| measured (UTC) | CPUs | images/s | rounds |", "|---|---|---|---|", *rows, ""]))
+    rows = [
+        f"| {h['measured_at']} | {h['cpus']} | {h['images_per_s']:.1f} | {', '.join(map(str, h['rounds']))} |"
+        for h in history
+    ]
+    atomic_files.write_text(
+        RESULTS / "host_speed.md",
+        "\n".join(
+            [
+                "### Host speed",
+                "",
+                "`python -m benchmarks.host_speed`: MobileNetV2 at 192 px (random weights), batch 32, CPU "
+                "forward pass, images/s (median of the rounds); measured before and after runs to put their wall time in context.",
+                "",
+                "| measured (UTC) | CPUs | images/s | rounds |",
+                "|---|---|---|---|",
+                *rows,
+                "",
+            ]
+        ),
+    )
     return result
 
 

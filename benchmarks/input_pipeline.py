@@ -45,8 +45,9 @@ def run(split: Path, model_name: str, profile: str, steps: int, rounds: int = 2)
     count = len(train_input.labels(split, "train"))
 
     def real(augment: bool):
-        ds = train_input.dataset(split, "train", size, batch, training=True, augment=augment, seed=config.seed,
-                                 count=count)
+        ds = train_input.dataset(
+            split, "train", size, batch, training=True, augment=augment, seed=config.seed, count=count
+        )
         return ds.map(lambda x, y: (x, tf.one_hot(y, domain.NUM_CLASSES))).repeat()
 
     x, y = next(iter(train_input.dataset(split, "train", size, batch, cache=False)))
@@ -122,9 +123,13 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=None,
-                        help="split directory with train/shard-*.tfrecord (default: the last `leukoflow data split` "
-                             "run's, else one built from data/ under $LEUKOFLOW_HOME/bench/)")
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=None,
+        help="split directory with train/shard-*.tfrecord (default: the last `leukoflow data split` "
+        "run's, else one built from data/ under $LEUKOFLOW_HOME/bench/)",
+    )
     parser.add_argument("--model", default="cnn", help="cnn, resnet50 or mobilenetv2")
     parser.add_argument("--profile", default="quick", help="settings profile giving size and batch")
     parser.add_argument("--steps", type=int, default=40, help="timed training steps per row")
@@ -135,8 +140,10 @@ def main() -> None:
     for name, value in result["steps_per_s"].items():
         print(f"{name:<20}{value:>10.2f}{value / result['steps_per_s']['in_memory']:>14.3f}")
     verdict = "meets" if result["ratio_tf_data"] >= result["target_ratio"] else "misses"
-    print(f"tf.data / in-memory = {result['ratio_tf_data']:.3f} ({verdict} the {result['target_ratio']} target); "
-          f"load average {result['load_average_1m']:.1f} on {result['cpu_count']} CPUs")
+    print(
+        f"tf.data / in-memory = {result['ratio_tf_data']:.3f} ({verdict} the {result['target_ratio']} target); "
+        f"load average {result['load_average_1m']:.1f} on {result['cpu_count']} CPUs"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))

@@ -48,14 +48,17 @@ def _features(method: str, size: int, split_dir: Path, copies: int, perturbed: d
     out["val"] = run(train_input.dataset(split_dir, "val", size, 64, cache=False))
     for name, images in perturbed.items():
         pixels = np.stack([domain.tf_preprocess_encoded(tf.constant(b), size, "none").numpy() for b in images])
-        out[name] = np.concatenate([np.asarray(head(pixels[i:i + 64], training=False)[0])
-                                    for i in range(0, len(pixels), 64)])
+        out[name] = np.concatenate(
+            [np.asarray(head(pixels[i : i + 64], training=False)[0]) for i in range(0, len(pixels), 64)]
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)")
+    parser.add_argument(
+        "--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)"
+    )
     parser.add_argument("--size", type=int, default=128, help="model input size")
     parser.add_argument("--copies", type=int, default=2, help="augmented copies of each training image")
     args = parser.parse_args(argv)
@@ -88,25 +91,47 @@ def main(argv: list[str] | None = None) -> dict:
         pred = clf.predict((f["clean"] - mean) / std)
         gated = {k: v for k, v in acc.items() if k in plausible()}
         worst = min(gated, key=gated.get)
-        rows[method] = {"clean": acc["clean"], "macro_f1": float(f1_score(labels, pred, average="macro")),
-                        "worst_plausible": gated[worst], "worst_name": worst, "grayscale": acc["grayscale"],
-                        "mean_plausible": float(np.mean(list(gated.values()))), "per_perturbation": acc,
-                        "seconds": round(time.perf_counter() - started, 1)}
-        print(f"{method:10s} clean {acc['clean']:.4f}  worst {gated[worst]:.4f} ({worst})  "
-              f"mean {rows[method]['mean_plausible']:.4f}  grayscale {acc['grayscale']:.4f}", flush=True)
+        rows[method] = {
+            "clean": acc["clean"],
+            "macro_f1": float(f1_score(labels, pred, average="macro")),
+            "worst_plausible": gated[worst],
+            "worst_name": worst,
+            "grayscale": acc["grayscale"],
+            "mean_plausible": float(np.mean(list(gated.values()))),
+            "per_perturbation": acc,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        print(
+            f"{method:10s} clean {acc['clean']:.4f}  worst {gated[worst]:.4f} ({worst})  "
+            f"mean {rows[method]['mean_plausible']:.4f}  grayscale {acc['grayscale']:.4f}",
+            flush=True,
+        )
     best = max(rows, key=lambda m: (rows[m]["worst_plausible"], rows[m]["mean_plausible"]))
-    result = {"size": args.size, "copies": args.copies, "test_images": int(len(labels)), "methods": rows, "best": best,
-              "model": "frozen ImageNet MobileNetV2 + logistic regression (C=0.1, balanced) on augmented features"}
+    result = {
+        "size": args.size,
+        "copies": args.copies,
+        "test_images": int(len(labels)),
+        "methods": rows,
+        "best": best,
+        "model": "frozen ImageNet MobileNetV2 + logistic regression (C=0.1, balanced) on augmented features",
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "normalisation.json").write_text(json.dumps(result, indent=2))
-    lines = ["# In-graph normalisation: none vs mean vs background", "",
-             f"{result['model']}, {args.size} px, {args.copies} augmented copies; test split ({len(labels)} images), "
-             "perturbations through Pillow at full size (components/evaluate/robustness.py). "
-             "`python -m benchmarks.normalisation`.", "",
-             "| method | clean | macro-F1 | worst plausible | mean plausible | grayscale |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# In-graph normalisation: none vs mean vs background",
+        "",
+        f"{result['model']}, {args.size} px, {args.copies} augmented copies; test split ({len(labels)} images), "
+        "perturbations through Pillow at full size (components/evaluate/robustness.py). "
+        "`python -m benchmarks.normalisation`.",
+        "",
+        "| method | clean | macro-F1 | worst plausible | mean plausible | grayscale |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, r in rows.items():
-        lines.append(f"| {method}{' (kept)' if method == best else ''} | {r['clean']:.4f} | {r['macro_f1']:.4f} | "
-                     f"{r['worst_plausible']:.4f} ({r['worst_name']}) | {r['mean_plausible']:.4f} | {r['grayscale']:.4f} |")
+        lines.append(
+            f"| {method}{' (kept)' if method == best else ''} | {r['clean']:.4f} | {r['macro_f1']:.4f} | "
+            f"{r['worst_plausible']:.4f} ({r['worst_name']}) | {r['mean_plausible']:.4f} | {r['grayscale']:.4f} |"
+        )
     (RESULTS / "normalisation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result

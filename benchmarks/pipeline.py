@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 BUDGET_S = {"quick": 20 * 60}
 
-_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '(?P<start>[^']+)'|Task '(?P<end>[^']+)' finished with status (?P<status>\w+))")
+_LINE = re.compile(
+    r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task '(?P<start>[^']+)'|Task '(?P<end>[^']+)' finished with status (?P<status>\w+))"
+)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -43,7 +45,13 @@ def step_times(log: str) -> list[dict]:
             open_tasks.setdefault(match.group("start"), []).append(stamp)
         elif match.group("end") and open_tasks.get(match.group("end")):
             started = open_tasks[match.group("end")].pop(0)
-            steps.append({"task": match.group("end"), "seconds": round((stamp - started).total_seconds(), 1), "status": match.group("status")})
+            steps.append(
+                {
+                    "task": match.group("end"),
+                    "seconds": round((stamp - started).total_seconds(), 1),
+                    "status": match.group("status"),
+                }
+            )
     return steps
 
 
@@ -61,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--data-dir", default=str(REPO / "data"))
-    parser.add_argument("--from-log", help="Read a finished run's full log ($LEUKOFLOW_HOME/runs/<id>/pipeline.log) instead of running.")
+    parser.add_argument(
+        "--from-log", help="Read a finished run's full log ($LEUKOFLOW_HOME/runs/<id>/pipeline.log) instead of running."
+    )
     args = parser.parse_args(argv)
 
     if args.from_log:
         log = Path(args.from_log).read_text()
-        stamps = [datetime.strptime(m.group(1)[:15], "%H:%M:%S.%f") for m in map(_LINE.match, map(lambda l: _ANSI.sub("", l).strip(), log.splitlines())) if m]
+        stamps = [
+            datetime.strptime(m.group(1)[:15], "%H:%M:%S.%f")
+            for m in map(_LINE.match, (_ANSI.sub("", line).strip() for line in log.splitlines()))
+            if m
+        ]
         total = (stamps[-1] - stamps[0]).total_seconds() if stamps else float("nan")
         succeeded = "Pipeline 'leukoflow' finished with status SUCCESS" in _ANSI.sub("", log)
         summary = {"status": "SUCCEEDED" if succeeded else "FAILED", "pipeline_root": None, "models": {}}
@@ -77,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         buffer = io.StringIO()
         started = time.time()
         with redirect_stdout(_Tee(buffer, sys.stderr)):
-            summary = run_local(args.data_dir, profile=args.profile, quiet_stdout=False, verbose=True)  # the raw stream: step_times reads it
+            summary = run_local(
+                args.data_dir, profile=args.profile, quiet_stdout=False, verbose=True
+            )  # the raw stream: step_times reads it
         total = time.time() - started
         steps = step_times(buffer.getvalue())
     budget = BUDGET_S.get(args.profile)
@@ -93,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"### Pipeline end to end ({args.profile} profile, real data)",
         "",
-        f"Status {summary['status']}; total {total:.0f} s" + (f" (budget {budget} s on 2 CPU cores)" if budget else "") + ".",
+        f"Status {summary['status']}; total {total:.0f} s"
+        + (f" (budget {budget} s on 2 CPU cores)" if budget else "")
+        + ".",
         "Trainings run two at a time, so step times overlap and do not add up to the total. The runner logs"
         " tasks by name only, so the iterations of the training loop are not told apart here (per-model"
         " training times are in docs/results.md).",

@@ -79,8 +79,9 @@ def pooled_images(pool: Path) -> list[tuple[str, int]]:
     return [(example["image/path"].numpy().decode(), int(example["image/label"])) for example in parsed]
 
 
-def _fold(config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarray, train: np.ndarray,
-          held_out: np.ndarray) -> np.ndarray:
+def _fold(
+    config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarray, train: np.ndarray, held_out: np.ndarray
+) -> np.ndarray:
     """Train the top on the fold's cached copies; the held-out images' logits per view count [len(VIEW_COUNTS), n, C]."""
     import keras
     import tensorflow as tf
@@ -94,19 +95,32 @@ def _fold(config, clean: np.ndarray, copies: list[np.ndarray], labels: np.ndarra
     _, top = executor._bottom_and_top(model, config)
     x = np.concatenate([clean[0][train]] + [c[train] for c in copies])
     y = np.concatenate([labels[train]] * (1 + len(copies)))
-    ds = (tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, domain.NUM_CLASSES)))
-          .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True).batch(config.batch_size)
-          .map(lambda a, b: (tf.cast(a, tf.float32), b)).prefetch(tf.data.AUTOTUNE))
-    executor._compile(top, executor._learning_rate(config, train_input.steps_per_epoch(len(x), config.batch_size)),
-                      config.label_smoothing)
-    top.fit(ds, epochs=config.epochs, class_weight=executor.class_weights(labels[train], config.benign_weight), verbose=0)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, domain.NUM_CLASSES)))
+        .shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .map(lambda a, b: (tf.cast(a, tf.float32), b))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    executor._compile(
+        top,
+        executor._learning_rate(config, train_input.steps_per_epoch(len(x), config.batch_size)),
+        config.label_smoothing,
+    )
+    top.fit(
+        ds, epochs=config.epochs, class_weight=executor.class_weights(labels[train], config.benign_weight), verbose=0
+    )
     # The pooled features of each view; the head is linear, so their mean is what the served model scores.
     cached = keras.Input(top.input.shape[1:])
     top_of_base, gap = top.layers[1], model.get_layer("gap")
     pooled = keras.Model(cached, gap(top_of_base(cached, training=False)))
     kernel, bias = model.get_layer(models.OUTPUT_LAYER).get_weights()
-    per_view = np.stack([pooled.predict(clean[v][held_out].astype(np.float32), batch_size=128, verbose=0)
-                         for v in range(max(VIEW_COUNTS))])
+    per_view = np.stack(
+        [
+            pooled.predict(clean[v][held_out].astype(np.float32), batch_size=128, verbose=0)
+            for v in range(max(VIEW_COUNTS))
+        ]
+    )
     return np.stack([per_view[:n].mean(axis=0) @ kernel + bias for n in VIEW_COUNTS])
 
 
@@ -118,20 +132,27 @@ def _scores(labels: np.ndarray, logits: np.ndarray) -> dict:
     pred = logits.argmax(axis=1)
     matrix = confusion_matrix(labels, pred, labels=range(domain.NUM_CLASSES))
     recall = matrix.diagonal() / matrix.sum(axis=1)
-    return {"errors": int((pred != labels).sum()), "accuracy": float((pred == labels).mean()),
-            "macro_f1": float(f1_score(labels, pred, average="macro")),
-            "recall": {c: float(r) for c, r in zip(domain.CLASS_NAMES, recall)},
-            "confusion_matrix": matrix.tolist()}
+    return {
+        "errors": int((pred != labels).sum()),
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(f1_score(labels, pred, average="macro")),
+        "recall": {c: float(r) for c, r in zip(domain.CLASS_NAMES, recall)},
+        "confusion_matrix": matrix.tolist(),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)")
+    parser.add_argument(
+        "--split", type=Path, default=None, help="split directory (default: the last `leukoflow data split`)"
+    )
     parser.add_argument("--sizes", default="160,192", help="comma-separated input sizes to compare")
     parser.add_argument("--copies", type=int, default=None, help="augmented copies (default: the quick profile's)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     parser.add_argument("--epochs", type=int, default=None, help="top fine-tune epochs (default: the quick profile's)")
-    parser.add_argument("--cut", default=None, help="the base layer whose activations are cached (default: the quick profile's)")
+    parser.add_argument(
+        "--cut", default=None, help="the base layer whose activations are cached (default: the quick profile's)"
+    )
     parser.add_argument("--benign-weights", default="1", help="comma-separated factors on Benign's class weight")
     parser.add_argument("--logits", type=Path, default=None, help="directory for the out-of-fold logits (.npz)")
     parser.add_argument("--out", default="recipe_cv", help="results file stem under benchmarks/results/")
@@ -168,51 +189,86 @@ def main(argv: list[str] | None = None) -> dict:
                 for k, (train, held_out) in enumerate(folds):
                     fold_started = time.perf_counter()
                     logits[:, held_out] = _fold(weighted, clean, augmented, labels, train, held_out)
-                    print(f"{size} px, Benign weight x{factor:g}, fold {k}: {time.perf_counter() - fold_started:.0f} s",
-                          flush=True)
+                    print(
+                        f"{size} px, Benign weight x{factor:g}, fold {k}: {time.perf_counter() - fold_started:.0f} s",
+                        flush=True,
+                    )
                 suffix = "" if benign_weights == [1.0] else f"/benign x{factor:g}"
                 for n, view_logits in zip(VIEW_COUNTS, logits):
                     row = _scores(labels, view_logits)
-                    row.update(size=size, views=n, benign_weight=factor, cache_s=round(cache_s, 1),
-                               total_s=round(cache_s + time.perf_counter() - factor_started, 1))
+                    row.update(
+                        size=size,
+                        views=n,
+                        benign_weight=factor,
+                        cache_s=round(cache_s, 1),
+                        total_s=round(cache_s + time.perf_counter() - factor_started, 1),
+                    )
                     rows[f"{size}px/{n}v{suffix}"] = row
-                    print(f"{size} px, {n} view(s){suffix}: {row['errors']} errors, accuracy {row['accuracy']:.4f}, "
-                          f"macro-F1 {row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}", flush=True)
+                    print(
+                        f"{size} px, {n} view(s){suffix}: {row['errors']} errors, accuracy {row['accuracy']:.4f}, "
+                        f"macro-F1 {row['macro_f1']:.4f}, Benign recall {row['recall']['Benign']:.4f}",
+                        flush=True,
+                    )
                 if args.logits is not None:  # out-of-fold logits, to study decision rules without retraining
                     args.logits.mkdir(parents=True, exist_ok=True)
                     stem = f"{size}px" + (f"_benign{factor:g}" if suffix else "")
                     if paths is None:
                         paths = np.array([path for path, _ in pooled_images(pool)])
-                    np.savez_compressed(args.logits / f"{stem}.npz", logits=logits, labels=labels,
-                                        view_counts=np.array(VIEW_COUNTS), paths=paths)
-    result = {"pooled_images": int(len(labels)), "folds": args.folds, "copies": copies, "epochs": base.epochs,
-              "benign_weights": benign_weights,
-              "cache_cut": base.cache_cut,
-              "split": str(args.split), "recipes": rows,
-              "quick_profile": {"image_size": base.image_size, "views": base.views},
-              "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cores": len(os.sched_getaffinity(0)),
-              "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
+                    np.savez_compressed(
+                        args.logits / f"{stem}.npz",
+                        logits=logits,
+                        labels=labels,
+                        view_counts=np.array(VIEW_COUNTS),
+                        paths=paths,
+                    )
+    result = {
+        "pooled_images": int(len(labels)),
+        "folds": args.folds,
+        "copies": copies,
+        "epochs": base.epochs,
+        "benign_weights": benign_weights,
+        "cache_cut": base.cache_cut,
+        "split": str(args.split),
+        "recipes": rows,
+        "quick_profile": {"image_size": base.image_size, "views": base.views},
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cores": len(os.sched_getaffinity(0)),
+        "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+    }
     RESULTS.mkdir(exist_ok=True)
     atomic_files.write_text(RESULTS / f"{args.out}.json", json.dumps(result, indent=2))
-    lines = ["# Quick MobileNetV2 recipe: input size and views, cross-validated", "",
-             f"Stratified {args.folds}-fold cross-validation on train + val ({len(labels)} images; the test split is "
-             f"not used), the top (above `{base.cache_cut}`) fine-tuned on cached activations of the clean image and "
-             f"{copies} augmented copies "
-             f"({base.epochs} epochs, cosine, class-weighted (Benign's weight x "
-             f"{', '.join(f'{f:g}' for f in benign_weights)}), last epoch), each image scored once out of fold. "
-             f"The quick profile serves {base.image_size} px with {base.views} view(s). "
-             f"`{' '.join(['python -m benchmarks.recipe_cv', *(argv if argv is not None else sys.argv[1:])])}`.",
-             "",
-             "| recipe | errors | accuracy | macro-F1 | Benign | Early | Pre | Pro | Benign -> Early | Early -> Benign |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Quick MobileNetV2 recipe: input size and views, cross-validated",
+        "",
+        f"Stratified {args.folds}-fold cross-validation on train + val ({len(labels)} images; the test split is "
+        f"not used), the top (above `{base.cache_cut}`) fine-tuned on cached activations of the clean image and "
+        f"{copies} augmented copies "
+        f"({base.epochs} epochs, cosine, class-weighted (Benign's weight x "
+        f"{', '.join(f'{f:g}' for f in benign_weights)}), last epoch), each image scored once out of fold. "
+        f"The quick profile serves {base.image_size} px with {base.views} view(s). "
+        f"`{' '.join(['python -m benchmarks.recipe_cv', *(argv if argv is not None else sys.argv[1:])])}`.",
+        "",
+        "| recipe | errors | accuracy | macro-F1 | Benign | Early | Pre | Pro | Benign -> Early | Early -> Benign |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         rec, cm = r["recall"], r["confusion_matrix"]
-        lines.append(f"| {name} | {r['errors']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                     + " | ".join(f"{rec[c]:.4f}" for c in rec) + f" | {cm[0][1]} | {cm[1][0]} |")
-    lines += ["", f"Cost per size ({result['cores']} CPU cores, {result['when']}, load average "
-              f"{result['load_average'][0]} -> {result['load_average'][1]}): "
-              + "; ".join(f"{name.replace('/1v', '')}: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
-                          for name, r in rows.items() if r["views"] == 1) + "."]
+        lines.append(
+            f"| {name} | {r['errors']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+            + " | ".join(f"{rec[c]:.4f}" for c in rec)
+            + f" | {cm[0][1]} | {cm[1][0]} |"
+        )
+    lines += [
+        "",
+        f"Cost per size ({result['cores']} CPU cores, {result['when']}, load average "
+        f"{result['load_average'][0]} -> {result['load_average'][1]}): "
+        + "; ".join(
+            f"{name.replace('/1v', '')}: {r['total_s']:.0f} s, of which caching {r['cache_s']:.0f} s"
+            for name, r in rows.items()
+            if r["views"] == 1
+        )
+        + ".",
+    ]
     atomic_files.write_text(RESULTS / f"{args.out}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return result

@@ -25,8 +25,10 @@ def measure(paths: list[str], stored: int, model_size: int, work: Path) -> dict:
     from components.train import input as train_input
 
     started = time.perf_counter()
-    examples = [records.make_example(str(i), p, i % 4, data, pixels)
-                for i, (p, (data, pixels)) in enumerate(zip(paths, resized_pixels(paths, stored)))]
+    examples = [
+        records.make_example(str(i), p, i % 4, data, pixels)
+        for i, (p, (data, pixels)) in enumerate(zip(paths, resized_pixels(paths, stored)))
+    ]
     shards = records.write_shards(examples, work / f"split-{stored}" / "train", 8)
     preprocess_s = time.perf_counter() - started
     best = float("inf")
@@ -35,8 +37,12 @@ def measure(paths: list[str], stored: int, model_size: int, work: Path) -> dict:
         for _ in train_input.dataset(work / f"split-{stored}", "train", model_size, 32, cache=False):
             pass
         best = min(best, time.perf_counter() - started)
-    return {"stored": stored, "preprocess_s": round(preprocess_s, 2), "first_epoch_input_s": round(best, 2),
-            "shard_bytes": sum(Path(s).stat().st_size for s in shards)}
+    return {
+        "stored": stored,
+        "preprocess_s": round(preprocess_s, 2),
+        "first_epoch_input_s": round(best, 2),
+        "shard_bytes": sum(Path(s).stat().st_size for s in shards),
+    }
 
 
 def main() -> None:
@@ -55,14 +61,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         measure(paths[:16], 64, args.model_size, Path(tmp) / "warmup")  # TF start-up out of the figures
         rows = [measure(paths, stored, args.model_size, Path(tmp)) for stored in (128, domain.IMAGE_SIZE)]
-    result = {"images": len(paths), "model_size": args.model_size, "rows": rows,
-              "machine": f"{platform.machine()}, {platform.python_version()}"}
+    result = {
+        "images": len(paths),
+        "model_size": args.model_size,
+        "rows": rows,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     for r in rows:
-        print(f"stored {r['stored']:>3} px: preprocess {r['preprocess_s']:6.2f} s, first-epoch input at "
-              f"{args.model_size} px {r['first_epoch_input_s']:5.2f} s, shards {r['shard_bytes'] / 1e6:6.1f} MB "
-              f"({len(paths)} images)")
+        print(
+            f"stored {r['stored']:>3} px: preprocess {r['preprocess_s']:6.2f} s, first-epoch input at "
+            f"{args.model_size} px {r['first_epoch_input_s']:5.2f} s, shards {r['shard_bytes'] / 1e6:6.1f} MB "
+            f"({len(paths)} images)"
+        )
 
 
 if __name__ == "__main__":

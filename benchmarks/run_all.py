@@ -12,20 +12,35 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # served_checks last: it measures the model the pipeline benchmark (or `make run`) promoted.
-BENCHMARKS = ("dedup", "input_pipeline", "normalisation", "recipe_cv", "drift", "serving", "abuse", "pipeline", "served_checks")
+BENCHMARKS = (
+    "dedup",
+    "input_pipeline",
+    "normalisation",
+    "recipe_cv",
+    "drift",
+    "serving",
+    "abuse",
+    "pipeline",
+    "served_checks",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the benchmarks one after another, then join their tables "
-                                                 "into benchmarks/results/summary.md.")
-    parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
-    parser.add_argument("--summary-only", action="store_true", help="join the latest results without rerunning anything")
+    parser = argparse.ArgumentParser(
+        description="Run the benchmarks one after another, then join their tables into benchmarks/results/summary.md."
+    )
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {', '.join(BENCHMARKS)})"
+    )
+    parser.add_argument(
+        "--summary-only", action="store_true", help="join the latest results without rerunning anything"
+    )
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
@@ -43,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parts = [
         "# Benchmark summary",
         "",
-        ("Joined from each benchmark's latest results (`python -m benchmarks.run_all --summary-only`)" if summary_only else "Written by `make bench`")
-        + f" on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
+        (
+            "Joined from each benchmark's latest results (`python -m benchmarks.run_all --summary-only`)"
+            if summary_only
+            else "Written by `make bench`"
+        )
+        + f" on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
         f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU. Each figure stands beside its reference, measured in the same run;"
         " each section says when and under what load its benchmark ran.",
         "",

@@ -33,9 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -81,8 +81,10 @@ def promoted_model() -> tuple[Path, int]:
     config = home.models_config_path()
     state = read_state(config)
     if state is None or LABEL not in state.labels:
-        raise SystemExit(f"no promoted model: {home.display(config)} has no {settings.SERVED_MODEL_NAME!r} "
-                         f"with a {LABEL!r} label; run `make run` first")
+        raise SystemExit(
+            f"no promoted model: {home.display(config)} has no {settings.SERVED_MODEL_NAME!r} "
+            f"with a {LABEL!r} label; run `make run` first"
+        )
     version = state.labels[LABEL]
     path = Path(state.base_path) / str(version)
     if not (path / "saved_model.pb").is_file():
@@ -142,16 +144,43 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_server(config: Path, request_log: Path, log_path: Path, deadline: Deadline,
-                 startup_s: float) -> tuple[subprocess.Popen, int, int]:
+def start_server(
+    config: Path, request_log: Path, log_path: Path, deadline: Deadline, startup_s: float
+) -> tuple[subprocess.Popen, int, int]:
     """`leukoflow serve` with the Makefile's flags, on loopback ports the OS picks; returns (process, gRPC, REST)."""
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--rest_api_port", "0",
-           "--model_config_file", str(config), "--model_config_file_poll_wait_seconds", "5",
-           "--batching_parameters_file", str(REPO / "serving" / "batching.config"),
-           "--monitoring_config_file", str(REPO / "serving" / "monitoring.config"), "--enable_batching",
-           "--request_log_dir", str(request_log), "--json"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, preexec_fn=_die_with_parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--rest_api_port",
+        "0",
+        "--model_config_file",
+        str(config),
+        "--model_config_file_poll_wait_seconds",
+        "5",
+        "--batching_parameters_file",
+        str(REPO / "serving" / "batching.config"),
+        "--monitoring_config_file",
+        str(REPO / "serving" / "monitoring.config"),
+        "--enable_batching",
+        "--request_log_dir",
+        str(request_log),
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=log_path.open("w"),
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        preexec_fn=_die_with_parent,
+    )
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
     wait = min(startup_s, deadline.left())
@@ -160,8 +189,10 @@ def start_server(config: Path, request_log: Path, log_path: Path, deadline: Dead
     line = proc.stdout.readline() if ready else ""
     if not line:
         stop_server(proc)
-        raise RuntimeError(f"the server did not report serving within {wait:.0f} s (exit {proc.returncode});\n"
-                           + server_log_tail(log_path))
+        raise RuntimeError(
+            f"the server did not report serving within {wait:.0f} s (exit {proc.returncode});\n"
+            + server_log_tail(log_path)
+        )
     info = json.loads(line)
     return proc, int(info["grpc_port"]), int(info["rest_port"])
 
@@ -240,19 +271,26 @@ class Predictor:
         parts: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(images), self.batch):
             self.deadline.check(f"sending {what}")
-            chunk = images[i:i + self.batch]
+            chunk = images[i : i + self.batch]
             request = predict_pb2.PredictRequest()
             request.model_spec.name = self.model
             request.model_spec.version_label = LABEL
             request.model_spec.signature_name = SIGNATURE
-            request.inputs["images"].CopyFrom(tensor_pb2.TensorProto(
-                dtype=types_pb2.DT_STRING,
-                tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(chunk))]),
-                string_val=chunk))
+            request.inputs["images"].CopyFrom(
+                tensor_pb2.TensorProto(
+                    dtype=types_pb2.DT_STRING,
+                    tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(chunk))]
+                    ),
+                    string_val=chunk,
+                )
+            )
             response = self.stub.Predict(request, timeout=min(self.call_timeout_s, max(self.deadline.left(), 1.0)))
             missing = [k for k in OUTPUTS if k not in response.outputs]
             if missing:
-                raise RuntimeError(f"the served {SIGNATURE} returned no {', '.join(missing)} (a model without calibration?)")
+                raise RuntimeError(
+                    f"the served {SIGNATURE} returned no {', '.join(missing)} (a model without calibration?)"
+                )
             for key in OUTPUTS:
                 parts.setdefault(key, []).append(tf.make_ndarray(response.outputs[key]))
             self.versions.add(int(response.model_spec.version.value))
@@ -264,7 +302,9 @@ class Predictor:
 # ---------------------------------------------------------------- figures
 
 
-def served_figures(clean: dict, labels: np.ndarray, perturbed: dict[str, dict], external: dict[str, dict], meta) -> dict:
+def served_figures(
+    clean: dict, labels: np.ndarray, perturbed: dict[str, dict], external: dict[str, dict], meta
+) -> dict:
     """Every figure of issues 12 and 13 from the gRPC outputs, with the evaluation's own definitions."""
     from components import domain
     from components.evaluate import trust
@@ -274,8 +314,9 @@ def served_figures(clean: dict, labels: np.ndarray, perturbed: dict[str, dict], 
 
     probs = clean["probabilities"]
     cls = classification_metrics(labels, probs.argmax(axis=1))
-    referral = trust.referral_summary(probs, labels, clean["refer"], clean["in_distribution"], clean["prediction_set"],
-                                      meta.conformal_coverage)
+    referral = trust.referral_summary(
+        probs, labels, clean["refer"], clean["in_distribution"], clean["prediction_set"], meta.conformal_coverage
+    )
     accuracy = {n: float((o["probabilities"].argmax(axis=1) == labels).mean()) for n, o in perturbed.items()}
     gated = {n: a for n, a in accuracy.items() if n in plausible()}
     worst = min(gated, key=gated.get) if gated else None
@@ -289,8 +330,9 @@ def served_figures(clean: dict, labels: np.ndarray, perturbed: dict[str, dict], 
         "ood_referral_rate": referral["ood_referral_rate"],
         "accepted_accuracy": referral["accepted_accuracy"],
         "ece": calibration.expected_calibration_error(probs, labels, calibration.ECE_BINS),
-        "ece_before": calibration.expected_calibration_error(trust.uncalibrated(probs, meta.temperature or 1.0), labels,
-                                                             calibration.ECE_BINS),
+        "ece_before": calibration.expected_calibration_error(
+            trust.uncalibrated(probs, meta.temperature or 1.0), labels, calibration.ECE_BINS
+        ),
         "coverage": referral["coverage"],
         "mean_set_size": referral["mean_set_size"],
         "robustness": accuracy,
@@ -307,7 +349,9 @@ def served_figures(clean: dict, labels: np.ndarray, perturbed: dict[str, dict], 
             "images": int(len(out["refer"])),
             "referred": float(out["refer"].mean()),
             "out_of_distribution": float((~out["in_distribution"]).mean()),
-            "confident_stage": float((~out["refer"] & (out["probabilities"].max(axis=1) >= meta.low_confidence)).mean()),
+            "confident_stage": float(
+                (~out["refer"] & (out["probabilities"].max(axis=1) >= meta.low_confidence)).mean()
+            ),
             "auroc": {name: trust.auroc(scores_in[name], scores_out[name]) for name in scores_in},
         }
     return figures
@@ -334,9 +378,15 @@ def in_process_figures(metrics: dict) -> dict:
         "robustness_worst_name": metrics.get("robustness_worst_name"),
         "robustness_worst": metrics.get("robustness_worst"),
         "grayscale": robustness.get("grayscale"),
-        "external": {h: {"referred": external[h].get("referred"), "images": external[h].get("images"),
-                         "auroc": external[h].get("auroc", {})}
-                     for h in ("choose", "report") if h in external},
+        "external": {
+            h: {
+                "referred": external[h].get("referred"),
+                "images": external[h].get("images"),
+                "auroc": external[h].get("auroc", {}),
+            }
+            for h in ("choose", "report")
+            if h in external
+        },
     }
 
 
@@ -353,17 +403,38 @@ def targets() -> list[tuple[str, str, str, Callable[[float], bool]]]:
         ("accuracy", "clean accuracy", ">= 98.5%", lambda v: v >= 0.985),
         ("macro_f1", "macro-F1", ">= 0.985", lambda v: v >= 0.985),
         ("benign_recall", "Benign recall", ">= 0.98", lambda v: v >= 0.98),
-        ("robustness_worst", "worst plausible perturbation", f">= {settings.GATE_MIN_ROBUST_ACCURACY:.0%}",
-         lambda v: v >= settings.GATE_MIN_ROBUST_ACCURACY),
-        ("grayscale", "grayscale", f">= {settings.GATE_MIN_GRAYSCALE_ACCURACY:.0%}",
-         lambda v: v >= settings.GATE_MIN_GRAYSCALE_ACCURACY),
-        ("test_referral_rate", "test referral", f"<= {settings.GATE_MAX_TEST_REFERRAL:.0%}",
-         lambda v: v <= settings.GATE_MAX_TEST_REFERRAL),
+        (
+            "robustness_worst",
+            "worst plausible perturbation",
+            f">= {settings.GATE_MIN_ROBUST_ACCURACY:.0%}",
+            lambda v: v >= settings.GATE_MIN_ROBUST_ACCURACY,
+        ),
+        (
+            "grayscale",
+            "grayscale",
+            f">= {settings.GATE_MIN_GRAYSCALE_ACCURACY:.0%}",
+            lambda v: v >= settings.GATE_MIN_GRAYSCALE_ACCURACY,
+        ),
+        (
+            "test_referral_rate",
+            "test referral",
+            f"<= {settings.GATE_MAX_TEST_REFERRAL:.0%}",
+            lambda v: v <= settings.GATE_MAX_TEST_REFERRAL,
+        ),
         ("accepted_accuracy", "accuracy of accepted", ">= 99%", lambda v: v >= 0.99),
         ("ece", "ECE (15 bins)", f"<= {settings.GATE_MAX_ECE}", lambda v: v <= settings.GATE_MAX_ECE),
-        ("coverage", "conformal coverage", f"{cov:.0%} +/- {tol * 100:.0f} points", lambda v: abs(v - cov) <= tol + 1e-12),
-        ("external_report_referred", "external smears referred, report half", f">= {settings.GATE_MIN_OOD_DETECTION:.0%}",
-         lambda v: v >= settings.GATE_MIN_OOD_DETECTION),
+        (
+            "coverage",
+            "conformal coverage",
+            f"{cov:.0%} +/- {tol * 100:.0f} points",
+            lambda v: abs(v - cov) <= tol + 1e-12,
+        ),
+        (
+            "external_report_referred",
+            "external smears referred, report half",
+            f">= {settings.GATE_MIN_OOD_DETECTION:.0%}",
+            lambda v: v >= settings.GATE_MIN_OOD_DETECTION,
+        ),
     ]
 
 
@@ -382,10 +453,24 @@ def rows(served: dict, reference: dict | None) -> list[dict]:
         return figs.get(key)
 
     checks = {key: (figure, text, met) for key, figure, text, met in targets()}
-    names = {"ece_before": "ECE before temperature scaling", "mean_set_size": "mean prediction-set size",
-             "external_choose_referred": "external smears referred, choose half"}
-    keys = ["accuracy", "macro_f1", "benign_recall", "test_referral_rate", "accepted_accuracy", "ece", "ece_before",
-            "coverage", "mean_set_size", "robustness_worst", "grayscale"]
+    names = {
+        "ece_before": "ECE before temperature scaling",
+        "mean_set_size": "mean prediction-set size",
+        "external_choose_referred": "external smears referred, choose half",
+    }
+    keys = [
+        "accuracy",
+        "macro_f1",
+        "benign_recall",
+        "test_referral_rate",
+        "accepted_accuracy",
+        "ece",
+        "ece_before",
+        "coverage",
+        "mean_set_size",
+        "robustness_worst",
+        "grayscale",
+    ]
     keys += [f"perturbation:{n}" for n in PERTURBATIONS if n != "grayscale"]
     keys += ["external_choose_referred", "external_report_referred"]
     out = []
@@ -394,11 +479,17 @@ def rows(served: dict, reference: dict | None) -> list[dict]:
         figure, text, met = checks.get(key, (names.get(key, key.replace("perturbation:", "")), "", None))
         if key == "robustness_worst":
             figure += f" ({served.get('robustness_worst_name')})"
-        out.append({
-            "key": key, "figure": figure, "grpc": value, "in_process": ref,
-            "abs_diff": abs(value - ref) if value is not None and ref is not None else None,
-            "target": text or None, "met": (bool(met(value)) if value is not None else False) if met else None,
-        })
+        out.append(
+            {
+                "key": key,
+                "figure": figure,
+                "grpc": value,
+                "in_process": ref,
+                "abs_diff": abs(value - ref) if value is not None and ref is not None else None,
+                "target": text or None,
+                "met": (bool(met(value)) if value is not None else False) if met else None,
+            }
+        )
     return out
 
 
@@ -425,9 +516,11 @@ def markdown(result: dict) -> str:
         f"(`{result['external_dir']}`, {sum(h['images'] for h in result['served']['external'].values())} images) in both halves: "
         f"{result['grpc']['requests']} requests, {result['grpc']['images']} images in {result['grpc']['seconds']:.0f} s. "
         f"In-process: the run's `{result['metrics_file']}`"
-        + (" (the same SavedModel: fingerprints match)." if result["model"]["same_as_run"] else
-           " (WARNING: the promoted SavedModel's fingerprint differs from the evaluated one).")
-        ,
+        + (
+            " (the same SavedModel: fingerprints match)."
+            if result["model"]["same_as_run"]
+            else " (WARNING: the promoted SavedModel's fingerprint differs from the evaluated one)."
+        ),
         "",
         "| figure | gRPC | in-process (metrics.json) | abs diff | target | |",
         "|---|---|---|---|---|---|",
@@ -435,9 +528,11 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         key = r["key"]
         status = "" if r["met"] is None else ("met" if r["met"] else "**not met**")
-        lines.append(f"| {r['figure']} | {fmt(key, r['grpc'])} | {fmt(key, r['in_process'])} | "
-                     f"{_abs_diff_cell(r)} | "
-                     f"{r['target'] or ''} | {status} |")
+        lines.append(
+            f"| {r['figure']} | {fmt(key, r['grpc'])} | {fmt(key, r['in_process'])} | "
+            f"{_abs_diff_cell(r)} | "
+            f"{r['target'] or ''} | {status} |"
+        )
     met = [r for r in result["rows"] if r["met"] is not None]
     lines += [
         "",
@@ -446,15 +541,22 @@ def markdown(result: dict) -> str:
     ]
     p = result.get("probability_check")
     if p:
-        lines.append(f"Clean test set, gRPC vs this process's `{SIGNATURE}` on the same SavedModel: max |probability "
-                     f"difference| {p['max_abs_probability_diff']:.2g}, max |ood_score difference| "
-                     f"{p['max_abs_ood_score_diff']:.2g}, top class differs on {p['top_class_differs']}, refer differs on "
-                     f"{p['refer_differs']} of {result['test_images']} images.")
+        lines.append(
+            f"Clean test set, gRPC vs this process's `{SIGNATURE}` on the same SavedModel: max |probability "
+            f"difference| {p['max_abs_probability_diff']:.2g}, max |ood_score difference| "
+            f"{p['max_abs_ood_score_diff']:.2g}, top class differs on {p['top_class_differs']}, refer differs on "
+            f"{p['refer_differs']} of {result['test_images']} images."
+        )
     auroc = result["served"]["external"].get("report", {}).get("auroc", {})
     if auroc:
-        lines.append("AUROC test vs external report half, from the served outputs: "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in auroc.items()) + ".")
-    lines.append(f"Request log (a temporary folder, not the state home's): {result['request_log_records']} records written.")
+        lines.append(
+            "AUROC test vs external report half, from the served outputs: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in auroc.items())
+            + "."
+        )
+    lines.append(
+        f"Request log (a temporary folder, not the state home's): {result['request_log_records']} records written."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -470,21 +572,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.served_checks",
         description="Serve the promoted model with `leukoflow serve` on loopback and measure the figures of issues 12 "
-                    "and 13 through gRPC Predict (test split, every perturbation, the external smears), beside the "
-                    "pipeline's in-process figures. Writes benchmarks/results/served_checks.{json,md}.")
-    parser.add_argument("--split", help="split folder with a test/ shard directory (default: the latest pipeline run's)")
-    parser.add_argument("--metrics", help="the in-process metrics.json to compare with (default: the latest run's, "
-                                          "for the promoted model)")
-    parser.add_argument("--external-dir", default=None,
-                        help="external smears folder (default: LEUKOFLOW_EXTERNAL_OOD_DIR, else ../shared/external/"
-                             "chula-rbc-12/images); 'none' skips them")
+        "and 13 through gRPC Predict (test split, every perturbation, the external smears), beside the "
+        "pipeline's in-process figures. Writes benchmarks/results/served_checks.{json,md}.",
+    )
+    parser.add_argument(
+        "--split", help="split folder with a test/ shard directory (default: the latest pipeline run's)"
+    )
+    parser.add_argument(
+        "--metrics",
+        help="the in-process metrics.json to compare with (default: the latest run's, for the promoted model)",
+    )
+    parser.add_argument(
+        "--external-dir",
+        default=None,
+        help="external smears folder (default: LEUKOFLOW_EXTERNAL_OOD_DIR, else ../shared/external/"
+        "chula-rbc-12/images); 'none' skips them",
+    )
     parser.add_argument("--batch", type=int, default=16, help="images per Predict request (default 16)")
-    parser.add_argument("--limit", type=int, default=0, help="send only the first N test images (a smoke check; 0: all)")
-    parser.add_argument("--time-limit-s", type=float, default=1800, help="stop with an error after this long (default 1800)")
-    parser.add_argument("--startup-s", type=float, default=300, help="wait this long for the server to serve (default 300)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="send only the first N test images (a smoke check; 0: all)"
+    )
+    parser.add_argument(
+        "--time-limit-s", type=float, default=1800, help="stop with an error after this long (default 1800)"
+    )
+    parser.add_argument(
+        "--startup-s", type=float, default=300, help="wait this long for the server to serve (default 300)"
+    )
     parser.add_argument("--call-timeout-s", type=float, default=120, help="deadline of one Predict call (default 120)")
-    parser.add_argument("--no-in-process", action="store_true",
-                        help="skip running the clean test set through the SavedModel in this process")
+    parser.add_argument(
+        "--no-in-process",
+        action="store_true",
+        help="skip running the clean test set through the SavedModel in this process",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the table only; write no results files")
     args = parser.parse_args(argv)
     if args.batch < 1 or args.limit < 0:
@@ -507,8 +626,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--split {split}: no test/ folder in it")
     metrics_path = Path(args.metrics) if args.metrics else find_metrics(run, meta.model)
     reference = json.loads(metrics_path.read_text()) if metrics_path else None
-    same_as_run = bool(reference and reference.get("saved_model")
-                       and fingerprint(model_dir) == fingerprint(Path(reference["saved_model"])))
+    same_as_run = bool(
+        reference
+        and reference.get("saved_model")
+        and fingerprint(model_dir) == fingerprint(Path(reference["saved_model"]))
+    )
     external_dir = args.external_dir or settings.EXTERNAL_OOD_DIR or str(DEFAULT_EXTERNAL)
     external_dir = None if external_dir.lower() == "none" else Path(external_dir)
 
@@ -517,13 +639,15 @@ def main(argv: list[str] | None = None) -> int:
 
     examples = list(records.iter_examples(split / "test"))
     if args.limit:
-        examples = examples[:args.limit]
+        examples = examples[: args.limit]
     encoded = [e["encoded"] for e in examples]
     labels = np.array([e["label"] for e in examples], dtype=np.int64)
     halves = trust.external_halves(external_dir) if external_dir else {}
-    print(f"promoted {meta.model} version {version} ({home.display(model_dir)}); run {run.name}; "
-          f"{len(encoded)} test images; {sum(len(v) for v in halves.values())} external images",
-          flush=True)
+    print(
+        f"promoted {meta.model} version {version} ({home.display(model_dir)}); run {run.name}; "
+        f"{len(encoded)} test images; {sum(len(v) for v in halves.values())} external images",
+        flush=True,
+    )
 
     import grpc
 
@@ -533,16 +657,22 @@ def main(argv: list[str] | None = None) -> int:
     channel = None
     try:
         started = time.monotonic()
-        proc, grpc_port, _ = start_server(home.models_config_path(), request_log, workdir / "server.log", deadline,
-                                          args.startup_s)
+        proc, grpc_port, _ = start_server(
+            home.models_config_path(), request_log, workdir / "server.log", deadline, args.startup_s
+        )
         limit = 64 * 1024 * 1024
-        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=[
-            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{grpc_port}",
+            options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
+        )
         served_version = wait_available(channel, settings.SERVED_MODEL_NAME, deadline, args.startup_s)
         outputs = signature_outputs(channel, settings.SERVED_MODEL_NAME)
-        print(f"serving version {served_version} on 127.0.0.1:{grpc_port} after {time.monotonic() - started:.0f} s; "
-              f"{SIGNATURE} outputs: {', '.join(o for o in outputs if not o.startswith('feature_'))} "
-              f"+ {sum(o.startswith('feature_') for o in outputs)} feature_*", flush=True)
+        print(
+            f"serving version {served_version} on 127.0.0.1:{grpc_port} after {time.monotonic() - started:.0f} s; "
+            f"{SIGNATURE} outputs: {', '.join(o for o in outputs if not o.startswith('feature_'))} "
+            f"+ {sum(o.startswith('feature_') for o in outputs)} feature_*",
+            flush=True,
+        )
         predict = Predictor(channel, settings.SERVED_MODEL_NAME, args.batch, deadline, args.call_timeout_s)
 
         begin = time.monotonic()
@@ -553,8 +683,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in PERTURBATIONS:
             deadline.check(f"perturbing {name}")
             perturbed[name] = predict(perturbed_bytes(rgb, name), name)
-            print(f"{name}: accuracy {(perturbed[name]['probabilities'].argmax(axis=1) == labels).mean():.4f}", flush=True)
-        external = {half: predict([p.read_bytes() for p in paths], f"external {half} half") for half, paths in halves.items()}
+            print(
+                f"{name}: accuracy {(perturbed[name]['probabilities'].argmax(axis=1) == labels).mean():.4f}", flush=True
+            )
+        external = {
+            half: predict([p.read_bytes() for p in paths], f"external {half} half") for half, paths in halves.items()
+        }
         grpc_seconds = time.monotonic() - begin
     finally:
         if channel is not None:
@@ -562,7 +696,9 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             stop_server(proc)
             print(f"server stopped (exit {proc.returncode})", flush=True)
-    records_logged = sum(len(p.read_bytes().splitlines()) for p in request_log.glob("*.jsonl*")) if request_log.is_dir() else 0
+    records_logged = (
+        sum(len(p.read_bytes().splitlines()) for p in request_log.glob("*.jsonl*")) if request_log.is_dir() else 0
+    )
     import shutil
 
     shutil.rmtree(workdir, ignore_errors=True)
@@ -574,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
         serve = tf.saved_model.load(str(model_dir)).signatures[SIGNATURE]
         local: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(encoded), 32):  # the evaluation's batch size
-            out = serve(images=tf.constant(encoded[i:i + 32]))
+            out = serve(images=tf.constant(encoded[i : i + 32]))
             for key in OUTPUTS:
                 local.setdefault(key, []).append(out[key].numpy())
         mine = {k: np.concatenate(v) for k, v in local.items()}
@@ -588,16 +724,29 @@ def main(argv: list[str] | None = None) -> int:
     served = served_figures(clean, labels, perturbed, external, meta)
     reference_figs = in_process_figures(reference) if reference and not args.limit else None
     result = {
-        "when": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "when": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "host": {"machine": platform.machine(), "cpus": len(os.sched_getaffinity(0))},
-        "model": {"name": meta.model, "version": version, "served_version": served_version,
-                  "path": shown(model_dir), "same_as_run": same_as_run},
-        "run": run.name, "split": shown(split),
+        "model": {
+            "name": meta.model,
+            "version": version,
+            "served_version": served_version,
+            "path": shown(model_dir),
+            "same_as_run": same_as_run,
+        },
+        "run": run.name,
+        "split": shown(split),
         "metrics_file": shown(metrics_path) if metrics_path else None,
         "external_dir": shown(external_dir) if external_dir else None,
-        "batch": args.batch, "test_images": len(encoded), "limit": args.limit or None,
+        "batch": args.batch,
+        "test_images": len(encoded),
+        "limit": args.limit or None,
         "signature_outputs": outputs,
-        "grpc": {"requests": predict.requests, "images": predict.images, "answered_by_versions": sorted(predict.versions), "seconds": round(grpc_seconds, 1)},
+        "grpc": {
+            "requests": predict.requests,
+            "images": predict.images,
+            "answered_by_versions": sorted(predict.versions),
+            "seconds": round(grpc_seconds, 1),
+        },
         "request_log_records": records_logged,
         "served": served,
         "in_process": reference_figs,

@@ -53,7 +53,9 @@ def find_model(model_dir: str | None, workdir: Path) -> tuple[Path, str]:
     if model_dir:
         return Path(model_dir), "given"
     store = home.model_base() / MODEL
-    versions = sorted((p for p in store.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()), key=lambda p: int(p.name))
+    versions = sorted(
+        (p for p in store.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()), key=lambda p: int(p.name)
+    )
     if versions:
         return versions[-1], f"promoted version {versions[-1].name}"
     trained = sorted(home.home().glob("**/saved_model/saved_model.pb"), key=lambda p: p.stat().st_mtime)
@@ -66,8 +68,14 @@ def find_model(model_dir: str | None, workdir: Path) -> tuple[Path, str]:
 
     config = settings.model_config("quick", "mobilenetv2", weights="none")
     path = workdir / "untrained-mobilenetv2"
-    export_saved_model(build_model(config), path, model_name=config.name, image_size=config.image_size,
-                       brightness=config.brightness, warmup_images=load_jpegs(1))
+    export_saved_model(
+        build_model(config),
+        path,
+        model_name=config.name,
+        image_size=config.image_size,
+        brightness=config.brightness,
+        warmup_images=load_jpegs(1),
+    )
     return path, f"untrained mobilenetv2 at {config.image_size}px (latency only)"
 
 
@@ -111,8 +119,13 @@ def model_store(source: Path, root: Path) -> Path:
 
 def percentiles(samples_s: list[float]) -> dict[str, float]:
     ms = np.asarray(samples_s) * 1000.0
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": int(ms.size)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "n": int(ms.size),
+    }
 
 
 def timed(fn, iterations: int, warmup: int = 5) -> list[float]:
@@ -198,7 +211,9 @@ def in_process(model_dir: Path, jpegs: list[bytes], iterations: int, duration_s:
     latency = percentiles(timed(lambda i: fn(images=single[i % len(single)]), iterations))
     throughput = {}
     for batch in (1, 8, 32):
-        batches = [tf.constant([jpegs[(s + k) % len(jpegs)] for k in range(batch)]) for s in range(0, len(jpegs), batch)]
+        batches = [
+            tf.constant([jpegs[(s + k) % len(jpegs)] for k in range(batch)]) for s in range(0, len(jpegs), batch)
+        ]
         fn(images=batches[0])
         n, begin = 0, time.perf_counter()
         while time.perf_counter() - begin < duration_s:
@@ -220,8 +235,11 @@ def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Pat
     import re
 
     threads = threads or os.cpu_count() or 1
-    text = re.sub(r"num_batch_threads\s*\{\s*value:\s*\d+\s*\}", f"num_batch_threads {{ value: {threads} }}",
-                  BATCHING_CONFIG.read_text())
+    text = re.sub(
+        r"num_batch_threads\s*\{\s*value:\s*\d+\s*\}",
+        f"num_batch_threads {{ value: {threads} }}",
+        BATCHING_CONFIG.read_text(),
+    )
     path = workdir / "batching.config"
     path.write_text(text)
     return path, text
@@ -234,20 +252,45 @@ def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Pat
 BATCHED_INTRA_OP = 1
 
 
-def start_server(config: Path, batching: bool, log_path: Path, batching_config: Path = BATCHING_CONFIG,
-                 batched_intra_op: int = BATCHED_INTRA_OP,
-                 request_log: Path | None = None) -> tuple[subprocess.Popen, int, int]:
+def start_server(
+    config: Path,
+    batching: bool,
+    log_path: Path,
+    batching_config: Path = BATCHING_CONFIG,
+    batched_intra_op: int = BATCHED_INTRA_OP,
+    request_log: Path | None = None,
+) -> tuple[subprocess.Popen, int, int]:
     """`leukoflow serve` in its own process on free loopback ports; returns once both versions are loaded.
 
     The request log is on (its default) when `request_log` is a folder.
     """
-    cmd = [sys.executable, "-m", "pipelines.cli", "serve", "--port", "0", "--rest_api_port", "0",
-           "--model_config_file", str(config), "--monitoring_config_file", str(REPO / "serving/monitoring.config"),
-           "--request_log_dir", str(request_log) if request_log else "none",
-           "--file_system_poll_wait_seconds", "0", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "serve",
+        "--port",
+        "0",
+        "--rest_api_port",
+        "0",
+        "--model_config_file",
+        str(config),
+        "--monitoring_config_file",
+        str(REPO / "serving/monitoring.config"),
+        "--request_log_dir",
+        str(request_log) if request_log else "none",
+        "--file_system_poll_wait_seconds",
+        "0",
+        "--json",
+    ]
     if batching:
-        cmd += ["--enable_batching", "--batching_parameters_file", str(batching_config),
-                "--tensorflow_intra_op_parallelism", str(batched_intra_op)]
+        cmd += [
+            "--enable_batching",
+            "--batching_parameters_file",
+            str(batching_config),
+            "--tensorflow_intra_op_parallelism",
+            str(batched_intra_op),
+        ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, env=env)
     line = proc.stdout.readline()  # one JSON object once serving
@@ -285,8 +328,12 @@ def rest_caller(port: int, jpegs: list[bytes]):
     bodies = [json.dumps({"instances": [{"b64": base64.b64encode(j).decode()}]}) for j in jpegs]
 
     def call(i: int) -> None:
-        conn.request("POST", f"/v1/models/{MODEL}/labels/stable:predict", body=bodies[i % len(bodies)],
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            f"/v1/models/{MODEL}/labels/stable:predict",
+            body=bodies[i % len(bodies)],
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
@@ -322,28 +369,41 @@ def paired_latency(reference, call, iterations: int) -> dict:
     return {"reference": percentiles(ref_s), "call": percentiles(call_s)}
 
 
-def serve_and_measure(config: Path, jpegs: list[bytes], batching: bool, iterations: int, duration_s: float,
-                      clients: list[int], workdir: Path, batching_config: Path = BATCHING_CONFIG,
-                      batched_intra_op: int = BATCHED_INTRA_OP, request_log: Path | None = None,
-                      paired_with=None) -> dict:
+def serve_and_measure(
+    config: Path,
+    jpegs: list[bytes],
+    batching: bool,
+    iterations: int,
+    duration_s: float,
+    clients: list[int],
+    workdir: Path,
+    batching_config: Path = BATCHING_CONFIG,
+    batched_intra_op: int = BATCHED_INTRA_OP,
+    request_log: Path | None = None,
+    paired_with=None,
+) -> dict:
     tag = f"batching-{batching}-log-{request_log is not None}"
-    proc, grpc_port, rest_port = start_server(config, batching, workdir / f"server-{tag}.log", batching_config,
-                                              batched_intra_op, request_log)
+    proc, grpc_port, rest_port = start_server(
+        config, batching, workdir / f"server-{tag}.log", batching_config, batched_intra_op, request_log
+    )
     try:
         result: dict = {"rss_mb_two_versions": rss_mb(proc.pid), "request_log": request_log is not None}
         if not batching:  # single-image latency is a property of the unbatched path (batching adds its timeout)
             result["grpc_latency"] = percentiles(timed(grpc_caller(grpc_port, jpegs), iterations))
             result["rest_latency"] = percentiles(timed(rest_caller(rest_port, jpegs), iterations))
             if paired_with is not None:  # the target's comparison: in-process and gRPC interleaved
-                result["paired_with_in_process"] = paired_latency(paired_with, grpc_caller(grpc_port, jpegs), iterations)
+                result["paired_with_in_process"] = paired_latency(
+                    paired_with, grpc_caller(grpc_port, jpegs), iterations
+                )
         result["throughput"] = {
             str(c): concurrent_throughput(lambda: grpc_caller(grpc_port, jpegs), c, duration_s) for c in clients
         }
         result["rss_mb_after_load_test"] = rss_mb(proc.pid)
         if request_log is not None:
             time.sleep(1.0)  # let the writer finish what is queued
-            result["log_dropped"] = prometheus_value(rest_port, "/monitoring/prometheus/metrics",
-                                                     "leukoflow_serving_request_log_dropped_total")
+            result["log_dropped"] = prometheus_value(
+                rest_port, "/monitoring/prometheus/metrics", "leukoflow_serving_request_log_dropped_total"
+            )
             result["log_records"] = log_records(request_log)
         return result
     finally:
@@ -357,11 +417,36 @@ def start_proxy(grpc_port: int, rest_port: int, request_log: Path, log_path: Pat
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         metrics_port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "pipelines.cli", "monitor", "proxy", "--host", "127.0.0.1", "--grpc-port", "0",
-           "--rest-port", "0", "--metrics-port", str(metrics_port), "--upstream-grpc", f"127.0.0.1:{grpc_port}",
-           "--upstream-rest", f"127.0.0.1:{rest_port}", "--request-log-dir", str(request_log), "--json"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "monitor",
+        "proxy",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--rest-port",
+        "0",
+        "--metrics-port",
+        str(metrics_port),
+        "--upstream-grpc",
+        f"127.0.0.1:{grpc_port}",
+        "--upstream-rest",
+        f"127.0.0.1:{rest_port}",
+        "--request-log-dir",
+        str(request_log),
+        "--json",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=log_path.open("w"),
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     line = proc.stdout.readline()
     if not line:
         proc.wait(30)
@@ -369,8 +454,16 @@ def start_proxy(grpc_port: int, rest_port: int, request_log: Path, log_path: Pat
     return proc, json.loads(line)["grpc_port"], metrics_port
 
 
-def proxy_and_measure(config: Path, jpegs: list[bytes], iterations: int, duration_s: float, clients: list[int],
-                      workdir: Path, batching_config: Path, batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
+def proxy_and_measure(
+    config: Path,
+    jpegs: list[bytes],
+    iterations: int,
+    duration_s: float,
+    clients: list[int],
+    workdir: Path,
+    batching_config: Path,
+    batched_intra_op: int = BATCHED_INTRA_OP,
+) -> dict:
     """The production path: the proxy (logging) in front of a server that does not log, as TF Serving does not.
 
     Latency: the same unbatched server called directly and through the proxy, alternately call by call, so
@@ -385,10 +478,12 @@ def proxy_and_measure(config: Path, jpegs: list[bytes], iterations: int, duratio
     finally:
         stop_server(proxy)
         stop_server(server)
-    server, grpc_port, rest_port = start_server(config, True, workdir / "server-batched-for-proxy.log", batching_config,
-                                                batched_intra_op)
-    proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log-batched",
-                                                  workdir / "proxy-batched.log")
+    server, grpc_port, rest_port = start_server(
+        config, True, workdir / "server-batched-for-proxy.log", batching_config, batched_intra_op
+    )
+    proxy, proxy_port, metrics_port = start_proxy(
+        grpc_port, rest_port, workdir / "proxy-log-batched", workdir / "proxy-batched.log"
+    )
     try:
         top = max(clients)
         out["throughput"] = {str(top): concurrent_throughput(lambda: grpc_caller(proxy_port, jpegs), top, duration_s)}
@@ -424,11 +519,15 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|",
     ]
     for c in results["clients"]:
-        lines.append(f"| {c} concurrent gRPC clients | {plain['throughput'][str(c)]['images_per_s']:.1f} | "
-                     f"{batched['throughput'][str(c)]['images_per_s']:.1f} | {ref['best_batch_throughput']:.1f} |")
+        lines.append(
+            f"| {c} concurrent gRPC clients | {plain['throughput'][str(c)]['images_per_s']:.1f} | "
+            f"{batched['throughput'][str(c)]['images_per_s']:.1f} | {ref['best_batch_throughput']:.1f} |"
+        )
     top = str(max(results["clients"]))
-    lines.append(f"| {top} gRPC clients through the logging proxy | | "
-                 f"{results['proxy']['throughput'][top]['images_per_s']:.1f} | {ref['best_batch_throughput']:.1f} |")
+    lines.append(
+        f"| {top} gRPC clients through the logging proxy | | "
+        f"{results['proxy']['throughput'][top]['images_per_s']:.1f} | {ref['best_batch_throughput']:.1f} |"
+    )
     t = results["targets"]
     lines += [
         "",
@@ -463,8 +562,15 @@ def _display(path: Path) -> str:
     return home.display(path)
 
 
-def run(model_dir: str | None, iterations: int, duration_s: float, clients: list[int], images: int, out_dir: Path,
-        batched_intra_op: int = BATCHED_INTRA_OP) -> dict:
+def run(
+    model_dir: str | None,
+    iterations: int,
+    duration_s: float,
+    clients: list[int],
+    images: int,
+    out_dir: Path,
+    batched_intra_op: int = BATCHED_INTRA_OP,
+) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
@@ -480,17 +586,40 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
         print(f"in-process p50 {before['latency']['p50_ms']:.1f} ms", file=sys.stderr)
         # The request log on, as `leukoflow serve` runs by default and the drift monitor needs.
         server = {
-            "batching_off": serve_and_measure(config, jpegs, False, iterations, duration_s, clients, workdir,
-                                              request_log=workdir / "log-unbatched",
-                                              paired_with=in_process_caller(workdir / "models" / MODEL / "1", jpegs)),
-            "batching_on": serve_and_measure(config, jpegs, True, iterations, duration_s, clients, workdir, batching_path,
-                                             batched_intra_op, request_log=workdir / "log-batched"),
+            "batching_off": serve_and_measure(
+                config,
+                jpegs,
+                False,
+                iterations,
+                duration_s,
+                clients,
+                workdir,
+                request_log=workdir / "log-unbatched",
+                paired_with=in_process_caller(workdir / "models" / MODEL / "1", jpegs),
+            ),
+            "batching_on": serve_and_measure(
+                config,
+                jpegs,
+                True,
+                iterations,
+                duration_s,
+                clients,
+                workdir,
+                batching_path,
+                batched_intra_op,
+                request_log=workdir / "log-batched",
+            ),
         }
-        proxy = proxy_and_measure(config, jpegs, iterations, duration_s, clients, workdir, batching_path, batched_intra_op)
+        proxy = proxy_and_measure(
+            config, jpegs, iterations, duration_s, clients, workdir, batching_path, batched_intra_op
+        )
         after = in_process(workdir / "models" / MODEL / "1", jpegs, iterations, duration_s)
         reference = min((before, after), key=lambda r: r["latency"]["p50_ms"])
-        reference = {**reference, "best_batch_throughput": max(before["best_batch_throughput"], after["best_batch_throughput"]),
-                     "runs": {"before": before, "after": after}}
+        reference = {
+            **reference,
+            "best_batch_throughput": max(before["best_batch_throughput"], after["best_batch_throughput"]),
+            "runs": {"before": before, "after": after},
+        }
     top = str(max(clients))
     paired = server["batching_off"]["paired_with_in_process"]
     overhead = paired["call"]["p50_ms"] - paired["reference"]["p50_ms"]
@@ -499,18 +628,35 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
     proxy_overhead = proxy["proxy_grpc_latency"]["p50_ms"] - proxy["direct_grpc_latency"]["p50_ms"]
     dropped = server["batching_on"]["log_dropped"] + server["batching_off"]["log_dropped"] + proxy["log_dropped"]
     results = {
-        "model_source": origin, "model_dir": _display(source), "images": len(jpegs), "iterations": iterations,
-        "duration_s": duration_s, "clients": clients,
+        "model_source": origin,
+        "model_dir": _display(source),
+        "images": len(jpegs),
+        "iterations": iterations,
+        "duration_s": duration_s,
+        "clients": clients,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "host": {"cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(), "python": platform.python_version(),
-                 "load_avg_1m": [load_before, os.getloadavg()[0]]},  # other work on the machine skews every figure
-        "in_process": reference, "server": server, "proxy": proxy,
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "load_avg_1m": [load_before, os.getloadavg()[0]],
+        },  # other work on the machine skews every figure
+        "in_process": reference,
+        "server": server,
+        "proxy": proxy,
         "batching_parameters": [line for line in batching_text.splitlines() if line and not line.startswith("#")],
         "batched_server_flags": [f"--tensorflow_intra_op_parallelism={batched_intra_op}"],
-        "targets": {"grpc_p50_overhead_ms": overhead, "grpc_p50_met": overhead <= TARGET_GRPC_OVERHEAD_MS,
-                    "batched_fraction": fraction, "batched_met": fraction >= TARGET_BATCHED_FRACTION, "errors": errors,
-                    "proxy_p50_overhead_ms": proxy_overhead, "proxy_met": proxy_overhead <= TARGET_PROXY_OVERHEAD_MS,
-                    "log_dropped": dropped, "log_dropped_met": dropped == 0},
+        "targets": {
+            "grpc_p50_overhead_ms": overhead,
+            "grpc_p50_met": overhead <= TARGET_GRPC_OVERHEAD_MS,
+            "batched_fraction": fraction,
+            "batched_met": fraction >= TARGET_BATCHED_FRACTION,
+            "errors": errors,
+            "proxy_p50_overhead_ms": proxy_overhead,
+            "proxy_met": proxy_overhead <= TARGET_PROXY_OVERHEAD_MS,
+            "log_dropped": dropped,
+            "log_dropped_met": dropped == 0,
+        },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, text in (("serving.json", json.dumps(results, indent=2)), ("serving.md", markdown(results))):
@@ -522,16 +668,24 @@ def run(model_dir: str | None, iterations: int, duration_s: float, clients: list
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serving latency and throughput vs the in-process SavedModel.")
-    parser.add_argument("--model-dir", help="SavedModel version directory (default: promoted, else trained, else untrained MobileNetV2)")
+    parser.add_argument(
+        "--model-dir", help="SavedModel version directory (default: promoted, else trained, else untrained MobileNetV2)"
+    )
     parser.add_argument("--iterations", type=int, default=200, help="single-image calls per latency measurement")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent gRPC clients")
     parser.add_argument("--images", type=int, default=64, help="distinct JPEGs cycled through")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for serving.json and serving.md")
-    parser.add_argument("--batched-intra-op", type=int, default=BATCHED_INTRA_OP,
-                        help="--tensorflow_intra_op_parallelism of the batched server (0: TensorFlow's default)")
+    parser.add_argument(
+        "--batched-intra-op",
+        type=int,
+        default=BATCHED_INTRA_OP,
+        help="--tensorflow_intra_op_parallelism of the batched server (0: TensorFlow's default)",
+    )
     args = parser.parse_args(argv)
-    results = run(args.model_dir, args.iterations, args.duration, args.clients, args.images, args.out, args.batched_intra_op)
+    results = run(
+        args.model_dir, args.iterations, args.duration, args.clients, args.images, args.out, args.batched_intra_op
+    )
     print(markdown(results))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def replace_file(path: str | Path, write: Callable[[Path], object], fsync: bool = False) -> Path:

@@ -41,8 +41,8 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".g
 BRIGHTNESS_METHODS: tuple[str, ...] = ("none", "mean", "background")
 BRIGHTNESS_TARGET: float = 0.5
 BACKGROUND_TARGET: float = 0.92
-BACKGROUND_QUANTILE: float = 0.75   # pixels brighter than this quantile of luminance are background
-BACKGROUND_GRID: int = 32           # the low-resolution copy the background is estimated on
+BACKGROUND_QUANTILE: float = 0.75  # pixels brighter than this quantile of luminance are background
+BACKGROUND_GRID: int = 32  # the low-resolution copy the background is estimated on
 BACKGROUND_GAIN_RANGE: tuple[float, float] = (0.5, 4.0)
 
 
@@ -97,7 +97,7 @@ def to_unit_float(rgb: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- graph side (TensorFlow)
 
 
-def tf_decode(encoded: "tf.Tensor") -> "tf.Tensor":
+def tf_decode(encoded: tf.Tensor) -> tf.Tensor:
     """Encoded bytes (scalar string) -> float32 [H, W, 3] in [0, 1].
 
     Reads whatever ``tf.io.decode_image`` reads (JPEG incl. CMYK, PNG incl.
@@ -111,14 +111,14 @@ def tf_decode(encoded: "tf.Tensor") -> "tf.Tensor":
     return tf.image.convert_image_dtype(image, tf.float32)
 
 
-def tf_resize(image: "tf.Tensor", size: int = IMAGE_SIZE) -> "tf.Tensor":
+def tf_resize(image: tf.Tensor, size: int = IMAGE_SIZE) -> tf.Tensor:
     """Resize float [H, W, 3] (or a batch) to size x size, bilinear with antialias."""
     import tensorflow as tf
 
     return tf.clip_by_value(tf.image.resize(image, (size, size), method="bilinear", antialias=True), 0.0, 1.0)
 
 
-def tf_adjust_brightness(image: "tf.Tensor", method: str = "none") -> "tf.Tensor":
+def tf_adjust_brightness(image: tf.Tensor, method: str = "none") -> tf.Tensor:
     """Apply the configured brightness adjustment to float images in [0, 1]."""
     import tensorflow as tf
 
@@ -132,7 +132,7 @@ def tf_adjust_brightness(image: "tf.Tensor", method: str = "none") -> "tf.Tensor
     raise ValueError(f"unknown brightness method {method!r}; expected one of {BRIGHTNESS_METHODS}")
 
 
-def tf_background_gains(image: "tf.Tensor") -> "tf.Tensor":
+def tf_background_gains(image: tf.Tensor) -> tf.Tensor:
     """The per-channel gains that take the background to BACKGROUND_TARGET grey, shaped as tf_background_colour."""
     import tensorflow as tf
 
@@ -140,7 +140,7 @@ def tf_background_gains(image: "tf.Tensor") -> "tf.Tensor":
     return tf.clip_by_value(BACKGROUND_TARGET / tf.maximum(tf_background_colour(image), 1e-3), low, high)
 
 
-def tf_background_colour(image: "tf.Tensor") -> "tf.Tensor":
+def tf_background_colour(image: tf.Tensor) -> tf.Tensor:
     """The mean RGB of the background of float images [..., H, W, 3] in [0, 1], shaped [..., 1, 1, 3].
 
     Estimated on a BACKGROUND_GRID-square area-averaged copy (cheap, and blind to noise and JPEG
@@ -158,6 +158,6 @@ def tf_background_colour(image: "tf.Tensor") -> "tf.Tensor":
     return colour if image.shape.rank == 4 else colour[0]
 
 
-def tf_preprocess_encoded(encoded: "tf.Tensor", size: int = IMAGE_SIZE, brightness: str = "none") -> "tf.Tensor":
+def tf_preprocess_encoded(encoded: tf.Tensor, size: int = IMAGE_SIZE, brightness: str = "none") -> tf.Tensor:
     """The whole serving-side path for one image: bytes -> model input [size, size, 3]."""
     return tf_adjust_brightness(tf_resize(tf_decode(encoded), size), brightness)

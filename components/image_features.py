@@ -75,10 +75,10 @@ _HED_FROM_RGB = (
     (-0.6019073634, -0.4804141885, 1.5735880720),
 )
 _GREY_FROM_RGB = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
-_OD_FLOOR = 1e-6                         # scikit-image's floor before the log in separate_stains
+_OD_FLOOR = 1e-6  # scikit-image's floor before the log in separate_stains
 
 
-def _downscale(image: "tf.Tensor") -> "tf.Tensor":
+def _downscale(image: tf.Tensor) -> tf.Tensor:
     """[H, W, 3] -> at most FEATURE_SIDE a side, by an integer step as the host twin does."""
     import tensorflow as tf
 
@@ -93,7 +93,7 @@ def _downscale(image: "tf.Tensor") -> "tf.Tensor":
     )
 
 
-def _masked_mean_std(values: "tf.Tensor", mask: "tf.Tensor") -> tuple["tf.Tensor", "tf.Tensor"]:
+def _masked_mean_std(values: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Mean and population std of values where mask is 1; 0 and 0 for an empty mask."""
     import tensorflow as tf
 
@@ -103,7 +103,7 @@ def _masked_mean_std(values: "tf.Tensor", mask: "tf.Tensor") -> tuple["tf.Tensor
     return mean, tf.sqrt(var)
 
 
-def _otsu(values: "tf.Tensor") -> "tf.Tensor":
+def _otsu(values: tf.Tensor) -> tf.Tensor:
     """scikit-image's threshold_otsu (256 bins over [min, max], bin centres), in float64."""
     import tensorflow as tf
 
@@ -121,7 +121,7 @@ def _otsu(values: "tf.Tensor") -> "tf.Tensor":
     return tf.cast(tf.gather(centres, tf.argmax(between)), tf.float32)
 
 
-def tf_image_features(image: "tf.Tensor") -> "tf.Tensor":
+def tf_image_features(image: tf.Tensor) -> tf.Tensor:
     """One decoded image, float32 [H, W, 3] in [0, 1] -> float32 [len(FEATURE_NAMES)] in FEATURE_NAMES order."""
     import tensorflow as tf
 
@@ -152,32 +152,34 @@ def tf_image_features(image: "tf.Tensor") -> "tf.Tensor":
     bg_brightness = tf.where(tf.reduce_sum(background) > 0, bg_mean, tf.reduce_mean(lightness))
 
     channel_means = tf.reduce_mean(rgb, axis=0)
-    return tf.stack([
-        tf.reduce_mean(lightness),
-        tf.math.reduce_std(lightness),
-        tf.math.reduce_std(grey),
-        tf.reduce_mean(saturation),
-        hue,
-        channel_means[0],
-        channel_means[1],
-        channel_means[2],
-        h_mean,
-        h_std,
-        e_mean,
-        e_std,
-        tf.reduce_mean(foreground),
-        bg_brightness,
-    ])
+    return tf.stack(
+        [
+            tf.reduce_mean(lightness),
+            tf.math.reduce_std(lightness),
+            tf.math.reduce_std(grey),
+            tf.reduce_mean(saturation),
+            hue,
+            channel_means[0],
+            channel_means[1],
+            channel_means[2],
+            h_mean,
+            h_std,
+            e_mean,
+            e_std,
+            tf.reduce_mean(foreground),
+            bg_brightness,
+        ]
+    )
 
 
-def tf_batch_features(images: "tf.Tensor") -> "tf.Tensor":
+def tf_batch_features(images: tf.Tensor) -> tf.Tensor:
     """A batch of same-size decoded images [N, H, W, 3] -> [N, len(FEATURE_NAMES)]."""
     import tensorflow as tf
 
     return tf.map_fn(tf_image_features, images, fn_output_signature=tf.TensorSpec([len(FEATURE_NAMES)], tf.float32))
 
 
-def feature_outputs(features: "tf.Tensor") -> dict[str, "tf.Tensor"]:
+def feature_outputs(features: tf.Tensor) -> dict[str, tf.Tensor]:
     """[N, len(FEATURE_NAMES)] -> {FEATURE_OUTPUTS[i]: [N]}: the signature outputs to merge with `outputs.update`."""
     return {output: features[:, i] for i, output in enumerate(FEATURE_OUTPUTS)}
 
@@ -193,10 +195,14 @@ def _host_function(kind: str):
 
     if kind not in _HOST_FUNCTIONS:
         if kind == "encoded":
-            fn = tf.function(lambda e: tf_image_features(domain.tf_decode(e)), input_signature=[tf.TensorSpec([], tf.string)])
+            fn = tf.function(
+                lambda e: tf_image_features(domain.tf_decode(e)), input_signature=[tf.TensorSpec([], tf.string)]
+            )
         else:
-            fn = tf.function(lambda rgb: tf_image_features(tf.image.convert_image_dtype(rgb, tf.float32)),
-                             input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+            fn = tf.function(
+                lambda rgb: tf_image_features(tf.image.convert_image_dtype(rgb, tf.float32)),
+                input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
+            )
         _HOST_FUNCTIONS[kind] = fn
     return _HOST_FUNCTIONS[kind]
 
@@ -215,7 +221,7 @@ def encoded_image_features(encoded: bytes) -> dict[str, float]:
     return dict(zip(FEATURE_NAMES, (float(v) for v in values)))
 
 
-def rgb_image_features(rgb: "np.ndarray") -> dict[str, float]:  # noqa: F821
+def rgb_image_features(rgb: np.ndarray) -> dict[str, float]:  # noqa: F821
     """FEATURE_NAMES of a uint8 RGB array (H, W, 3), by the graph's definition."""
     import tensorflow as tf
 

@@ -32,20 +32,20 @@ class ModelMetadata:
     """What a served version says about itself (docs/architecture.md, "The exported SavedModel")."""
 
     model: str
-    image_size: int                                  # the model's input size; the graph resizes every image to it
-    brightness: str = "none"                         # domain.BRIGHTNESS_METHODS, applied inside the graph
+    image_size: int  # the model's input size; the graph resizes every image to it
+    brightness: str = "none"  # domain.BRIGHTNESS_METHODS, applied inside the graph
     class_names: tuple[str, ...] = domain.CLASS_NAMES  # index order of the outputs
-    low_confidence_threshold: float | None = None    # None: an export before it was written; see `low_confidence`
+    low_confidence_threshold: float | None = None  # None: an export before it was written; see `low_confidence`
     signatures: tuple[str, ...] = ()
-    keras_model: str | None = None                   # assets.extra/<this> is the Keras copy for Grad-CAM
-    source_size: int | None = None                   # the stored image size the model was trained from
+    keras_model: str | None = None  # assets.extra/<this> is the Keras copy for Grad-CAM
+    source_size: int | None = None  # the stored image size the model was trained from
     # Knowing when it does not know (components/train/calibration.py); None: exported without them.
-    temperature: float | None = None                 # calibrated probabilities = softmax(logits / temperature)
-    ood_threshold: float | None = None               # ood_score above this: out of distribution, refer
-    ood_layer: str | None = None                     # the mid-level layer the OOD score reads
-    ood_val_referral_rate: float | None = None       # the share of in-distribution val images the threshold refers
-    conformal_quantile: float | None = None          # class c is in the prediction set when p_c >= 1 - quantile
-    conformal_coverage: float | None = None          # the target coverage the quantile was fitted for
+    temperature: float | None = None  # calibrated probabilities = softmax(logits / temperature)
+    ood_threshold: float | None = None  # ood_score above this: out of distribution, refer
+    ood_layer: str | None = None  # the mid-level layer the OOD score reads
+    ood_val_referral_rate: float | None = None  # the share of in-distribution val images the threshold refers
+    conformal_quantile: float | None = None  # class c is in the prediction set when p_c >= 1 - quantile
+    conformal_coverage: float | None = None  # the target coverage the quantile was fitted for
 
     @property
     def low_confidence(self) -> float:
@@ -59,7 +59,7 @@ class ModelMetadata:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelMetadata":
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
         if not isinstance(data, dict):
             raise MetadataError(f"model metadata must be a JSON object, got {type(data).__name__}")
         data = {_ALIASES.get(k, k): v for k, v in data.items()}

@@ -11,8 +11,9 @@ One tf.train.Example per image:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def feature_spec() -> dict:
     }
 
 
-def parse_pixels(serialized: "tf.Tensor", size: int) -> tuple["tf.Tensor", "tf.Tensor"]:
+def parse_pixels(serialized: tf.Tensor, size: int) -> tuple[tf.Tensor, tf.Tensor]:
     """tf.data map: serialized Example -> (uint8 [size, size, 3], int64 label)."""
     import tensorflow as tf
 

@@ -62,7 +62,7 @@ class Servable:
     warmed_up: bool = False
 
     @classmethod
-    def load(cls, version_dir: str | Path, name: str | None = None) -> "Servable":
+    def load(cls, version_dir: str | Path, name: str | None = None) -> Servable:
         """Load `<base>/<name>/<version>/`; the name defaults to the parent directory's name."""
         import tensorflow as tf
 
@@ -132,7 +132,9 @@ class Servable:
         key = signature_name or DEFAULT_SIGNATURE
         if key not in self._loaded.signatures:
             raise SignatureNotFound(f'Serving signature key "{key}" not found.')
-        tensors = {k: tf.constant(v, dtype=tf.string) if v.dtype == object else tf.constant(v) for k, v in inputs.items()}
+        tensors = {
+            k: tf.constant(v, dtype=tf.string) if v.dtype == object else tf.constant(v) for k, v in inputs.items()
+        }
         result = self._loaded.signatures[key](**tensors)
         return {k: v.numpy() for k, v in result.items()}
 

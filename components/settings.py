@@ -18,10 +18,10 @@ SEED: int = 42
 
 # ---------------------------------------------------------------- data steps
 SPLIT_RATIOS: tuple[float, float, float] = (0.70, 0.15, 0.15)
-MIN_IMAGES_PER_CLASS: int = 20          # validation: per-class minimum count (critical)
-MIN_SIDE, MAX_SIDE = 32, 8192           # validation: plausible image sides in pixels
-BLANK_STD_MAX: float = 2.0              # a pixel std below this (0-255) is a blank image
-SATURATED_MEAN_MIN: float = 250.0       # a mean brightness above this is a saturated image
+MIN_IMAGES_PER_CLASS: int = 20  # validation: per-class minimum count (critical)
+MIN_SIDE, MAX_SIDE = 32, 8192  # validation: plausible image sides in pixels
+BLANK_STD_MAX: float = 2.0  # a pixel std below this (0-255) is a blank image
+SATURATED_MEAN_MIN: float = 250.0  # a mean brightness above this is a saturated image
 # pHash distance at or below which images are near-duplicates. Tuned on the real data
 # (pairs of 3,256 images; pHash distances there are even): 0: 63 pairs (40 byte-identical),
 # 2: 26, 4: 6, 6: 6, 8: 4, 10: 8, all same-label and, looked at, the same field of view
@@ -49,31 +49,31 @@ class ModelConfig:
 
     name: str
     image_size: int = domain.IMAGE_SIZE  # the model's input side; the graph resizes every image to it, once
-    weights: str = "imagenet"            # "imagenet" (standard Keras path), "none", or a file path
-    brightness: str = "none"             # domain.BRIGHTNESS_METHODS, applied inside the model graph
+    weights: str = "imagenet"  # "imagenet" (standard Keras path), "none", or a file path
+    brightness: str = "none"  # domain.BRIGHTNESS_METHODS, applied inside the model graph
     batch_size: int = 32
-    epochs: int = 50                     # phase 1 (frozen base for transfer models)
+    epochs: int = 50  # phase 1 (frozen base for transfer models)
     learning_rate: float = 1e-3
-    fine_tune_epochs: int = 0            # phase 2: unfreeze the top of the base
-    fine_tune_layers: int = 0            # how many layers at the top of the base to unfreeze
+    fine_tune_epochs: int = 0  # phase 2: unfreeze the top of the base
+    fine_tune_layers: int = 0  # how many layers at the top of the base to unfreeze
     fine_tune_learning_rate: float = 1e-5
-    patience: int = 8                    # early stopping on validation loss, best weights restored
-    cache_features: bool = False         # frozen base: compute base features once, train the head on them
-    augment: bool = True                 # geometry and another lab's stain/lamp/camera (components/train/augment.py)
-    augment_copies: int = 4              # cache_features + augment: augmented copies of each training image cached
-    overexposure: float = 0.0            # augment: how often a lab's image is also overexposed until its
-                                         # background clips (components/train/augment.py)
-    cache_cut: str | None = None         # cache_features: the base layer whose activations are cached; the layers
-                                         # above it train on them (fine-tuning the top); None: the head alone
+    patience: int = 8  # early stopping on validation loss, best weights restored
+    cache_features: bool = False  # frozen base: compute base features once, train the head on them
+    augment: bool = True  # geometry and another lab's stain/lamp/camera (components/train/augment.py)
+    augment_copies: int = 4  # cache_features + augment: augmented copies of each training image cached
+    overexposure: float = 0.0  # augment: how often a lab's image is also overexposed until its
+    # background clips (components/train/augment.py)
+    cache_cut: str | None = None  # cache_features: the base layer whose activations are cached; the layers
+    # above it train on them (fine-tuning the top); None: the head alone
     dropout: float = 0.3
     label_smoothing: float = 0.0
-    benign_weight: float = 1.0           # factor on Benign's balanced class weight; 1 in every profile: x2 on the
-                                         # quick MobileNetV2 missed about as many Benign, answered more Early Benign
-                                         # out of fold (benchmarks/results/recipe_cv_benign2.md)
-    cosine_decay: bool = False           # phase 1: the learning rate falls along a cosine to 5% over `epochs`
-    views: int = 1                       # orientations (symmetries of the square) whose pooled features the model
-                                         # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
-    mixed_precision: bool = True         # only where a GPU is present
+    benign_weight: float = 1.0  # factor on Benign's balanced class weight; 1 in every profile: x2 on the
+    # quick MobileNetV2 missed about as many Benign, answered more Early Benign
+    # out of fold (benchmarks/results/recipe_cv_benign2.md)
+    cosine_decay: bool = False  # phase 1: the learning rate falls along a cosine to 5% over `epochs`
+    views: int = 1  # orientations (symmetries of the square) whose pooled features the model
+    # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
+    mixed_precision: bool = True  # only where a GPU is present
     seed: int = SEED
 
     def __post_init__(self):
@@ -84,7 +84,7 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_overrides(self, **overrides) -> "ModelConfig":
+    def with_overrides(self, **overrides) -> ModelConfig:
         return replace(self, **overrides)
 
 
@@ -117,15 +117,32 @@ def _quick() -> Profile:
             # BatchNorm statistics of clean images it lost 8-11 points on val at 15% more light
             # (benchmarks/results/cnn_robustness.md). The rate falls along a cosine over the 8 epochs: the kept
             # epoch's weights vary less from run to run (val, 3 seeds: worst plausible 92.4-93.7%, 90.9-92.4% constant).
-            "cnn": ModelConfig("cnn", image_size=96, weights="none", brightness="background", epochs=8, patience=3,
-                               learning_rate=1e-3, overexposure=0.3, cosine_decay=True),
+            "cnn": ModelConfig(
+                "cnn",
+                image_size=96,
+                weights="none",
+                brightness="background",
+                epochs=8,
+                patience=3,
+                learning_rate=1e-3,
+                overexposure=0.3,
+                cosine_decay=True,
+            ),
             # No ResNet50 ImageNet weights exist offline here, and 23M parameters from scratch do not
             # train in minutes on 2 CPU cores: a random-init frozen base, the head trained on cached
             # features of the clean and one augmented copy of every image, at 48 px to fit the budget
             # (measured alone on 2 cores: 48 px and one copy 188 s of training and evaluation, 73.0% on test;
             # 64 px and two copies 224 s, 73.0%). Honest, and weak; `full` trains the whole network on a GPU.
-            "resnet50": ModelConfig("resnet50", image_size=48, weights="none", brightness="background", epochs=30,
-                                    patience=5, cache_features=True, augment_copies=1),
+            "resnet50": ModelConfig(
+                "resnet50",
+                image_size=48,
+                weights="none",
+                brightness="background",
+                epochs=30,
+                patience=5,
+                cache_features=True,
+                augment_copies=1,
+            ),
             # ImageNet MobileNetV2 at 192 px: the base below block 12 stays frozen and runs once per cached copy
             # (the clean image and 4 augmented labs); blocks 13-16 and the head fine-tune on those activations.
             # Chosen by 5-fold cross-validation on train+val (benchmarks/recipe_cv.py, the test split untouched):
@@ -135,9 +152,20 @@ def _quick() -> Profile:
             # block_9_add 10 errors, Benign 98.6%, for 1.84x: neither better beyond the spread (10-15 errors).
             # The whole cosine schedule runs (patience 12; the best epoch is kept): one of three seeds stopped
             # at epoch 8 with patience 3, at a validation loss 10x the others'.
-            "mobilenetv2": ModelConfig("mobilenetv2", image_size=192, brightness="background", batch_size=64,
-                                       epochs=12, patience=12, learning_rate=3e-4, cache_features=True,
-                                       cache_cut="block_12_add", augment_copies=4, cosine_decay=True, views=1),
+            "mobilenetv2": ModelConfig(
+                "mobilenetv2",
+                image_size=192,
+                brightness="background",
+                batch_size=64,
+                epochs=12,
+                patience=12,
+                learning_rate=3e-4,
+                cache_features=True,
+                cache_cut="block_12_add",
+                augment_copies=4,
+                cosine_decay=True,
+                views=1,
+            ),
         },
     )
 
@@ -147,14 +175,28 @@ def _full() -> Profile:
         name="full",
         source_size=domain.IMAGE_SIZE,
         models={
-            "cnn": ModelConfig("cnn", weights="none", brightness="background", epochs=50, patience=10,
-                               learning_rate=1e-3, overexposure=0.3),
+            "cnn": ModelConfig(
+                "cnn",
+                weights="none",
+                brightness="background",
+                epochs=50,
+                patience=10,
+                learning_rate=1e-3,
+                overexposure=0.3,
+            ),
             # The whole network from scratch (the honest path without ImageNet weights; a user with the
             # genuine file passes --weights resnet50=imagenet and it fine-tunes instead).
-            "resnet50": ModelConfig("resnet50", weights="none", brightness="background", epochs=80, patience=12,
-                                    learning_rate=1e-3),
-            "mobilenetv2": ModelConfig("mobilenetv2", brightness="background", epochs=15, fine_tune_epochs=35,
-                                       fine_tune_layers=50, learning_rate=1e-3),
+            "resnet50": ModelConfig(
+                "resnet50", weights="none", brightness="background", epochs=80, patience=12, learning_rate=1e-3
+            ),
+            "mobilenetv2": ModelConfig(
+                "mobilenetv2",
+                brightness="background",
+                epochs=15,
+                fine_tune_epochs=35,
+                fine_tune_layers=50,
+                learning_rate=1e-3,
+            ),
         },
     )
 
@@ -170,14 +212,27 @@ def _smoke() -> Profile:
             # about five steps left it short of them in 2 of 7 runs here, four in none of 6 until its lab
             # augmentation reached BatchNorm's statistics (9c7175c); then one CI run of 2026-12-07 failed
             # (Benign recall 0.25 on the four test Benigns). Eight epochs.
-            name: ModelConfig(name, image_size=size, weights="none", batch_size=16, epochs=8 if name == "cnn" else 2,
-                              patience=2, mixed_precision=False)
+            name: ModelConfig(
+                name,
+                image_size=size,
+                weights="none",
+                batch_size=16,
+                epochs=8 if name == "cnn" else 2,
+                patience=2,
+                mixed_precision=False,
+            )
             for name in MODEL_NAMES
         },
         # Two epochs on 32-px synthetic squares test the plumbing, not a lab: the trust floors are
         # measured and reported but do not gate (the test suite checks them on their own, tests/promote).
-        gate={"min_robust_accuracy": 0.0, "min_grayscale_accuracy": 0.0, "max_test_referral": 1.0, "max_ece": 1.0,
-              "coverage_tolerance": 1.0, "min_ood_detection": None},
+        gate={
+            "min_robust_accuracy": 0.0,
+            "min_grayscale_accuracy": 0.0,
+            "max_test_referral": 1.0,
+            "max_ece": 1.0,
+            "coverage_tolerance": 1.0,
+            "min_ood_detection": None,
+        },
     )
 
 
@@ -201,25 +256,25 @@ def model_config(profile_name: str, model: str, **overrides) -> ModelConfig:
 
 # ---------------------------------------------------------------- knowing when it does not know
 # Fitted per model on the validation split (components/train/calibration.py), stored in the graph.
-OOD_VAL_REFERRAL_RATE: float = 0.02      # the OOD threshold refers this share of in-distribution val images
-CONFORMAL_COVERAGE: float = 0.98         # target coverage of the prediction sets
+OOD_VAL_REFERRAL_RATE: float = 0.02  # the OOD threshold refers this share of in-distribution val images
+CONFORMAL_COVERAGE: float = 0.98  # target coverage of the prediction sets
 # Smears from another lab (none an ALL-stage image): half choose, half report (components/evaluate/external.py).
 EXTERNAL_OOD_DIR: str = os.environ.get("LEUKOFLOW_EXTERNAL_OOD_DIR", "")
 
 # ---------------------------------------------------------------- gate
 GATE_MIN_MACRO_F1: float = 0.85
 GATE_MIN_CLASS_RECALL: float = 0.75
-GATE_MIN_ROBUST_ACCURACY: float = 0.95   # worst accuracy under the evaluation's plausible perturbations
+GATE_MIN_ROBUST_ACCURACY: float = 0.95  # worst accuracy under the evaluation's plausible perturbations
 GATE_ROBUSTNESS_EXCLUDED: tuple[str, ...] = ("grayscale",)  # no lab's stain or lamp produces it: its own floor
 GATE_MIN_GRAYSCALE_ACCURACY: float = 0.90
 # Knowing when it does not know (issue 12): measured through the served signature on the test split and
 # the held-out half of the external smears (components/evaluate/executor.py).
-GATE_MAX_TEST_REFERRAL: float = 0.05     # in-distribution test images referred (OOD or a set not one class)
-GATE_MAX_ECE: float = 0.03               # expected calibration error of the calibrated probabilities, 15 bins
-GATE_COVERAGE_TOLERANCE: float = 0.02    # |empirical coverage of the prediction sets - CONFORMAL_COVERAGE|
-GATE_MIN_OOD_DETECTION: float = 0.95     # external smears referred, on the half used to choose nothing
-GATE_MACRO_F1_MARGIN: float = 0.02       # candidates within this of the best are "as good"
-GATE_MAX_REGRESSION: float = 0.01        # a challenger may lose at most this much macro-F1 vs the champion
+GATE_MAX_TEST_REFERRAL: float = 0.05  # in-distribution test images referred (OOD or a set not one class)
+GATE_MAX_ECE: float = 0.03  # expected calibration error of the calibrated probabilities, 15 bins
+GATE_COVERAGE_TOLERANCE: float = 0.02  # |empirical coverage of the prediction sets - CONFORMAL_COVERAGE|
+GATE_MIN_OOD_DETECTION: float = 0.95  # external smears referred, on the half used to choose nothing
+GATE_MACRO_F1_MARGIN: float = 0.02  # candidates within this of the best are "as good"
+GATE_MAX_REGRESSION: float = 0.01  # a challenger may lose at most this much macro-F1 vs the champion
 
 # ---------------------------------------------------------------- serving
 # A top probability below this is flagged "low confidence: refer to a pathologist" (page, model card);

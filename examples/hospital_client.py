@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with channel:
-            response = predict(prediction_service_pb2_grpc.PredictionServiceStub(channel), images, args.label, args.timeout)
+            response = predict(
+                prediction_service_pb2_grpc.PredictionServiceStub(channel), images, args.label, args.timeout
+            )
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
@@ -89,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         scores = {name: round(float(p), 4) for name, p in zip(CLASS_NAMES, row)}
         result = {"image": path, "label": max(scores, key=scores.get), "confidences": scores}
         if "refer" in outputs:  # a model without the referral outputs answers as before
-            result.update(refer=bool(outputs["refer"][i]), reason=refer_reason(outputs, i) if outputs["refer"][i] else None)
+            result.update(
+                refer=bool(outputs["refer"][i]), reason=refer_reason(outputs, i) if outputs["refer"][i] else None
+            )
         results.append(result)
     if args.json:
         print(json.dumps({"model": MODEL_NAME, "version": version, "predictions": results}))

@@ -26,8 +26,16 @@ def webhook_url(explicit: str | None = None) -> str | None:
 def summary_payload(result: dict[str, Any]) -> dict[str, Any]:
     """What the webhook receives: the verdict, what moved, and where the reports are (no images, no identifiers)."""
     keys = (
-        "status", "images", "drifted_features", "case_mix_changed", "moved", "covariate_drifted_features",
-        "within_class_drift", "report_html", "report_json", "reference",
+        "status",
+        "images",
+        "drifted_features",
+        "case_mix_changed",
+        "moved",
+        "covariate_drifted_features",
+        "within_class_drift",
+        "report_html",
+        "report_json",
+        "reference",
     )
     payload = {key: result[key] for key in keys if key in result}
     payload["source"] = "leukoflow-drift-monitor"

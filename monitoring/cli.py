@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +11,9 @@ import typer
 
 from components.cli_output import emit, fail
 
-app = typer.Typer(add_completion=False, help="Drift monitoring: reference profiles, drift checks, the retraining trigger.")
+app = typer.Typer(
+    add_completion=False, help="Drift monitoring: reference profiles, drift checks, the retraining trigger."
+)
 log = logging.getLogger("leukoflow.monitor")
 
 EXIT_DRIFT = 3  # distinct from 1 (an error) and 2 (bad usage), so a scheduler can tell drift apart
@@ -20,7 +22,7 @@ KEEP_REPORTS = 168  # an hourly check keeps a week of report folders (each a few
 
 def _report_dir(root: Path) -> Path:
     """A new folder named by the UTC time (a suffix when two checks share a second)."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     candidate, index = root / stamp, 1
     while candidate.exists():
         index += 1
@@ -46,8 +48,10 @@ def _human(result: dict) -> str:
     lines = [f"status: {result['status']} ({result['images']} images{reasons})"]
     if result.get("ood_rate") is not None:
         reference = result.get("reference_ood_rate")
-        lines.append(f"out-of-distribution rate: {result['ood_rate']:.1%} (the model's reference: "
-                     + (f"{reference:.1%})" if reference is not None else "unknown, no verdict)"))
+        lines.append(
+            f"out-of-distribution rate: {result['ood_rate']:.1%} (the model's reference: "
+            + (f"{reference:.1%})" if reference is not None else "unknown, no verdict)")
+        )
     if result.get("drifted_features"):
         lines.append("drifted features: " + ", ".join(result["drifted_features"]))
     lines.append(f"case mix changed: {result.get('case_mix_changed')}")
@@ -55,8 +59,10 @@ def _human(result: dict) -> str:
         lines.append("moved: " + "; ".join(result["moved"]))
     lines.append(f"report: {result['report_html']}")
     if result.get("trigger"):
-        lines.append(f"retraining: {'started' if result['trigger'].get('triggered') else 'not started'} "
-                     f"({result['trigger'].get('reason')})")
+        lines.append(
+            f"retraining: {'started' if result['trigger'].get('triggered') else 'not started'} "
+            f"({result['trigger'].get('reason')})"
+        )
     return "\n".join(lines)
 
 
@@ -73,25 +79,59 @@ def _parse_args(items: list[str]) -> dict[str, str]:
 @app.command()
 def drift(
     ctx: typer.Context,
-    since: Optional[str] = typer.Option(None, "--since", help="Window from the request log: the last 90s/30m/24h/7d (default 24h)."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Window from an image folder instead (class sub-folders give labels)."),
-    reference: Optional[Path] = typer.Option(None, "--reference", help="Reference features file; default: the served version's assets.extra/reference_features.parquet."),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="Where model versions live (default $LEUKOFLOW_HOME/models/leukemia)."),
-    version: Optional[str] = typer.Option(None, "--version", help="Model version: only its requests, and its reference (default: the version most requests in the window came from)."),
-    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Request log directory (default $LEUKOFLOW_HOME/requests)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Report folder (default $LEUKOFLOW_HOME/reports/drift/<UTC time>)."),
-    workspace: Optional[Path] = typer.Option(None, "--workspace", help="Evidently workspace (default $LEUKOFLOW_HOME/evidently)."),
+    since: Optional[str] = typer.Option(
+        None, "--since", help="Window from the request log: the last 90s/30m/24h/7d (default 24h)."
+    ),
+    images: Optional[Path] = typer.Option(
+        None, "--images", help="Window from an image folder instead (class sub-folders give labels)."
+    ),
+    reference: Optional[Path] = typer.Option(
+        None,
+        "--reference",
+        help="Reference features file; default: the served version's assets.extra/reference_features.parquet.",
+    ),
+    model_dir: Optional[Path] = typer.Option(
+        None, "--model-dir", help="Where model versions live (default $LEUKOFLOW_HOME/models/leukemia)."
+    ),
+    version: Optional[str] = typer.Option(
+        None,
+        "--version",
+        help="Model version: only its requests, and its reference (default: the version most requests in the window came from).",
+    ),
+    log_dir: Optional[Path] = typer.Option(
+        None, "--log-dir", help="Request log directory (default $LEUKOFLOW_HOME/requests)."
+    ),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", help="Report folder (default $LEUKOFLOW_HOME/reports/drift/<UTC time>)."
+    ),
+    workspace: Optional[Path] = typer.Option(
+        None, "--workspace", help="Evidently workspace (default $LEUKOFLOW_HOME/evidently)."
+    ),
     no_workspace: bool = typer.Option(False, "--no-workspace", help="Do not add the run to the Evidently workspace."),
-    webhook: Optional[str] = typer.Option(None, "--webhook", help="POST the summary here on drift (default $LEUKOFLOW_ALERT_WEBHOOK)."),
-    trigger: bool = typer.Option(False, "--trigger", help="On drift, start a retraining run (once per episode, with a cooldown)."),
-    kfp_host: Optional[str] = typer.Option(None, "--kfp-host", envvar="KFP_HOST", help="KFP API endpoint; without it the retraining runs locally."),
-    pipeline_package: Optional[Path] = typer.Option(None, "--pipeline-package", help="Compiled pipeline for KFP (default $LEUKOFLOW_HOME/pipeline.yaml)."),
-    experiment: str = typer.Option("leukoflow-retraining", "--experiment", help="KFP experiment of the retraining runs."),
-    pipeline_arg: list[str] = typer.Option([], "--pipeline-arg", help="Extra pipeline parameter KEY=VALUE (repeatable)."),
+    webhook: Optional[str] = typer.Option(
+        None, "--webhook", help="POST the summary here on drift (default $LEUKOFLOW_ALERT_WEBHOOK)."
+    ),
+    trigger: bool = typer.Option(
+        False, "--trigger", help="On drift, start a retraining run (once per episode, with a cooldown)."
+    ),
+    kfp_host: Optional[str] = typer.Option(
+        None, "--kfp-host", envvar="KFP_HOST", help="KFP API endpoint; without it the retraining runs locally."
+    ),
+    pipeline_package: Optional[Path] = typer.Option(
+        None, "--pipeline-package", help="Compiled pipeline for KFP (default $LEUKOFLOW_HOME/pipeline.yaml)."
+    ),
+    experiment: str = typer.Option(
+        "leukoflow-retraining", "--experiment", help="KFP experiment of the retraining runs."
+    ),
+    pipeline_arg: list[str] = typer.Option(
+        [], "--pipeline-arg", help="Extra pipeline parameter KEY=VALUE (repeatable)."
+    ),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local retraining: the dataset (default data/)."),
     profile: str = typer.Option("quick", "--profile", help="Local retraining: training profile."),
     cooldown: str = typer.Option("24h", "--cooldown", help="Least time between two retraining runs."),
-    keep: int = typer.Option(KEEP_REPORTS, "--keep", help="Report folders kept under the default report root (0 keeps all)."),
+    keep: int = typer.Option(
+        KEEP_REPORTS, "--keep", help="Report folders kept under the default report root (0 keeps all)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compare a window of served (or folder) images with the training reference; exit 3 on drift."""
@@ -116,8 +156,15 @@ def drift(
         ref_frame = drift_mod.reference_frame(ref_path)
         out = output_dir or _report_dir(home.reports_dir() / "drift")
         ws = None if no_workspace else (workspace or home.home() / "evidently")
-        summary = drift_mod.run_drift_check(ref_frame, current, out, ws, source=source, reference_path=str(ref_path),
-                                            reference_ood_rate=drift_mod.reference_ood_rate(model_root, version))
+        summary = drift_mod.run_drift_check(
+            ref_frame,
+            current,
+            out,
+            ws,
+            source=source,
+            reference_path=str(ref_path),
+            reference_ood_rate=drift_mod.reference_ood_rate(model_root, version),
+        )
         pipeline_args = _parse_args(pipeline_arg)
         cooldown_td = drift_mod.parse_duration(cooldown)
     except (FileNotFoundError, ValueError) as exc:
@@ -159,7 +206,8 @@ def reference_cmd(
     split_dir: Path = typer.Option(..., "--split-dir", help="The split step's output (holds train/*.tfrecord)."),
     output: Path = typer.Option(..., "--output", help="Reference file to write (.parquet or .csv)."),
     saved_model: Optional[Path] = typer.Option(
-        None, "--saved-model", help="Take the features from this exported model's serving_default outputs."),
+        None, "--saved-model", help="Take the features from this exported model's serving_default outputs."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Compute the reference profile: the served graph's image features of the training split."""
@@ -196,18 +244,31 @@ def trigger_state(
 
 @app.command("proxy")
 def proxy_cmd(
-    upstream_grpc: str = typer.Option("127.0.0.1:9000", "--upstream-grpc", help="TF Serving's gRPC address behind the proxy."),
-    upstream_rest: str = typer.Option("127.0.0.1:9001", "--upstream-rest", help="TF Serving's REST address ('none': no REST)."),
+    upstream_grpc: str = typer.Option(
+        "127.0.0.1:9000", "--upstream-grpc", help="TF Serving's gRPC address behind the proxy."
+    ),
+    upstream_rest: str = typer.Option(
+        "127.0.0.1:9001", "--upstream-rest", help="TF Serving's REST address ('none': no REST)."
+    ),
     host: str = typer.Option("0.0.0.0", "--host", help="Address the proxy listens on."),
     grpc_port: int = typer.Option(8500, "--grpc-port", help="gRPC port clients call."),
     rest_port: int = typer.Option(8501, "--rest-port", help="REST port clients call."),
     metrics_port: int = typer.Option(8502, "--metrics-port", help="Prometheus metrics of the proxy (-1: off)."),
-    request_log_dir: Optional[Path] = typer.Option(None, "--request-log-dir", help="Request log folder (default: LEUKOFLOW_HOME/requests)."),
-    log_file: str = typer.Option("requests.jsonl", "--log-file", help="This writer's file name (one per pod on a shared volume)."),
-    log_outputs: str = typer.Option(",".join(("ood_score", "in_distribution", "refer")), "--log-outputs",
-                                    help="Further signature outputs to copy into each record, comma-separated, when present."),
+    request_log_dir: Optional[Path] = typer.Option(
+        None, "--request-log-dir", help="Request log folder (default: LEUKOFLOW_HOME/requests)."
+    ),
+    log_file: str = typer.Option(
+        "requests.jsonl", "--log-file", help="This writer's file name (one per pod on a shared volume)."
+    ),
+    log_outputs: str = typer.Option(
+        ",".join(("ood_score", "in_distribution", "refer")),
+        "--log-outputs",
+        help="Further signature outputs to copy into each record, comma-separated, when present.",
+    ),
     log_images: bool = typer.Option(False, "--log-images", help="Also store each image (base64); off by default."),
-    max_pending: int = typer.Option(4096, "--max-pending", help="Responses waiting for the writer before records are dropped."),
+    max_pending: int = typer.Option(
+        4096, "--max-pending", help="Responses waiting for the writer before records are dropped."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once listening."),
 ) -> None:
     """Pass-through request-logging proxy in front of tensorflow/serving (same pod; docs/monitoring.md)."""
@@ -221,11 +282,23 @@ def proxy_cmd(
 
     metrics = ProxyMetrics()
     try:
-        writer = RequestLogWriter(request_log_dir or home.request_log_dir(), store_images=log_images, file_name=log_file,
-                                  max_pending=max_pending, on_drop=metrics.log_dropped.inc,
-                                  logged_outputs=tuple(o.strip() for o in log_outputs.split(",") if o.strip()))
-        proxy = LoggingProxy(upstream_grpc, None if upstream_rest.lower() == "none" else upstream_rest, writer,
-                             host=host, grpc_port=grpc_port, rest_port=rest_port, metrics=metrics).start()
+        writer = RequestLogWriter(
+            request_log_dir or home.request_log_dir(),
+            store_images=log_images,
+            file_name=log_file,
+            max_pending=max_pending,
+            on_drop=metrics.log_dropped.inc,
+            logged_outputs=tuple(o.strip() for o in log_outputs.split(",") if o.strip()),
+        )
+        proxy = LoggingProxy(
+            upstream_grpc,
+            None if upstream_rest.lower() == "none" else upstream_rest,
+            writer,
+            host=host,
+            grpc_port=grpc_port,
+            rest_port=rest_port,
+            metrics=metrics,
+        ).start()
     except (OSError, ValueError) as exc:
         fail(f"cannot start the proxy: {exc}", as_json)
         return
@@ -233,10 +306,21 @@ def proxy_cmd(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr=host, registry=metrics.registry)
-    emit({"status": "proxying", "grpc_port": proxy.grpc_port, "rest_port": proxy.rest_port,
-          "upstream_grpc": upstream_grpc, "upstream_rest": upstream_rest, "request_log": str(writer.directory)},
-         as_json, lambda r: f"proxy on gRPC {r['grpc_port']} and REST {r['rest_port']} -> {upstream_grpc}, "
-                            f"{upstream_rest}; request log {r['request_log']}")
+    emit(
+        {
+            "status": "proxying",
+            "grpc_port": proxy.grpc_port,
+            "rest_port": proxy.rest_port,
+            "upstream_grpc": upstream_grpc,
+            "upstream_rest": upstream_rest,
+            "request_log": str(writer.directory),
+        },
+        as_json,
+        lambda r: (
+            f"proxy on gRPC {r['grpc_port']} and REST {r['rest_port']} -> {upstream_grpc}, "
+            f"{upstream_rest}; request log {r['request_log']}"
+        ),
+    )
     sys.stdout.flush()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -39,32 +39,35 @@ import json
 import logging
 import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from components import atomic_files
 from components.host_features import FEATURE_NAMES
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
-METHOD = "wasserstein"               # Evidently's normed Wasserstein distance
-THRESHOLD_FLOOR = 0.25               # smallest per-feature change (in reference stds) that counts; above the
-                                     # ~0.2 that two random halves of one class differ by on the real data
-THRESHOLD_SCALE = 2.6                # sampling-noise term: threshold >= THRESHOLD_SCALE / sqrt(n)
-MIN_DRIFTED_FEATURES = 2             # features that must drift together for a verdict of drift
-MIN_IMAGES = 30                      # below this the window gets "insufficient_data"
-MIN_CLASS_IMAGES = 30                # within-class comparison only for classes with this many images
-CASE_MIX_ALPHA = 0.01                # chi-square p-value below which the class mix moved...
-CASE_MIX_MIN_TVD = 0.10              # ...and only when the shares moved at least this much in total
-CLASS_COLUMN = "class"               # the label column in both frames inside this module
-SAMPLE_SEED = 0                      # the re-weighted reference is a fixed subsample: same window, same verdict
-PROJECT_NAME = "leukoflow drift"     # the Evidently workspace project
-OOD_ALPHA = 0.01                     # one-sided binomial p-value below which the window's OOD rate rose...
-OOD_MIN_RISE = 0.05                  # ...and only when it rose by at least this much (absolute) over the reference
-REASON_STAIN = "stain_features"      # the verdict's reasons (`reasons` in the summary)
+METHOD = "wasserstein"  # Evidently's normed Wasserstein distance
+THRESHOLD_FLOOR = 0.25  # smallest per-feature change (in reference stds) that counts; above the
+# ~0.2 that two random halves of one class differ by on the real data
+THRESHOLD_SCALE = 2.6  # sampling-noise term: threshold >= THRESHOLD_SCALE / sqrt(n)
+MIN_DRIFTED_FEATURES = 2  # features that must drift together for a verdict of drift
+MIN_IMAGES = 30  # below this the window gets "insufficient_data"
+MIN_CLASS_IMAGES = 30  # within-class comparison only for classes with this many images
+CASE_MIX_ALPHA = 0.01  # chi-square p-value below which the class mix moved...
+CASE_MIX_MIN_TVD = 0.10  # ...and only when the shares moved at least this much in total
+CLASS_COLUMN = "class"  # the label column in both frames inside this module
+SAMPLE_SEED = 0  # the re-weighted reference is a fixed subsample: same window, same verdict
+PROJECT_NAME = "leukoflow drift"  # the Evidently workspace project
+OOD_ALPHA = 0.01  # one-sided binomial p-value below which the window's OOD rate rose...
+OOD_MIN_RISE = 0.05  # ...and only when it rose by at least this much (absolute) over the reference
+REASON_STAIN = "stain_features"  # the verdict's reasons (`reasons` in the summary)
 REASON_OOD = "ood_rate"
 
 
@@ -76,14 +79,14 @@ def feature_threshold(n: int) -> float:
     return max(THRESHOLD_FLOOR, THRESHOLD_SCALE / math.sqrt(max(n, 1)))
 
 
-def _labels(frame: "pd.DataFrame") -> "pd.Series | None":  # noqa: F821
+def _labels(frame: pd.DataFrame) -> pd.Series | None:
     if CLASS_COLUMN not in frame.columns:
         return None
     labels = frame[CLASS_COLUMN].dropna().astype(str)
     return labels if len(labels) else None
 
 
-def adjusted_reference(reference: "pd.DataFrame", current: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+def adjusted_reference(reference: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:  # noqa: F821
     """The reference subsampled (without replacement) to the current window's class shares.
 
     Without class labels on either side, the reference itself.
@@ -109,7 +112,7 @@ def adjusted_reference(reference: "pd.DataFrame", current: "pd.DataFrame") -> "p
     return pd.concat(parts).reset_index(drop=True)
 
 
-def feature_scores(reference: "pd.DataFrame", current: "pd.DataFrame", threshold: float) -> dict[str, float]:  # noqa: F821
+def feature_scores(reference: pd.DataFrame, current: pd.DataFrame, threshold: float) -> dict[str, float]:  # noqa: F821
     """Normed Wasserstein distance per feature, computed by Evidently's stat test (the report's function)."""
     from evidently.legacy.calculations.stattests import wasserstein_stat_test
     from evidently.legacy.core import ColumnType
@@ -130,7 +133,7 @@ def drifted(scores: dict[str, float], threshold: float) -> list[str]:
     return [name for name, score in sorted(scores.items(), key=lambda kv: -kv[1]) if score >= threshold]
 
 
-def case_mix(reference: "pd.DataFrame", current: "pd.DataFrame") -> dict[str, Any]:  # noqa: F821
+def case_mix(reference: pd.DataFrame, current: pd.DataFrame) -> dict[str, Any]:  # noqa: F821
     """Chi-square of current class counts vs reference shares, PSI and total variation distance."""
     from scipy.stats import chisquare
 
@@ -165,7 +168,7 @@ def case_mix(reference: "pd.DataFrame", current: "pd.DataFrame") -> dict[str, An
     }
 
 
-def out_of_distribution(current: "pd.DataFrame", reference_rate: float | None) -> dict[str, Any]:  # noqa: F821
+def out_of_distribution(current: pd.DataFrame, reference_rate: float | None) -> dict[str, Any]:  # noqa: F821
     """The window's out-of-distribution rate against the model's reference rate (one-sided binomial test).
 
     Counts the records that say whether the image is in distribution (`in_distribution`; a record with
@@ -179,8 +182,16 @@ def out_of_distribution(current: "pd.DataFrame", reference_rate: float | None) -
         if column in current.columns and current[column].notna().any():
             flags = current[column].dropna().map(lambda v, w=out_when: bool(v) == w)
             break
-    result: dict[str, Any] = {"rate": None, "reference_rate": reference_rate, "images": 0, "out_of_distribution": 0,
-                              "p_value": None, "alpha": OOD_ALPHA, "min_rise": OOD_MIN_RISE, "drift": False}
+    result: dict[str, Any] = {
+        "rate": None,
+        "reference_rate": reference_rate,
+        "images": 0,
+        "out_of_distribution": 0,
+        "p_value": None,
+        "alpha": OOD_ALPHA,
+        "min_rise": OOD_MIN_RISE,
+        "drift": False,
+    }
     if flags is None or flags.empty:
         return result
     n, k = int(len(flags)), int(flags.sum())
@@ -194,8 +205,12 @@ def out_of_distribution(current: "pd.DataFrame", reference_rate: float | None) -
     return result
 
 
-def decide(reference: "pd.DataFrame", current: "pd.DataFrame", detail: bool = True,  # noqa: F821
-           reference_ood_rate: float | None = None) -> dict[str, Any]:
+def decide(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    detail: bool = True,  # noqa: F821
+    reference_ood_rate: float | None = None,
+) -> dict[str, Any]:
     """The verdict for one window (no report): status, drifted features, within-class drift, case mix, OOD rate.
 
     `detail=False` skips the pooled and per-class comparisons, which inform the report but not the verdict.
@@ -203,8 +218,14 @@ def decide(reference: "pd.DataFrame", current: "pd.DataFrame", detail: bool = Tr
     """
     n = len(current)
     ood = out_of_distribution(current, reference_ood_rate)
-    result: dict[str, Any] = {"images": n, "threshold": feature_threshold(n), "min_drifted_features": MIN_DRIFTED_FEATURES,
-                              "ood_rate": ood["rate"], "reference_ood_rate": reference_ood_rate, "ood": ood}
+    result: dict[str, Any] = {
+        "images": n,
+        "threshold": feature_threshold(n),
+        "min_drifted_features": MIN_DRIFTED_FEATURES,
+        "ood_rate": ood["rate"],
+        "reference_ood_rate": reference_ood_rate,
+        "ood": ood,
+    }
     if n < MIN_IMAGES:
         result.update(status="insufficient_data", drifted_features=[], case_mix_changed=False, moved=[], reasons=[])
         return result
@@ -272,8 +293,10 @@ def verdict_reasons(stain_drift: bool, ood: dict[str, Any]) -> list[str]:
 
 
 def _ood_moved(ood: dict[str, Any]) -> str:
-    return (f"out-of-distribution rate {ood['rate']:.1%} of {ood['images']} images, above the model's "
-            f"{ood['reference_rate']:.1%} (binomial p = {ood['p_value']:.2g})")
+    return (
+        f"out-of-distribution rate {ood['rate']:.1%} of {ood['images']} images, above the model's "
+        f"{ood['reference_rate']:.1%} (binomial p = {ood['p_value']:.2g})"
+    )
 
 
 # ---------------------------------------------------------------- windows
@@ -294,7 +317,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2).lower()]: value})
 
 
-def window_from_log(directory: str | Path, since: timedelta | None, version: str | None = None) -> "pd.DataFrame":  # noqa: F821
+def window_from_log(directory: str | Path, since: timedelta | None, version: str | None = None) -> pd.DataFrame:  # noqa: F821
     """The request log's rows (features + predicted class as `class`), optionally one model version only."""
     from monitoring.request_log import read_requests
 
@@ -308,7 +331,7 @@ def window_from_log(directory: str | Path, since: timedelta | None, version: str
     return frame
 
 
-def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
+def window_from_images(directory: str | Path) -> pd.DataFrame:  # noqa: F821
     """Features of every image under `directory`; `class` from a parent folder named like a class, if any."""
     import pandas as pd
 
@@ -341,7 +364,7 @@ def window_from_images(directory: str | Path) -> "pd.DataFrame":  # noqa: F821
     return frame
 
 
-def reference_frame(path: str | Path) -> "pd.DataFrame":  # noqa: F821
+def reference_frame(path: str | Path) -> pd.DataFrame:  # noqa: F821
     """A reference file with its label column renamed to `class`."""
     from components.reference.executor import LABEL_COLUMN, load_reference
 
@@ -382,14 +405,14 @@ def resolve_reference(explicit: str | Path | None, model_dir: str | Path, versio
 # ---------------------------------------------------------------- the Evidently reports
 
 
-def _data_definition(frame: "pd.DataFrame"):  # noqa: F821
+def _data_definition(frame: pd.DataFrame):  # noqa: F821
     from evidently import DataDefinition
 
     categorical = [CLASS_COLUMN] if CLASS_COLUMN in frame.columns else []
     return DataDefinition(numerical_columns=list(FEATURE_NAMES), categorical_columns=categorical)
 
 
-def _columns(frame: "pd.DataFrame") -> list[str]:  # noqa: F821
+def _columns(frame: pd.DataFrame) -> list[str]:  # noqa: F821
     return list(FEATURE_NAMES) + ([CLASS_COLUMN] if CLASS_COLUMN in frame.columns else [])
 
 
@@ -436,8 +459,13 @@ def _add_to_workspace(workspace_dir: Path, snapshots: dict[str, Any]) -> dict[st
 
     workspace = Workspace.create(str(workspace_dir))
     found = workspace.search_project(PROJECT_NAME)
-    project = found[0] if found else workspace.create_project(
-        PROJECT_NAME, description="leukoflow: stain/brightness drift of served images against the training reference"
+    project = (
+        found[0]
+        if found
+        else workspace.create_project(
+            PROJECT_NAME,
+            description="leukoflow: stain/brightness drift of served images against the training reference",
+        )
     )
     ids = {}
     for name, snapshot in snapshots.items():
@@ -484,38 +512,67 @@ def summary_html(summary: dict[str, Any]) -> str:
             "<h2>Out-of-distribution rate</h2>"
             f"<p>{ood['out_of_distribution']} of {ood['images']} images ({ood['rate']:.1%}) were not like the "
             "training images; the model's threshold refers "
-            + (f"{reference_rate:.1%} of its validation images" if reference_rate is not None
-               else "an unknown share (no ood_val_referral_rate in the model's metadata: no verdict)")
-            + (f". One-sided binomial p = {ood['p_value']:.3g}; drift when p &lt; {OOD_ALPHA} and the rate rose by "
-               f"at least {OOD_MIN_RISE:.0%}: <b>{'drift' if ood['drift'] else 'no drift'}</b>"
-               if ood.get("p_value") is not None else "") + ".</p>")
+            + (
+                f"{reference_rate:.1%} of its validation images"
+                if reference_rate is not None
+                else "an unknown share (no ood_val_referral_rate in the model's metadata: no verdict)"
+            )
+            + (
+                f". One-sided binomial p = {ood['p_value']:.3g}; drift when p &lt; {OOD_ALPHA} and the rate rose by "
+                f"at least {OOD_MIN_RISE:.0%}: <b>{'drift' if ood['drift'] else 'no drift'}</b>"
+                if ood.get("p_value") is not None
+                else ""
+            )
+            + ".</p>"
+        )
     parts.append(
         f"<p>Rule: a feature drifts when its normed Wasserstein distance to the case-mix-adjusted reference is "
         f"&ge; {summary.get('threshold', 0):.3f}; the window drifts when at least {MIN_DRIFTED_FEATURES} do.</p>"
     )
     scores, pooled = summary.get("scores") or {}, summary.get("covariate_scores") or {}
     threshold = summary.get("threshold", 0)
-    parts.append("<h2>Features</h2>" + table(
-        ["feature", "adjusted for case mix", "pooled", "drifted"],
-        [[n, f"{scores.get(n, float('nan')):.3f}", f"{pooled.get(n, float('nan')):.3f}",
-          "yes" if scores.get(n, 0) >= threshold else ""] for n in FEATURE_NAMES],
-    ))
+    parts.append(
+        "<h2>Features</h2>"
+        + table(
+            ["feature", "adjusted for case mix", "pooled", "drifted"],
+            [
+                [
+                    n,
+                    f"{scores.get(n, float('nan')):.3f}",
+                    f"{pooled.get(n, float('nan')):.3f}",
+                    "yes" if scores.get(n, 0) >= threshold else "",
+                ]
+                for n in FEATURE_NAMES
+            ],
+        )
+    )
     mix = summary.get("case_mix") or {}
     if mix.get("available"):
-        parts.append(f"<h2>Predicted-class mix (changed: {mix.get('changed')})</h2>" + table(
-            ["class", "reference share", "window share"],
-            [[c, mix["reference_share"].get(c), mix["current_share"].get(c, 0)] for c in mix["reference_share"]],
-        ) + f"<p>chi-square p = {mix.get('p_value', float('nan')):.3g}, PSI = {mix.get('psi', float('nan')):.3f}, "
-            f"total variation = {mix.get('total_variation', float('nan')):.3f}</p>")
+        parts.append(
+            f"<h2>Predicted-class mix (changed: {mix.get('changed')})</h2>"
+            + table(
+                ["class", "reference share", "window share"],
+                [[c, mix["reference_share"].get(c), mix["current_share"].get(c, 0)] for c in mix["reference_share"]],
+            )
+            + f"<p>chi-square p = {mix.get('p_value', float('nan')):.3g}, PSI = {mix.get('psi', float('nan')):.3f}, "
+            f"total variation = {mix.get('total_variation', float('nan')):.3f}</p>"
+        )
     within = summary.get("within_class") or {}
     if within:
-        parts.append("<h2>Within each predicted class</h2>" + table(
-            ["class", "images", "tested", "drift", "drifted features"],
-            [[c, v.get("images"), v.get("tested"), v.get("drift", ""), ", ".join(v.get("drifted_features", []))]
-             for c, v in within.items()],
-        ))
-    parts.append("<h2>Evidently reports</h2><ul><li><a href='stain.html'>stain/brightness drift (case-mix adjusted, "
-                 "the verdict)</a></li><li><a href='covariate.html'>pooled features and class mix</a></li></ul>")
+        parts.append(
+            "<h2>Within each predicted class</h2>"
+            + table(
+                ["class", "images", "tested", "drift", "drifted features"],
+                [
+                    [c, v.get("images"), v.get("tested"), v.get("drift", ""), ", ".join(v.get("drifted_features", []))]
+                    for c, v in within.items()
+                ],
+            )
+        )
+    parts.append(
+        "<h2>Evidently reports</h2><ul><li><a href='stain.html'>stain/brightness drift (case-mix adjusted, "
+        "the verdict)</a></li><li><a href='covariate.html'>pooled features and class mix</a></li></ul>"
+    )
     parts.append("</body></html>")
     return "".join(parts)
 
@@ -525,8 +582,8 @@ def _write_html(path: Path, snapshot) -> None:
 
 
 def run_drift_check(
-    reference: "pd.DataFrame",  # noqa: F821
-    current: "pd.DataFrame",  # noqa: F821
+    reference: pd.DataFrame,  # noqa: F821
+    current: pd.DataFrame,  # noqa: F821
     out_dir: str | Path,
     workspace_dir: str | Path | None = None,
     source: str = "",
@@ -539,11 +596,11 @@ def run_drift_check(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     html_path, json_path = out / "report.html", out / "report.json"
     summary = decide(reference, current, reference_ood_rate=reference_ood_rate)
     summary.update(
-        checked_at=datetime.now(timezone.utc).isoformat(),
+        checked_at=datetime.now(UTC).isoformat(),
         source=source,
         reference=str(reference_path),
         method=METHOD,
@@ -559,7 +616,9 @@ def run_drift_check(
         # The verdict comes from the report: it must agree with `decide` (same function, same data).
         report_drifted = drifted({k: v for k, v in report_scores(stain).items() if k in FEATURE_NAMES}, threshold)
         if set(report_drifted) != set(summary["candidate_features"]):
-            log.warning("Evidently report and decision disagree: %s vs %s", report_drifted, summary["candidate_features"])
+            log.warning(
+                "Evidently report and decision disagree: %s vs %s", report_drifted, summary["candidate_features"]
+            )
         is_drift = len(report_drifted) >= MIN_DRIFTED_FEATURES
         summary["reasons"] = verdict_reasons(is_drift, summary["ood"])
         summary["status"] = "drift" if summary["reasons"] else "no_drift"
@@ -576,7 +635,9 @@ def run_drift_check(
             try:
                 summary["workspace"] = {
                     "path": str(workspace_dir),
-                    **_add_to_workspace(Path(workspace_dir), {f"stain {stamp}": stain, f"covariate {stamp}": covariate}),
+                    **_add_to_workspace(
+                        Path(workspace_dir), {f"stain {stamp}": stain, f"covariate {stamp}": covariate}
+                    ),
                 }
             except Exception as exc:  # the verdict matters more than the dashboard
                 log.warning("could not add the run to the Evidently workspace %s: %s", workspace_dir, exc)
@@ -587,8 +648,17 @@ def run_drift_check(
 
 def public_result(summary: dict[str, Any]) -> dict[str, Any]:
     """The one-line `--json` object: the documented keys first, then what moved and where."""
-    keys = ("status", "reasons", "images", "drifted_features", "ood_rate", "reference_ood_rate", "case_mix_changed",
-            "report_html", "report_json")
+    keys = (
+        "status",
+        "reasons",
+        "images",
+        "drifted_features",
+        "ood_rate",
+        "reference_ood_rate",
+        "case_mix_changed",
+        "report_html",
+        "report_json",
+    )
     result = {key: summary.get(key) for key in keys}
     result["moved"] = summary.get("moved", [])
     result["covariate_drifted_features"] = summary.get("covariate_drifted_features", [])

@@ -24,16 +24,17 @@ import threading
 import time
 import zlib
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-TAP_INTERVAL_S = 0.05                 # how often the tap thread reads what the relay queued
+TAP_INTERVAL_S = 0.05  # how often the tap thread reads what the relay queued
 DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 4096
-MAX_HEADER_LIST_BYTES = 1024 * 1024   # far above gRPC's 8 KiB metadata default; only a guard
+MAX_HEADER_LIST_BYTES = 1024 * 1024  # far above gRPC's 8 KiB metadata default; only a guard
 WARN_EVERY_S = 60.0
 SETTINGS_HEADER_TABLE_SIZE = 0x1
 
@@ -46,16 +47,24 @@ class TapError(Exception):
 class Exchange:
     """One finished gRPC call as the tap saw it."""
 
-    method: str                      # ":path", e.g. /tensorflow.serving.PredictionService/Predict
-    request: bytes | None            # the first request message (None: none, compressed unknown, or too big)
-    response: bytes | None           # the first response message
-    status: int                      # grpc-status (2, UNKNOWN, when the server sent none)
-    latency_ms: float                # request headers seen -> trailers seen, at the relay
+    method: str  # ":path", e.g. /tensorflow.serving.PredictionService/Predict
+    request: bytes | None  # the first request message (None: none, compressed unknown, or too big)
+    response: bytes | None  # the first response message
+    status: int  # grpc-status (2, UNKNOWN, when the server sent none)
+    latency_ms: float  # request headers seen -> trailers seen, at the relay
 
 
 class _Stream:
-    __slots__ = ("method", "started", "request", "response", "request_encoding", "response_encoding",
-                 "response_headers", "oversized")
+    __slots__ = (
+        "method",
+        "started",
+        "request",
+        "response",
+        "request_encoding",
+        "response_encoding",
+        "response_headers",
+        "oversized",
+    )
 
     def __init__(self, method: str, started: float, encoding: str | None) -> None:
         self.method, self.started, self.request_encoding = method, started, encoding
@@ -85,7 +94,7 @@ def _first_message(data: bytes | bytearray, encoding: str | None) -> bytes | Non
     flag, size = data[0], int.from_bytes(data[1:5], "big")
     if len(data) < 5 + size:
         return None
-    message = bytes(data[5:5 + size])
+    message = bytes(data[5 : 5 + size])
     if not flag:
         return message
     if encoding == "gzip":
@@ -119,16 +128,16 @@ class Http2Tap:
         if side.preface:
             if len(buffer) < len(PREFACE):
                 return
-            if bytes(buffer[:len(PREFACE)]) != PREFACE:
+            if bytes(buffer[: len(PREFACE)]) != PREFACE:
                 raise TapError("the client did not open with the HTTP/2 preface")
-            del buffer[:len(PREFACE)]
+            del buffer[: len(PREFACE)]
             side.preface = False
         while len(buffer) >= 9:
             length = int.from_bytes(buffer[:3], "big")
             if len(buffer) < 9 + length:
                 return
-            header, body = bytes(buffer[:9]), bytes(buffer[9:9 + length])
-            del buffer[:9 + length]
+            header, body = bytes(buffer[:9]), bytes(buffer[9 : 9 + length])
+            del buffer[: 9 + length]
             try:
                 frame, _ = Frame.parse_frame_header(memoryview(header))
                 frame.parse_body(memoryview(body))
@@ -213,7 +222,7 @@ class Http2Tap:
 class _Half(asyncio.Protocol):
     """One socket of a relayed connection."""
 
-    def __init__(self, conn: "_Connection", client: bool) -> None:
+    def __init__(self, conn: _Connection, client: bool) -> None:
         self.conn, self.client = conn, client
         self.transport: asyncio.Transport | None = None
 
@@ -239,7 +248,7 @@ class _Half(asyncio.Protocol):
 
 
 class _Connection:
-    def __init__(self, relay: "GrpcRelay") -> None:
+    def __init__(self, relay: GrpcRelay) -> None:
         self.relay = relay
         self.client: _Half | None = None
         self.server: _Half | None = None
@@ -291,26 +300,39 @@ class _Connection:
 class GrpcRelay:
     """Listens on host:port and relays every connection to `upstream` ("host:port"), tapping a copy."""
 
-    def __init__(self, upstream: str, on_exchange: Callable[[Exchange], None], *, host: str = "0.0.0.0", port: int = 8500,
-                 max_message_bytes: int = 64 * 1024 * 1024, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, on_lost: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        on_exchange: Callable[[Exchange], None],
+        *,
+        host: str = "0.0.0.0",
+        port: int = 8500,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_lost: Callable[[int], None] | None = None,
+    ) -> None:
         up_host, _, up_port = upstream.rpartition(":")
         if not up_port.isdigit():
             raise ValueError(f"upstream must be host:port, got {upstream!r}")
         self.upstream = (up_host or "127.0.0.1", int(up_port))
         self.host, self.port = host, port
         self._on_exchange, self._on_lost = on_exchange, on_lost or (lambda n: None)
-        self._max_message, self._max_pending, self._max_connections = max_message_bytes, max_pending_bytes, max_connections
+        self._max_message, self._max_pending, self._max_connections = (
+            max_message_bytes,
+            max_pending_bytes,
+            max_connections,
+        )
         self._chunks: deque = deque()
-        self._queued_bytes = 0   # written by the relay thread only
-        self._read_bytes = 0     # written by the tap thread only
+        self._queued_bytes = 0  # written by the relay thread only
+        self._read_bytes = 0  # written by the tap thread only
         self._connections: set[_Connection] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._appended = 0       # chunks queued (relay thread)
-        self._taken = 0          # chunks read (tap thread)
+        self._appended = 0  # chunks queued (relay thread)
+        self._taken = 0  # chunks read (tap thread)
         self._threads: list[threading.Thread] = []
         self._warned = float("-inf")
         self.lost_connections = 0
@@ -414,7 +436,7 @@ class GrpcRelay:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "GrpcRelay":
+    def start(self) -> GrpcRelay:
         ready = threading.Event()
         failure: list[BaseException] = []
 

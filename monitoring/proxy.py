@@ -23,8 +23,9 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -33,17 +34,34 @@ log = logging.getLogger(__name__)
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 CLASSIFY_METHOD = "/tensorflow.serving.PredictionService/Classify"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-DT_FLOAT = 1                     # TensorProto dtype enum
+DT_FLOAT = 1  # TensorProto dtype enum
 # The methods metrics are labelled with (a client may call any path: the rest are "other").
-API_NAMES = {f"/tensorflow.serving.{service}/{method}": method for service, methods in (
-    ("PredictionService", ("Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")),
-    ("ModelService", ("GetModelStatus", "HandleReloadConfigRequest"))) for method in methods}
+API_NAMES = {
+    f"/tensorflow.serving.{service}/{method}": method
+    for service, methods in (
+        ("PredictionService", ("Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")),
+        ("ModelService", ("GetModelStatus", "HandleReloadConfigRequest")),
+    )
+    for method in methods
+}
 STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 # Headers that belong to one hop, not to the message (RFC 9110 7.6.1), and gRPC's own headers.
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length"}
-REST_API = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-                      r":(?P<verb>predict|classify)$")
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+REST_API = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r":(?P<verb>predict|classify)$"
+)
 
 
 class ProxyMetrics:
@@ -53,14 +71,22 @@ class ProxyMetrics:
         from prometheus_client import CollectorRegistry, Counter
 
         self.registry = CollectorRegistry()
-        self.requests = Counter("leukoflow_proxy_requests", "Calls forwarded by API and status code",
-                                ["api", "code"], registry=self.registry)
-        self.log_dropped = Counter("leukoflow_proxy_request_log_dropped",
-                                   "Request-log records dropped (writer behind, or its folder unusable)",
-                                   registry=self.registry)
-        self.untapped = Counter("leukoflow_proxy_untapped_connections",
-                                "gRPC connections still forwarded but no longer logged (the tap fell behind "
-                                "or could not read them)", registry=self.registry)
+        self.requests = Counter(
+            "leukoflow_proxy_requests",
+            "Calls forwarded by API and status code",
+            ["api", "code"],
+            registry=self.registry,
+        )
+        self.log_dropped = Counter(
+            "leukoflow_proxy_request_log_dropped",
+            "Request-log records dropped (writer behind, or its folder unusable)",
+            registry=self.registry,
+        )
+        self.untapped = Counter(
+            "leukoflow_proxy_untapped_connections",
+            "gRPC connections still forwarded but no longer logged (the tap fell behind or could not read them)",
+            registry=self.registry,
+        )
 
 
 def _logged_arrays(outputs: Any, names: tuple[str, ...]) -> dict:
@@ -118,16 +144,29 @@ def _classify_reader(raw: bytes, label: str | None) -> Callable[[], tuple[dict, 
 
 
 def _spec_meta(spec: Any, label: str | None) -> dict:
-    return {"model": spec.name, "version": spec.version.value if spec.HasField("version") else None,
-            "label": label, "signature": spec.signature_name or None}
+    return {
+        "model": spec.name,
+        "version": spec.version.value if spec.HasField("version") else None,
+        "label": label,
+        "signature": spec.signature_name or None,
+    }
 
 
 class LoggingProxy:
     """gRPC (relayed bytes, tapped) + REST pass-through to TF Serving, logging Predict/Classify through `writer`."""
 
-    def __init__(self, upstream_grpc: str, upstream_rest: str | None, writer: Any, *, host: str = "0.0.0.0",
-                 grpc_port: int = 8500, rest_port: int = 8501, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 metrics: ProxyMetrics | None = None) -> None:
+    def __init__(
+        self,
+        upstream_grpc: str,
+        upstream_rest: str | None,
+        writer: Any,
+        *,
+        host: str = "0.0.0.0",
+        grpc_port: int = 8500,
+        rest_port: int = 8501,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
         from components.image_features import FEATURE_OUTPUTS
 
         self.writer = writer
@@ -135,7 +174,9 @@ class LoggingProxy:
         self.host, self.grpc_port, self.rest_port = host, grpc_port, rest_port
         self.upstream_grpc, self.upstream_rest = upstream_grpc, upstream_rest
         self._max = max_message_bytes
-        self._logged = ("probabilities", "scores") + tuple(FEATURE_OUTPUTS) + tuple(getattr(writer, "logged_outputs", ()))
+        self._logged = (
+            ("probabilities", "scores") + tuple(FEATURE_OUTPUTS) + tuple(getattr(writer, "logged_outputs", ()))
+        )
         self._counted: dict[tuple[str, str], Any] = {}
         self._relay: Any = None
         self._rest: ThreadingHTTPServer | None = None
@@ -165,8 +206,11 @@ class LoggingProxy:
                 images = None
                 if getattr(self.writer, "store_images", False):
                     images = [bytes(v) for t in request.inputs.values() if t.dtype == 7 for v in t.string_val]
-                self.writer.submit(meta, _predict_reader(exchange.response, request.model_spec.version_label or None,
-                                                   self._logged), images)
+                self.writer.submit(
+                    meta,
+                    _predict_reader(exchange.response, request.model_spec.version_label or None, self._logged),
+                    images,
+                )
             else:
                 from tensorflow_serving.apis import classification_pb2
 
@@ -212,12 +256,16 @@ class LoggingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    self._reply(411, [("Content-Type", "application/json")],
-                                b'{"error": "the proxy needs a Content-Length"}')
+                    self._reply(
+                        411, [("Content-Type", "application/json")], b'{"error": "the proxy needs a Content-Length"}'
+                    )
                     return
                 if length > proxy._max:
-                    self._reply(413, [("Content-Type", "application/json")],
-                                b'{"error": "request body larger than the proxy\'s max_message_bytes"}')
+                    self._reply(
+                        413,
+                        [("Content-Type", "application/json")],
+                        b'{"error": "request body larger than the proxy\'s max_message_bytes"}',
+                    )
                     self.close_connection = True
                     return
                 body = self.rfile.read(length) if length else None
@@ -235,15 +283,22 @@ class LoggingProxy:
                         local.conn = None
                         if attempt:
                             proxy._count("rest", "503")
-                            self._reply(503, [("Content-Type", "application/json")],
-                                        b'{"error": "TF Serving is not reachable behind the proxy"}')
+                            self._reply(
+                                503,
+                                [("Content-Type", "application/json")],
+                                b'{"error": "TF Serving is not reachable behind the proxy"}',
+                            )
                             return
                 proxy._count("rest", str(upstream.status))
                 match = REST_API.match(self.path.split("?", 1)[0])
                 if match and self.command == "POST" and upstream.status == 200:
-                    meta = {"model": match["name"], "version": int(match["version"]) if match["version"] else None,
-                            "label": match["label"], "signature": None,
-                            "latency_ms": round((time.perf_counter() - started) * 1000.0, 3)}
+                    meta = {
+                        "model": match["name"],
+                        "version": int(match["version"]) if match["version"] else None,
+                        "label": match["label"],
+                        "signature": None,
+                        "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
+                    }
                     proxy.writer.submit(meta, _rest_reader(data, match["verb"]))
                 self._reply(upstream.status, upstream.getheaders(), data)
 
@@ -253,18 +308,23 @@ class LoggingProxy:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "LoggingProxy":
+    def start(self) -> LoggingProxy:
         # What reading a call needs is imported before the first call: imported later, in the tap or writer
         # thread, TensorFlow's protos would hold the interpreter for seconds while calls wait to be relayed.
         import numpy  # noqa: F401
         from tensorflow_serving.apis import classification_pb2, predict_pb2  # noqa: F401
 
         import components.domain  # noqa: F401
-
         from monitoring.grpc_tap import GrpcRelay
 
-        self._relay = GrpcRelay(self.upstream_grpc, self._exchange, host=self.host, port=self.grpc_port,
-                                max_message_bytes=self._max, on_lost=self._untapped).start()
+        self._relay = GrpcRelay(
+            self.upstream_grpc,
+            self._exchange,
+            host=self.host,
+            port=self.grpc_port,
+            max_message_bytes=self._max,
+            on_lost=self._untapped,
+        ).start()
         self.grpc_port = self._relay.port
         if self.upstream_rest and self.rest_port >= 0:
             ThreadingHTTPServer.request_queue_size = 1024  # a real listen backlog
@@ -272,8 +332,13 @@ class LoggingProxy:
             self._rest = ThreadingHTTPServer((self.host, self.rest_port), self._rest_handler())
             self.rest_port = self._rest.server_address[1]
             threading.Thread(target=self._rest.serve_forever, name="proxy-rest", daemon=True).start()
-        log.info("proxy: gRPC %s:%s and REST %s:%s in front of TF Serving", self.host, self.grpc_port, self.host,
-                 self.rest_port)
+        log.info(
+            "proxy: gRPC %s:%s and REST %s:%s in front of TF Serving",
+            self.host,
+            self.grpc_port,
+            self.host,
+            self.rest_port,
+        )
         return self
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -301,8 +366,10 @@ def _rest_reader(raw: bytes, verb: str) -> Callable[[], tuple[dict, dict]]:
 
         body = json.loads(raw)
         if verb == "classify":
-            rows = [[dict((str(c), float(s)) for c, s in result).get(n, 0.0) for n in CLASS_NAMES]
-                    for result in body.get("results", [])]
+            rows = [
+                [dict((str(c), float(s)) for c, s in result).get(n, 0.0) for n in CLASS_NAMES]
+                for result in body.get("results", [])
+            ]
             return {}, {"scores": np.array(rows, np.float32)}
         if "predictions" in body and body["predictions"] and isinstance(body["predictions"][0], dict):
             rows = body["predictions"]

@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ ALLOWED_KEYS: tuple[str, ...] = (
 
 
 def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _plain(value: Any) -> Any:
@@ -104,9 +104,9 @@ class RequestLog:
         out = {key: _plain(record[key]) for key in ALLOWED_KEYS if key in record and record[key] is not None}
         timestamp = out.get("timestamp")
         if isinstance(timestamp, datetime):
-            timestamp = timestamp.astimezone(timezone.utc).isoformat() if timestamp.tzinfo else timestamp.replace(
-                tzinfo=timezone.utc
-            ).isoformat()
+            timestamp = (
+                timestamp.astimezone(UTC).isoformat() if timestamp.tzinfo else timestamp.replace(tzinfo=UTC).isoformat()
+            )
         out["timestamp"] = timestamp or _utc_now_iso()
         if self.store_images:
             image = record.get("image")
@@ -199,7 +199,7 @@ def _flatten(record: dict, class_names: tuple[str, ...]) -> dict:
     return row
 
 
-def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.DataFrame":  # noqa: F821
+def read_requests(directory: str | Path, since: timedelta | None = None) -> pd.DataFrame:  # noqa: F821
     """All logged requests (newer than now - since, when given) as one row each.
 
     Columns: timestamp (UTC datetime), model, version, label, predicted_label,
@@ -235,13 +235,14 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
     frame = pd.DataFrame(rows)
     for column in columns:
         if column not in frame.columns:
-            frame[column] = pd.Series(dtype="float64" if column not in columns[:5] + ["in_distribution", "refer"]
-                                      else "object")
+            frame[column] = pd.Series(
+                dtype="float64" if column not in columns[:5] + ["in_distribution", "refer"] else "object"
+            )
     frame = frame[columns + [c for c in frame.columns if c not in columns]]
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="ISO8601")
     frame = frame.dropna(subset=["timestamp"])
     if since is not None:
-        cutoff = pd.Timestamp(datetime.now(timezone.utc) - since)
+        cutoff = pd.Timestamp(datetime.now(UTC) - since)
         frame = frame[frame["timestamp"] >= cutoff]
     frame = frame.sort_values("timestamp", kind="stable").reset_index(drop=True)
     frame.attrs[SKIPPED_LINES] = skipped
@@ -253,16 +254,21 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> "pd.
 # Outputs copied into a record when the signature has them, besides probabilities and the features:
 # the lead's out-of-distribution and referral outputs (components/train/export.py).
 DEFAULT_LOGGED_OUTPUTS: tuple[str, ...] = ("ood_score", "in_distribution", "refer")
-DEFAULT_MAX_PENDING = 4096       # requests waiting for the writer; beyond this, records are dropped and counted
+DEFAULT_MAX_PENDING = 4096  # requests waiting for the writer; beyond this, records are dropped and counted
 DEFAULT_MAX_PENDING_IMAGE_BYTES = 64 * 1024 * 1024  # only with store_images
-WARNING_INTERVAL_S = 60.0        # at most one warning a minute about drops or write errors
-RETRY_INTERVAL_S = 5.0           # an unusable folder is tried again this often; records in between are dropped
+WARNING_INTERVAL_S = 60.0  # at most one warning a minute about drops or write errors
+RETRY_INTERVAL_S = 5.0  # an unusable folder is tried again this often; records in between are dropped
 
 
 # TensorProto dtype enum -> (numpy dtype, the repeated field holding values when tensor_content is empty).
 _TENSOR_TYPES: dict[int, tuple[Any, str]] = {
-    1: (np.float32, "float_val"), 2: (np.float64, "double_val"), 3: (np.int32, "int_val"),
-    4: (np.uint8, "int_val"), 9: (np.int64, "int64_val"), 10: (np.bool_, "bool_val"), 7: (object, "string_val"),
+    1: (np.float32, "float_val"),
+    2: (np.float64, "double_val"),
+    3: (np.int32, "int_val"),
+    4: (np.uint8, "int_val"),
+    9: (np.int64, "int64_val"),
+    10: (np.bool_, "bool_val"),
+    7: (object, "string_val"),
 }
 
 
@@ -293,8 +299,12 @@ def _as_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def records_from_outputs(meta: dict, outputs: Any, images: list[bytes] | None = None,
-                         logged_outputs: tuple[str, ...] = DEFAULT_LOGGED_OUTPUTS) -> list[dict]:
+def records_from_outputs(
+    meta: dict,
+    outputs: Any,
+    images: list[bytes] | None = None,
+    logged_outputs: tuple[str, ...] = DEFAULT_LOGGED_OUTPUTS,
+) -> list[dict]:
     """Per image, a record of numbers copied from one response's outputs: nothing is computed but an argmax.
 
     `meta` holds model, version, label, signature, latency_ms; `outputs` maps output names to arrays or
@@ -309,13 +319,17 @@ def records_from_outputs(meta: dict, outputs: Any, images: list[bytes] | None = 
     probs = _as_array(outputs[name])
     if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
         return []
-    features = {f: _as_array(outputs[OUTPUT_PREFIX + f]).reshape(-1) for f in FEATURE_NAMES
-                if OUTPUT_PREFIX + f in outputs}
+    features = {
+        f: _as_array(outputs[OUTPUT_PREFIX + f]).reshape(-1) for f in FEATURE_NAMES if OUTPUT_PREFIX + f in outputs
+    }
     extras = {o: _as_array(outputs[o]) for o in logged_outputs if o in outputs}
     records = []
     for i, row in enumerate(probs):
-        record = {**meta, "predicted_label": CLASS_NAMES[int(np.argmax(row))],
-                  "confidences": {c: float(p) for c, p in zip(CLASS_NAMES, row)}}
+        record = {
+            **meta,
+            "predicted_label": CLASS_NAMES[int(np.argmax(row))],
+            "confidences": {c: float(p) for c, p in zip(CLASS_NAMES, row)},
+        }
         if len(features) == len(FEATURE_NAMES):
             record["features"] = {f: float(v[i]) for f, v in features.items()}
         if extras:
@@ -337,12 +351,19 @@ class RequestLogWriter:
     counts them (`dropped`, `on_drop(n)`), warns at most once a minute, and is retried.
     """
 
-    def __init__(self, directory: str | Path, *, store_images: bool = False, file_name: str = FILE_NAME,
-                 max_pending: int = DEFAULT_MAX_PENDING,
-                 max_pending_image_bytes: int = DEFAULT_MAX_PENDING_IMAGE_BYTES,
-                 logged_outputs: tuple[str, ...] = DEFAULT_LOGGED_OUTPUTS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, backup_count: int = DEFAULT_BACKUP_COUNT,
-                 on_drop: Any = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        store_images: bool = False,
+        file_name: str = FILE_NAME,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_image_bytes: int = DEFAULT_MAX_PENDING_IMAGE_BYTES,
+        logged_outputs: tuple[str, ...] = DEFAULT_LOGGED_OUTPUTS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        backup_count: int = DEFAULT_BACKUP_COUNT,
+        on_drop: Any = None,
+    ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.directory = Path(directory)
@@ -371,8 +392,13 @@ class RequestLogWriter:
         if time.monotonic() < self._next_try:
             return None
         try:
-            self._log = RequestLog(self.directory, max_bytes=self._max_bytes, backup_count=self._backup_count,
-                                   store_images=self.store_images, file_name=self._file_name)
+            self._log = RequestLog(
+                self.directory,
+                max_bytes=self._max_bytes,
+                backup_count=self._backup_count,
+                store_images=self.store_images,
+                file_name=self._file_name,
+            )
             if not os.access(self.directory, os.W_OK):
                 raise PermissionError(errno.EACCES, "not writable", str(self.directory))
             if self._warned_unusable:
@@ -383,8 +409,12 @@ class RequestLogWriter:
             self._next_try = time.monotonic() + RETRY_INTERVAL_S
             if not self._warned_unusable:
                 self._warned_unusable = True
-                log.warning("request log folder %s is unusable (%s); serving goes on, records are dropped and "
-                            "counted until it is usable", self.directory, exc)
+                log.warning(
+                    "request log folder %s is unusable (%s); serving goes on, records are dropped and "
+                    "counted until it is usable",
+                    self.directory,
+                    exc,
+                )
         return self._log
 
     def drop(self, count: int, why: str) -> None:

@@ -29,7 +29,9 @@ def _value(token: str, field: tuple[str, int, int, tuple[str, ...]]) -> int:
     if upper in names:
         return names.index(upper) + (1 if name == "month" else 0)
     if not token.isdigit():
-        raise ValueError(f"cron {name} field: {token!r} is not a number" + (f" or one of {','.join(names)}" if names else ""))
+        raise ValueError(
+            f"cron {name} field: {token!r} is not a number" + (f" or one of {','.join(names)}" if names else "")
+        )
     number = int(token)
     if not low <= number <= high:
         raise ValueError(f"cron {name} field: {number} is outside {low}-{high}")
@@ -113,8 +115,8 @@ def create_schedule(
         cron_expression=cron,
         pipeline_package_path=str(package),
         params=params or {},
-        max_concurrency=1,   # never two training runs at once
-        no_catchup=True,     # a scheduler outage does not queue a burst of runs
+        max_concurrency=1,  # never two training runs at once
+        no_catchup=True,  # a scheduler outage does not queue a burst of runs
         enabled=True,
     )
     return {

@@ -22,10 +22,11 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from components import atomic_files
 
@@ -61,16 +62,16 @@ def default_package() -> Path:
 class TriggerConfig:
     """Where a retraining run goes and how often one may start."""
 
-    host: str | None = None                      # KFP API endpoint; None runs the pipeline locally
-    package: str | None = None                   # compiled pipeline (cluster); default $LEUKOFLOW_HOME/pipeline.yaml
+    host: str | None = None  # KFP API endpoint; None runs the pipeline locally
+    package: str | None = None  # compiled pipeline (cluster); default $LEUKOFLOW_HOME/pipeline.yaml
     experiment: str = DEFAULT_EXPERIMENT
     namespace: str | None = field(default_factory=lambda: os.environ.get(KFP_NAMESPACE_ENV) or None)
     arguments: dict[str, Any] = field(default_factory=dict)  # extra pipeline parameters
-    data_dir: str | None = None                  # local runs: the dataset
-    profile: str = "quick"                       # local runs: training profile
+    data_dir: str | None = None  # local runs: the dataset
+    profile: str = "quick"  # local runs: training profile
     cooldown: timedelta = DEFAULT_COOLDOWN
     state_file: Path | None = None
-    local_runner: LocalRunner | None = None      # local runs: the pipeline runner, given by the layer above
+    local_runner: LocalRunner | None = None  # local runs: the pipeline runner, given by the layer above
 
     @property
     def mode(self) -> str:
@@ -78,7 +79,7 @@ class TriggerConfig:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -166,14 +167,18 @@ def submit_kfp(config: TriggerConfig, report_json: str) -> dict[str, Any]:
 def run_locally(config: TriggerConfig, report_json: str) -> dict[str, Any]:
     """Run the whole pipeline here with the local runner (blocks until it ends)."""
     if config.local_runner is None:
-        raise RuntimeError("no local pipeline runner was given: local retraining starts from the `leukoflow` CLI "
-                           "(which passes pipelines.local.run_local); elsewhere give a KFP host")
+        raise RuntimeError(
+            "no local pipeline runner was given: local retraining starts from the `leukoflow` CLI "
+            "(which passes pipelines.local.run_local); elsewhere give a KFP host"
+        )
     from components.home import default_data_dir
 
     data_dir = config.data_dir or str(default_data_dir())
     if not Path(data_dir).is_dir():
         raise FileNotFoundError(f"data directory not found for the local retraining run: {data_dir}")
-    summary = config.local_runner(data_dir=data_dir, profile=config.profile, drift_report=report_json, **config.arguments)
+    summary = config.local_runner(
+        data_dir=data_dir, profile=config.profile, drift_report=report_json, **config.arguments
+    )
     return {
         "mode": "local",
         "status": summary.get("status"),
@@ -182,7 +187,9 @@ def run_locally(config: TriggerConfig, report_json: str) -> dict[str, Any]:
     }
 
 
-def maybe_trigger(result: dict[str, Any], config: TriggerConfig | None = None, now: datetime | None = None) -> dict[str, Any]:
+def maybe_trigger(
+    result: dict[str, Any], config: TriggerConfig | None = None, now: datetime | None = None
+) -> dict[str, Any]:
     """Record this verdict and start a retraining run when the rules above allow; returns what happened."""
     config = config or TriggerConfig()
     path = Path(config.state_file or state_path())
@@ -197,8 +204,13 @@ def maybe_trigger(result: dict[str, Any], config: TriggerConfig | None = None, n
         if go:
             # Claim the episode before starting: a concurrent check sees it and waits out this run.
             state["episode"]["run"] = run_key
-            state["last_trigger"] = {"at": now.isoformat(), "run": run_key, "mode": config.mode, "status": "starting",
-                                     "drift_report": report_json}
+            state["last_trigger"] = {
+                "at": now.isoformat(),
+                "run": run_key,
+                "mode": config.mode,
+                "status": "starting",
+                "drift_report": report_json,
+            }
         save_state(path, state)
     if not go:
         log.info("retraining not triggered: %s", reason)
@@ -214,9 +226,8 @@ def maybe_trigger(result: dict[str, Any], config: TriggerConfig | None = None, n
         log.error("retraining run could not start: %s", error)
     with locked(path):
         state = load_state(path)
-        entry = {"key": run_key, "at": now.isoformat(), "drift_report": report_json, **run,
-                 "started": error is None}
-        state["runs"] = (state.get("runs") or [])[-(MAX_RUNS_KEPT - 1):] + [entry]
+        entry = {"key": run_key, "at": now.isoformat(), "drift_report": report_json, **run, "started": error is None}
+        state["runs"] = (state.get("runs") or [])[-(MAX_RUNS_KEPT - 1) :] + [entry]
         if error is not None:
             if state.get("episode") and state["episode"].get("run") == run_key:
                 state["episode"]["run"] = None
@@ -225,5 +236,10 @@ def maybe_trigger(result: dict[str, Any], config: TriggerConfig | None = None, n
         else:
             state["last_trigger"] = {**(state.get("last_trigger") or {}), **run, "status": "started"}
         save_state(path, state)
-    out = {"triggered": error is None, "reason": reason if error is None else error, "run": run, "state_file": str(path)}
+    out = {
+        "triggered": error is None,
+        "reason": reason if error is None else error,
+        "run": run,
+        "state_file": str(path),
+    }
     return out

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import click
-
 from pipelines.lazy_cli import LazyGroup
 
 DATA_COMMANDS = {
@@ -59,9 +57,7 @@ def main() -> None:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     filter_stderr()
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app(obj={"local_runner": _run_local})
 
 

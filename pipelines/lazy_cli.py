@@ -54,5 +54,6 @@ class _TyperCommand(click.Command):
 
     def invoke(self, ctx: click.Context):
         # obj carries what the root hands down (e.g. the local pipeline runner for `monitor drift --trigger`).
-        return self.command.main(list(ctx.params["args"]), prog_name=ctx.command_path, standalone_mode=True,
-                                 obj=ctx.obj)
+        return self.command.main(
+            list(ctx.params["args"]), prog_name=ctx.command_path, standalone_mode=True, obj=ctx.obj
+        )

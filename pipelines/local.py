@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from components import home
@@ -150,14 +150,22 @@ def run_local(
     before = {p for p in root.iterdir() if p.is_dir()}
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
 
-    started_at = datetime.now(timezone.utc)
+    started_at = datetime.now(UTC)
     run_id = started_at.strftime("%Y%m%d-%H%M%S-%f")
     run_home = home.runs_dir() / run_id
     run_home.mkdir(parents=True, exist_ok=True)
     log_path, record_path = run_home / "pipeline.log", run_home / "run.json"
-    record = {"run_id": run_id, "status": "RUNNING", "started_at": started_at.isoformat(), "finished_at": None,
-              "profile": profile, "data_dir": str(data_path), "drift_report": drift_report or None,
-              "log": str(log_path), "pipeline_root": None}
+    record = {
+        "run_id": run_id,
+        "status": "RUNNING",
+        "started_at": started_at.isoformat(),
+        "finished_at": None,
+        "profile": profile,
+        "data_dir": str(data_path),
+        "drift_report": drift_report or None,
+        "log": str(log_path),
+        "pipeline_root": None,
+    }
     _record(record_path, record)
     _prune_runs()
 
@@ -166,8 +174,9 @@ def run_local(
     status, error = "SUCCEEDED", None
     with open(log_path, "w", encoding="utf-8", buffering=1) as log_file:
         output = RunOutput(log_file, console, verbose=verbose)
-        output.say(f"pipeline started: profile {profile}, models {', '.join(models)}; "
-                   f"full log {home.display(log_path)}")
+        output.say(
+            f"pipeline started: profile {profile}, models {', '.join(models)}; full log {home.display(log_path)}"
+        )
         with _captured(output):
             try:
                 leukoflow_pipeline(
@@ -177,27 +186,42 @@ def run_local(
                     weights=json.dumps(weights or {}),
                     drift_report=drift_report,
                     promote=promote,
-                    external_ood_dir=str(Path(external_ood_dir).resolve()) if external_ood_dir
+                    external_ood_dir=str(Path(external_ood_dir).resolve())
+                    if external_ood_dir
                     else settings.EXTERNAL_OOD_DIR,
                 )
             except Exception as exc:  # the runner raises on a failed task; report it, keep the summary
                 status, error = "FAILED", f"{type(exc).__name__}: {plain(str(exc))}"
                 log_file.write(traceback.format_exc())
             except KeyboardInterrupt:  # the record must not say RUNNING forever
-                _record(record_path, {**record, "status": "INTERRUPTED", "finished_at": datetime.now(timezone.utc).isoformat()})
+                _record(
+                    record_path,
+                    {**record, "status": "INTERRUPTED", "finished_at": datetime.now(UTC).isoformat()},
+                )
                 raise
         failed = output.finish(error)
     run_dir = _new_run_dir(root, before)
     summary = summarize_run(run_dir) if run_dir else {"pipeline_root": None, "models": {}}
-    summary.update(status=status, wall_time_s=round(time.time() - started, 1), profile=profile, log=str(log_path),
-                   steps=output.steps)
+    summary.update(
+        status=status,
+        wall_time_s=round(time.time() - started, 1),
+        profile=profile,
+        log=str(log_path),
+        steps=output.steps,
+    )
     if error:
         summary["error"] = error
         summary["failed_steps"] = failed
     decision = summary.get("decision") or {}
-    record.update(status=status, finished_at=datetime.now(timezone.utc).isoformat(), wall_time_s=summary["wall_time_s"],
-                  pipeline_root=summary.get("pipeline_root"), error=error, failed_steps=failed,
-                  models={k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]} for k, v in summary["models"].items()},
-                  decision={k: decision.get(k) for k in ("promoted", "chosen", "version", "reason")} if decision else None)
+    record.update(
+        status=status,
+        finished_at=datetime.now(UTC).isoformat(),
+        wall_time_s=summary["wall_time_s"],
+        pipeline_root=summary.get("pipeline_root"),
+        error=error,
+        failed_steps=failed,
+        models={k: {"accuracy": v["accuracy"], "macro_f1": v["macro_f1"]} for k, v in summary["models"].items()},
+        decision={k: decision.get(k) for k in ("promoted", "chosen", "version", "reason")} if decision else None,
+    )
     _record(record_path, record)
     return summary

@@ -4,13 +4,11 @@ Runs on a Kubeflow cluster from the compiled IR YAML, and whole, here, under
 `kfp.local.SubprocessRunner(use_venv=False)` (see pipelines/local.py).
 """
 
-
 from pathlib import Path
 
 from kfp import compiler, dsl
 
 from components import settings
-
 from components.dedup.component import dedup_op
 from components.evaluate.component import compare_op, evaluate_op
 from components.preprocess.component import preprocess_op
@@ -29,8 +27,9 @@ TRAIN_ACCELERATOR = "nvidia.com/gpu"
 DATA_CPU, DATA_MEMORY = "2", "4G"
 
 
-def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, external_ood_dir,
-           mount_data=None) -> None:
+def _steps(
+    data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, external_ood_dir, mount_data=None
+) -> None:
     """The pipeline's tasks; `mount_data(task)` attaches the dataset volume to the tasks that read raw images."""
     validate = validate_op(data_dir=data_dir)
     dedup = dedup_op(manifest=validate.outputs["manifest"], hamming=dedup_hamming)
@@ -45,20 +44,24 @@ def _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report
     reference = reference_op(split=split.outputs["split"])
 
     with dsl.ParallelFor(models, parallelism=2) as model_name:
-        train = train_op(split=split.outputs["split"], model_name=model_name, profile=profile, weights=weights, seed=seed)
+        train = train_op(
+            split=split.outputs["split"], model_name=model_name, profile=profile, weights=weights, seed=seed
+        )
         train.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
         train.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(1)
         train.set_retry(num_retries=2, backoff_duration="60s")
-        evaluate = evaluate_op(split=split.outputs["split"], trained=train.outputs["trained"],
-                               external_dir=external_ood_dir)
+        evaluate = evaluate_op(
+            split=split.outputs["split"], trained=train.outputs["trained"], external_dir=external_ood_dir
+        )
         evaluate.set_cpu_request(DATA_CPU).set_memory_request(TRAIN_MEMORY)
         if mount_data:  # the external smears (external_ood_dir) live on the dataset volume
             mount_data(evaluate)
 
     compare_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]))
 
-    gate = gate_op(evaluations=dsl.Collected(evaluate.outputs["evaluation"]), split=split.outputs["split"],
-                   profile=profile)
+    gate = gate_op(
+        evaluations=dsl.Collected(evaluate.outputs["evaluation"]), split=split.outputs["split"], profile=profile
+    )
     with dsl.If(gate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
         with dsl.If(promote == True, name="promotion-enabled"):  # noqa: E712
             promote_task = promote_op(
@@ -79,7 +82,9 @@ def make_pipeline(data_pvc: str | None = None):
         def mount_data(task):
             kubernetes.mount_pvc(task, pvc_name=data_pvc, mount_path="/data")
 
-    @dsl.pipeline(name=PIPELINE_NAME, description="Leukemia blood-smear stage classifier: data, three models, gate, serving.")
+    @dsl.pipeline(
+        name=PIPELINE_NAME, description="Leukemia blood-smear stage classifier: data, three models, gate, serving."
+    )
     def leukoflow_pipeline(
         data_dir: str = "/data",
         profile: str = "quick",
@@ -92,8 +97,9 @@ def make_pipeline(data_pvc: str | None = None):
         external_ood_dir: str = settings.EXTERNAL_OOD_DIR,
     ):
         """Validate, dedup, preprocess and split the data; train three models in parallel; evaluate, gate, promote."""
-        _steps(data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, external_ood_dir,
-               mount_data)
+        _steps(
+            data_dir, profile, models, weights, seed, dedup_hamming, drift_report, promote, external_ood_dir, mount_data
+        )
 
     return leukoflow_pipeline
 

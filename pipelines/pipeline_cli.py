@@ -24,7 +24,9 @@ def _parse_weights(values: list[str]) -> dict[str, str]:
 
 @app.command()
 def compile(
-    output: Path = typer.Option(None, "--output", "-o", help="Where to write the KFP IR YAML (default: $LEUKOFLOW_HOME/pipeline.yaml)."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Where to write the KFP IR YAML (default: $LEUKOFLOW_HOME/pipeline.yaml)."
+    ),
     data_pvc: str = typer.Option("", help="Mount this PersistentVolumeClaim at /data in the data steps (cluster)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -39,17 +41,29 @@ def compile(
 def run(
     local: bool = typer.Option(False, "--local", help="Run here under kfp.local.SubprocessRunner (no cluster)."),
     profile: str = typer.Option("quick", help="quick (2 CPU cores, about 20 min) or full (the paper's protocol)."),
-    data_dir: Path = typer.Option(home.default_data_dir(), help="Dataset root with class folders (`dvc pull` fills data/)."),
+    data_dir: Path = typer.Option(
+        home.default_data_dir(), help="Dataset root with class folders (`dvc pull` fills data/)."
+    ),
     model: list[str] = typer.Option([], "--model", help="Train only these models (repeatable); default all three."),
-    weights: list[str] = typer.Option([], "--weights", help="Override pretrained weights: MODEL=imagenet|none|PATH (repeatable)."),
+    weights: list[str] = typer.Option(
+        [], "--weights", help="Override pretrained weights: MODEL=imagenet|none|PATH (repeatable)."
+    ),
     drift_report: str = typer.Option("", help="Drift report that triggered this run (recorded with the run)."),
     no_promote: bool = typer.Option(False, "--no-promote", help="Evaluate and gate, but never promote."),
     pipeline_root: Path = typer.Option(None, help="Where run artifacts go; default .leukoflow/pipeline-root."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: status, pipeline_root, models (progress goes to stderr)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Stream every task's full output, not one line per step."),
-    external_ood_dir: Path = typer.Option(None, "--external-ood-dir", help="Smears from another lab (none an ALL-stage "
-                                          "image): the gate's out-of-distribution floor is measured on half of them "
-                                          "(default $LEUKOFLOW_EXTERNAL_OOD_DIR; without one, no model is promoted)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object: status, pipeline_root, models (progress goes to stderr)."
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Stream every task's full output, not one line per step."
+    ),
+    external_ood_dir: Path = typer.Option(
+        None,
+        "--external-ood-dir",
+        help="Smears from another lab (none an ALL-stage "
+        "image): the gate's out-of-distribution floor is measured on half of them "
+        "(default $LEUKOFLOW_EXTERNAL_OOD_DIR; without one, no model is promoted).",
+    ),
 ) -> None:
     """Run the whole pipeline (locally with --local): one line per step; the full log goes to a file under the state home."""
     if not local:
@@ -84,8 +98,10 @@ def run(
 def _human_summary(summary: dict) -> str:
     """The run's outcome in a few lines; paths relative to the repository or $LEUKOFLOW_HOME."""
     failed = summary.get("failed_steps")
-    lines = [f"pipeline {summary['status']} in {summary.get('wall_time_s')} s (profile {summary.get('profile')})"
-             + (f": failed step {', '.join(failed)}" if failed else "")]
+    lines = [
+        f"pipeline {summary['status']} in {summary.get('wall_time_s')} s (profile {summary.get('profile')})"
+        + (f": failed step {', '.join(failed)}" if failed else "")
+    ]
     if summary["models"]:
         lines.append(f"  {'model':<12} {'accuracy':>8} {'macro-F1':>8}   (test split)")
         for name, figures in summary["models"].items():
@@ -121,5 +137,7 @@ def schedule(
     from pipelines.pipeline import compile_pipeline
 
     package_path = package or compile_pipeline(home.home() / "pipeline.yaml")
-    result = create_schedule(cron=cron, experiment=experiment, package_path=str(package_path), host=host, job_name=job_name)
+    result = create_schedule(
+        cron=cron, experiment=experiment, package_path=str(package_path), host=host, job_name=job_name
+    )
     emit(result, as_json)

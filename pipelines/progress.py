@@ -19,15 +19,16 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from components.home import display_text
 from pipelines.tf_noise import gpu_present, is_noise
 
 EPOCH_LINES_PER_FIT = 3  # progress lines per model per Keras fit; a run of 3 models stays within ~50 lines
-TAIL_LINES = 15          # lines of a failed step shown on the console
+TAIL_LINES = 15  # lines of a failed step shown on the console
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _EXECUTING = re.compile(r"Executing task '([\w.-]+)'")
@@ -60,7 +61,10 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def _metadata(output: dict) -> dict[str, dict]:
-    return {name: (a.get("artifacts") or [{}])[0].get("metadata") or {} for name, a in (output.get("artifacts") or {}).items()}
+    return {
+        name: (a.get("artifacts") or [{}])[0].get("metadata") or {}
+        for name, a in (output.get("artifacts") or {}).items()
+    }
 
 
 def key_figure(task: str, output: dict) -> str:
@@ -69,11 +73,15 @@ def key_figure(task: str, output: dict) -> str:
     m = md.get("metrics", {})
     n = lambda v: _fmt(float(v), 0) if isinstance(v, (int, float)) else str(v)  # noqa: E731
     if task == "validate-op":
-        return (f"{n(m['images'])} images: {n(m['valid'])} valid, {n(m['quarantined'])} quarantined, "
-                f"{n(m['failed_expectations'])} failed expectations")
+        return (
+            f"{n(m['images'])} images: {n(m['valid'])} valid, {n(m['quarantined'])} quarantined, "
+            f"{n(m['failed_expectations'])} failed expectations"
+        )
     if task == "dedup-op":
-        return (f"{n(m['images'])} in, {n(m['kept'])} kept (duplicate groups: {n(m.get('exact_groups', 0))} exact, "
-                f"{n(m.get('near_groups', 0))} near; label conflicts: {n(m.get('conflict_groups', 0))})")
+        return (
+            f"{n(m['images'])} in, {n(m['kept'])} kept (duplicate groups: {n(m.get('exact_groups', 0))} exact, "
+            f"{n(m.get('near_groups', 0))} near; label conflicts: {n(m.get('conflict_groups', 0))})"
+        )
     if task == "preprocess-op":
         shards = md.get("shards", {})
         return f"{n(shards['count'])} images at {n(shards['image_size'])} px"
@@ -119,8 +127,14 @@ def _loss(value: float) -> str:
 class RunOutput(io.TextIOBase):
     """A stand-in for sys.stdout/sys.stderr during a local run (see the module docstring)."""
 
-    def __init__(self, log: TextIO, console: TextIO, verbose: bool = False, gpu: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        log: TextIO,
+        console: TextIO,
+        verbose: bool = False,
+        gpu: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.log, self.console, self.verbose = log, console, verbose
         self.gpu = gpu_present() if gpu is None else gpu
@@ -211,8 +225,10 @@ class RunOutput(io.TextIOBase):
             every = max(1, math.ceil(total / EPOCH_LINES_PER_FIT))
             if epoch % every == 0 or epoch == total:
                 loss = _VAL_LOSS.search(text)
-                self.say(f"{task.label:<18} epoch {epoch}/{total}: val accuracy {float(match.group(1)):.4f}"
-                         + (f", val loss {_loss(float(loss.group(1)))}" if loss else ""))
+                self.say(
+                    f"{task.label:<18} epoch {epoch}/{total}: val accuracy {float(match.group(1)):.4f}"
+                    + (f", val loss {_loss(float(loss.group(1)))}" if loss else "")
+                )
 
     def _collect_executor_input(self, task: _Task, text: str) -> None:
         task.executor_input.append(text)
@@ -227,9 +243,14 @@ class RunOutput(io.TextIOBase):
         task.executor_input = None
         inputs = spec.get("inputs") or {}
         # train names its model; evaluate reads one trained model; the gate reads them all (no single model).
-        models = {a.get("metadata", {}).get("model") for art in (inputs.get("artifacts") or {}).values()
-                  for a in art.get("artifacts", [])} - {None}
-        task.model = (inputs.get("parameterValues") or {}).get("model_name") or (models.pop() if len(models) == 1 else None)
+        models = {
+            a.get("metadata", {}).get("model")
+            for art in (inputs.get("artifacts") or {}).values()
+            for a in art.get("artifacts", [])
+        } - {None}
+        task.model = (inputs.get("parameterValues") or {}).get("model_name") or (
+            models.pop() if len(models) == 1 else None
+        )
         output_file = (spec.get("outputs") or {}).get("outputFile")
         task.root = Path(output_file).parent if output_file else None
         self._announce(task)
@@ -247,10 +268,23 @@ class RunOutput(io.TextIOBase):
         if status == "ok" and task.root is not None:
             try:
                 figure = key_figure(task.name, json.loads((task.root / "executor_output.json").read_text()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # a figure is never worth a failed run
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+                TypeError,
+                AttributeError,
+            ) as exc:  # a figure is never worth a failed run
                 logging.getLogger(__name__).debug("no key figure for %s: %s", task.name, exc)
-        self.steps.append({"step": step_name(task.name), "model": task.model, "status": status,
-                           "wall_time_s": round(wall, 1), "figure": figure})
+        self.steps.append(
+            {
+                "step": step_name(task.name),
+                "model": task.model,
+                "status": status,
+                "wall_time_s": round(wall, 1),
+                "figure": figure,
+            }
+        )
         self.say(f"{task.label:<18} {status} in {wall:.1f} s" + (f": {figure}" if figure else ""))
         if status != "ok":
             self.console.write(f"  last lines of {task.label}:\n")
@@ -269,8 +303,13 @@ class RunOutput(io.TextIOBase):
             if self._skipped:
                 self.say(f"not run after the failure: {', '.join(self._skipped)}")
             if self.dropped:
-                self.log.write(f"leukoflow: dropped {self.dropped} TensorFlow start-up lines "
-                               f"(oneDNN/CPU-feature notes{'' if self.gpu else ', CUDA probes on a machine without a GPU'})\n")
+                self.log.write(
+                    f"leukoflow: dropped {self.dropped} TensorFlow start-up lines "
+                    f"(oneDNN/CPU-feature notes{'' if self.gpu else ', CUDA probes on a machine without a GPU'})\n"
+                )
             self.flush()
-            return [f"{step['step']} {step['model']}" if step["model"] else step["step"]
-                    for step in self.steps if step["status"] != "ok"]
+            return [
+                f"{step['step']} {step['model']}" if step["model"] else step["step"]
+                for step in self.steps
+                if step["status"] != "ok"
+            ]

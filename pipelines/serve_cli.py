@@ -6,7 +6,7 @@ import directions), so the writer is injected here.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from serving.cli import make_serve_app
 

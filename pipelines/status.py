@@ -10,7 +10,7 @@ at a missing version or when the registry and the model store disagree.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ REQUEST_WINDOW = timedelta(hours=24)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _age(then: datetime | str | None, now: datetime) -> str | None:
@@ -38,7 +38,7 @@ def _age(then: datetime | str | None, now: datetime) -> str | None:
         except ValueError:
             return None
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
+        then = then.replace(tzinfo=UTC)
     seconds = max(0, int((now - then).total_seconds()))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
@@ -54,8 +54,9 @@ def _store_versions(base_path: Path) -> list[int]:
     """Complete versions in a model base path (a version counts once its saved_model.pb is there)."""
     if not base_path.is_dir():
         return []
-    return sorted(int(p.name) for p in base_path.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+    return sorted(
+        int(p.name) for p in base_path.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
 
 
 def serving_section() -> dict[str, Any]:
@@ -91,20 +92,30 @@ def registry_section(now: datetime) -> dict[str, Any]:
         if row is None:
             return None
         tags = row["tags"]
-        created = datetime.fromtimestamp(row["created_ms"] / 1000, timezone.utc) if row.get("created_ms") else None
+        created = datetime.fromtimestamp(row["created_ms"] / 1000, UTC) if row.get("created_ms") else None
         figures = {}
         for key in ("accuracy", "macro_f1"):
             try:
                 figures[key] = float(tags[key])
             except (KeyError, TypeError, ValueError):
                 figures[key] = None
-        return {"version": row["version"], "model": tags.get("model"), **figures,
-                "registered_at": created.isoformat() if created else None, "age": _age(created, now),
-                "model_path": tags.get("model_path"), "pipeline_run_id": tags.get("pipeline_run_id")}
+        return {
+            "version": row["version"],
+            "model": tags.get("model"),
+            **figures,
+            "registered_at": created.isoformat() if created else None,
+            "age": _age(created, now),
+            "model_path": tags.get("model_path"),
+            "pipeline_run_id": tags.get("pipeline_run_id"),
+        }
 
-    return {"uri": uri, "versions": sorted(r["version"] for r in rows),
-            "aliases": {a: r["version"] for r in rows for a in r["aliases"]},
-            "champion": describe("champion"), "challenger": describe("challenger")}
+    return {
+        "uri": uri,
+        "versions": sorted(r["version"] for r in rows),
+        "aliases": {a: r["version"] for r in rows for a in r["aliases"]},
+        "champion": describe("champion"),
+        "challenger": describe("challenger"),
+    }
 
 
 def pipeline_section(now: datetime) -> dict[str, Any] | None:
@@ -113,8 +124,20 @@ def pipeline_section(now: datetime) -> dict[str, Any] | None:
     record = last_run()
     if record is None:
         return None
-    keys = ("run_id", "status", "started_at", "finished_at", "wall_time_s", "profile", "pipeline_root", "log",
-            "error", "failed_steps", "decision", "drift_report")
+    keys = (
+        "run_id",
+        "status",
+        "started_at",
+        "finished_at",
+        "wall_time_s",
+        "profile",
+        "pipeline_root",
+        "log",
+        "error",
+        "failed_steps",
+        "decision",
+        "drift_report",
+    )
     return {**{k: record.get(k) for k in keys}, "age": _age(record.get("finished_at") or record.get("started_at"), now)}
 
 
@@ -127,13 +150,24 @@ def drift_section(now: datetime, trigger_state: dict[str, Any]) -> dict[str, Any
             summary = json.loads(path.read_text()).get("summary") or {}
         except (OSError, json.JSONDecodeError):
             continue
-        return {"status": summary.get("status"), "checked_at": summary.get("checked_at"),
-                "age": _age(summary.get("checked_at"), now), "drifted_features": summary.get("drifted_features") or [],
-                "images": summary.get("images"), "report_json": str(path)}
+        return {
+            "status": summary.get("status"),
+            "checked_at": summary.get("checked_at"),
+            "age": _age(summary.get("checked_at"), now),
+            "drifted_features": summary.get("drifted_features") or [],
+            "images": summary.get("images"),
+            "report_json": str(path),
+        }
     check = trigger_state.get("last_check")
     if check:
-        return {"status": check.get("status"), "checked_at": check.get("at"), "age": _age(check.get("at"), now),
-                "drifted_features": [], "images": None, "report_json": check.get("report_json")}
+        return {
+            "status": check.get("status"),
+            "checked_at": check.get("at"),
+            "age": _age(check.get("at"), now),
+            "drifted_features": [],
+            "images": None,
+            "report_json": check.get("report_json"),
+        }
     return None
 
 
@@ -144,11 +178,15 @@ def trigger_section(now: datetime, state: dict[str, Any], state_file: Path) -> d
     next_allowed = None
     if last.get("at"):
         next_allowed = datetime.fromisoformat(last["at"]) + DEFAULT_COOLDOWN
-    return {"state_file": str(state_file), "episode": state.get("episode"), "last_trigger": last or None,
-            "cooldown_h": DEFAULT_COOLDOWN.total_seconds() / 3600,
-            "in_cooldown": bool(next_allowed and now < next_allowed),
-            "next_allowed_at": next_allowed.isoformat() if next_allowed else None,
-            "runs": len(state.get("runs") or [])}
+    return {
+        "state_file": str(state_file),
+        "episode": state.get("episode"),
+        "last_trigger": last or None,
+        "cooldown_h": DEFAULT_COOLDOWN.total_seconds() / 3600,
+        "in_cooldown": bool(next_allowed and now < next_allowed),
+        "next_allowed_at": next_allowed.isoformat() if next_allowed else None,
+        "runs": len(state.get("runs") or []),
+    }
 
 
 def request_section(now: datetime, window: timedelta = REQUEST_WINDOW) -> dict[str, Any]:
@@ -159,7 +197,7 @@ def request_section(now: datetime, window: timedelta = REQUEST_WINDOW) -> dict[s
     cutoff = now - window
     total, by_version = 0, {}
     for path in log_files(directory) if directory.is_dir() else []:
-        if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < cutoff:
+        if datetime.fromtimestamp(path.stat().st_mtime, UTC) < cutoff:
             continue
         with path.open("r", encoding="utf-8", errors="replace") as handle:
             for line in handle:
@@ -168,12 +206,16 @@ def request_section(now: datetime, window: timedelta = REQUEST_WINDOW) -> dict[s
                     stamp = datetime.fromisoformat(record["timestamp"])
                 except (ValueError, KeyError, TypeError):
                     continue
-                if (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)) >= cutoff:
+                if (stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)) >= cutoff:
                     total += 1
                     key = str(record.get("version"))
                     by_version[key] = by_version.get(key, 0) + 1
-    return {"directory": str(directory), "window_h": window.total_seconds() / 3600, "requests": total,
-            "by_version": by_version}
+    return {
+        "directory": str(directory),
+        "window_h": window.total_seconds() / 3600,
+        "requests": total,
+        "by_version": by_version,
+    }
 
 
 def problems(serving: dict[str, Any], registry: dict[str, Any]) -> list[str]:
@@ -184,7 +226,9 @@ def problems(serving: dict[str, Any], registry: dict[str, Any]) -> list[str]:
         if version not in served:
             found.append(f"label {label} points at version {version}, which models.config does not serve")
         if version not in store:
-            found.append(f"label {label} points at version {version}, which is not in the model store {home.display(serving['base_path'])}")
+            found.append(
+                f"label {label} points at version {version}, which is not in the model store {home.display(serving['base_path'])}"
+            )
     for version in sorted(served - store):
         found.append(f"models.config serves version {version}, which is not in the model store")
     registered = set(registry["versions"])
@@ -195,7 +239,9 @@ def problems(serving: dict[str, Any], registry: dict[str, Any]) -> list[str]:
     for label, alias in ALIASES.items():
         label_version, alias_version = serving["labels"].get(label), registry["aliases"].get(alias)
         if label_version != alias_version:
-            found.append(f"models.config label {label} is version {label_version}, but the registry's {alias} is {alias_version}")
+            found.append(
+                f"models.config label {label} is version {label_version}, but the registry's {alias} is {alias_version}"
+            )
     return found
 
 
@@ -227,8 +273,10 @@ def _model_line(role: str, entry: dict[str, Any] | None) -> str:
     if entry is None:
         return f"{role:<11} none"
     f = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    return (f"{role:<11} version {entry['version']} ({entry['model']}): accuracy {f(entry['accuracy'])}, "
-            f"macro-F1 {f(entry['macro_f1'])}, registered {entry['age']} ago")
+    return (
+        f"{role:<11} version {entry['version']} ({entry['model']}): accuracy {f(entry['accuracy'])}, "
+        f"macro-F1 {f(entry['macro_f1'])}, registered {entry['age']} ago"
+    )
 
 
 def human(result: dict[str, Any]) -> str:
@@ -237,34 +285,44 @@ def human(result: dict[str, Any]) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in sorted(s["labels"].items())) or "none"
     lines = [
         f"served      {s['name']}: versions {s['versions'] or 'none'}, labels {labels} ({d(s['models_config'])})"
-        if s["configured"] else f"served      {s['name']}: not configured yet ({d(s['models_config'])} has no entry)",
+        if s["configured"]
+        else f"served      {s['name']}: not configured yet ({d(s['models_config'])} has no entry)",
         f"store       versions {s['store_versions'] or 'none'} in {d(s['base_path'])}; registry versions {r['versions'] or 'none'}",
         _model_line("champion", r["champion"]),
         _model_line("challenger", r["challenger"]),
     ]
     run = result["last_pipeline_run"]
     if run:
-        lines.append(f"last run    {run['status']} {run['age']} ago (profile {run['profile']}, {run.get('wall_time_s') or '?'} s)"
-                     + (f", artifacts {d(run['pipeline_root'])}" if run.get("pipeline_root") else "")
-                     + (f", log {d(run['log'])}" if run.get("log") else "")
-                     + (f"; a retraining for drift report {d(run['drift_report'])}" if run.get("drift_report") else ""))
+        lines.append(
+            f"last run    {run['status']} {run['age']} ago (profile {run['profile']}, {run.get('wall_time_s') or '?'} s)"
+            + (f", artifacts {d(run['pipeline_root'])}" if run.get("pipeline_root") else "")
+            + (f", log {d(run['log'])}" if run.get("log") else "")
+            + (f"; a retraining for drift report {d(run['drift_report'])}" if run.get("drift_report") else "")
+        )
     else:
         lines.append("last run    none recorded")
     drift = result["last_drift_check"]
     if drift:
         moved = f" ({', '.join(drift['drifted_features'])})" if drift["drifted_features"] else ""
-        lines.append(f"drift check {drift['status']}{moved} {drift['age']} ago, report {d(drift['report_json']) if drift['report_json'] else 'n/a'}")
+        lines.append(
+            f"drift check {drift['status']}{moved} {drift['age']} ago, report {d(drift['report_json']) if drift['report_json'] else 'n/a'}"
+        )
     else:
         lines.append("drift check none yet")
     t = result["trigger"]
     last = t["last_trigger"]
     episode = t["episode"]
-    lines.append("trigger     " + (f"drift episode since {episode.get('started_at')}" if episode else "no drift episode")
-                 + (f"; last retraining started {last.get('at')} ({last.get('status')})" if last else "; no retraining yet")
-                 + (f"; cooldown until {t['next_allowed_at']}" if t["in_cooldown"] else "; not in cooldown"))
+    lines.append(
+        "trigger     "
+        + (f"drift episode since {episode.get('started_at')}" if episode else "no drift episode")
+        + (f"; last retraining started {last.get('at')} ({last.get('status')})" if last else "; no retraining yet")
+        + (f"; cooldown until {t['next_allowed_at']}" if t["in_cooldown"] else "; not in cooldown")
+    )
     q = result["request_log"]
     lines.append(f"requests    {q['requests']} in the last {q['window_h']:.0f} h ({d(q['directory'])})")
-    lines += [f"PROBLEM: {p}" for p in result["problems"]] or ["consistent: labels, models.config, model store and registry agree"]
+    lines += [f"PROBLEM: {p}" for p in result["problems"]] or [
+        "consistent: labels, models.config, model store and registry agree"
+    ]
     return "\n".join(lines)
 
 

@@ -68,8 +68,13 @@ def filter_stderr() -> None:
     try:
         original = os.dup(2)
         read_end, write_end = os.pipe()
-        child = subprocess.Popen([sys.executable, "-S", "-c", _FILTER.replace("__MARKERS__", json.dumps(markers(gpu_present())))],
-                                 stdin=read_end, stdout=original, stderr=original, close_fds=True)
+        child = subprocess.Popen(
+            [sys.executable, "-S", "-c", _FILTER.replace("__MARKERS__", json.dumps(markers(gpu_present())))],
+            stdin=read_end,
+            stdout=original,
+            stderr=original,
+            close_fds=True,
+        )
     except OSError:
         return  # no filter is better than no command
     os.close(read_end)

@@ -22,9 +22,10 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,13 @@ class BatchingParameters:
 
 
 _FIELD = re.compile(r"(\w+)\s*(?::\s*)?\{\s*value\s*:\s*(-?\d+|true|false)\s*\}|(\w+)\s*:\s*(-?\d+|true|false)")
-_KNOWN = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads", "max_execution_batch_size")
+_KNOWN = (
+    "max_batch_size",
+    "batch_timeout_micros",
+    "max_enqueued_batches",
+    "num_batch_threads",
+    "max_execution_batch_size",
+)
 _FLAGS = ("enable_large_batch_splitting",)
 # Fields of BatchingParameters that are accepted (TF Serving reads them) but have no effect here.
 _IGNORED = ("allowed_batch_sizes", "pad_variable_length_inputs", "thread_pool_name")
@@ -84,7 +91,9 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         elif name in (*_KNOWN, *_FLAGS):
             raise ValueError(f"batching parameters: {name} cannot be {value}")
         elif name not in _IGNORED and name != "value":
-            raise ValueError(f"batching parameters: unknown field {name!r}; expected one of {', '.join((*_KNOWN, *_FLAGS))}")
+            raise ValueError(
+                f"batching parameters: unknown field {name!r}; expected one of {', '.join((*_KNOWN, *_FLAGS))}"
+            )
     leftovers = _FIELD.sub("", stripped)
     leftovers = re.sub(r"\b(" + "|".join(_IGNORED) + r")\b\s*:?\s*(\{[^}]*\}|\"[^\"]*\"|\S+)", "", leftovers).strip()
     if leftovers:
@@ -100,8 +109,10 @@ def _validated(values: dict[str, int | bool]) -> BatchingParameters:
         if value is not None and value < minimum:
             raise ValueError(f"batching parameters: {name} must be >= {minimum}, got {value}")
     if params.execution_batch_size > params.max_batch_size:
-        raise ValueError(f"batching parameters: max_execution_batch_size ({params.max_execution_batch_size}) "
-                         f"must be <= max_batch_size ({params.max_batch_size})")
+        raise ValueError(
+            f"batching parameters: max_execution_batch_size ({params.max_execution_batch_size}) "
+            f"must be <= max_batch_size ({params.max_batch_size})"
+        )
     if params.max_execution_batch_size is not None and not params.enable_large_batch_splitting:
         log.warning("batching parameters: max_execution_batch_size has no effect without enable_large_batch_splitting")
     return params
@@ -169,13 +180,20 @@ class Batcher:
         self._queues: dict[Any, _Queue] = {}
         self._stopped = False
         self._threads = [
-            threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True) for i in range(params.num_batch_threads)
+            threading.Thread(target=self._worker, name=f"batch-{i}", daemon=True)
+            for i in range(params.num_batch_threads)
         ]
         for t in self._threads:
             t.start()
 
-    def submit(self, key: Any, inputs: dict[str, np.ndarray], runner: Callable[[dict], dict], timeout: float | None = None,
-               alive: Callable[[], bool] | None = None) -> dict[str, np.ndarray]:
+    def submit(
+        self,
+        key: Any,
+        inputs: dict[str, np.ndarray],
+        runner: Callable[[dict], dict],
+        timeout: float | None = None,
+        alive: Callable[[], bool] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Queue one request (all inputs share a first dimension) and wait for its slice of the batch output.
 
         `timeout` is the caller's remaining deadline in seconds; `alive()` says whether the caller is still there.
@@ -314,8 +332,9 @@ class Batcher:
         else:
             self._finish(piece, outputs=outputs)
 
-    def _finish(self, piece: _Piece, outputs: dict[str, np.ndarray] | None = None,
-                error: BaseException | None = None) -> None:
+    def _finish(
+        self, piece: _Piece, outputs: dict[str, np.ndarray] | None = None, error: BaseException | None = None
+    ) -> None:
         """One piece is over: the request answers once all of its pieces are in, or at its first error."""
         task = piece.task
         with self._cond:

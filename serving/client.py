@@ -12,9 +12,10 @@ import io
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from components import domain, settings
 
@@ -83,10 +84,19 @@ class Prediction:
         return refer_reason(self.in_distribution is not False, self.prediction_set or ())
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "confidences": self.confidences, "model_version": self.model_version}
+        out: dict[str, Any] = {
+            "label": self.label,
+            "confidences": self.confidences,
+            "model_version": self.model_version,
+        }
         if self.refer is not None:
-            out.update(ood_score=self.ood_score, in_distribution=self.in_distribution,
-                       prediction_set=list(self.prediction_set or ()), refer=self.refer, reason=self.reason)
+            out.update(
+                ood_score=self.ood_score,
+                in_distribution=self.in_distribution,
+                prediction_set=list(self.prediction_set or ()),
+                refer=self.refer,
+                reason=self.reason,
+            )
         return out
 
 
@@ -99,12 +109,22 @@ def _refer_outputs(response: Any, count: int) -> list[dict[str, Any]]:
         return [{} for _ in range(count)]
     values = {name: np.asarray(tensor_util.MakeNdarray(response.outputs[name])) for name in REFER_OUTPUTS}
     if values["prediction_set"].shape != (count, domain.NUM_CLASSES) or any(
-            values[name].shape != (count,) for name in ("ood_score", "in_distribution", "refer")):
-        raise ServingError("INTERNAL", "the referral outputs do not have one value (one row) per image: "
-                           + ", ".join(f"{k} {v.shape}" for k, v in values.items()))
-    return [{"ood_score": float(values["ood_score"][i]), "in_distribution": bool(values["in_distribution"][i]),
-             "prediction_set": tuple(n for n, inside in zip(domain.CLASS_NAMES, values["prediction_set"][i]) if inside),
-             "refer": bool(values["refer"][i])} for i in range(count)]
+        values[name].shape != (count,) for name in ("ood_score", "in_distribution", "refer")
+    ):
+        raise ServingError(
+            "INTERNAL",
+            "the referral outputs do not have one value (one row) per image: "
+            + ", ".join(f"{k} {v.shape}" for k, v in values.items()),
+        )
+    return [
+        {
+            "ood_score": float(values["ood_score"][i]),
+            "in_distribution": bool(values["in_distribution"][i]),
+            "prediction_set": tuple(n for n, inside in zip(domain.CLASS_NAMES, values["prediction_set"][i]) if inside),
+            "refer": bool(values["refer"][i]),
+        }
+        for i in range(count)
+    ]
 
 
 def is_tiff(data: bytes) -> bool:
@@ -137,12 +157,12 @@ class ServingClient:
 
     target: str = DEFAULT_TARGET
     model_name: str = settings.SERVED_MODEL_NAME
-    deadline_s: float = 10.0          # per call, retries included
-    retries: int = 4                  # extra attempts on UNAVAILABLE
+    deadline_s: float = 10.0  # per call, retries included
+    retries: int = 4  # extra attempts on UNAVAILABLE
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
-    root_cert: Path | None = None     # PEM root certificate: TLS when set
-    client_cert: Path | None = None   # PEM certificate and key for mutual TLS
+    root_cert: Path | None = None  # PEM root certificate: TLS when set
+    client_cert: Path | None = None  # PEM certificate and key for mutual TLS
     client_key: Path | None = None
     _channel: Any = field(default=None, init=False, repr=False)
     _stubs: dict = field(default_factory=dict, init=False, repr=False)
@@ -172,7 +192,7 @@ class ServingClient:
             self._channel = None
             self._stubs.clear()
 
-    def __enter__(self) -> "ServingClient":
+    def __enter__(self) -> ServingClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -247,7 +267,9 @@ class ServingClient:
         request.inputs[INPUT_KEY].CopyFrom(
             tensor_pb2.TensorProto(
                 dtype=types_pb2.DT_STRING,
-                tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(images))]),
+                tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                    dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(images))]
+                ),
                 string_val=list(images),
             )
         )
@@ -268,7 +290,9 @@ class ServingClient:
         probs = np.asarray(tensor_util.MakeNdarray(response.outputs["probabilities"]), dtype=float)
         served = response.model_spec.version.value if response.model_spec.HasField("version") else None
         if probs.shape != (len(images), domain.NUM_CLASSES):
-            raise ServingError("INTERNAL", f"expected probabilities of shape {(len(images), domain.NUM_CLASSES)}, got {probs.shape}")
+            raise ServingError(
+                "INTERNAL", f"expected probabilities of shape {(len(images), domain.NUM_CLASSES)}, got {probs.shape}"
+            )
         refer = _refer_outputs(response, len(images))
         return [
             Prediction(
@@ -301,12 +325,11 @@ class ServingClient:
             )
             request.input.example_list.examples.append(example)
         response = self.call(self._prediction_stub().Classify, request, deadline_s)
-        return [
-            {c.label: float(c.score) for c in result.classes}
-            for result in response.result.classifications
-        ]
+        return [{c.label: float(c.score) for c in result.classes} for result in response.result.classifications]
 
-    def status(self, label: str | None = None, version: int | None = None, deadline_s: float | None = None) -> list[dict]:
+    def status(
+        self, label: str | None = None, version: int | None = None, deadline_s: float | None = None
+    ) -> list[dict]:
         """GetModelStatus: per version, its state (AVAILABLE, LOADING, ...) and error, as TF Serving reports them."""
         from tensorflow_serving.apis import get_model_status_pb2
 
@@ -348,4 +371,8 @@ class ServingClient:
             name: {"method_name": sig.method_name, "inputs": tensors(sig.inputs), "outputs": tensors(sig.outputs)}
             for name, sig in sigmap.signature_def.items()
         }
-        return {"model": response.model_spec.name, "version": int(response.model_spec.version.value), "signatures": signatures}
+        return {
+            "model": response.model_spec.name,
+            "version": int(response.model_spec.version.value),
+            "signatures": signatures,
+        }

@@ -134,6 +134,12 @@ def graph_error_message(text: str) -> str:
     <stack>\n<message>\n\t [[{{node X}}]] [Op:...]": the message is the last line before the node marker.
     """
     lines = [line.strip() for line in text.strip().splitlines()]
-    kept = [line for line in lines if line and not line.startswith(("[[", "Graph execution error", "Detected at node",
-                                                                    "<stack traces", "File \"", "Traceback"))]
+    kept = [
+        line
+        for line in lines
+        if line
+        and not line.startswith(
+            ("[[", "Graph execution error", "Detected at node", "<stack traces", 'File "', "Traceback")
+        )
+    ]
     return kept[-1] if kept else text.strip()

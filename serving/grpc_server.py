@@ -44,8 +44,7 @@ def _servicer_classes() -> tuple[type, type]:
                     log.exception("%s failed", api)
                 context.abort(err.code, err.message)
             finally:
-                self.core.metrics.observe(api, name, version, code,
-                                          time.perf_counter() - start)
+                self.core.metrics.observe(api, name, version, code, time.perf_counter() - start)
 
         def Predict(self, request, context):  # noqa: N802 - gRPC method name
             return self._call("grpc_predict", predict, request, context)
@@ -57,7 +56,9 @@ def _servicer_classes() -> tuple[type, type]:
             return self._call("grpc_metadata", get_model_metadata, request, context)
 
         def Regress(self, request, context):  # noqa: N802
-            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the model has no regression signature")
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the model has no regression signature"
+            )
 
         def MultiInference(self, request, context):  # noqa: N802
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server")
@@ -83,8 +84,7 @@ def _servicer_classes() -> tuple[type, type]:
     return PredictionServicer, ModelServicer
 
 
-def start_grpc_server(core: Any, host: str, port: int, max_threads: int,
-                      ssl: Any = None) -> tuple[grpc.Server, int]:
+def start_grpc_server(core: Any, host: str, port: int, max_threads: int, ssl: Any = None) -> tuple[grpc.Server, int]:
     """Start the gRPC server; returns it and the bound port."""
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -100,7 +100,8 @@ def start_grpc_server(core: Any, host: str, port: int, max_threads: int,
     address = f"{host}:{port}"
     if ssl is not None:
         creds = grpc.ssl_server_credentials(
-            [(ssl.server_key, ssl.server_cert)], root_certificates=ssl.custom_ca, require_client_auth=ssl.client_verify)
+            [(ssl.server_key, ssl.server_cert)], root_certificates=ssl.custom_ca, require_client_auth=ssl.client_verify
+        )
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)

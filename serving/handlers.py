@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from components.servable import DEFAULT_SIGNATURE, example_list
 from serving.errors import ServingError, detached_error, invalid_argument
 from serving.limits import check_batch, example_images
-from components.servable import DEFAULT_SIGNATURE, example_list
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,18 @@ def to_ndarray(alias: str, proto: Any) -> np.ndarray:
 
 
 # TensorProto fields that carry values, by their per-value size in bytes (strings: their own length).
-_VALUE_FIELDS = {"half_val": 2, "float_val": 4, "double_val": 8, "int_val": 4, "int64_val": 8, "bool_val": 1,
-                 "uint32_val": 4, "uint64_val": 8, "dcomplex_val": 16, "scomplex_val": 8}
+_VALUE_FIELDS = {
+    "half_val": 2,
+    "float_val": 4,
+    "double_val": 8,
+    "int_val": 4,
+    "int64_val": 8,
+    "bool_val": 1,
+    "uint32_val": 4,
+    "uint64_val": 8,
+    "dcomplex_val": 16,
+    "scomplex_val": 8,
+}
 
 
 def check_tensor_proto(alias: str, proto: Any, limits: Any) -> None:
@@ -70,13 +80,16 @@ def check_tensor_proto(alias: str, proto: Any, limits: Any) -> None:
     if proto.tensor_content:
         itemsize = max(1, len(proto.tensor_content) // max(1, elements))
         if len(proto.tensor_content) != elements * itemsize:
-            raise invalid_argument(f"tensor parsing error: {alias}: {len(proto.tensor_content)} bytes of content "
-                                   f"do not fit its shape {dims}")
+            raise invalid_argument(
+                f"tensor parsing error: {alias}: {len(proto.tensor_content)} bytes of content "
+                f"do not fit its shape {dims}"
+            )
         return
     strings = len(proto.string_val)
     if strings > elements:
-        raise invalid_argument(f"tensor parsing error: {alias} holds {strings} strings for its shape {dims} "
-                               f"({elements} elements)")
+        raise invalid_argument(
+            f"tensor parsing error: {alias} holds {strings} strings for its shape {dims} ({elements} elements)"
+        )
     total = sum(len(v) for v in proto.string_val) if strings else 0
     for name, size in _VALUE_FIELDS.items():
         count = len(getattr(proto, name))
@@ -84,8 +97,9 @@ def check_tensor_proto(alias: str, proto: Any, limits: Any) -> None:
             raise invalid_argument(f"tensor parsing error: {alias} holds {count} values for its shape {dims}")
         total += count * size
     if total > limits.max_message_bytes:
-        raise invalid_argument(f"input {alias!r} holds {total} bytes, more than the limit "
-                               f"max_message_bytes={limits.max_message_bytes}")
+        raise invalid_argument(
+            f"input {alias!r} holds {total} bytes, more than the limit max_message_bytes={limits.max_message_bytes}"
+        )
 
 
 def to_tensor_proto(arr: np.ndarray) -> Any:
@@ -94,15 +108,24 @@ def to_tensor_proto(arr: np.ndarray) -> Any:
     return tf.make_tensor_proto(arr)
 
 
-def run_predict(core: Any, servable: Any, label: str | None, signature_name: str,
-                inputs: dict[str, np.ndarray], output_filter: list[str]) -> tuple[str, dict[str, np.ndarray]]:
+def run_predict(
+    core: Any,
+    servable: Any,
+    label: str | None,
+    signature_name: str,
+    inputs: dict[str, np.ndarray],
+    output_filter: list[str],
+) -> tuple[str, dict[str, np.ndarray]]:
     """The Predict path shared by gRPC and REST on a resolved servable: (signature key, filtered outputs)."""
     key = signature_name or DEFAULT_SIGNATURE
     sig = servable.signature(key)  # FAILED_PRECONDITION 'Serving signature key "x" not found.'
     if sig.method_name not in PREDICT_METHODS:
-        raise ServingError(grpc.StatusCode.INTERNAL,
-                           "Expected prediction signature method_name to be one of {" + ", ".join(PREDICT_METHODS)
-                           + f"}}. Was: {sig.method_name}")
+        raise ServingError(
+            grpc.StatusCode.INTERNAL,
+            "Expected prediction signature method_name to be one of {"
+            + ", ".join(PREDICT_METHODS)
+            + f"}}. Was: {sig.method_name}",
+        )
     for alias in inputs:
         if alias not in sig.inputs:
             raise invalid_argument(
@@ -134,8 +157,9 @@ def predict(core: Any, request: Any) -> Any:
     for alias, t in request.inputs.items():  # all of them, before the first is materialised
         check_tensor_proto(alias, t, core.limits)
     inputs = {alias: to_ndarray(alias, t) for alias, t in request.inputs.items()}
-    key, outputs = run_predict(core, servable, label, request.model_spec.signature_name, inputs,
-                               list(request.output_filter))
+    key, outputs = run_predict(
+        core, servable, label, request.model_spec.signature_name, inputs, list(request.output_filter)
+    )
     response = predict_pb2.PredictResponse()
     _fill_spec(response.model_spec, servable, key)
     for alias, arr in outputs.items():
@@ -143,8 +167,9 @@ def predict(core: Any, request: Any) -> Any:
     return response
 
 
-def run_classify(core: Any, servable: Any, label: str | None, signature_name: str,
-                 examples: list[bytes]) -> tuple[str, list[list[tuple[str, float]]]]:
+def run_classify(
+    core: Any, servable: Any, label: str | None, signature_name: str, examples: list[bytes]
+) -> tuple[str, list[list[tuple[str, float]]]]:
     """The Classify path shared by gRPC and REST on a resolved servable: (key, per example [(class, score)])."""
     key = signature_name or DEFAULT_SIGNATURE
     if key not in servable.signatures:
@@ -152,7 +177,8 @@ def run_classify(core: Any, servable: Any, label: str | None, signature_name: st
     sig = servable.signatures[key]
     if sig.method_name != CLASSIFY_METHOD:
         raise invalid_argument(
-            f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: {sig.method_name}")
+            f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: {sig.method_name}"
+        )
     if not examples:
         raise invalid_argument("Input is empty.")
     if len(sig.inputs) != 1:
@@ -160,8 +186,9 @@ def run_classify(core: Any, servable: Any, label: str | None, signature_name: st
     (alias,) = list(sig.inputs)
     check_batch("examples", len(examples), core.limits)
     images = core.check_encoded("examples", np.array(example_images(examples), dtype=object))
-    outputs = core.execute(servable, key, {alias: np.array(examples, dtype=object)}, label=label,
-                           encoded={"examples": images})
+    outputs = core.execute(
+        servable, key, {alias: np.array(examples, dtype=object)}, label=label, encoded={"examples": images}
+    )
     scores = outputs.get("scores")
     classes = outputs.get("classes")
     result = []

@@ -64,7 +64,9 @@ def image_header(alias: str, index: int, data: bytes, limits: Limits) -> tuple[s
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise invalid_argument(f"{where} is larger than the limit max_image_pixels={limits.max_image_pixels}: {exc}") from None
+        raise invalid_argument(
+            f"{where} is larger than the limit max_image_pixels={limits.max_image_pixels}: {exc}"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise invalid_argument(
             f"{where} is not an image in a supported format (JPEG, PNG, BMP, GIF, WebP): "
@@ -74,7 +76,9 @@ def image_header(alias: str, index: int, data: bytes, limits: Limits) -> tuple[s
         fmt = img.format or "unknown"
         width, height = img.size
     if fmt not in ACCEPTED_FORMATS:
-        raise invalid_argument(f"{where} is {fmt}, not a supported format (JPEG, PNG, BMP, GIF, WebP); convert it first")
+        raise invalid_argument(
+            f"{where} is {fmt}, not a supported format (JPEG, PNG, BMP, GIF, WebP); convert it first"
+        )
     if width * height > limits.max_image_pixels:
         raise invalid_argument(
             f"{where} is {width}x{height} = {width * height} pixels, more than the limit "

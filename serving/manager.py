@@ -16,12 +16,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from serving.errors import ServingError, detached_error, failed_precondition, invalid_argument, not_found, servable_not_found
 from components.servable import Servable
+from serving.errors import (
+    ServingError,
+    detached_error,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    servable_not_found,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +70,20 @@ def entries_from_proto(config: Any) -> list[ModelEntry]:
             raise invalid_argument(f"Illegal to list model {mc.name} multiple times in config list")
         seen.add(mc.name)
         if mc.model_platform and mc.model_platform != "tensorflow":
-            raise invalid_argument(f"Model {mc.name}: model_platform {mc.model_platform!r} is not supported (tensorflow)")
+            raise invalid_argument(
+                f"Model {mc.name}: model_platform {mc.model_platform!r} is not supported (tensorflow)"
+            )
         policy = mc.model_version_policy.WhichOneof("policy_choice") or "latest"
         num = mc.model_version_policy.latest.num_versions or 1
         versions = tuple(mc.model_version_policy.specific.versions)
         entries.append(
             ModelEntry(
-                name=mc.name, base_path=Path(mc.base_path).absolute(), policy=policy, num_versions=num,
-                versions=versions, labels=dict(mc.version_labels),
+                name=mc.name,
+                base_path=Path(mc.base_path).absolute(),
+                policy=policy,
+                num_versions=num,
+                versions=versions,
+                labels=dict(mc.version_labels),
             )
         )
     return entries
@@ -108,7 +122,7 @@ def aspired_versions(entry: ModelEntry, on_disk: list[int]) -> set[int]:
         return set(on_disk)
     if entry.policy == "specific":
         return set(entry.versions) & set(on_disk)
-    return set(sorted(on_disk)[-entry.num_versions:]) if on_disk else set()
+    return set(sorted(on_disk)[-entry.num_versions :]) if on_disk else set()
 
 
 class ModelManager:
@@ -143,7 +157,9 @@ class ModelManager:
         if not name:
             raise invalid_argument("ModelSpec has no name specified.")
         if version is not None and label:
-            raise invalid_argument(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+            raise invalid_argument(
+                f"Both model version ({version}) and model version label ({label}) cannot be supplied."
+            )
         with self._lock:
             if label:
                 version = self._label_version(name, label)
@@ -254,8 +270,12 @@ class ModelManager:
                     for v in sorted(set(entry.versions) - set(on_disk)):
                         if (entry.name, v) not in self._missing_warned:  # once, not every poll
                             self._missing_warned.add((entry.name, v))
-                            log.warning("%s: version %d named by the specific policy is not in %s",
-                                        entry.name, v, entry.base_path)
+                            log.warning(
+                                "%s: version %d named by the specific policy is not in %s",
+                                entry.name,
+                                v,
+                                entry.base_path,
+                            )
                 for v in sorted(aspired - set(self.loaded_versions(entry.name))):
                     self._load(entry, v)
                 loaded = set(self.loaded_versions(entry.name))
@@ -275,7 +295,7 @@ class ModelManager:
             return
         for entry in entries:
             ok = available(entry)
-            for label, version in sorted(entry.labels.items()):
+            for _label, version in sorted(entry.labels.items()):
                 if version not in ok:
                     raise failed_precondition(
                         f"Request to assign label to version {version} of model {entry.name}, "
@@ -327,7 +347,9 @@ class ModelManager:
 
     # ------------------------------------------------------------ polling
 
-    def start_polling(self, fs_poll_seconds: float, config_file: Path | None = None, config_poll_seconds: float = 0) -> None:
+    def start_polling(
+        self, fs_poll_seconds: float, config_file: Path | None = None, config_poll_seconds: float = 0
+    ) -> None:
         """Poll base paths every fs_poll_seconds and the config file every config_poll_seconds (0 = never)."""
         if fs_poll_seconds <= 0 and not (config_file and config_poll_seconds > 0):
             return
@@ -336,7 +358,9 @@ class ModelManager:
             last_text = config_file.read_text() if config_file and config_file.exists() else None
             refused_text: str | None = None  # a refused config is retried every poll, but reported once
             next_fs = time.monotonic() + fs_poll_seconds if fs_poll_seconds > 0 else float("inf")
-            next_cfg = time.monotonic() + config_poll_seconds if config_file and config_poll_seconds > 0 else float("inf")
+            next_cfg = (
+                time.monotonic() + config_poll_seconds if config_file and config_poll_seconds > 0 else float("inf")
+            )
             while not self._stop.wait(max(0.01, min(next_fs, next_cfg) - time.monotonic())):
                 now = time.monotonic()
                 try:
@@ -353,7 +377,9 @@ class ModelManager:
                                 entries = None
                                 refused_text = text
                                 if not quiet:
-                                    log.error("model config %s refused; nothing was changed: %s", config_file, exc.message)
+                                    log.error(
+                                        "model config %s refused; nothing was changed: %s", config_file, exc.message
+                                    )
                             if entries is not None:
                                 try:
                                     self.set_config(entries, quiet=quiet)

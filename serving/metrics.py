@@ -28,7 +28,10 @@ def parse_monitoring_config(text: str) -> MonitoringConfig:
     body = block.group(1)
     enable = re.search(r"enable\s*:\s*(true|false)", body)
     path = re.search(r"path\s*:\s*\"([^\"]*)\"", body)
-    return MonitoringConfig(enable=bool(enable and enable.group(1) == "true"), path=(path.group(1) if path and path.group(1) else DEFAULT_PATH))
+    return MonitoringConfig(
+        enable=bool(enable and enable.group(1) == "true"),
+        path=(path.group(1) if path and path.group(1) else DEFAULT_PATH),
+    )
 
 
 def load_monitoring_config(path: str | Path) -> MonitoringConfig:
@@ -43,30 +46,41 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "leukoflow_serving_requests", "Requests by API, model, version and status code",
-            ["api", "model", "version", "code"], registry=self.registry,
+            "leukoflow_serving_requests",
+            "Requests by API, model, version and status code",
+            ["api", "model", "version", "code"],
+            registry=self.registry,
         )
         self.errors = Counter(
-            "leukoflow_serving_errors", "Failed requests by model, version and status code",
-            ["model", "version", "code"], registry=self.registry,
+            "leukoflow_serving_errors",
+            "Failed requests by model, version and status code",
+            ["model", "version", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "leukoflow_serving_request_latency_seconds", "Request latency by API and model",
-            ["api", "model"], registry=self.registry,
+            "leukoflow_serving_request_latency_seconds",
+            "Request latency by API and model",
+            ["api", "model"],
+            registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.batch_size = Histogram(
-            "leukoflow_serving_batch_size", "Rows per executed batch", registry=self.registry,
+            "leukoflow_serving_batch_size",
+            "Rows per executed batch",
+            registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
         self.images = Counter("leukoflow_serving_images", "Images scored", ["model", "version"], registry=self.registry)
         self.log_dropped = Counter(
-            "leukoflow_serving_request_log_dropped", "Request-log records dropped because the writer was behind",
+            "leukoflow_serving_request_log_dropped",
+            "Request-log records dropped because the writer was behind",
             registry=self.registry,
         )
         self.loaded = Gauge(
-            "leukoflow_serving_loaded_versions", "1 for each model version loaded and available",
-            ["model", "version"], registry=self.registry,
+            "leukoflow_serving_loaded_versions",
+            "1 for each model version loaded and available",
+            ["model", "version"],
+            registry=self.registry,
         )
 
     def observe(self, api: str, model: str, version: int | None, code: str, seconds: float) -> None:

@@ -60,16 +60,21 @@ def predict(
         except (domain.ImageDecodeError, ValueError) as exc:
             fail(f"{path}: not a readable image ({exc})", as_json)
 
-    client = ServingClient(target=server, model_name=model or settings.SERVED_MODEL_NAME, deadline_s=deadline,
-                           root_cert=root_cert)
+    client = ServingClient(
+        target=server, model_name=model or settings.SERVED_MODEL_NAME, deadline_s=deadline, root_cert=root_cert
+    )
     predictions = []
     try:
         with client:
             for start in range(0, len(payloads), CHUNK):
-                predictions += client.predict(payloads[start:start + CHUNK], label=label, version=version)
+                predictions += client.predict(payloads[start : start + CHUNK], label=label, version=version)
     except ServerUnavailable as exc:
-        fail(f"{exc.message}. Is the server running (`leukoflow serve` or TensorFlow Serving) and is "
-             f"--server right?", as_json, code=2, server=server)
+        fail(
+            f"{exc.message}. Is the server running (`leukoflow serve` or TensorFlow Serving) and is --server right?",
+            as_json,
+            code=2,
+            server=server,
+        )
     except ServingError as exc:
         fail(f"the server refused the request: {exc}", as_json, code=1, server=server)
 

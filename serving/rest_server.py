@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 # http_rest_api_util.cc in TF Serving.
 PREDICTION_RE = re.compile(
-    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)")
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
+)
 STATUS_RE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 EXPLAIN_RE = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:explain")
 
@@ -47,7 +48,7 @@ def _decode_value(alias: str, value: Any, is_string: bool) -> Any:
                 return base64.b64decode(value["b64"], validate=True)
             except Exception:  # noqa: BLE001
                 raise invalid_argument(f"Unable to base64 decode value of input {alias}") from None
-        raise invalid_argument(f"input {alias}: JSON object is not a {{\"b64\": ...}} value")
+        raise invalid_argument(f'input {alias}: JSON object is not a {{"b64": ...}} value')
     if isinstance(value, list):
         return [_decode_value(alias, v, is_string) for v in value]
     if isinstance(value, str):
@@ -56,7 +57,9 @@ def _decode_value(alias: str, value: Any, is_string: bool) -> Any:
         return value.encode("utf-8")
     if isinstance(value, bool) or isinstance(value, (int, float)):
         if is_string:
-            raise invalid_argument(f"input {alias}: got a number where the signature expects a string (use {{\"b64\": ...}} for bytes)")
+            raise invalid_argument(
+                f'input {alias}: got a number where the signature expects a string (use {{"b64": ...}} for bytes)'
+            )
         return value
     if value is None:
         raise invalid_argument(f"input {alias}: null is not a valid value")
@@ -140,8 +143,9 @@ def _bounded_list(text: str, i: int, key: str, max_items: int) -> tuple[list, in
         return items, i + 1
     while True:
         if len(items) == max_items:
-            raise invalid_argument(f"input {key!r} has a batch of more than {max_items}, more than the limit "
-                                   f"max_batch_size={max_items}")
+            raise invalid_argument(
+                f"input {key!r} has a batch of more than {max_items}, more than the limit max_batch_size={max_items}"
+            )
         value, i = _DECODER.raw_decode(text, i)
         items.append(value)
         i = _skip_ws(text, i)
@@ -234,14 +238,16 @@ def predict_json(core: Any, name: str, version: int | None, label: str | None, b
             for i, inst in enumerate(instances):
                 if set(inst) != set(specs):
                     raise invalid_argument(
-                        f"instances[{i}] has inputs {{{','.join(sorted(inst))}}}; the signature's are {{{','.join(sorted(specs))}}}")
-            for alias, (dtype, _shape_) in specs.items():
+                        f"instances[{i}] has inputs {{{','.join(sorted(inst))}}}; the signature's are {{{','.join(sorted(specs))}}}"
+                    )
+            for alias, (dtype, _shape) in specs.items():
                 inputs[alias] = to_array(alias, [inst[alias] for inst in instances], dtype)
         else:
             if len(specs) != 1:
                 raise invalid_argument(
-                    f"instances must be objects naming the inputs {{{','.join(sorted(specs))}}} of a multi-input signature")
-            (alias, (dtype, _shape_)), = specs.items()
+                    f"instances must be objects naming the inputs {{{','.join(sorted(specs))}}} of a multi-input signature"
+                )
+            ((alias, (dtype, _shape_)),) = specs.items()
             inputs[alias] = to_array(alias, instances, dtype)
     else:
         columns = req["inputs"]
@@ -250,26 +256,29 @@ def predict_json(core: Any, name: str, version: int | None, label: str | None, b
                 if alias not in specs:
                     raise invalid_argument(
                         f"input tensor alias not found in signature: {alias}. Inputs expected to be in the set "
-                        f"{{{','.join(sorted(specs))}}}.")
+                        f"{{{','.join(sorted(specs))}}}."
+                    )
                 inputs[alias] = to_array(alias, value, specs[alias][0])
         else:
             if len(specs) != 1:
                 raise invalid_argument(f"'inputs' must be an object naming the inputs {{{','.join(sorted(specs))}}}")
-            (alias, (dtype, _shape_)), = specs.items()
+            ((alias, (dtype, _shape_)),) = specs.items()
             inputs[alias] = to_array(alias, columns, dtype)
     _, outputs = api.run_predict(core, servable, label, signature_name, inputs, [])
     if row:
         n = {v.shape[0] if v.ndim else 0 for v in outputs.values()}
         if len(n) != 1:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "Output tensors have different batch sizes; use the columnar 'inputs' format")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "Output tensors have different batch sizes; use the columnar 'inputs' format",
+            )
         count = n.pop()
         if len(outputs) == 1:
-            (alias, value), = outputs.items()
+            ((alias, value),) = outputs.items()
             return {"predictions": [_json_value(alias, value[i]) for i in range(count)]}
         return {"predictions": [{a: _json_value(a, v[i]) for a, v in outputs.items()} for i in range(count)]}
     if len(outputs) == 1:
-        (alias, value), = outputs.items()
+        ((alias, value),) = outputs.items()
         return {"outputs": _json_value(alias, value)}
     return {"outputs": {a: _json_value(a, v) for a, v in outputs.items()}}
 
@@ -327,11 +336,13 @@ def _message_json(message: Any, preserve: bool) -> str:
     from google.protobuf import json_format
 
     try:
-        return json_format.MessageToJson(message, indent=1, preserving_proto_field_name=preserve,
-                                         always_print_fields_with_no_presence=True)
+        return json_format.MessageToJson(
+            message, indent=1, preserving_proto_field_name=preserve, always_print_fields_with_no_presence=True
+        )
     except TypeError:  # older protobuf
-        return json_format.MessageToJson(message, indent=1, preserving_proto_field_name=preserve,
-                                         including_default_value_fields=True)
+        return json_format.MessageToJson(
+            message, indent=1, preserving_proto_field_name=preserve, including_default_value_fields=True
+        )
 
 
 def status_json(core: Any, name: str, version: int | None, label: str | None) -> str:
@@ -354,8 +365,13 @@ def metadata_json(core: Any, name: str, version: int | None, label: str | None) 
     resp = api.get_model_metadata(core, req)
     sdm = get_model_metadata_pb2.SignatureDefMap()
     resp.metadata["signature_def"].Unpack(sdm)
-    return ('{\n"model_spec":' + _message_json(resp.model_spec, True) + ',\n"metadata": {"signature_def": '
-            + _message_json(sdm, True) + "}\n}\n")
+    return (
+        '{\n"model_spec":'
+        + _message_json(resp.model_spec, True)
+        + ',\n"metadata": {"signature_def": '
+        + _message_json(sdm, True)
+        + "}\n}\n"
+    )
 
 
 def _exclusive(version: int | None, label: str | None) -> None:
@@ -401,10 +417,22 @@ MAX_REQUESTS_PER_CONNECTION = 1000
 MAX_HEADER_BYTES = 64 * 1024
 WRITE_TIMEOUT_S = 30.0
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
-REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-           499: "Client Closed Request", 500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-           504: "Gateway Timeout"}
+REASONS = {
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    499: "Client Closed Request",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 BIG_BODY_BYTES = 8 * 1024 * 1024  # after a refused body this large, hand freed memory back to the system
 
 
@@ -472,8 +500,14 @@ def _release_memory() -> None:
 class RestServer:
     """The REST front end: asyncio reads requests, a bounded thread pool answers them."""
 
-    def __init__(self, core: Any, monitoring: "MonitoringConfig", num_threads: int,
-                 ssl_context: ssl_lib.SSLContext | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        core: Any,
+        monitoring: MonitoringConfig,
+        num_threads: int,
+        ssl_context: ssl_lib.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.core = core
         self.monitoring = monitoring
         self.ssl_context = ssl_context
@@ -488,17 +522,25 @@ class RestServer:
         self._server: asyncio.base_events.Server | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, host: str, port: int) -> "RestServer":
+    def start(self, host: str, port: int) -> RestServer:
         started = threading.Event()
         error: list[BaseException] = []
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             try:
-                self._server = self.loop.run_until_complete(asyncio.start_server(
-                    self._connection, host, port, backlog=LISTEN_BACKLOG, limit=MAX_HEADER_BYTES,
-                    ssl=self.ssl_context, ssl_handshake_timeout=HEADER_TIMEOUT_S if self.ssl_context else None,
-                    reuse_address=True))
+                self._server = self.loop.run_until_complete(
+                    asyncio.start_server(
+                        self._connection,
+                        host,
+                        port,
+                        backlog=LISTEN_BACKLOG,
+                        limit=MAX_HEADER_BYTES,
+                        ssl=self.ssl_context,
+                        ssl_handshake_timeout=HEADER_TIMEOUT_S if self.ssl_context else None,
+                        reuse_address=True,
+                    )
+                )
                 self.server_address = self._server.sockets[0].getsockname()[:2]
             except BaseException as exc:  # noqa: BLE001 - reported to start()
                 error.append(exc)
@@ -544,9 +586,16 @@ class RestServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.open_connections >= self.max_connections:
             self.refused_connections += 1
-            await self._write(writer, 503, _json_error(
-                f"server busy: {self.open_connections} open connections (limit {self.max_connections}); retry later"),
-                "application/json", {}, close=True)
+            await self._write(
+                writer,
+                503,
+                _json_error(
+                    f"server busy: {self.open_connections} open connections (limit {self.max_connections}); retry later"
+                ),
+                "application/json",
+                {},
+                close=True,
+            )
             await self._close(writer)
             return
         self.open_connections += 1
@@ -564,20 +613,34 @@ class RestServer:
         for served in range(MAX_REQUESTS_PER_CONNECTION):
             # Idle keep-alive: wait for the first byte of the next request, then the header deadline starts.
             try:
-                first = await asyncio.wait_for(reader.read(1), self.keepalive_idle_s if served else self.header_timeout_s)
-            except asyncio.TimeoutError:
+                first = await asyncio.wait_for(
+                    reader.read(1), self.keepalive_idle_s if served else self.header_timeout_s
+                )
+            except TimeoutError:
                 return
             if not first:
                 return
             try:
                 head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout_s)
-            except asyncio.TimeoutError:
-                await self._write(writer, 408, _json_error(
-                    f"request headers not received within {self.header_timeout_s:g} s"), "application/json", {}, close=True)
+            except TimeoutError:
+                await self._write(
+                    writer,
+                    408,
+                    _json_error(f"request headers not received within {self.header_timeout_s:g} s"),
+                    "application/json",
+                    {},
+                    close=True,
+                )
                 return
             except asyncio.LimitOverrunError:
-                await self._write(writer, 431, _json_error(f"request headers larger than {MAX_HEADER_BYTES} bytes"),
-                                  "application/json", {}, close=True)
+                await self._write(
+                    writer,
+                    431,
+                    _json_error(f"request headers larger than {MAX_HEADER_BYTES} bytes"),
+                    "application/json",
+                    {},
+                    close=True,
+                )
                 return
             except asyncio.IncompleteReadError:
                 return
@@ -594,38 +657,67 @@ class RestServer:
                 body_timeout = BODY_TIMEOUT_S + length / MIN_BODY_BYTES_PER_S
                 try:
                     body = await asyncio.wait_for(reader.readexactly(length), body_timeout)
-                except asyncio.TimeoutError:
-                    await self._write(writer, 408, _json_error(
-                        f"request body of {length} bytes not received within {body_timeout:.0f} s"),
-                        "application/json", {}, close=True)
+                except TimeoutError:
+                    await self._write(
+                        writer,
+                        408,
+                        _json_error(f"request body of {length} bytes not received within {body_timeout:.0f} s"),
+                        "application/json",
+                        {},
+                        close=True,
+                    )
                     return
             conn = headers.get("connection", "").lower()
-            close = conn == "close" or (version == "HTTP/1.0" and conn != "keep-alive") \
+            close = (
+                conn == "close"
+                or (version == "HTTP/1.0" and conn != "keep-alive")
                 or served + 1 >= MAX_REQUESTS_PER_CONNECTION
+            )
             if method not in METHODS:
-                status, ctype, payload, extra = 501, "application/json", _json_error(f"method {method} is not supported"), {}
+                status, ctype, payload, extra = (
+                    501,
+                    "application/json",
+                    _json_error(f"method {method} is not supported"),
+                    {},
+                )
             else:
                 status, ctype, payload, extra = await self.loop.run_in_executor(
-                    self.pool, self._answer, method, target, headers, body)
+                    self.pool, self._answer, method, target, headers, body
+                )
             # The body is not kept while the answer is written or the connection waits for its next request.
             size, body = len(body), b""
             if size >= BIG_BODY_BYTES and status >= 400:
                 await self.loop.run_in_executor(self.pool, _release_memory)
-            await self._write(writer, status, b"" if method == "HEAD" else payload, ctype, extra, close,
-                              length=len(payload))
+            await self._write(
+                writer, status, b"" if method == "HEAD" else payload, ctype, extra, close, length=len(payload)
+            )
             if close:
                 return
 
-    async def _write(self, writer: asyncio.StreamWriter, status: int, payload: bytes, content_type: str,
-                     headers: dict, close: bool, length: int | None = None) -> None:
-        lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}", f"Server: leukoflow-serving",
-                 f"Content-Type: {content_type}", f"Content-Length: {len(payload) if length is None else length}",
-                 f"Connection: {'close' if close else 'keep-alive'}"]
-        lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "content-type", "connection")]
+    async def _write(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: bytes,
+        content_type: str,
+        headers: dict,
+        close: bool,
+        length: int | None = None,
+    ) -> None:
+        lines = [
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+            "Server: leukoflow-serving",
+            f"Content-Type: {content_type}",
+            f"Content-Length: {len(payload) if length is None else length}",
+            f"Connection: {'close' if close else 'keep-alive'}",
+        ]
+        lines += [
+            f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "content-type", "connection")
+        ]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
         try:
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT_S)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             writer.transport.abort()
 
     @staticmethod
@@ -633,7 +725,7 @@ class RestServer:
         try:
             writer.close()
             await asyncio.wait_for(writer.wait_closed(), 1.0)
-        except (asyncio.TimeoutError, ConnectionError, OSError, ssl_lib.SSLError):
+        except (TimeoutError, ConnectionError, OSError, ssl_lib.SSLError):
             writer.transport.abort()
         except asyncio.CancelledError:
             writer.transport.abort()
@@ -652,7 +744,9 @@ class RestServer:
             if mon.enable and path == mon.path:
                 return 200, "text/plain; version=0.0.4; charset=utf-8", core.metrics.render(), {}
             explain = EXPLAIN_RE.fullmatch(path) if method == "POST" else None
-            if explain or not (path.lower().startswith("/v1/") or path.lower() == "/v1" or path.startswith("/monitoring/")):
+            if explain or not (
+                path.lower().startswith("/v1/") or path.lower() == "/v1" or path.startswith("/monitoring/")
+            ):
                 page = self._page(method, target, headers, body)
                 if page is not None:
                     return page
@@ -667,8 +761,9 @@ class RestServer:
                 elif verb == "classify":
                     out = classify_json(core, model, version, label, body)
                 else:
-                    raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                       "Regress is not supported: the model has no regression signature")
+                    raise ServingError(
+                        grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the model has no regression signature"
+                    )
                 return 200, "application/json", json.dumps(out).encode(), {}
             if method in ("GET", "HEAD") and (m := STATUS_RE.fullmatch(path)):
                 model, version, label = _model_info(m)
@@ -686,7 +781,9 @@ class RestServer:
             return err.http_status, "application/json", _json_error(err.message), {}
         finally:
             if api_name != "rest_other":
-                core.metrics.observe(api_name, model, getattr(core.local, "version", None), code, time.perf_counter() - start)
+                core.metrics.observe(
+                    api_name, model, getattr(core.local, "version", None), code, time.perf_counter() - start
+                )
 
     def _page(self, method: str, target: str, headers: dict, body: bytes) -> tuple[int, str, bytes, dict] | None:
         """Hand the request to serving.page.routes when that module exists."""
@@ -722,8 +819,9 @@ def _ssl_context(ssl: Any) -> ssl_lib.SSLContext:
     return ctx
 
 
-def start_rest_server(core: Any, host: str, port: int, num_threads: int, monitoring: "MonitoringConfig",
-                      ssl: Any = None) -> tuple[RestServer, int]:
+def start_rest_server(
+    core: Any, host: str, port: int, num_threads: int, monitoring: MonitoringConfig, ssl: Any = None
+) -> tuple[RestServer, int]:
     """Start the REST server on its own event loop thread; returns it and the bound port."""
     server = RestServer(core, monitoring, num_threads, _ssl_context(ssl) if ssl else None).start(host, port)
     return server, server.server_address[1]

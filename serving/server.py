@@ -9,19 +9,20 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
 
+from components.servable import Servable
 from serving.batching import Batcher, BatchingParameters, load_batching_parameters
 from serving.errors import deadline_exceeded, from_exception
 from serving.limits import Limits, check_batch, check_images, example_images, find_undecodable
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
-from components.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,18 @@ def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
     import tensorflow as tf
 
     for name, value, getter, setter in (
-        ("tensorflow_intra_op_parallelism", intra_op, tf.config.threading.get_intra_op_parallelism_threads,
-         tf.config.threading.set_intra_op_parallelism_threads),
-        ("tensorflow_inter_op_parallelism", inter_op, tf.config.threading.get_inter_op_parallelism_threads,
-         tf.config.threading.set_inter_op_parallelism_threads),
+        (
+            "tensorflow_intra_op_parallelism",
+            intra_op,
+            tf.config.threading.get_intra_op_parallelism_threads,
+            tf.config.threading.set_intra_op_parallelism_threads,
+        ),
+        (
+            "tensorflow_inter_op_parallelism",
+            inter_op,
+            tf.config.threading.get_inter_op_parallelism_threads,
+            tf.config.threading.set_inter_op_parallelism_threads,
+        ),
     ):
         if value < 0:
             raise ValueError(f"--{name} must be >= 0, got {value}")
@@ -121,10 +130,14 @@ def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
             try:
                 setter(value)
             except RuntimeError:
-                raise ValueError(f"--{name}={value}: TensorFlow already started in this process with "
-                                 f"{getter() or 'its default'}; set it before anything runs") from None
-    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+                raise ValueError(
+                    f"--{name}={value}: TensorFlow already started in this process with "
+                    f"{getter() or 'its default'}; set it before anything runs"
+                ) from None
+    return {
+        "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
 
 
 DEFAULT_HANDLER_THREADS = 16
@@ -176,8 +189,15 @@ RequestSinkOpener = Callable[[str, bool, Callable[[int], None]], RequestSink]
 class ServingCore:
     """What both front ends call: resolve a ModelSpec, check limits, run (batched or not), record."""
 
-    def __init__(self, manager: ModelManager, limits: Limits, metrics: Metrics, batcher: Batcher | None = None,
-                 request_logger: RequestSink | None = None, max_concurrent_runs: int | None = None) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        limits: Limits,
+        metrics: Metrics,
+        batcher: Batcher | None = None,
+        request_logger: RequestSink | None = None,
+        max_concurrent_runs: int | None = None,
+    ) -> None:
         self.manager = manager
         self.limits = limits
         self.metrics = metrics
@@ -217,8 +237,14 @@ class ServingCore:
         check_images(alias, flat, self.limits)
         return flat
 
-    def execute(self, servable: Servable, signature_name: str, inputs: dict[str, np.ndarray],
-                label: str | None = None, encoded: dict[str, list[bytes]] | None = None) -> dict[str, np.ndarray]:
+    def execute(
+        self,
+        servable: Servable,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        label: str | None = None,
+        encoded: dict[str, list[bytes]] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Check limits, prepare inputs, run through the batcher when enabled, and log per image.
 
         `encoded` maps an input alias to its already checked image bytes (Classify passes the images it
@@ -240,13 +266,23 @@ class ServingCore:
                 if sig.method_name == PREDICT:  # encoded images
                     encoded[alias] = self.check_encoded(alias, arr)
                 else:  # serialized tf.Examples carrying image/encoded (Predict on the classify signature)
-                    encoded[alias] = self.check_encoded(alias, np.array(example_images(list(arr.reshape(-1))), dtype=object))
+                    encoded[alias] = self.check_encoded(
+                        alias, np.array(example_images(list(arr.reshape(-1))), dtype=object)
+                    )
         try:
             if self.batcher is not None:
-                key = (id(servable), signature_name,
-                       tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())))
-                outputs = self.batcher.submit(key, prepared, lambda x: servable.run_prepared(signature_name, x),
-                                              timeout=self.remaining(), alive=getattr(self.local, "alive", None))
+                key = (
+                    id(servable),
+                    signature_name,
+                    tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())),
+                )
+                outputs = self.batcher.submit(
+                    key,
+                    prepared,
+                    lambda x: servable.run_prepared(signature_name, x),
+                    timeout=self.remaining(),
+                    alive=getattr(self.local, "alive", None),
+                )
             else:
                 outputs = self._run_alone(servable, signature_name, prepared)
         except Exception as exc:
@@ -264,7 +300,9 @@ class ServingCore:
         self._log(servable, signature_name, label, outputs, inputs, images, time.perf_counter() - start)
         return outputs
 
-    def _run_alone(self, servable: Servable, signature_name: str, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_alone(
+        self, servable: Servable, signature_name: str, prepared: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Run unbatched once a run slot is free, unless the deadline passes (or the caller leaves) first."""
         if not self.run_slots.acquire(timeout=self.remaining()):
             raise deadline_exceeded("Deadline exceeded while waiting for the model; the request was not run")
@@ -274,14 +312,27 @@ class ServingCore:
         finally:
             self.run_slots.release()
 
-    def _log(self, servable: Servable, signature_name: str, label: str | None, outputs: dict, inputs: dict,
-             images: list[bytes], seconds: float) -> None:
+    def _log(
+        self,
+        servable: Servable,
+        signature_name: str,
+        label: str | None,
+        outputs: dict,
+        inputs: dict,
+        images: list[bytes],
+        seconds: float,
+    ) -> None:
         """Hand the response's outputs to the request log: no copy, no decoding; the writer's thread copies numbers."""
         if self.request_logger is None:
             return
         labels = [label] if label else self.manager.labels_of(servable.name, servable.version)
-        meta = {"model": servable.name, "version": servable.version, "label": labels[0] if labels else None,
-                "signature": signature_name, "latency_ms": round(seconds * 1000.0, 3)}
+        meta = {
+            "model": servable.name,
+            "version": servable.version,
+            "label": labels[0] if labels else None,
+            "signature": signature_name,
+            "latency_ms": round(seconds * 1000.0, 3),
+        }
         self.request_logger.submit(meta, outputs, images if self.request_logger.store_images else None)
 
 
@@ -308,20 +359,27 @@ class Server:
         self._grpc = None
         self._rest = None
 
-    def start(self) -> "Server":
+    def start(self) -> Server:
         from serving.grpc_server import start_grpc_server
         from serving.rest_server import start_rest_server
 
         opts = self.options
         entries, config_path = _model_entries(opts)
-        self.tensorflow_threads = apply_tensorflow_threads(opts.tensorflow_intra_op_parallelism,
-                                                           opts.tensorflow_inter_op_parallelism)
-        monitoring = load_monitoring_config(opts.monitoring_config_file) if opts.monitoring_config_file else MonitoringConfig()
+        self.tensorflow_threads = apply_tensorflow_threads(
+            opts.tensorflow_intra_op_parallelism, opts.tensorflow_inter_op_parallelism
+        )
+        monitoring = (
+            load_monitoring_config(opts.monitoring_config_file) if opts.monitoring_config_file else MonitoringConfig()
+        )
         ssl = parse_ssl_config(Path(opts.ssl_config_file).read_text()) if opts.ssl_config_file else None
         metrics = Metrics()
         batcher, params = None, None
         if opts.enable_batching:
-            params = load_batching_parameters(opts.batching_parameters_file) if opts.batching_parameters_file else BatchingParameters()
+            params = (
+                load_batching_parameters(opts.batching_parameters_file)
+                if opts.batching_parameters_file
+                else BatchingParameters()
+            )
         grpc_threads = handler_threads(opts.grpc_max_threads, params)
         rest_threads = handler_threads(opts.rest_api_num_threads, params)
         if params is not None:
@@ -331,24 +389,39 @@ class Server:
         if opts.request_log_dir and self.open_request_log is None:
             log.warning("--request_log_dir given but no request-log writer was wired in; request log off")
         elif opts.request_log_dir:
-            request_logger = self.open_request_log(opts.request_log_dir, opts.request_log_images,
-                                                   metrics.log_dropped.inc)
-        manager = ModelManager(entries, warmup=opts.warmup, on_change=metrics.set_loaded,
-                               allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models)
+            request_logger = self.open_request_log(
+                opts.request_log_dir, opts.request_log_images, metrics.log_dropped.inc
+            )
+        manager = ModelManager(
+            entries,
+            warmup=opts.warmup,
+            on_change=metrics.set_loaded,
+            allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models,
+        )
         manager.limits = opts.limits  # the page (serving.page.routes) reads the server's limits here
         self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger, opts.max_concurrent_runs)
         try:
             manager.start()
-            manager.start_polling(opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds)
+            manager.start_polling(
+                opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds
+            )
             self._grpc, self.grpc_port = start_grpc_server(self.core, opts.host, opts.port, grpc_threads, ssl)
             if opts.rest_api_port >= 0:  # TF Serving: 0 disables REST; here 0 picks a free port and -1 disables
                 self._rest, self.rest_port = start_rest_server(
-                    self.core, opts.host, opts.rest_api_port, rest_threads, monitoring, ssl)
+                    self.core, opts.host, opts.rest_api_port, rest_threads, monitoring, ssl
+                )
         except BaseException:
             self.stop()  # nothing half-started keeps the process alive or a port bound
             raise
-        log.info("serving %s: gRPC %s:%s, REST %s:%s%s", ", ".join(manager.models()), opts.host, self.grpc_port,
-                 opts.host, self.rest_port, " (TLS)" if ssl else "")
+        log.info(
+            "serving %s: gRPC %s:%s, REST %s:%s%s",
+            ", ".join(manager.models()),
+            opts.host,
+            self.grpc_port,
+            opts.host,
+            self.rest_port,
+            " (TLS)" if ssl else "",
+        )
         return self
 
     def stop(self) -> None:

@@ -21,8 +21,14 @@ def lint_imports(root: Path) -> subprocess.CompletedProcess:
     if not LINT_IMPORTS.is_file():
         pytest.fail(f"{LINT_IMPORTS} is missing: install the dev extra (pip install -e '.[dev]')")
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.run([str(LINT_IMPORTS), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_import_contracts_hold():
@@ -46,16 +52,23 @@ def _inject(path: Path, line: str) -> None:
     path.write_text(text.replace(marker, marker + line + "\n", 1))
 
 
-@pytest.mark.parametrize("module, line, expected", [
-    # A component reaching up into serving: the layer contract names the import.
-    ("components/settings.py", "import serving.client  # noqa", "components.settings -> serving.client"),
-    # Hidden inside a function is still an import.
-    ("components/promote/gate/policy.py", "def _f():\n    from pipelines import local  # noqa", "components.promote.gate.policy -> pipelines.local"),
-    # serving -> monitoring: the request-log writer is injected, never imported.
-    ("serving/cli.py", "from monitoring import drift  # noqa", "serving.cli -> monitoring.drift"),
-    # A cycle: the metrics module importing the executor that imports it.
-    ("components/evaluate/metrics.py", "from components.evaluate import executor  # noqa", ".metrics -> .executor"),
-])
+@pytest.mark.parametrize(
+    "module, line, expected",
+    [
+        # A component reaching up into serving: the layer contract names the import.
+        ("components/settings.py", "import serving.client  # noqa", "components.settings -> serving.client"),
+        # Hidden inside a function is still an import.
+        (
+            "components/promote/gate/policy.py",
+            "def _f():\n    from pipelines import local  # noqa",
+            "components.promote.gate.policy -> pipelines.local",
+        ),
+        # serving -> monitoring: the request-log writer is injected, never imported.
+        ("serving/cli.py", "from monitoring import drift  # noqa", "serving.cli -> monitoring.drift"),
+        # A cycle: the metrics module importing the executor that imports it.
+        ("components/evaluate/metrics.py", "from components.evaluate import executor  # noqa", ".metrics -> .executor"),
+    ],
+)
 def test_a_wrong_import_breaks_a_contract(code_copy, module, line, expected):
     assert lint_imports(code_copy).returncode == 0  # the copy itself is clean
     _inject(code_copy / module, line)

@@ -26,5 +26,7 @@ def test_the_readme_marks_runnable_blocks():
 def test_readme_block_runs(block, tmp_path):
     venv_bin = REPO / ".venv" / "bin"
     env = dict(os.environ, LEUKOFLOW_HOME=str(tmp_path / "home"), PATH=f"{venv_bin}:{os.environ['PATH']}")
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"README block failed:\n{block}\n--- stderr ---\n{proc.stderr[-3000:]}"

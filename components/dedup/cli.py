@@ -34,11 +34,21 @@ def _human(result: dict) -> str:
 
 @app.command()
 def dedup(
-    manifest: Path = typer.Option(None, "--manifest", help="manifest.csv from `leukoflow data validate` (default: the last validate run's)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Build the manifest from this folder instead (class folders at any depth)."),
+    manifest: Path = typer.Option(
+        None, "--manifest", help="manifest.csv from `leukoflow data validate` (default: the last validate run's)."
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Build the manifest from this folder instead (class folders at any depth)."
+    ),
     out: Path = typer.Option(None, "--out", help="Output directory (default: $LEUKOFLOW_HOME/runs/data/dedup)."),
-    hamming: int = typer.Option(settings.DEDUP_HAMMING, "--hamming", help="pHash distance (bits of 64) at or below which images are near-duplicates."),
-    variant: str = typer.Option("original", "--variant", help="With --data-dir: original|segmented when both copies are present."),
+    hamming: int = typer.Option(
+        settings.DEDUP_HAMMING,
+        "--hamming",
+        help="pHash distance (bits of 64) at or below which images are near-duplicates.",
+    ),
+    variant: str = typer.Option(
+        "original", "--variant", help="With --data-dir: original|segmented when both copies are present."
+    ),
     workers: int = typer.Option(None, "--workers", help="Hashing processes (default: all cores)."),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:

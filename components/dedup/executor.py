@@ -121,22 +121,33 @@ def find_groups(rows: list[dict], hashes: list[int], hamming: int) -> list[dict]
         members.sort(key=lambda i: rows[i]["path"])
         labels = sorted({rows[i]["label"] for i in members})
         exact = len({rows[i]["sha256"] for i in members}) == 1
-        distances = [
-            [rows[i]["path"], rows[j]["path"], (hashes[i] ^ hashes[j]).bit_count(),
-             rows[i]["sha256"] == rows[j]["sha256"]]
-            for a, i in enumerate(members) for j in members[a + 1:]
-        ] if len(members) <= 50 else []
+        distances = (
+            [
+                [
+                    rows[i]["path"],
+                    rows[j]["path"],
+                    (hashes[i] ^ hashes[j]).bit_count(),
+                    rows[i]["sha256"] == rows[j]["sha256"],
+                ]
+                for a, i in enumerate(members)
+                for j in members[a + 1 :]
+            ]
+            if len(members) <= 50
+            else []
+        )
         keep = min(members, key=lambda i: _keep_key(rows[i]))
-        groups.append({
-            "members": [rows[i]["path"] for i in members],
-            "labels": labels,
-            "kind": "exact" if exact else "near",
-            "conflict": len(labels) > 1,
-            "keep": None if len(labels) > 1 else rows[keep]["path"],
-            "max_distance": max((d[2] for d in distances), default=0),
-            "pairs": distances,
-            "_indices": members,
-        })
+        groups.append(
+            {
+                "members": [rows[i]["path"] for i in members],
+                "labels": labels,
+                "kind": "exact" if exact else "near",
+                "conflict": len(labels) > 1,
+                "keep": None if len(labels) > 1 else rows[keep]["path"],
+                "max_distance": max((d[2] for d in distances), default=0),
+                "pairs": distances,
+                "_indices": members,
+            }
+        )
     groups.sort(key=lambda g: g["members"][0])
     return groups
 
@@ -154,7 +165,6 @@ def run_dedup(
 ) -> dict:
     """Deduplicate the valid rows of a validate manifest; write kept.csv and the reports; return the result."""
     import pandas as pd
-
 
     if hamming < 0 or hamming > HASH_BITS:
         raise ValueError(f"hamming must be between 0 and {HASH_BITS}, got {hamming}")
@@ -217,8 +227,15 @@ def run_dedup(
     }
     atomic_files.write_json(out / "dedup.json", result)
     atomic_files.write_text(out / "report.md", render_report(result, groups, Path(manifest_csv)))
-    log.info("dedup: %d images, %d groups (%d exact, %d near), %d conflicts, kept %d",
-             len(rows), len(groups), result["exact_groups"], result["near_groups"], len(conflicts), len(kept))
+    log.info(
+        "dedup: %d images, %d groups (%d exact, %d near), %d conflicts, kept %d",
+        len(rows),
+        len(groups),
+        result["exact_groups"],
+        result["near_groups"],
+        len(conflicts),
+        len(kept),
+    )
     return result
 
 
@@ -238,10 +255,12 @@ def render_report(result: dict, groups: list[dict], manifest_csv: Path) -> str:
         f"- label conflicts (excluded whole): {len(result['conflicts'])}",
         f"- pHash Hamming threshold: {result['hamming']}",
         "",
-        "| group size | groups |", "|---:|---:|",
+        "| group size | groups |",
+        "|---:|---:|",
         *[f"| {s} | {n} |" for s, n in sorted(sizes.items())],
         "",
-        "| pHash distance (non-identical pairs in groups) | pairs |", "|---:|---:|",
+        "| pHash distance (non-identical pairs in groups) | pairs |",
+        "|---:|---:|",
         *[f"| {d} | {n} |" for d, n in sorted(distances.items())],
         "",
         "| # | kind | size | labels | max distance | kept | members |",
@@ -250,5 +269,7 @@ def render_report(result: dict, groups: list[dict], manifest_csv: Path) -> str:
     for k, g in enumerate(groups, 1):
         kept = Path(g["keep"]).name if g["keep"] else "none (conflict)"
         members = ", ".join(Path(m).parent.name + "/" + Path(m).name for m in g["members"])
-        lines.append(f"| {k} | {g['kind']} | {len(g['members'])} | {'/'.join(g['labels'])} | {g['max_distance']} | {kept} | {members} |")
+        lines.append(
+            f"| {k} | {g['kind']} | {len(g['members'])} | {'/'.join(g['labels'])} | {g['max_distance']} | {kept} | {members} |"
+        )
     return "\n".join(lines) + "\n"

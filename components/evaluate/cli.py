@@ -31,22 +31,36 @@ def _human(result: dict) -> str:
         lines.append(f"worst perturbed accuracy {result['robustness_worst']:.4f}")
     if "shortcut_baseline" in result:
         sb = result["shortcut_baseline"]
-        lines.append(f"shortcut baseline (colour statistics): accuracy {sb['accuracy']:.4f}, macro-F1 {sb['macro_f1']:.4f}")
+        lines.append(
+            f"shortcut baseline (colour statistics): accuracy {sb['accuracy']:.4f}, macro-F1 {sb['macro_f1']:.4f}"
+        )
     return "\n".join(lines)
 
 
 @app.callback(invoke_without_command=True)
 def evaluate(
     ctx: typer.Context,
-    model: Path = typer.Option(None, "--model", help="Training output directory (holding saved_model/) or a SavedModel directory."),
-    split: Path = typer.Option(None, "--split", help="Split directory with test/shard-*.tfrecord (default: the last `leukoflow data split` run's)."),
-    out: Path = typer.Option(None, "--out", help="Output directory for metrics.json (default: $LEUKOFLOW_HOME/runs/evaluate/NAME)."),
+    model: Path = typer.Option(
+        None, "--model", help="Training output directory (holding saved_model/) or a SavedModel directory."
+    ),
+    split: Path = typer.Option(
+        None,
+        "--split",
+        help="Split directory with test/shard-*.tfrecord (default: the last `leukoflow data split` run's).",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Output directory for metrics.json (default: $LEUKOFLOW_HOME/runs/evaluate/NAME)."
+    ),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95% intervals."),
     latency_runs: int = typer.Option(50, "--latency-runs", help="Batch-1 calls timed for latency percentiles."),
     no_shortcut: bool = typer.Option(False, "--no-shortcut", help="Skip the colour-statistics shortcut baseline."),
     no_robustness: bool = typer.Option(False, "--no-robustness", help="Skip the perturbation robustness check."),
-    external_dir: Path = typer.Option(None, "--external-dir", help="Smears from another lab (none an ALL-stage image) "
-                                      "for out-of-distribution detection; default $LEUKOFLOW_EXTERNAL_OOD_DIR."),
+    external_dir: Path = typer.Option(
+        None,
+        "--external-dir",
+        help="Smears from another lab (none an ALL-stage image) "
+        "for out-of-distribution detection; default $LEUKOFLOW_EXTERNAL_OOD_DIR.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Evaluate one exported model on the test split (metrics, intervals, latency, shortcut, robustness); `compare` tabulates."""
@@ -61,9 +75,16 @@ def evaluate(
 
         split = split_out()
     try:
-        result = run_evaluate(split, model, out or default_out(model), bootstrap=bootstrap, latency_runs=latency_runs,
-                              shortcut=not no_shortcut, robust=not no_robustness,
-                              external_dir=external_dir or settings.EXTERNAL_OOD_DIR or None)
+        result = run_evaluate(
+            split,
+            model,
+            out or default_out(model),
+            bootstrap=bootstrap,
+            latency_runs=latency_runs,
+            shortcut=not no_shortcut,
+            robust=not no_robustness,
+            external_dir=external_dir or settings.EXTERNAL_OOD_DIR or None,
+        )
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, _human)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from components import atomic_files
 from components.evaluate.robustness import PERTURBATIONS
@@ -51,8 +51,11 @@ def comparison_markdown(metrics: list[dict]) -> str:
         ]
         for m in metrics:
             rob = m.get("robustness") or {}
-            lines.append(f"| {m['model']} | {_pct(m.get('robustness_clean', m['accuracy']))} | "
-                         + " | ".join(_pct(rob.get(n)) for n in names) + " |")
+            lines.append(
+                f"| {m['model']} | {_pct(m.get('robustness_clean', m['accuracy']))} | "
+                + " | ".join(_pct(rob.get(n)) for n in names)
+                + " |"
+            )
     lines += [
         "",
         "Shortcut baseline: a gradient-boosted tree on global colour statistics (RGB mean/std, HSV histograms), "

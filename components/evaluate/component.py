@@ -23,7 +23,9 @@ def evaluate_op(
     from components.evaluate.compare import comparison_markdown
     from components.evaluate.executor import run_evaluate
 
-    result = run_evaluate(split.path, trained.path, evaluation.path, bootstrap=bootstrap, external_dir=external_dir or None)
+    result = run_evaluate(
+        split.path, trained.path, evaluation.path, bootstrap=bootstrap, external_dir=external_dir or None
+    )
     evaluation.metadata.update({"model": result["model"], "metrics_json": evaluation.path + "/metrics.json"})
     for key in ("accuracy", "macro_f1", "weighted_f1", "robustness_worst", "throughput_b32", "params", "size_bytes"):
         if key in result:

@@ -98,13 +98,18 @@ def _keras_logits_fn(saved_model: Path, meta):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def head_features(encoded):  # one graph per batch: eager per-image decoding took 3x the model's time
-        pixels = tf.map_fn(lambda b: domain.tf_preprocess_encoded(b, size, "none"), encoded,
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        pixels = tf.map_fn(
+            lambda b: domain.tf_preprocess_encoded(b, size, "none"),
+            encoded,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
         return features(pixels, training=False)[0]
 
     def logits(images: list[bytes]) -> np.ndarray:
-        out = [np.asarray(head_features(tf.constant(images[i:i + 32]))) @ kernel + bias
-               for i in range(0, len(images), 32)]
+        out = [
+            np.asarray(head_features(tf.constant(images[i : i + 32]))) @ kernel + bias
+            for i in range(0, len(images), 32)
+        ]
         return np.concatenate(out)
 
     return logits
@@ -125,13 +130,16 @@ def _external(run, external_dir: str | Path, clean: dict, encoded: list[bytes], 
         if "refer" in out:
             entry["referred"] = float(out["refer"].mean())
             entry["out_of_distribution"] = float((~out["in_distribution"]).mean())
-            entry["confident_stage"] = float((~out["refer"] & (out["probabilities"].max(axis=1) >= meta.low_confidence)).mean())
+            entry["confident_stage"] = float(
+                (~out["refer"] & (out["probabilities"].max(axis=1) >= meta.low_confidence)).mean()
+            )
             logits = keras_logits(images) if keras_logits is not None else None
             ins = trust.detection_scores(clean["probabilities"], clean["ood_score"], test_logits)
             outs = trust.detection_scores(out["probabilities"], out["ood_score"], logits)
             entry["auroc"] = {name: trust.auroc(ins[name], outs[name]) for name in ins}
         entry["stage_answered_with_confidence_over_threshold"] = float(
-            (out["probabilities"].max(axis=1) >= meta.low_confidence).mean())
+            (out["probabilities"].max(axis=1) >= meta.low_confidence).mean()
+        )
         result[half] = entry
     return result
 
@@ -173,11 +181,12 @@ def run_evaluate(
         """serving_default over encoded images, in batches: the outputs evaluation reads."""
         parts: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(images), 32):
-            result = serve(images=tf.constant(images[i:i + 32]))
+            result = serve(images=tf.constant(images[i : i + 32]))
             for key in TRUST_OUTPUTS:
                 if key in result:
                     parts.setdefault(key, []).append(result[key].numpy())
         return {k: np.concatenate(v) for k, v in parts.items()}
+
     examples = list(records.iter_examples(split_dir / "test"))
     encoded = [e["encoded"] for e in examples]
     y_true = np.array([e["label"] for e in examples], dtype=np.int64)
@@ -191,8 +200,20 @@ def run_evaluate(
     metrics.update(classification_metrics(y_true, y_pred))
     metrics.update(bootstrap_ci(y_true, y_pred, bootstrap, seed))
     # Reorder so the intervals sit beside their point estimates, as in the documented schema.
-    metrics = {k: metrics[k] for k in ("model", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1",
-                                       "per_class", "confusion_matrix", "class_names")}
+    metrics = {
+        k: metrics[k]
+        for k in (
+            "model",
+            "accuracy",
+            "accuracy_ci",
+            "macro_f1",
+            "macro_f1_ci",
+            "weighted_f1",
+            "per_class",
+            "confusion_matrix",
+            "class_names",
+        )
+    }
     variables = getattr(loaded, "variables", [])
     metrics["params"] = int(train_info.get("params") or sum(int(np.prod(v.shape)) for v in variables))
     # What TF Serving loads (graph, variables, warmup); the Keras copy for Grad-CAM is reported apart.
@@ -207,11 +228,13 @@ def run_evaluate(
     mark = time.perf_counter()
 
     if "refer" in clean:  # a calibrated export (components/train/calibration.py)
-        metrics["referral"] = trust.referral_summary(probs, y_true, clean["refer"], clean["in_distribution"],
-                                                     clean["prediction_set"], meta.conformal_coverage)
+        metrics["referral"] = trust.referral_summary(
+            probs, y_true, clean["refer"], clean["in_distribution"], clean["prediction_set"], meta.conformal_coverage
+        )
         before = trust.uncalibrated(probs, meta.temperature or 1.0)
         metrics["calibration"] = {
-            "temperature": meta.temperature, "bins": calibration.ECE_BINS,
+            "temperature": meta.temperature,
+            "bins": calibration.ECE_BINS,
             "ece_before": calibration.expected_calibration_error(before, y_true),
             "ece_after": calibration.expected_calibration_error(probs, y_true),
             "reliability_before": calibration.reliability(before, y_true),
@@ -256,9 +279,18 @@ def run_evaluate(
     metrics["bootstrap_resamples"] = bootstrap
     metrics["eval_wall_time_s"] = round(time.perf_counter() - started, 2)
 
-    save_confusion_png(metrics["confusion_matrix"], out_dir / "confusion_matrix.png",
-                       f"{metrics['model']}: accuracy {metrics['accuracy']:.3f}")
+    save_confusion_png(
+        metrics["confusion_matrix"],
+        out_dir / "confusion_matrix.png",
+        f"{metrics['model']}: accuracy {metrics['accuracy']:.3f}",
+    )
     atomic_files.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    log.info("%s: test accuracy %.4f, macro-F1 %.4f (%d images) in %.1fs", metrics["model"], metrics["accuracy"],
-             metrics["macro_f1"], len(y_true), metrics["eval_wall_time_s"])
+    log.info(
+        "%s: test accuracy %.4f, macro-F1 %.4f (%d images) in %.1fs",
+        metrics["model"],
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        len(y_true),
+        metrics["eval_wall_time_s"],
+    )
     return metrics

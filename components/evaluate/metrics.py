@@ -23,8 +23,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(domain.CLASS_NAMES)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -40,8 +44,13 @@ def _macro_f1_from_confusion(cm: np.ndarray) -> float:
     return float(f1.mean())
 
 
-def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = settings.SEED,
-                 level: float = 0.95) -> dict[str, list[float]]:
+def bootstrap_ci(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = settings.SEED,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
     """Percentile bootstrap intervals (test images resampled with replacement) for accuracy and macro-F1."""
     rng = np.random.default_rng(seed)
     k = domain.NUM_CLASSES

@@ -10,8 +10,8 @@ the implementation it was trained with. Deterministic: every model and run sees 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,7 +76,7 @@ def perturb(rgb: np.ndarray, name: str, index: int = 0) -> np.ndarray:
         return np.asarray(small.resize((w, h), Image.BILINEAR))
     x = rgb.astype(np.float64) / 255.0
     if kind == "gamma":
-        x = x ** strength
+        x = x**strength
     elif kind == "temperature":
         x = x * np.array([1 + strength, 1.0, 1 - strength])
     elif kind == "noise":
@@ -107,8 +107,9 @@ def perturbed_bytes(images: Sequence[np.ndarray], name: str) -> list[bytes]:
     return [encode(perturb(img, name, i), name) for i, img in enumerate(images)]
 
 
-def perturbed_sets(images: Sequence[np.ndarray], names: Sequence[str] = tuple(PERTURBATIONS)
-                   ) -> Iterator[tuple[str, list[bytes]]]:
+def perturbed_sets(
+    images: Sequence[np.ndarray], names: Sequence[str] = tuple(PERTURBATIONS)
+) -> Iterator[tuple[str, list[bytes]]]:
     """(name, encoded perturbed images) in order, the next set prepared in a thread while the caller uses this one.
 
     Pillow and NumPy release the GIL, so the preparation runs on the core the model leaves idle:
@@ -126,9 +127,15 @@ def perturbed_sets(images: Sequence[np.ndarray], names: Sequence[str] = tuple(PE
             yield name, current
 
 
-def robustness(predict: Callable[[list[bytes]], np.ndarray], images: Sequence[np.ndarray], labels: np.ndarray,
-               names: Sequence[str] = tuple(PERTURBATIONS)) -> dict[str, float]:
+def robustness(
+    predict: Callable[[list[bytes]], np.ndarray],
+    images: Sequence[np.ndarray],
+    labels: np.ndarray,
+    names: Sequence[str] = tuple(PERTURBATIONS),
+) -> dict[str, float]:
     """Accuracy of `predict` (encoded images -> probabilities) on each perturbed copy of `images`."""
     labels = np.asarray(labels)
-    return {name: float((predict(encoded).argmax(axis=1) == labels).mean())
-            for name, encoded in perturbed_sets(images, names)}
+    return {
+        name: float((predict(encoded).argmax(axis=1) == labels).mean())
+        for name, encoded in perturbed_sets(images, names)
+    }

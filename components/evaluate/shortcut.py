@@ -44,23 +44,33 @@ def hsv_histograms(flat: np.ndarray) -> np.ndarray:
     h = (h.astype(np.float32) / np.float32(6.0)) % np.float32(1.0)
     h[grey] = 0
     image_offset = (np.arange(len(flat), dtype=np.int64) * HSV_BINS)[:, None]
-    hists = [np.bincount((np.minimum((c * HSV_BINS).astype(np.int64), HSV_BINS - 1) + image_offset).ravel(),
-                         minlength=len(flat) * HSV_BINS).reshape(len(flat), HSV_BINS) for c in (h, s, v)]
+    hists = [
+        np.bincount(
+            (np.minimum((c * HSV_BINS).astype(np.int64), HSV_BINS - 1) + image_offset).ravel(),
+            minlength=len(flat) * HSV_BINS,
+        ).reshape(len(flat), HSV_BINS)
+        for c in (h, s, v)
+    ]
     return np.concatenate(hists, axis=1) / flat.shape[1]
 
 
-def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-              seed: int = settings.SEED, perturbed: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict:
+def fit_score(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    seed: int = settings.SEED,
+    perturbed: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict:
     """Fit HistGradientBoostingClassifier on train features, score on test: accuracy, macro-F1, Benign recall.
 
     `perturbed` maps a perturbation's name to (features, labels) of the perturbed test images: the
     baseline's accuracy there is reported beside the models' (components/evaluate/robustness.py).
     """
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
     from components.evaluate.metrics import classification_metrics
-
-    from threadpoolctl import threadpool_limits
 
     # One OpenMP thread: on a shared 2-core machine the default thread pool is 16x slower (measured 16 s vs 1 s).
     with threadpool_limits(1):
@@ -68,9 +78,15 @@ def fit_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
         pred = model.predict(test_x)
         robustness = {name: float((model.predict(x) == y).mean()) for name, (x, y) in (perturbed or {}).items()}
     m = classification_metrics(test_y, pred)
-    result = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "benign_recall": m["per_class"]["Benign"]["recall"],
-              "features": "RGB mean/std per channel + 16-bin HSV histograms", "model": "HistGradientBoostingClassifier",
-              "train_images": int(len(train_y)), "test_images": int(len(test_y))}
+    result = {
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "benign_recall": m["per_class"]["Benign"]["recall"],
+        "features": "RGB mean/std per channel + 16-bin HSV histograms",
+        "model": "HistGradientBoostingClassifier",
+        "train_images": int(len(train_y)),
+        "test_images": int(len(test_y)),
+    }
     if robustness:
         result["robustness"] = robustness
     return result
@@ -110,8 +126,13 @@ def _cache_key(split_dir: Path, seed: int, perturbations: tuple[str, ...] = ()) 
     return digest.hexdigest()[:24]
 
 
-def shortcut_on_split(split_dir: str | Path, seed: int = settings.SEED, use_cache: bool = True,
-                      perturbed: dict[str, list[bytes]] | None = None, labels: np.ndarray | None = None) -> dict:
+def shortcut_on_split(
+    split_dir: str | Path,
+    seed: int = settings.SEED,
+    use_cache: bool = True,
+    perturbed: dict[str, list[bytes]] | None = None,
+    labels: np.ndarray | None = None,
+) -> dict:
     """The shortcut baseline trained on split_dir/train and tested on split_dir/test (and its perturbed copies).
 
     It does not depend on the model, so the three evaluations of one split share one result
@@ -145,5 +166,4 @@ def _shortcut(split_dir: Path, seed: int, perturbed: dict[str, list[bytes]] | No
     if perturbed and labels is None:
         raise ValueError("perturbed test images need their labels")
     sets = {name: (encoded_features(images), np.asarray(labels)) for name, images in (perturbed or {}).items()}
-    return fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed,
-                     perturbed=sets)
+    return fit_score(*split_features(split_dir, "train"), *split_features(split_dir, "test"), seed=seed, perturbed=sets)

@@ -26,7 +26,9 @@ def external_halves(directory: str | Path) -> dict[str, list[Path]]:
         raise FileNotFoundError(f"external smears folder {directory} does not exist")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in domain.IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ValueError(f"external smears folder {directory} holds no images ({', '.join(sorted(domain.IMAGE_SUFFIXES))})")
+        raise ValueError(
+            f"external smears folder {directory} holds no images ({', '.join(sorted(domain.IMAGE_SUFFIXES))})"
+        )
     halves: dict[str, list[Path]] = {"choose": [], "report": []}
     for path in files:
         parity = int(hashlib.sha256(path.name.encode()).hexdigest(), 16) % 2
@@ -40,8 +42,14 @@ def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return calibration.softmax(logp * temperature)
 
 
-def referral_summary(probabilities: np.ndarray, labels: np.ndarray, refer: np.ndarray, in_distribution: np.ndarray,
-                     prediction_set: np.ndarray, coverage_target: float | None) -> dict:
+def referral_summary(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    refer: np.ndarray,
+    in_distribution: np.ndarray,
+    prediction_set: np.ndarray,
+    coverage_target: float | None,
+) -> dict:
     """Test referral, accuracy of what is accepted, the sets' coverage and size, and the risk-coverage curve."""
     labels = np.asarray(labels)
     refer = np.asarray(refer, dtype=bool)
@@ -64,8 +72,9 @@ def referral_summary(probabilities: np.ndarray, labels: np.ndarray, refer: np.nd
     }
 
 
-def risk_coverage(probabilities: np.ndarray, labels: np.ndarray, refer: np.ndarray,
-                  points: int = RISK_COVERAGE_POINTS) -> list[dict]:
+def risk_coverage(
+    probabilities: np.ndarray, labels: np.ndarray, refer: np.ndarray, points: int = RISK_COVERAGE_POINTS
+) -> list[dict]:
     """Accuracy of the accepted images against the share referred, referring the least certain first.
 
     Images the model refers come first, then the lowest top probability; the operating point is
@@ -91,7 +100,9 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
     return float(roc_auc_score(y, np.r_[in_scores, out_scores]))
 
 
-def detection_scores(probabilities: np.ndarray, ood_score: np.ndarray, logits: np.ndarray | None) -> dict[str, np.ndarray]:
+def detection_scores(
+    probabilities: np.ndarray, ood_score: np.ndarray, logits: np.ndarray | None
+) -> dict[str, np.ndarray]:
     """Each method's score on the same images: larger means "less like training".
 
     - the served graph's `ood_score` (Mahalanobis on mid-level features: the method in use);

@@ -20,7 +20,12 @@ def preprocess_op(
     from components.preprocess.executor import run_preprocess
 
     size = s.profile(profile).source_size
-    result = run_preprocess(os.path.join(kept.path, "kept.csv"), shards.path, image_size=size,
-                            num_shards=s.NUM_SHARDS, brightness=brightness)
+    result = run_preprocess(
+        os.path.join(kept.path, "kept.csv"),
+        shards.path,
+        image_size=size,
+        num_shards=s.NUM_SHARDS,
+        brightness=brightness,
+    )
     shards.metadata.update({"image_size": size, "count": result["count"], "brightness": brightness})
     return int(result["count"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 from components import atomic_files, domain, records, settings
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,10 @@ def run_preprocess(
     """Write `out_dir/shard-*.tfrecord` and `preprocess.json` for the rows of kept.csv; return the summary."""
     import pandas as pd
 
-
     if brightness not in domain.BRIGHTNESS_METHODS:
-        raise ValueError(f"unknown brightness method {brightness!r}; expected one of {', '.join(domain.BRIGHTNESS_METHODS)}")
+        raise ValueError(
+            f"unknown brightness method {brightness!r}; expected one of {', '.join(domain.BRIGHTNESS_METHODS)}"
+        )
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8, got {image_size}")
     kept_csv = Path(kept_csv)

@@ -10,7 +10,9 @@ from components import settings
 from components.cli_output import emit, fail
 
 promote_app = typer.Typer(add_completion=False)
-registry_app = typer.Typer(add_completion=False, help="The model registry and the served labels: list, rollback, promote.")
+registry_app = typer.Typer(
+    add_completion=False, help="The model registry and the served labels: list, rollback, promote."
+)
 
 
 def _default_candidates() -> list[Path]:
@@ -39,26 +41,72 @@ def _human_promote(result: dict) -> str:
 
 @promote_app.command()
 def promote(
-    candidates: list[Path] = typer.Option(None, "--candidates", help="Evaluation output directories (each with metrics.json); "
-                                          "repeat the option or list them after it. Default: every run under $LEUKOFLOW_HOME/runs/evaluate."),
+    candidates: list[Path] = typer.Option(
+        None,
+        "--candidates",
+        help="Evaluation output directories (each with metrics.json); "
+        "repeat the option or list them after it. Default: every run under $LEUKOFLOW_HOME/runs/evaluate.",
+    ),
     extra: list[Path] = typer.Argument(None, help="More candidate directories.", show_default=False),
-    split_dir: Path = typer.Option(None, "--split-dir", help="The split the candidates were evaluated on (split.csv and test shards; "
-                                   "default: $LEUKOFLOW_HOME/runs/data/split)."),
-    out: Path = typer.Option(None, "--out", help="Where decision.md, decision.json and model_card.md go (default: $LEUKOFLOW_HOME/reports/promote-<id>)."),
-    label: str = typer.Option("stable", "--label", help="Label the promoted version gets: stable (alias champion) or canary (alias challenger)."),
-    pipeline_run_id: str = typer.Option("", "--pipeline-run-id", help="Pipeline run id recorded in the registry (default: manual)."),
-    reference: Path = typer.Option(None, "--reference", help="Drift reference profile (file, or the reference step's directory) stored with the version."),
-    drift_report: str = typer.Option("", "--drift-report", help="The drift report that triggered this retraining (recorded in the registry)."),
+    split_dir: Path = typer.Option(
+        None,
+        "--split-dir",
+        help="The split the candidates were evaluated on (split.csv and test shards; "
+        "default: $LEUKOFLOW_HOME/runs/data/split).",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Where decision.md, decision.json and model_card.md go (default: $LEUKOFLOW_HOME/reports/promote-<id>).",
+    ),
+    label: str = typer.Option(
+        "stable",
+        "--label",
+        help="Label the promoted version gets: stable (alias champion) or canary (alias challenger).",
+    ),
+    pipeline_run_id: str = typer.Option(
+        "", "--pipeline-run-id", help="Pipeline run id recorded in the registry (default: manual)."
+    ),
+    reference: Path = typer.Option(
+        None,
+        "--reference",
+        help="Drift reference profile (file, or the reference step's directory) stored with the version.",
+    ),
+    drift_report: str = typer.Option(
+        "", "--drift-report", help="The drift report that triggered this retraining (recorded in the registry)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide and write the decision only; change nothing."),
-    step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps (set to the server's config poll interval)."),
-    serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps until it "
-                                     "reports the new version AVAILABLE (default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
+    step_wait: float = typer.Option(
+        0.0,
+        "--step-wait-seconds",
+        help="Pause between the two models.config steps (set to the server's config poll interval).",
+    ),
+    serving_rest: str = typer.Option(
+        None,
+        "--serving-rest",
+        help="REST address of a running server to wait on between the steps until it "
+        "reports the new version AVAILABLE (default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip).",
+    ),
     min_macro_f1: float = typer.Option(settings.GATE_MIN_MACRO_F1, "--min-macro-f1", help="Floor: macro-F1."),
-    min_class_recall: float = typer.Option(settings.GATE_MIN_CLASS_RECALL, "--min-class-recall", help="Floor: every class's recall."),
-    min_robust: float = typer.Option(None, "--min-robust-accuracy", help="Floor: worst accuracy under the plausible perturbations (default: the profile's, else settings.GATE_MIN_ROBUST_ACCURACY)."),
-    margin: float = typer.Option(settings.GATE_MACRO_F1_MARGIN, "--margin", help="Candidates within this macro-F1 of the best count as equally good."),
-    max_regression: float = typer.Option(settings.GATE_MAX_REGRESSION, "--max-regression", help="Macro-F1 the new model may lose against the champion."),
-    profile: str = typer.Option("quick", "--profile", help="Profile whose gate settings apply (smoke does not gate the trust floors)."),
+    min_class_recall: float = typer.Option(
+        settings.GATE_MIN_CLASS_RECALL, "--min-class-recall", help="Floor: every class's recall."
+    ),
+    min_robust: float = typer.Option(
+        None,
+        "--min-robust-accuracy",
+        help="Floor: worst accuracy under the plausible perturbations (default: the profile's, else settings.GATE_MIN_ROBUST_ACCURACY).",
+    ),
+    margin: float = typer.Option(
+        settings.GATE_MACRO_F1_MARGIN,
+        "--margin",
+        help="Candidates within this macro-F1 of the best count as equally good.",
+    ),
+    max_regression: float = typer.Option(
+        settings.GATE_MAX_REGRESSION, "--max-regression", help="Macro-F1 the new model may lose against the champion."
+    ),
+    profile: str = typer.Option(
+        "quick", "--profile", help="Profile whose gate settings apply (smoke does not gate the trust floors)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Gate the evaluated candidates and promote the best-balanced one (model store, models.config, registry)."""
@@ -79,13 +127,28 @@ def promote(
         policy = Policy(**_settings.profile(profile).gate)
     except ValueError as exc:
         fail(str(exc), as_json)
-    given = {"min_macro_f1": min_macro_f1, "min_class_recall": min_class_recall, "min_robust_accuracy": min_robust,
-             "margin": margin, "max_regression": max_regression}
+    given = {
+        "min_macro_f1": min_macro_f1,
+        "min_class_recall": min_class_recall,
+        "min_robust_accuracy": min_robust,
+        "margin": margin,
+        "max_regression": max_regression,
+    }
     policy = dataclasses.replace(policy, **{k: v for k, v in given.items() if v is not None})
     try:
-        result = run_promote(paths, out, split_dir or _default_split(), label=label, pipeline_run_id=pipeline_run_id,
-                             policy=policy, dry_run=dry_run, step_wait_s=step_wait, reference=reference,
-                             drift_report=drift_report, serving_rest=serving_rest)
+        result = run_promote(
+            paths,
+            out,
+            split_dir or _default_split(),
+            label=label,
+            pipeline_run_id=pipeline_run_id,
+            policy=policy,
+            dry_run=dry_run,
+            step_wait_s=step_wait,
+            reference=reference,
+            drift_report=drift_report,
+            serving_rest=serving_rest,
+        )
     except (FileNotFoundError, ValueError, PromotionError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, _human_promote)
@@ -99,8 +162,10 @@ def _human_list(result: dict) -> str:
     for r in rows:
         f1 = f"{r['macro_f1']:.4f}" if r["macro_f1"] is not None else "-"
         acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-        lines.append(f"{r['version']:>7}  {str(r['model']):<12} {f1:>8} {acc:>8}  {str(r['label'] or '-'):<7} "
-                     f"{','.join(r['aliases']) or '-':<20} {r['model_path'] or '-'}")
+        lines.append(
+            f"{r['version']:>7}  {str(r['model']):<12} {f1:>8} {acc:>8}  {str(r['label'] or '-'):<7} "
+            f"{','.join(r['aliases']) or '-':<20} {r['model_path'] or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -125,22 +190,36 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print a JSON list 
 @registry_app.command()
 def rollback(
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
-    serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps "
-                                     "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
-    server: str = typer.Option(None, "--server", help="gRPC HOST:PORT of a running server to send each models.config step "
-                               "to (HandleReloadConfigRequest) and confirm the label answers; without it, say that "
-                               "the server must poll the config or be told to reload."),
+    serving_rest: str = typer.Option(
+        None,
+        "--serving-rest",
+        help="REST address of a running server to wait on between the steps "
+        "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip).",
+    ),
+    server: str = typer.Option(
+        None,
+        "--server",
+        help="gRPC HOST:PORT of a running server to send each models.config step "
+        "to (HandleReloadConfigRequest) and confirm the label answers; without it, say that "
+        "the server must poll the config or be told to reload.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Move stable (and the champion alias) back to the previous champion."""
-    from components.promote.executor import PromotionError, rollback as do_rollback
+    from components.promote.executor import PromotionError
+    from components.promote.executor import rollback as do_rollback
 
     try:
         result = do_rollback(step_wait_s=step_wait, serving_rest=serving_rest, server=server)
     except (ValueError, PromotionError, FileNotFoundError) as exc:
         fail(str(exc), as_json)
-    emit(result, as_json, lambda r: f"stable -> version {r['version']} (was {r['rolled_back_from']}); aliases {r['aliases']}"
-         f"\n{r['server']}")
+    emit(
+        result,
+        as_json,
+        lambda r: (
+            f"stable -> version {r['version']} (was {r['rolled_back_from']}); aliases {r['aliases']}\n{r['server']}"
+        ),
+    )
 
 
 @registry_app.command("promote")
@@ -148,15 +227,24 @@ def promote_version(
     version: int = typer.Argument(..., help="Registered version to label."),
     label: str = typer.Option(..., "--label", help="stable (alias champion) or canary (alias challenger)."),
     step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
-    serving_rest: str = typer.Option(None, "--serving-rest", help="REST address of a running server to wait on between the steps "
-                                     "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip)."),
-    server: str = typer.Option(None, "--server", help="gRPC HOST:PORT of a running server to send each models.config step "
-                               "to (HandleReloadConfigRequest) and confirm the label answers; without it, say that "
-                               "the server must poll the config or be told to reload."),
+    serving_rest: str = typer.Option(
+        None,
+        "--serving-rest",
+        help="REST address of a running server to wait on between the steps "
+        "(default: $LEUKOFLOW_SERVING_REST or http://127.0.0.1:8501; '' to skip).",
+    ),
+    server: str = typer.Option(
+        None,
+        "--server",
+        help="gRPC HOST:PORT of a running server to send each models.config step "
+        "to (HandleReloadConfigRequest) and confirm the label answers; without it, say that "
+        "the server must poll the config or be told to reload.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Manual step: put a label on a registered version (registry and models.config together)."""
-    from components.promote.executor import PromotionError, promote_version as do_promote
+    from components.promote.executor import PromotionError
+    from components.promote.executor import promote_version as do_promote
 
     if label not in ("stable", "canary"):
         fail(f"--label must be stable or canary, got {label!r}", as_json)
@@ -164,4 +252,6 @@ def promote_version(
         result = do_promote(version, label, step_wait_s=step_wait, serving_rest=serving_rest, server=server)
     except (ValueError, PromotionError, FileNotFoundError) as exc:
         fail(str(exc), as_json)
-    emit(result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}\n{r['server']}")
+    emit(
+        result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}\n{r['server']}"
+    )

@@ -61,8 +61,11 @@ def ensure_model(c, name: str = settings.REGISTERED_MODEL_NAME) -> None:
     try:
         c.get_registered_model(name)
     except MlflowException:
-        c.create_registered_model(name, description="Acute lymphoblastic leukemia stage classifier "
-                                  "(Benign, Early, Pre, Pro) served by TF Serving as 'leukemia'.")
+        c.create_registered_model(
+            name,
+            description="Acute lymphoblastic leukemia stage classifier "
+            "(Benign, Early, Pre, Pro) served by TF Serving as 'leukemia'.",
+        )
 
 
 def metric_key(key: str) -> str:
@@ -95,17 +98,27 @@ def _flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def create_version(saved_model_dir: str | Path, metrics: dict[str, Any], params: dict[str, Any],
-                   tags: dict[str, str], artifacts: list[str | Path], description: str = "",
-                   name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None) -> tuple[int, str]:
+def create_version(
+    saved_model_dir: str | Path,
+    metrics: dict[str, Any],
+    params: dict[str, Any],
+    tags: dict[str, str],
+    artifacts: list[str | Path],
+    description: str = "",
+    name: str = settings.REGISTERED_MODEL_NAME,
+    uri: str | None = None,
+) -> tuple[int, str]:
     """Log a run (metrics, params, tags, artifacts, the SavedModel) and register it; returns (version, run_id)."""
     from mlflow.entities import Metric, Param
 
     uri = uri or home.registry_uri()
     c = client(uri)
     ensure_model(c, name)
-    run = c.create_run(_experiment_id(c, uri), run_name=f"promote-{tags.get('model', 'model')}",
-                       tags={k: str(v) for k, v in tags.items()})
+    run = c.create_run(
+        _experiment_id(c, uri),
+        run_name=f"promote-{tags.get('model', 'model')}",
+        tags={k: str(v) for k, v in tags.items()},
+    )
     run_id = run.info.run_id
     try:
         import time
@@ -115,7 +128,7 @@ def create_version(saved_model_dir: str | Path, metrics: dict[str, Any], params:
         metric_list = [Metric(k, v, now, 0) for k, v in flat.items()]
         param_list = [Param(k, v) for k, v in _flat_params(params).items()]
         for i in range(0, max(len(metric_list), len(param_list)), 100):  # log_batch limits
-            c.log_batch(run_id, metrics=metric_list[i:i + 100], params=param_list[i:i + 100])
+            c.log_batch(run_id, metrics=metric_list[i : i + 100], params=param_list[i : i + 100])
         c.log_artifacts(run_id, str(saved_model_dir), artifact_path="saved_model")
         for art in artifacts:
             c.log_artifact(run_id, str(art))
@@ -137,8 +150,9 @@ def _delete_run(c, run_id: str) -> None:
         log.warning("could not delete run %s: %s", run_id, exc)
 
 
-def delete_version(version: int, run_id: str | None = None, name: str = settings.REGISTERED_MODEL_NAME,
-                   uri: str | None = None) -> None:
+def delete_version(
+    version: int, run_id: str | None = None, name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None
+) -> None:
     """Remove a version (and its run) created by a promotion that failed later."""
     c = client(uri)
     c.delete_model_version(name, str(version))
@@ -146,8 +160,9 @@ def delete_version(version: int, run_id: str | None = None, name: str = settings
         _delete_run(c, run_id)
 
 
-def set_version_tags(version: int, tags: dict[str, str], name: str = settings.REGISTERED_MODEL_NAME,
-                     uri: str | None = None) -> None:
+def set_version_tags(
+    version: int, tags: dict[str, str], name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None
+) -> None:
     c = client(uri)
     for k, v in tags.items():
         c.set_model_version_tag(name, str(version), k, str(v))
@@ -196,8 +211,13 @@ def restore(snap: dict[str, Any], name: str = settings.REGISTERED_MODEL_NAME, ur
         c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(snap["history"]))
 
 
-def assign_label(version: int, label: str, name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None,
-                 history: list[int] | None = None) -> None:
+def assign_label(
+    version: int,
+    label: str,
+    name: str = settings.REGISTERED_MODEL_NAME,
+    uri: str | None = None,
+    history: list[int] | None = None,
+) -> None:
     """Move the alias of a serving label (stable -> champion, canary -> challenger) to `version`.
 
     A new champion is appended to the champion history (or the history is set to `history` for rollbacks);
@@ -231,12 +251,22 @@ def versions(name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None)
     out = []
     for mv in c.search_model_versions(f"name='{name}'"):
         v = int(mv.version)
-        out.append({"version": v, "aliases": sorted(by_version.get(v, [])), "tags": dict(mv.tags or {}),
-                    "source": mv.source, "run_id": mv.run_id, "created_ms": mv.creation_timestamp})
+        out.append(
+            {
+                "version": v,
+                "aliases": sorted(by_version.get(v, [])),
+                "tags": dict(mv.tags or {}),
+                "source": mv.source,
+                "run_id": mv.run_id,
+                "created_ms": mv.creation_timestamp,
+            }
+        )
     return sorted(out, key=lambda d: -d["version"])
 
 
-def get_version(version: int, name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None) -> dict[str, Any] | None:
+def get_version(
+    version: int, name: str = settings.REGISTERED_MODEL_NAME, uri: str | None = None
+) -> dict[str, Any] | None:
     return next((v for v in versions(name, uri) if v["version"] == int(version)), None)
 
 

@@ -19,8 +19,10 @@ from components import settings
 log = logging.getLogger(__name__)
 
 AVAILABLE = 30  # ModelVersionStatus.State
-NOT_TOLD = ("models.config is written, but no server was told: a running server applies it only if it polls the file "
-            "(--model_config_file_poll_wait_seconds) or is told to reload (pass --server HOST:PORT)")
+NOT_TOLD = (
+    "models.config is written, but no server was told: a running server applies it only if it polls the file "
+    "(--model_config_file_poll_wait_seconds) or is told to reload (pass --server HOST:PORT)"
+)
 
 
 class ReloadError(RuntimeError):
@@ -54,8 +56,9 @@ def send_config(server: str, config_path: str | Path, timeout_s: float = 60.0) -
         raise ReloadError(f"server {server} refused the reload: {response.status.error_message}")
 
 
-def served_version(server: str, name: str, label: str | None = None, version: int | None = None,
-                   timeout_s: float = 10.0) -> int | None:
+def served_version(
+    server: str, name: str, label: str | None = None, version: int | None = None, timeout_s: float = 10.0
+) -> int | None:
     """The AVAILABLE version the server answers with for a label (or a version); None when it does not."""
     import grpc
     from tensorflow_serving.apis import get_model_status_pb2
@@ -86,13 +89,21 @@ def wait_until_served(server: str, name: str, version: int, label: str | None = 
             return
         if time.monotonic() > deadline:
             what = f"label {label!r}" if label else f"version {version}"
-            raise ReloadError(f"server {server} does not answer {name} {what} with version {version} "
-                              f"after {timeout_s:.0f} s (it answers {got})")
+            raise ReloadError(
+                f"server {server} does not answer {name} {what} with version {version} "
+                f"after {timeout_s:.0f} s (it answers {got})"
+            )
         time.sleep(0.2)
 
 
-def tell_server(server: str, config_path: str | Path, version: int, label: str | None = None,
-                name: str = settings.SERVED_MODEL_NAME, timeout_s: float = 60.0) -> None:
+def tell_server(
+    server: str,
+    config_path: str | Path,
+    version: int,
+    label: str | None = None,
+    name: str = settings.SERVED_MODEL_NAME,
+    timeout_s: float = 60.0,
+) -> None:
     """Send the config on disk, then wait until the server answers with `version` (by `label` when given)."""
     send_config(server, config_path, timeout_s)
     wait_until_served(server, name, version, label, timeout_s)

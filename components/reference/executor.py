@@ -25,7 +25,7 @@ REFERENCE_SUFFIXES: tuple[str, ...] = (".parquet", ".csv")
 LABEL_COLUMN = "label"
 
 
-def write_frame(frame: "pd.DataFrame", out_path: str | Path) -> Path:  # noqa: F821
+def write_frame(frame: pd.DataFrame, out_path: str | Path) -> Path:  # noqa: F821
     """Write parquet or CSV (by suffix) atomically: a temp file in the same folder, then rename."""
     out = Path(out_path)
     if out.suffix not in REFERENCE_SUFFIXES:
@@ -51,11 +51,13 @@ def _graph_features(examples: list[dict], saved_model: Path | None, batch: int =
         signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
         missing = [o for o in graph.FEATURE_OUTPUTS if o not in signature.structured_outputs]
         if missing:
-            raise ValueError(f"{saved_model}: serving_default lacks the monitoring outputs {', '.join(missing)} "
-                             "(exported before components/image_features.py; re-export it)")
+            raise ValueError(
+                f"{saved_model}: serving_default lacks the monitoring outputs {', '.join(missing)} "
+                "(exported before components/image_features.py; re-export it)"
+            )
         rows: list[dict] = []
         for start in range(0, len(examples), batch):
-            chunk = [e["encoded"] for e in examples[start:start + batch]]
+            chunk = [e["encoded"] for e in examples[start : start + batch]]
             outputs = signature(images=tf.constant(chunk, tf.string))
             values = [outputs[o].numpy() for o in graph.FEATURE_OUTPUTS]
             rows += [{name: float(v[i]) for name, v in zip(graph.FEATURE_NAMES, values)} for i in range(len(chunk))]
@@ -107,7 +109,7 @@ def build_reference(split_dir: str | Path, out_path: str | Path, saved_model: st
     return result
 
 
-def load_reference(path: str | Path) -> "pd.DataFrame":  # noqa: F821
+def load_reference(path: str | Path) -> pd.DataFrame:  # noqa: F821
     """A reference file as a DataFrame with every feature (and `label` when present); clear errors otherwise."""
     import pandas as pd
 

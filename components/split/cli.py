@@ -19,18 +19,26 @@ def default_out() -> Path:
 
 
 def _human(result: dict) -> str:
-    return "\n".join([
-        f"images: {result['images']} in {result['groups']} groups, seed {result['seed']}, ratios {result['ratios']}",
-        result["table"].rstrip(),
-        result["leakage_check"],
-        f"split manifest: {result['split_csv']}",
-    ])
+    return "\n".join(
+        [
+            f"images: {result['images']} in {result['groups']} groups, seed {result['seed']}, ratios {result['ratios']}",
+            result["table"].rstrip(),
+            result["leakage_check"],
+            f"split manifest: {result['split_csv']}",
+        ]
+    )
 
 
 @app.command()
 def split(
-    kept: Path = typer.Option(None, "--kept", help="kept.csv from `leukoflow data dedup` (default: the last dedup run's)."),
-    preprocessed: Path = typer.Option(None, "--preprocessed", help="Shard directory from `leukoflow data preprocess` (default: the last run's, if any)."),
+    kept: Path = typer.Option(
+        None, "--kept", help="kept.csv from `leukoflow data dedup` (default: the last dedup run's)."
+    ),
+    preprocessed: Path = typer.Option(
+        None,
+        "--preprocessed",
+        help="Shard directory from `leukoflow data preprocess` (default: the last run's, if any).",
+    ),
     out: Path = typer.Option(None, "--out", help="Output directory (default: $LEUKOFLOW_HOME/runs/data/split)."),
     seed: int = typer.Option(settings.SEED, "--seed", help="Random seed; the same seed and data give the same split."),
     train: float = typer.Option(settings.SPLIT_RATIOS[0], "--train", help="Fraction of each class for training."),
@@ -47,8 +55,14 @@ def split(
     if preprocessed is None and list(preprocess_out().glob("*.tfrecord")):
         preprocessed = preprocess_out()
     try:
-        result = run_split(kept or dedup_out() / "kept.csv", preprocessed, out or default_out(),
-                           ratios=(train, val, test), seed=seed, num_shards=num_shards)
+        result = run_split(
+            kept or dedup_out() / "kept.csv",
+            preprocessed,
+            out or default_out(),
+            ratios=(train, val, test),
+            seed=seed,
+            num_shards=num_shards,
+        )
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)
     emit(result, as_json, _human)

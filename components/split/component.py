@@ -18,12 +18,12 @@ def split_op(
     """Split 70/15/15 per class; `split` holds split.csv, counts.csv/.md, split.json, {train,val,test}/shard-*.tfrecord and preprocess.json (seed -1: settings default)."""
     import os
 
+    from components import settings as s
     from components.split.executor import run_split
 
-    from components import settings as s
-
-    result = run_split(os.path.join(kept.path, "kept.csv"), preprocessed.path, split.path,
-                       seed=seed if seed >= 0 else s.SEED)
+    result = run_split(
+        os.path.join(kept.path, "kept.csv"), preprocessed.path, split.path, seed=seed if seed >= 0 else s.SEED
+    )
     with open(counts.path, "w") as handle:
         handle.write("# Split counts\n\n" + result["table"] + "\n" + result["leakage_check"] + "\n")
     for name, value in result["counts"].items():

@@ -89,8 +89,10 @@ def check_no_leakage(frame, hamming: int = settings.DEDUP_HAMMING) -> None:
         crossing = [(i, j, d) for (i, j), d in near_pairs(hashes, hamming).items() if splits[i] != splits[j]]
         if crossing:
             i, j, d = crossing[0]
-            raise SplitError(f"leakage: {len(crossing)} near-duplicate pairs (pHash distance <= {hamming}) span "
-                             f"two splits, e.g. {paths[i]} ({splits[i]}) and {paths[j]} ({splits[j]}, distance {d})")
+            raise SplitError(
+                f"leakage: {len(crossing)} near-duplicate pairs (pHash distance <= {hamming}) span "
+                f"two splits, e.g. {paths[i]} ({splits[i]}) and {paths[j]} ({splits[j]}, distance {d})"
+            )
 
 
 def counts_table(frame):
@@ -98,7 +100,8 @@ def counts_table(frame):
     import pandas as pd
 
     table = pd.crosstab(frame["label"], frame["split"]).reindex(
-        index=list(domain.CLASS_NAMES), columns=list(records.SPLITS), fill_value=0)
+        index=list(domain.CLASS_NAMES), columns=list(records.SPLITS), fill_value=0
+    )
     table["total"] = table.sum(axis=1)
     table.loc["total"] = table.sum(axis=0)
     return table.reset_index().rename(columns={"index": "label"})
@@ -136,8 +139,10 @@ def route_records(preprocessed_dir: str | Path, out_dir: Path, split_of: dict[st
     shards = {s: w.close() for s, w in writers.items()}
     missing = set(split_of) - seen
     if missing:
-        raise SplitError(f"{len(missing)} images of the split have no preprocessed record in {preprocessed_dir} "
-                         f"(e.g. {sorted(missing)[0]}); re-run preprocess on the same kept.csv")
+        raise SplitError(
+            f"{len(missing)} images of the split have no preprocessed record in {preprocessed_dir} "
+            f"(e.g. {sorted(missing)[0]}); re-run preprocess on the same kept.csv"
+        )
     if ignored:
         log.warning("%d preprocessed records are not in the kept manifest and were not routed", ignored)
     return shards
@@ -154,7 +159,6 @@ def run_split(
 ) -> dict:
     """Split kept.csv, check for leakage, write the manifests and (if given) route the records."""
     import pandas as pd
-
 
     kept_csv = Path(kept_csv)
     if not kept_csv.is_file():
@@ -178,8 +182,11 @@ def run_split(
     markdown = counts_markdown(table)
     atomic_files.write_text(out / "counts.md", markdown)
 
-    shards = (route_records(preprocessed_dir, out, dict(zip(frame["id"], frame["split"])), num_shards)
-              if preprocessed_dir else {})
+    shards = (
+        route_records(preprocessed_dir, out, dict(zip(frame["id"], frame["split"])), num_shards)
+        if preprocessed_dir
+        else {}
+    )
     if preprocessed_dir and (Path(preprocessed_dir) / "preprocess.json").is_file():
         # Beside the shards, so training knows their image size and the brightness method.
         (out / "preprocess.json").write_text((Path(preprocessed_dir) / "preprocess.json").read_text())

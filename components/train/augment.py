@@ -16,11 +16,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Stain: optical density OD = -log(I / I0) per channel; a lab's stain concentration and timing
 # scale it (Tellez et al. 2018 jitter in OD space, here per RGB channel and overall).
-OD_SCALE = 0.25          # overall concentration factor in [1 - s, 1 + s]
+OD_SCALE = 0.25  # overall concentration factor in [1 - s, 1 + s]
 OD_CHANNEL_SCALE = 0.12  # per-channel factor in [1 - s, 1 + s]
-OD_SHIFT = 0.04          # per-channel additive OD
+OD_SHIFT = 0.04  # per-channel additive OD
 # Lamp and camera.
-EXPOSURE = (0.7, 1.25)   # multiplicative light
+EXPOSURE = (0.7, 1.25)  # multiplicative light
 COLOUR_TEMPERATURE = 0.12  # red gain 1 + t, blue gain 1 - t
 GAMMA = (0.7, 1.45)
 CONTRAST = 0.25
@@ -41,19 +41,19 @@ PHOTOMETRIC_PROBABILITY = 0.9  # a few images stay as the lab made them
 OVEREXPOSURE = (1.0, 1.3)
 
 
-def _uniform(low: float, high: float, shape=()) -> "tf.Tensor":
+def _uniform(low: float, high: float, shape=()) -> tf.Tensor:
     import tensorflow as tf
 
     return tf.random.uniform(shape, low, high)
 
 
-def _chance(p: float) -> "tf.Tensor":
+def _chance(p: float) -> tf.Tensor:
     import tensorflow as tf
 
     return tf.random.uniform(()) < p
 
 
-def stain_jitter(image: "tf.Tensor") -> "tf.Tensor":
+def stain_jitter(image: tf.Tensor) -> tf.Tensor:
     """Scale and shift optical density, overall and per channel (the stain's concentration and balance)."""
     import tensorflow as tf
 
@@ -63,7 +63,7 @@ def stain_jitter(image: "tf.Tensor") -> "tf.Tensor":
     return tf.exp(-od)
 
 
-def gaussian_blur(image: "tf.Tensor", sigma: "tf.Tensor | float") -> "tf.Tensor":
+def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor | float) -> tf.Tensor:
     """Separable Gaussian blur of one float image [H, W, 3] (reflect padding); sigma 0 is the identity."""
     import tensorflow as tf
 
@@ -80,7 +80,7 @@ def gaussian_blur(image: "tf.Tensor", sigma: "tf.Tensor | float") -> "tf.Tensor"
     return out[0]
 
 
-def change_resolution(image: "tf.Tensor", factor: "tf.Tensor | float") -> "tf.Tensor":
+def change_resolution(image: tf.Tensor, factor: tf.Tensor | float) -> tf.Tensor:
     """Down-sample by `factor` and back: what a camera with fewer pixels over the same field gives."""
     import tensorflow as tf
 
@@ -89,14 +89,14 @@ def change_resolution(image: "tf.Tensor", factor: "tf.Tensor | float") -> "tf.Te
     return tf.image.resize(tf.image.resize(image, small, antialias=True), shape)
 
 
-def overexpose(image: "tf.Tensor", gain: "tf.Tensor | float") -> "tf.Tensor":
+def overexpose(image: tf.Tensor, gain: tf.Tensor | float) -> tf.Tensor:
     """More light by `gain` (>= 1), clipped where the sensor saturates."""
     import tensorflow as tf
 
     return tf.clip_by_value(image * gain, 0.0, 1.0)
 
 
-def photometric(image: "tf.Tensor", overexposure: float = 0.0) -> "tf.Tensor":
+def photometric(image: tf.Tensor, overexposure: float = 0.0) -> tf.Tensor:
     """One random lab: float [H, W, 3] in [0, 1] -> float [H, W, 3] in [0, 1].
 
     With probability `overexposure`, the lab's image is then taken with more light (OVEREXPOSURE).
@@ -122,8 +122,9 @@ def photometric(image: "tf.Tensor", overexposure: float = 0.0) -> "tf.Tensor":
 
     shape = image.shape
     x = tf.cond(_chance(PHOTOMETRIC_PROBABILITY), lambda: change(image), lambda: image)
-    x = tf.cond(_chance(GRAYSCALE_PROBABILITY), lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)),
-                lambda: x)
+    x = tf.cond(
+        _chance(GRAYSCALE_PROBABILITY), lambda: tf.image.grayscale_to_rgb(tf.image.rgb_to_grayscale(x)), lambda: x
+    )
     if overexposure > 0:
         x = tf.cond(_chance(overexposure), lambda: overexpose(x, _uniform(*OVEREXPOSURE)), lambda: x)
     x = tf.clip_by_value(x, 0.0, 1.0)

@@ -32,10 +32,10 @@ class Calibration:
     """The fitted numbers the exported graph needs."""
 
     temperature: float
-    class_means: np.ndarray       # [classes, D]
-    whitening: np.ndarray         # [D, D]: ||(f - mean_c) @ whitening||^2 is the Mahalanobis distance
-    ood_threshold: float          # a score above this is out of distribution
-    conformal_quantile: float     # class c is in the set when p_c >= 1 - quantile
+    class_means: np.ndarray  # [classes, D]
+    whitening: np.ndarray  # [D, D]: ||(f - mean_c) @ whitening||^2 is the Mahalanobis distance
+    ood_threshold: float  # a score above this is out of distribution
+    conformal_quantile: float  # class c is in the set when p_c >= 1 - quantile
     ood_referral_rate: float
     coverage: float
     fitted_on: dict
@@ -81,8 +81,9 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, num_classes: int) 
     present = [c for c in range(num_classes) if np.any(labels == c)]
     if not present:
         raise ValueError("no training features to fit the out-of-distribution score on")
-    means = np.stack([features[labels == c].mean(axis=0) if c in present else features.mean(axis=0)
-                      for c in range(num_classes)])
+    means = np.stack(
+        [features[labels == c].mean(axis=0) if c in present else features.mean(axis=0) for c in range(num_classes)]
+    )
     centred = features - means[labels]
     scale = centred.std(axis=0) + 1e-6  # standardise first: features of random-init bases span decades
     precision = LedoitWolf(assume_centered=True).fit(centred / scale).precision_
@@ -138,15 +139,31 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
     out = []
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (confidence > low) & (confidence <= high)
-        out.append({"low": float(low), "high": float(high), "count": int(inside.sum()),
-                    "confidence": float(confidence[inside].mean()) if inside.any() else None,
-                    "accuracy": float(correct[inside].mean()) if inside.any() else None})
+        out.append(
+            {
+                "low": float(low),
+                "high": float(high),
+                "count": int(inside.sum()),
+                "confidence": float(confidence[inside].mean()) if inside.any() else None,
+                "accuracy": float(correct[inside].mean()) if inside.any() else None,
+            }
+        )
     return out
 
 
-def fit_calibration(train_ood_features: np.ndarray, train_labels: np.ndarray, val_head_features: np.ndarray,
-                    val_ood_features: np.ndarray, val_labels: np.ndarray, kernel: np.ndarray, bias: np.ndarray, *,
-                    num_classes: int, ood_referral_rate: float, coverage: float) -> Calibration:
+def fit_calibration(
+    train_ood_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_head_features: np.ndarray,
+    val_ood_features: np.ndarray,
+    val_labels: np.ndarray,
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    *,
+    num_classes: int,
+    ood_referral_rate: float,
+    coverage: float,
+) -> Calibration:
     """Fit temperature (head features), the Mahalanobis score and its threshold (mid-level features), the conformal quantile."""
     val_logits = np.asarray(val_head_features, dtype=np.float64) @ kernel + bias
     fitted_temperature = fit_temperature(val_logits, val_labels)
@@ -163,13 +180,22 @@ def fit_calibration(train_ood_features: np.ndarray, train_labels: np.ndarray, va
     calibrated = softmax(val_logits, temperature)
     quantile = conformal_quantile(calibrated, val_labels, coverage)
     return Calibration(
-        temperature=temperature, class_means=means, whitening=whitening, ood_threshold=threshold,
-        conformal_quantile=quantile, ood_referral_rate=ood_referral_rate, coverage=coverage,
-        fitted_on={"train_features": int(len(train_labels)), "val_images": int(len(val_labels)),
-                   "val_ood_referred": float(np.mean(val_scores > threshold)),
-                   "val_ece_before": ece_before,
-                   "val_ece_after": expected_calibration_error(calibrated, val_labels),
-                   "fitted_temperature": fitted_temperature, "temperature_kept": temperature == fitted_temperature},
+        temperature=temperature,
+        class_means=means,
+        whitening=whitening,
+        ood_threshold=threshold,
+        conformal_quantile=quantile,
+        ood_referral_rate=ood_referral_rate,
+        coverage=coverage,
+        fitted_on={
+            "train_features": int(len(train_labels)),
+            "val_images": int(len(val_labels)),
+            "val_ood_referred": float(np.mean(val_scores > threshold)),
+            "val_ece_before": ece_before,
+            "val_ece_after": expected_calibration_error(calibrated, val_labels),
+            "fitted_temperature": fitted_temperature,
+            "temperature_kept": temperature == fitted_temperature,
+        },
     )
 
 

@@ -43,12 +43,21 @@ def train_op(
         overrides["weights"] = chosen
     config = model_config(profile, model_name, **overrides)
     result = run_train(split.path, trained.path, config)
-    trained.metadata.update({"model": model_name, "framework": "tensorflow", "weights_used": result["weights_used"],
-                           "saved_model": result["saved_model"], "image_size": config.image_size})
+    trained.metadata.update(
+        {
+            "model": model_name,
+            "framework": "tensorflow",
+            "weights_used": result["weights_used"],
+            "saved_model": result["saved_model"],
+            "image_size": config.image_size,
+        }
+    )
     for key in ("val_accuracy", "val_loss", "params", "epochs_run", "wall_time_s"):
         metrics.log_metric(key, float(result[key]))
     with open(summary.path, "w") as handle:
-        handle.write(f"# {model_name}\n\nval accuracy {result['val_accuracy']:.4f}, {result['epochs_run']} epochs, "
-                     f"{result['wall_time_s']:.0f}s, weights: {result['weights_used']}\n\n"
-                     f"```json\n{json.dumps(result['config'], indent=1)}\n```\n")
+        handle.write(
+            f"# {model_name}\n\nval accuracy {result['val_accuracy']:.4f}, {result['epochs_run']} epochs, "
+            f"{result['wall_time_s']:.0f}s, weights: {result['weights_used']}\n\n"
+            f"```json\n{json.dumps(result['config'], indent=1)}\n```\n"
+        )
     return float(result["val_accuracy"])

@@ -62,8 +62,9 @@ def _learning_rate(config: ModelConfig, steps_per_epoch: int):
         return config.learning_rate
     import keras
 
-    return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps_per_epoch,
-                                                  alpha=0.05)
+    return keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.05
+    )
 
 
 PRECISE_BN_BATCHES = 25
@@ -79,8 +80,11 @@ def recompute_batchnorm(model, batches) -> int:
     """
     import keras
 
-    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
-              and layer.trainable]
+    layers = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
@@ -115,12 +119,25 @@ def _callbacks(config: ModelConfig, checkpoint: Path, bn_batches=None) -> list:
     callbacks = [_precise_bn_callback(bn_batches)] if bn_batches is not None else []
     return callbacks + [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
+        ),
     ]
 
 
-def _fit(model, train, val, *, epochs: int, initial_epoch: int, config: ModelConfig, weights: dict, checkpoint: Path,
-         verbose: int, bn_batches=None) -> dict:
+def _fit(
+    model,
+    train,
+    val,
+    *,
+    epochs: int,
+    initial_epoch: int,
+    config: ModelConfig,
+    weights: dict,
+    checkpoint: Path,
+    verbose: int,
+    bn_batches=None,
+) -> dict:
     # Keras writes its progress to stdout; stdout belongs to `--json`, so send it to stderr.
     with contextlib.redirect_stdout(sys.stderr):
         history = model.fit(
@@ -180,8 +197,9 @@ def _bottom_and_top(model, config: ModelConfig):
     return bottom, top
 
 
-def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, weights: dict, checkpoint: Path,
-                                 verbose: int) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+def _train_on_cached_activations(
+    model, config: ModelConfig, split_dir: Path, weights: dict, checkpoint: Path, verbose: int
+) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
     """Frozen bottom of the base: cache its activations once per copy, train the rest on them.
 
     With `augment`, the training set is the clean images plus `augment_copies` augmented copies of
@@ -189,29 +207,44 @@ def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, we
     of stain, lamp and camera at the cost of one bottom pass per copy. Returns the history and the
     pooled mid-level features of every cached training copy (the OOD score is fitted on them).
     """
-    import keras
     import tensorflow as tf
 
     bottom, top = _bottom_and_top(model, config)
     started = time.perf_counter()
     batch = max(config.batch_size, 64)
     (train_mid, train_x), train_y = _predict_arrays(
-        bottom, train_input.dataset(split_dir, "train", config.image_size, batch, cache=False))
+        bottom, train_input.dataset(split_dir, "train", config.image_size, batch, cache=False)
+    )
     (_, val_x), val_y = _predict_arrays(
-        bottom, train_input.dataset(split_dir, "val", config.image_size, batch, cache=False))
+        bottom, train_input.dataset(split_dir, "val", config.image_size, batch, cache=False)
+    )
     mids, xs, ys = [train_mid], [train_x.astype(np.float16)], [train_y]
     copies = config.augment_copies if config.augment else 0
     if copies:
-        augmented = train_input.dataset(split_dir, "train", config.image_size, batch, augment=True,
-                                        seed=config.seed, cache=True, overexposure=config.overexposure)
+        augmented = train_input.dataset(
+            split_dir,
+            "train",
+            config.image_size,
+            batch,
+            augment=True,
+            seed=config.seed,
+            cache=True,
+            overexposure=config.overexposure,
+        )
         for _ in range(copies):
             (mid, x), y = _predict_arrays(bottom, augmented)
             mids.append(mid)
             xs.append(x.astype(np.float16))  # half the memory; the top computes in float32
             ys.append(y)
     train_x, train_y = np.concatenate(xs), np.concatenate(ys)
-    log.info("cached %s activations at %s for %d training copies (%d augmented) and val in %.1fs", config.name,
-             config.cache_cut or "the pooled features", len(train_x), copies, time.perf_counter() - started)
+    log.info(
+        "cached %s activations at %s for %d training copies (%d augmented) and val in %.1fs",
+        config.name,
+        config.cache_cut or "the pooled features",
+        len(train_x),
+        copies,
+        time.perf_counter() - started,
+    )
 
     # Pooled features of a random-init base span decades: standardise them for the head, then fold
     # the standardisation into the Dense layer so the full model is unchanged.
@@ -227,15 +260,28 @@ def _train_on_cached_activations(model, config: ModelConfig, split_dir: Path, we
         return ds.map(lambda a, b: ((tf.cast(a, tf.float32) - mean) / std, b)).prefetch(tf.data.AUTOTUNE)
 
     # A constant rate left the validation loss jumping epoch to epoch (0.044 -> 0.173 -> 0.057).
-    _compile(top, _learning_rate(config, train_input.steps_per_epoch(len(train_x), config.batch_size)),
-             config.label_smoothing)
-    history = _fit(top, as_ds(train_x, train_y, True), as_ds(val_x, val_y, False), epochs=config.epochs,
-                   initial_epoch=0, config=config, weights=weights, checkpoint=checkpoint, verbose=verbose)
+    _compile(
+        top,
+        _learning_rate(config, train_input.steps_per_epoch(len(train_x), config.batch_size)),
+        config.label_smoothing,
+    )
+    history = _fit(
+        top,
+        as_ds(train_x, train_y, True),
+        as_ds(val_x, val_y, False),
+        epochs=config.epochs,
+        initial_epoch=0,
+        config=config,
+        weights=weights,
+        checkpoint=checkpoint,
+        verbose=verbose,
+    )
     if standardise:
         dense = model.get_layer(models.OUTPUT_LAYER)
         kernel, bias = dense.get_weights()
-        dense.set_weights([(kernel / std[:, None]).astype(np.float32),
-                           (bias - (mean / std) @ kernel).astype(np.float32)])
+        dense.set_weights(
+            [(kernel / std[:, None]).astype(np.float32), (bias - (mean / std) @ kernel).astype(np.float32)]
+        )
     return history, (np.concatenate(mids), np.concatenate(ys))
 
 
@@ -246,19 +292,39 @@ def _fit_calibration(model, config: ModelConfig, split_dir: Path, ood_train: tup
     features = models.calibration_features_model(model)
     batch = max(config.batch_size, 64)
     if ood_train is None:  # trained end to end: the clean training images and one augmented copy
-        (_, mid), y = _predict_arrays(features, train_input.dataset(split_dir, "train", config.image_size, batch,
-                                                                    cache=False))
-        (_, mid_aug), y_aug = _predict_arrays(features, train_input.dataset(
-            split_dir, "train", config.image_size, batch, augment=config.augment, seed=config.seed + 7, cache=False,
-            overexposure=config.overexposure))
+        (_, mid), y = _predict_arrays(
+            features, train_input.dataset(split_dir, "train", config.image_size, batch, cache=False)
+        )
+        (_, mid_aug), y_aug = _predict_arrays(
+            features,
+            train_input.dataset(
+                split_dir,
+                "train",
+                config.image_size,
+                batch,
+                augment=config.augment,
+                seed=config.seed + 7,
+                cache=False,
+                overexposure=config.overexposure,
+            ),
+        )
         ood_train = (np.concatenate([mid, mid_aug]), np.concatenate([y, y_aug]))
-    (val_head, val_mid), val_y = _predict_arrays(features, train_input.dataset(split_dir, "val", config.image_size,
-                                                                               batch, cache=False))
+    (val_head, val_mid), val_y = _predict_arrays(
+        features, train_input.dataset(split_dir, "val", config.image_size, batch, cache=False)
+    )
     kernel, bias = model.get_layer(models.OUTPUT_LAYER).get_weights()
-    return calibration.fit_calibration(ood_train[0], ood_train[1], val_head, val_mid, val_y, kernel, bias,
-                                       num_classes=domain.NUM_CLASSES,
-                                       ood_referral_rate=settings.OOD_VAL_REFERRAL_RATE,
-                                       coverage=settings.CONFORMAL_COVERAGE)
+    return calibration.fit_calibration(
+        ood_train[0],
+        ood_train[1],
+        val_head,
+        val_mid,
+        val_y,
+        kernel,
+        bias,
+        num_classes=domain.NUM_CLASSES,
+        ood_referral_rate=settings.OOD_VAL_REFERRAL_RATE,
+        coverage=settings.CONFORMAL_COVERAGE,
+    )
 
 
 def _save_curves(history: dict, path: Path, fine_tune_start: int | None) -> None:
@@ -290,8 +356,13 @@ def _merge(history: dict, extra: dict) -> dict:
     return history
 
 
-def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, verbose: int | None = None,
-              export_saved_model: bool = True) -> dict:
+def run_train(
+    split_dir: str | Path,
+    out_dir: str | Path,
+    config: ModelConfig,
+    verbose: int | None = None,
+    export_saved_model: bool = True,
+) -> dict:
     """Train `config.name` on split_dir/{train,val}; write keras/model.keras, saved_model/, history, curves, train.json."""
     import keras
     import tensorflow as tf
@@ -316,8 +387,14 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
     train_labels = train_input.labels(split_dir, "train")
     weights = class_weights(train_labels, config.benign_weight)
     counts = {domain.CLASS_NAMES[i]: int((train_labels == i).sum()) for i in range(domain.NUM_CLASSES)}
-    log.info("training %s on %d images %s, class weights %s, devices %s", config.name, len(train_labels), counts,
-             weights, gpus or ["cpu"])
+    log.info(
+        "training %s on %d images %s, class weights %s, devices %s",
+        config.name,
+        len(train_labels),
+        counts,
+        weights,
+        gpus or ["cpu"],
+    )
 
     try:
         with strategy.scope():
@@ -331,38 +408,92 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
             # Exact BatchNorm statistics before each validation, over training batches augmented as the weights
             # see them. With the statistics of clean images the quick CNN's worst plausible perturbation on val was
             # 83-88%; with these, 89-92% (benchmarks/results/cnn_robustness.md).
-            bn_batches = train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
-                                             augment=config.augment, seed=config.seed, cache=False,
-                                             overexposure=config.overexposure).take(PRECISE_BN_BATCHES)
+            bn_batches = train_input.dataset(
+                split_dir,
+                "train",
+                config.image_size,
+                batch,
+                training=True,
+                augment=config.augment,
+                seed=config.seed,
+                cache=False,
+                overexposure=config.overexposure,
+            ).take(PRECISE_BN_BATCHES)
             phases: list[str] = []
             ood_train = None
             if config.cache_features and has_base:
-                history, ood_train = _train_on_cached_activations(model, config, split_dir, weights,
-                                                                  out_dir / "checkpoints" / "top.weights.h5", verbose)
+                history, ood_train = _train_on_cached_activations(
+                    model, config, split_dir, weights, out_dir / "checkpoints" / "top.weights.h5", verbose
+                )
                 phases += ["cached_activations"] * len(history.get("loss", []))
             else:
-                train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
-                                                        augment=config.augment, seed=config.seed,
-                                                        count=len(train_labels), overexposure=config.overexposure))
-                _compile(model, _learning_rate(config, train_input.steps_per_epoch(len(train_labels), batch)),
-                         config.label_smoothing)
-                history = _fit(model, train_ds, val_ds, epochs=config.epochs, initial_epoch=0, config=config,
-                               weights=weights, checkpoint=checkpoint, verbose=verbose, bn_batches=bn_batches)
+                train_ds = _one_hot(
+                    train_input.dataset(
+                        split_dir,
+                        "train",
+                        config.image_size,
+                        batch,
+                        training=True,
+                        augment=config.augment,
+                        seed=config.seed,
+                        count=len(train_labels),
+                        overexposure=config.overexposure,
+                    )
+                )
+                _compile(
+                    model,
+                    _learning_rate(config, train_input.steps_per_epoch(len(train_labels), batch)),
+                    config.label_smoothing,
+                )
+                history = _fit(
+                    model,
+                    train_ds,
+                    val_ds,
+                    epochs=config.epochs,
+                    initial_epoch=0,
+                    config=config,
+                    weights=weights,
+                    checkpoint=checkpoint,
+                    verbose=verbose,
+                    bn_batches=bn_batches,
+                )
                 frozen = has_base and not models.base_layer(model).trainable
                 phases += ["frozen_base" if frozen else "train"] * len(history.get("loss", []))
             fine_tune_start = None
             if has_base and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
                 fine_tune_start = len(phases)
                 unfrozen = models.set_fine_tune(model, config.fine_tune_layers)
-                log.info("fine-tuning the top %d layers of the base (%d with weights) at lr %g",
-                         config.fine_tune_layers, unfrozen, config.fine_tune_learning_rate)
-                train_ds = _one_hot(train_input.dataset(split_dir, "train", config.image_size, batch, training=True,
-                                                        augment=config.augment, seed=config.seed + 1,
-                                                        count=len(train_labels), overexposure=config.overexposure))
+                log.info(
+                    "fine-tuning the top %d layers of the base (%d with weights) at lr %g",
+                    config.fine_tune_layers,
+                    unfrozen,
+                    config.fine_tune_learning_rate,
+                )
+                train_ds = _one_hot(
+                    train_input.dataset(
+                        split_dir,
+                        "train",
+                        config.image_size,
+                        batch,
+                        training=True,
+                        augment=config.augment,
+                        seed=config.seed + 1,
+                        count=len(train_labels),
+                        overexposure=config.overexposure,
+                    )
+                )
                 _compile(model, config.fine_tune_learning_rate, config.label_smoothing)
-                extra = _fit(model, train_ds, val_ds, epochs=fine_tune_start + config.fine_tune_epochs,
-                             initial_epoch=fine_tune_start, config=config, weights=weights, checkpoint=checkpoint,
-                             verbose=verbose)
+                extra = _fit(
+                    model,
+                    train_ds,
+                    val_ds,
+                    epochs=fine_tune_start + config.fine_tune_epochs,
+                    initial_epoch=fine_tune_start,
+                    config=config,
+                    weights=weights,
+                    checkpoint=checkpoint,
+                    verbose=verbose,
+                )
                 _merge(history, extra)
                 phases += ["fine_tune"] * len(extra.get("loss", []))
             if getattr(model, "optimizer", None) is None:
@@ -371,12 +502,20 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
                 val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
             calibration_started = time.perf_counter()
             fitted = _fit_calibration(model, config, split_dir, ood_train)
-            log.info("%s calibration in %.1fs: temperature %.3f%s, val ECE %.4f -> %.4f, OOD threshold %.2f, "
-                     "conformal quantile %.4f", config.name, time.perf_counter() - calibration_started,
-                     fitted.temperature, "" if fitted.fitted_on["temperature_kept"] else
-                     f" (the fitted {fitted.fitted_on['fitted_temperature']:.3f} raised the val ECE)",
-                     fitted.fitted_on["val_ece_before"], fitted.fitted_on["val_ece_after"],
-                     fitted.ood_threshold, fitted.conformal_quantile)
+            log.info(
+                "%s calibration in %.1fs: temperature %.3f%s, val ECE %.4f -> %.4f, OOD threshold %.2f, "
+                "conformal quantile %.4f",
+                config.name,
+                time.perf_counter() - calibration_started,
+                fitted.temperature,
+                ""
+                if fitted.fitted_on["temperature_kept"]
+                else f" (the fitted {fitted.fitted_on['fitted_temperature']:.3f} raised the val ECE)",
+                fitted.fitted_on["val_ece_before"],
+                fitted.fitted_on["val_ece_after"],
+                fitted.ood_threshold,
+                fitted.conformal_quantile,
+            )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     train_time = time.perf_counter() - started
@@ -389,10 +528,16 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
     saved_model = None
     if export_saved_model:  # always in the CLI and pipeline; tests of training alone skip the slow tracing
         warmup = [ex["encoded"] for _, ex in zip(range(WARMUP_IMAGES), records.iter_examples(split_dir / "val"))]
-        saved_model = export.export_saved_model(model, out_dir / "saved_model", model_name=config.name,
-                                                image_size=config.image_size, brightness=config.brightness,
-                                                warmup_images=warmup, keras_path=keras_path,
-                                                calibration=fitted).resolve()
+        saved_model = export.export_saved_model(
+            model,
+            out_dir / "saved_model",
+            model_name=config.name,
+            image_size=config.image_size,
+            brightness=config.brightness,
+            warmup_images=warmup,
+            keras_path=keras_path,
+            calibration=fitted,
+        ).resolve()
 
     export_time = time.perf_counter() - export_started
     history["phase"] = phases
@@ -420,12 +565,23 @@ def run_train(split_dir: str | Path, out_dir: str | Path, config: ModelConfig, v
         "keras_model": str(keras_path.resolve()),
         "saved_model": str(saved_model) if saved_model else None,
         "out_dir": str(out_dir.resolve()),
-        "calibration": {"temperature": fitted.temperature, "ood_threshold": fitted.ood_threshold,
-                        "conformal_quantile": fitted.conformal_quantile, "coverage": fitted.coverage,
-                        "ood_val_referral_rate": fitted.ood_referral_rate, "ood_layer": models.OOD_SOURCE_LAYERS[config.name],
-                        **fitted.fitted_on},
+        "calibration": {
+            "temperature": fitted.temperature,
+            "ood_threshold": fitted.ood_threshold,
+            "conformal_quantile": fitted.conformal_quantile,
+            "coverage": fitted.coverage,
+            "ood_val_referral_rate": fitted.ood_referral_rate,
+            "ood_layer": models.OOD_SOURCE_LAYERS[config.name],
+            **fitted.fitted_on,
+        },
     }
     atomic_files.write_text(out_dir / "train.json", json.dumps(result, indent=2))
-    log.info("%s: val accuracy %.4f after %d epochs in %.1fs (weights: %s)", config.name, val_accuracy,
-             len(phases), result["wall_time_s"], weights_used)
+    log.info(
+        "%s: val accuracy %.4f after %d epochs in %.1fs (weights: %s)",
+        config.name,
+        val_accuracy,
+        len(phases),
+        result["wall_time_s"],
+        weights_used,
+    )
     return result

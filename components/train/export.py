@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from components import domain, model_metadata, settings
 
@@ -63,7 +64,7 @@ def write_warmup(path: Path, images: Sequence[bytes], model_name: str = settings
 
 
 def export_saved_model(
-    model: "keras.Model",
+    model: keras.Model,
     export_dir: str | Path,
     *,
     model_name: str,
@@ -71,7 +72,7 @@ def export_saved_model(
     brightness: str,
     warmup_images: Sequence[bytes] = (),
     keras_path: str | Path | None = None,
-    calibration: "Calibration | None" = None,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write the serving SavedModel to `export_dir` (via a temporary sibling, then renamed)."""
     import keras
@@ -120,8 +121,14 @@ def export_saved_model(
             image = domain.tf_decode(encoded)
             return domain.tf_adjust_brightness(domain.tf_resize(image, size), "none"), tf_image_features(image)
 
-        return tf.map_fn(one, images, fn_output_signature=(
-            tf.TensorSpec([size, size, domain.CHANNELS], tf.float32), tf.TensorSpec([len(FEATURE_NAMES)], tf.float32)))
+        return tf.map_fn(
+            one,
+            images,
+            fn_output_signature=(
+                tf.TensorSpec([size, size, domain.CHANNELS], tf.float32),
+                tf.TensorSpec([len(FEATURE_NAMES)], tf.float32),
+            ),
+        )
 
     def serve(images):
         pixels, features = decode_batch(images)
@@ -161,23 +168,30 @@ def export_saved_model(
         extra = tmp / model_metadata.ASSETS_EXTRA
         extra.mkdir(exist_ok=True)
         write_warmup(extra / WARMUP_FILE, list(warmup_images))
-        model_metadata.write(tmp, model_metadata.ModelMetadata(
-            model=model_name,
-            image_size=size,
-            brightness=brightness,
-            class_names=domain.CLASS_NAMES,
-            low_confidence_threshold=settings.LOW_CONFIDENCE_THRESHOLD,
-            signatures=SIGNATURES,
-            keras_model="model.keras" if keras_path else None,
-            **({} if calibration is None else {
-                "temperature": calibration.temperature,
-                "ood_threshold": calibration.ood_threshold,
-                "ood_layer": models.OOD_SOURCE_LAYERS.get(model_name),
-                "ood_val_referral_rate": calibration.ood_referral_rate,
-                "conformal_quantile": calibration.conformal_quantile,
-                "conformal_coverage": calibration.coverage,
-            }),
-        ))
+        model_metadata.write(
+            tmp,
+            model_metadata.ModelMetadata(
+                model=model_name,
+                image_size=size,
+                brightness=brightness,
+                class_names=domain.CLASS_NAMES,
+                low_confidence_threshold=settings.LOW_CONFIDENCE_THRESHOLD,
+                signatures=SIGNATURES,
+                keras_model="model.keras" if keras_path else None,
+                **(
+                    {}
+                    if calibration is None
+                    else {
+                        "temperature": calibration.temperature,
+                        "ood_threshold": calibration.ood_threshold,
+                        "ood_layer": models.OOD_SOURCE_LAYERS.get(model_name),
+                        "ood_val_referral_rate": calibration.ood_referral_rate,
+                        "conformal_quantile": calibration.conformal_quantile,
+                        "conformal_coverage": calibration.coverage,
+                    }
+                ),
+            ),
+        )
         if keras_path:
             shutil.copy2(keras_path, extra / "model.keras")
         if export_dir.exists():

@@ -15,8 +15,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Geometry is free on smears (no canonical orientation, no canonical framing). Photometric
 # changes (another lab's stain, lamp and camera) are components/train/augment.py.
-ROTATION = 0.5          # fraction of 2*pi: any angle
-ZOOM = 0.15             # also another objective's magnification
+ROTATION = 0.5  # fraction of 2*pi: any angle
+ZOOM = 0.15  # also another objective's magnification
 SHIFT = 0.1
 
 
@@ -24,7 +24,9 @@ def split_shards(split_dir: str | Path, split: str) -> list[str]:
     """The shard files of one split, with an error naming what is missing."""
     directory = Path(split_dir) / split
     if not directory.is_dir():
-        raise FileNotFoundError(f"split directory {directory} does not exist (expected {split_dir}/{{train,val,test}}/)")
+        raise FileNotFoundError(
+            f"split directory {directory} does not exist (expected {split_dir}/{{train,val,test}}/)"
+        )
     return records.shard_paths(directory)
 
 
@@ -63,13 +65,16 @@ def _geometry(seed: int):
     )
 
 
-def serialized_records(files: list[str]) -> "tf.data.Dataset":
+def serialized_records(files: list[str]) -> tf.data.Dataset:
     """The shards' serialized records in the order every reader of a split sees them."""
     import tensorflow as tf
 
     # Interleave shards so reading is parallel too; deterministic order keeps runs reproducible.
     return tf.data.Dataset.from_tensor_slices(files).interleave(
-        tf.data.TFRecordDataset, cycle_length=min(4, len(files)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        tf.data.TFRecordDataset,
+        cycle_length=min(4, len(files)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
 
 
@@ -84,7 +89,7 @@ def dataset(
     cache: bool = True,
     count: int | None = None,
     overexposure: float = 0.0,
-) -> "tf.data.Dataset":
+) -> tf.data.Dataset:
     """Batches of (float32 [B, size, size, 3] in [0, 1], int64 label) from one split's shards.
 
     `overexposure`: with `augment`, how often a lab's image is also overexposed (augment.photometric).
@@ -116,8 +121,9 @@ def dataset(
     ds = ds.batch(batch_size, drop_remainder=False)
     if augment:
         geometry = _geometry(seed)
-        ds = ds.map(lambda x, y: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), y),
-                    num_parallel_calls=autotune)
+        ds = ds.map(
+            lambda x, y: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), y), num_parallel_calls=autotune
+        )
     return ds.prefetch(autotune)
 
 

@@ -38,8 +38,16 @@ BN_MOMENTUM = 0.9
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 # The symmetries of the square, in the order `ModelConfig.views` takes them: a smear has no canonical
 # orientation, so every one is the same smear; the model averages its pooled features over the first few.
-VIEW_ORDER = ("identity", "flip_left_right", "flip_up_down", "rotate_90", "rotate_180", "rotate_270", "transpose",
-              "anti_transpose")
+VIEW_ORDER = (
+    "identity",
+    "flip_left_right",
+    "flip_up_down",
+    "rotate_90",
+    "rotate_180",
+    "rotate_270",
+    "transpose",
+    "anti_transpose",
+)
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -62,7 +70,6 @@ def keras_cache_dir() -> Path:
     if os.path.isdir(base) and not os.access(base, os.W_OK):  # keras falls back to /tmp/.keras then
         base = "/tmp/.keras"
     return Path(base) / "models"
-
 
 
 class _GraphLayers(NamedTuple):
@@ -144,7 +151,7 @@ def _layers() -> _GraphLayers:
                 "transpose": transposed,
                 "anti_transpose": lambda x: ops.flip(transposed(x), axis=(1, 2)),
             }
-            return ops.concatenate([transforms[name](inputs) for name in VIEW_ORDER[:self.count]], axis=0)
+            return ops.concatenate([transforms[name](inputs) for name in VIEW_ORDER[: self.count]], axis=0)
 
         def get_config(self):
             return {**super().get_config(), "count": self.count}
@@ -225,7 +232,7 @@ def _missing_message(config: ModelConfig, wanted: str, error: Exception) -> str:
     )
 
 
-def _backbone(config: ModelConfig, shape: tuple[int, int, int]) -> tuple["keras.Model", str, str]:
+def _backbone(config: ModelConfig, shape: tuple[int, int, int]) -> tuple[keras.Model, str, str]:
     """(base model, normalisation mode, weights used) for a transfer model."""
     import keras
 
@@ -241,8 +248,9 @@ def _backbone(config: ModelConfig, shape: tuple[int, int, int]) -> tuple["keras.
     if used.startswith("download:"):
         used = used.removeprefix("download:")
     # The same layers, with the mid-level map as a second output (nested layers are not reachable from outside).
-    trunk = keras.Model(base.input, [base.get_layer(OOD_SOURCE_LAYERS[config.name]).output, base.output],
-                        name=BASE_LAYER_NAME)
+    trunk = keras.Model(
+        base.input, [base.get_layer(OOD_SOURCE_LAYERS[config.name]).output, base.output], name=BASE_LAYER_NAME
+    )
     return trunk, mode, used
 
 
@@ -264,8 +272,15 @@ def _cnn_backbone(x, config: ModelConfig):
         shortcut = layers.Conv2D(filters, 1, strides=stride, padding="same", use_bias=False, name=f"b{i}_proj")(x)
         shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"b{i}_proj_bn")(shortcut)
         for j in range(2):
-            x = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False,
-                                       depthwise_regularizer=reg, pointwise_regularizer=reg, name=f"b{i}_sep{j}")(x)
+            x = layers.SeparableConv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=False,
+                depthwise_regularizer=reg,
+                pointwise_regularizer=reg,
+                name=f"b{i}_sep{j}",
+            )(x)
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"b{i}_bn{j}")(x)
             if j == 0:
                 x = layers.Activation("relu", name=f"b{i}_relu{j}")(x)
@@ -277,7 +292,7 @@ def _cnn_backbone(x, config: ModelConfig):
     return mid, x
 
 
-def build_model(config: ModelConfig) -> "keras.Model":
+def build_model(config: ModelConfig) -> keras.Model:
     """Build the model `config.name` (cnn, resnet50, mobilenetv2); `model.weights_used` says what was loaded."""
     import keras
     from keras import layers
@@ -311,14 +326,17 @@ def build_model(config: ModelConfig) -> "keras.Model":
     return model
 
 
-def calibration_features_model(model: "keras.Model") -> "keras.Model":
+def calibration_features_model(model: keras.Model) -> keras.Model:
     """(pooled head features, pooled mid-level features): what the classifier and the OOD score see."""
     import keras
 
     base = base_layer(model)
     # The outer call of the trunk (its own `.output` is the inner graph's tensor).
-    mid = (base._inbound_nodes[-1].output_tensors[0] if base is not None
-           else model.get_layer(OOD_SOURCE_LAYERS[model.name]).output)
+    mid = (
+        base._inbound_nodes[-1].output_tensors[0]
+        if base is not None
+        else model.get_layer(OOD_SOURCE_LAYERS[model.name]).output
+    )
     pooled_mid = keras.layers.GlobalAveragePooling2D(name="ood_gap")(mid)
     count = views(model)
     if count > 1:  # the OOD statistics are fitted on single upright images: score the identity view alone
@@ -327,23 +345,23 @@ def calibration_features_model(model: "keras.Model") -> "keras.Model":
     return keras.Model(model.input, [head.output, pooled_mid])
 
 
-def _has_layer(model: "keras.Model", name: str) -> bool:
+def _has_layer(model: keras.Model, name: str) -> bool:
     return any(layer.name == name for layer in model.layers)
 
 
-def views(model: "keras.Model") -> int:
+def views(model: keras.Model) -> int:
     """How many views of each image the model averages (1 for models built before views existed)."""
     return model.get_layer("views").count if _has_layer(model, "views") else 1
 
 
-def base_layer(model: "keras.Model") -> "keras.Model | None":
+def base_layer(model: keras.Model) -> keras.Model | None:
     try:
         return model.get_layer(BASE_LAYER_NAME)
     except ValueError:
         return None
 
 
-def set_fine_tune(model: "keras.Model", layers_to_unfreeze: int) -> int:
+def set_fine_tune(model: keras.Model, layers_to_unfreeze: int) -> int:
     """Unfreeze the top `layers_to_unfreeze` layers of the base (BatchNorm stays frozen); returns trainable layer count."""
     import keras
 
@@ -359,14 +377,14 @@ def set_fine_tune(model: "keras.Model", layers_to_unfreeze: int) -> int:
     return count
 
 
-def gradcam_model(model: "keras.Model") -> "keras.Model":
+def gradcam_model(model: keras.Model) -> keras.Model:
     """(feature_map, probabilities) from the same inputs, for Grad-CAM."""
     import keras
 
     return keras.Model(model.input, [model.get_layer(FEATURE_LAYER).output, model.output])
 
 
-def load_keras_model(path: str | Path) -> "keras.Model":
+def load_keras_model(path: str | Path) -> keras.Model:
     """Load a saved model.keras (registers the custom layers first)."""
     import keras
 

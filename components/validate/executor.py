@@ -22,8 +22,21 @@ from components.validate.parallel import parallel_map
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
-    "path", "rel_path", "label", "sha256", "width", "height", "mode", "format", "bytes",
-    "channels", "mean_brightness", "pixel_std", "phash", "status", "reason",
+    "path",
+    "rel_path",
+    "label",
+    "sha256",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "bytes",
+    "channels",
+    "mean_brightness",
+    "pixel_std",
+    "phash",
+    "status",
+    "reason",
 ]
 VARIANTS = ("original", "segmented")
 # A broken download (many unreadable files) is critical; a few bad files are quarantined.
@@ -62,11 +75,11 @@ def _variant_of(parts: tuple[str, ...]) -> str | None:
 
 @dataclass
 class Discovery:
-    files: list[tuple[Path, str]]        # (file, label) for every file under a class folder, chosen variant
+    files: list[tuple[Path, str]]  # (file, label) for every file under a class folder, chosen variant
     variants_found: list[str]
     variant_used: str | None
-    skipped_other_variant: int           # files of the variant not chosen (never double counted)
-    outside_class_folders: int           # files under data_dir but under no class folder
+    skipped_other_variant: int  # files of the variant not chosen (never double counted)
+    outside_class_folders: int  # files under data_dir but under no class folder
 
 
 def discover(data_dir: str | Path, variant: str = "original") -> Discovery:
@@ -103,8 +116,10 @@ def discover(data_dir: str | Path, variant: str = "original") -> Discovery:
     skipped = 0
     if found:
         if variant not in found:
-            raise DataNotFoundError(f"{root} holds {', '.join(found)} copies but no {variant!r} variant; "
-                                    f"choose one with --variant {found[0]}")
+            raise DataNotFoundError(
+                f"{root} holds {', '.join(found)} copies but no {variant!r} variant; "
+                f"choose one with --variant {found[0]}"
+            )
         used = variant
         kept = [(p, lab) for p, lab, v in labelled if v in (None, variant)]
         skipped = len(labelled) - len(kept)
@@ -123,8 +138,8 @@ def inspect_file(item: tuple[str, str, str]) -> dict:
     """One manifest row: hashes, geometry, decodability; never raises for a bad file."""
     from PIL import Image, ImageStat
 
-    from components.perceptual_hash import phash_rgb
     from components.host_features import mean_brightness
+    from components.perceptual_hash import phash_rgb
 
     path, rel_path, label = item
     row = {c: None for c in MANIFEST_COLUMNS}
@@ -168,26 +183,46 @@ def build_manifest(data_dir: str | Path, variant: str = "original", workers: int
 # (name, critical, build(gxe, min_per_class)) for the per-image suite; names are what failures report.
 def _image_expectations(gxe, decodable_fraction: float) -> list:
     return [
-        ("decodable", True, gxe.ExpectColumnValuesToBeInSet(
-            column="status", value_set=["ok"], mostly=decodable_fraction)),
+        (
+            "decodable",
+            True,
+            gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["ok"], mostly=decodable_fraction),
+        ),
         ("three_channels_after_conversion", True, gxe.ExpectColumnValuesToBeInSet(column="channels", value_set=[3])),
-        ("label_in_class_set", True, gxe.ExpectColumnValuesToBeInSet(
-            column="label", value_set=list(domain.CLASS_NAMES))),
-        ("width_in_range", False, gxe.ExpectColumnValuesToBeBetween(
-            column="width", min_value=settings.MIN_SIDE, max_value=settings.MAX_SIDE)),
-        ("height_in_range", False, gxe.ExpectColumnValuesToBeBetween(
-            column="height", min_value=settings.MIN_SIDE, max_value=settings.MAX_SIDE)),
+        (
+            "label_in_class_set",
+            True,
+            gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(domain.CLASS_NAMES)),
+        ),
+        (
+            "width_in_range",
+            False,
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=settings.MIN_SIDE, max_value=settings.MAX_SIDE),
+        ),
+        (
+            "height_in_range",
+            False,
+            gxe.ExpectColumnValuesToBeBetween(
+                column="height", min_value=settings.MIN_SIDE, max_value=settings.MAX_SIDE
+            ),
+        ),
         ("not_blank", False, gxe.ExpectColumnValuesToBeBetween(column="pixel_std", min_value=settings.BLANK_STD_MAX)),
-        ("not_saturated", False, gxe.ExpectColumnValuesToBeBetween(
-            column="mean_brightness", max_value=settings.SATURATED_MEAN_MIN)),
+        (
+            "not_saturated",
+            False,
+            gxe.ExpectColumnValuesToBeBetween(column="mean_brightness", max_value=settings.SATURATED_MEAN_MIN),
+        ),
     ]
 
 
 def _class_expectations(gxe, min_per_class: int) -> list:
     return [
         ("per_class_minimum_count", True, gxe.ExpectColumnValuesToBeBetween(column="count", min_value=min_per_class)),
-        ("all_classes_present", True, gxe.ExpectColumnDistinctValuesToEqualSet(
-            column="label", value_set=list(domain.CLASS_NAMES))),
+        (
+            "all_classes_present",
+            True,
+            gxe.ExpectColumnDistinctValuesToEqualSet(column="label", value_set=list(domain.CLASS_NAMES)),
+        ),
     ]
 
 
@@ -210,10 +245,12 @@ def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fra
         },
     )
     ok = manifest[manifest["status"] == "ok"]
-    counts = pd.DataFrame({
-        "label": list(domain.CLASS_NAMES),
-        "count": [int((ok["label"] == c).sum()) for c in domain.CLASS_NAMES],
-    })
+    counts = pd.DataFrame(
+        {
+            "label": list(domain.CLASS_NAMES),
+            "count": [int((ok["label"] == c).sum()) for c in domain.CLASS_NAMES],
+        }
+    )
     source = context.data_sources.add_pandas("leukoflow")
     plan = [
         ("images", manifest, _image_expectations(gxe, decodable_fraction)),
@@ -241,14 +278,18 @@ def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fra
         for run in result.run_results.values():
             for item in run.results:
                 meta = item.expectation_config.meta or {}
-                outcomes.append({
-                    "name": meta.get("name", item.expectation_config.type),
-                    "critical": bool(meta.get("critical")),
-                    "success": bool(item.success),
-                    "expectation": item.expectation_config.type,
-                    "unexpected_count": (item.result or {}).get("unexpected_count"),
-                    "unexpected_values": [str(v) for v in ((item.result or {}).get("partial_unexpected_list") or [])[:10]],
-                })
+                outcomes.append(
+                    {
+                        "name": meta.get("name", item.expectation_config.type),
+                        "critical": bool(meta.get("critical")),
+                        "success": bool(item.success),
+                        "expectation": item.expectation_config.type,
+                        "unexpected_count": (item.result or {}).get("unexpected_count"),
+                        "unexpected_values": [
+                            str(v) for v in ((item.result or {}).get("partial_unexpected_list") or [])[:10]
+                        ],
+                    }
+                )
     return outcomes
 
 
@@ -287,8 +328,10 @@ def run_validate(
     per_class = {c: int((ok["label"] == c).sum()) for c in domain.CLASS_NAMES}
     for o in outcomes:  # say which classes, not just which counts
         if o["name"] == "per_class_minimum_count" and not o["success"]:
-            o["detail"] = ", ".join(f"{c} has {n}" for c, n in per_class.items() if n < min_per_class) + \
-                f" valid images (minimum {min_per_class})"
+            o["detail"] = (
+                ", ".join(f"{c} has {n}" for c, n in per_class.items() if n < min_per_class)
+                + f" valid images (minimum {min_per_class})"
+            )
     failed = [o["name"] for o in outcomes if o["critical"] and not o["success"]]
     result = {
         "success": not failed,
@@ -339,12 +382,16 @@ def publish_docs(result: dict, html_path: str | Path) -> None:
     import html
 
     docs = Path(result["data_docs"]).parent
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>leukoflow data validation</title></head><body>",
-             "<h1>Great Expectations validation results</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>leukoflow data validation</title></head><body>",
+        "<h1>Great Expectations validation results</h1>",
+    ]
     for page in sorted((docs / "validations").rglob("*.html")):
         suite = page.relative_to(docs / "validations").parts[0]
-        parts.append(f"<h2>{html.escape(suite)}</h2><iframe style='width:100%;height:90vh;border:1px solid #ccc' "
-                     f"srcdoc=\"{html.escape(page.read_text(), quote=True)}\"></iframe>")
+        parts.append(
+            f"<h2>{html.escape(suite)}</h2><iframe style='width:100%;height:90vh;border:1px solid #ccc' "
+            f'srcdoc="{html.escape(page.read_text(), quote=True)}"></iframe>'
+        )
     parts.append("</body></html>")
     atomic_files.write_text(html_path, "\n".join(parts))
 
@@ -362,8 +409,10 @@ def report_markdown(result: dict) -> str:
         "|---|---|---|---:|",
     ]
     for o in result["expectations"]:
-        lines.append(f"| {o['name']} | {'yes' if o['critical'] else 'no'} | {'pass' if o['success'] else 'fail'} | "
-                     f"{'' if o['unexpected_count'] is None else o['unexpected_count']} |")
+        lines.append(
+            f"| {o['name']} | {'yes' if o['critical'] else 'no'} | {'pass' if o['success'] else 'fail'} | "
+            f"{'' if o['unexpected_count'] is None else o['unexpected_count']} |"
+        )
     if result["quarantined"]:
         lines += ["", "## Quarantined", ""] + [f"- {p}" for p in result["quarantined"]]
     return "\n".join(lines) + "\n"

@@ -24,9 +24,9 @@ from components import domain, model_metadata
 
 FEATURE_LAYER = "feature_map"
 MODEL_FILE = Path("assets.extra") / "model.keras"
-DISPLAY_MAX_SIDE = 512      # the overlay is sent back at most this large (the page shows it small)
+DISPLAY_MAX_SIDE = 512  # the overlay is sent back at most this large (the page shows it small)
 DEFAULT_ALPHA = 0.5
-CACHE_SIZE = 4              # versions kept in memory: stable, canary and a swap in flight
+CACHE_SIZE = 4  # versions kept in memory: stable, canary and a swap in flight
 
 
 class ExplainError(ValueError):
@@ -42,14 +42,14 @@ class Explainer:
     """One version's Keras model wired for Grad-CAM."""
 
     version_dir: str
-    grad_model: Any               # keras.Model: image -> (feature map, class scores)
-    scores_are_logits: bool       # False: scores are probabilities and log() is taken
-    head: Any                     # the final Dense layer when its softmax is applied here, else None
+    grad_model: Any  # keras.Model: image -> (feature map, class scores)
+    scores_are_logits: bool  # False: scores are probabilities and log() is taken
+    head: Any  # the final Dense layer when its softmax is applied here, else None
     image_size: int
     class_names: tuple[str, ...]
     lock: threading.Lock
     num_classes: int = 0
-    step: Any = None              # compiled (image, class or -1) -> (feature map, gradients, probabilities, class)
+    step: Any = None  # compiled (image, class or -1) -> (feature map, gradients, probabilities, class)
 
 
 def _build(version_dir: str) -> Explainer:
@@ -90,8 +90,16 @@ def _build(version_dir: str) -> Explainer:
     shape = model.inputs[0].shape
     size = int(shape[1] or (meta.image_size if meta else domain.IMAGE_SIZE))  # the graph's own input size wins
     names = meta.class_names if meta else domain.CLASS_NAMES
-    explainer = Explainer(str(version_dir), grad_model, logits, head, size, names, threading.Lock(),
-                          num_classes=int(model.outputs[0].shape[-1]))
+    explainer = Explainer(
+        str(version_dir),
+        grad_model,
+        logits,
+        head,
+        size,
+        names,
+        threading.Lock(),
+        num_classes=int(model.outputs[0].shape[-1]),
+    )
     explainer.step = _compile_step(explainer)
     return explainer
 
@@ -122,9 +130,9 @@ def _compile_step(explainer: Explainer) -> Any:
     return step
 
 
-_CACHE: "OrderedDict[str, Explainer]" = OrderedDict()
+_CACHE: OrderedDict[str, Explainer] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
-_KEY_LOCKS: dict[str, threading.Lock] = {}   # one load at a time per version; other versions never wait
+_KEY_LOCKS: dict[str, threading.Lock] = {}  # one load at a time per version; other versions never wait
 
 
 def _cached(key: str) -> Explainer | None:
@@ -193,7 +201,7 @@ def check_image_size(encoded: bytes, max_pixels: int) -> int:
     return width * height
 
 
-def _decode(encoded: bytes) -> "Any":
+def _decode(encoded: bytes) -> Any:
     """Bytes -> float32 [H, W, 3] in [0, 1] with the domain's graph decoder."""
     import tensorflow as tf
 
@@ -261,7 +269,7 @@ def explain(
     index = int(index)
 
     # Channel weights = spatially averaged gradients; ReLU keeps what speaks for the class.
-    weights = tf.reduce_mean(grads, axis=(1, 2))                      # [1, C]
+    weights = tf.reduce_mean(grads, axis=(1, 2))  # [1, C]
     cam = tf.nn.relu(tf.reduce_sum(fmap * weights[:, None, None, :], axis=-1))[0].numpy()  # [h, w]
     raw_max = float(cam.max())
     norm = cam / raw_max if raw_max > 0 else np.zeros_like(cam)
@@ -287,7 +295,7 @@ def explain(
         "overlay_png_b64": _png_b64(overlay),
         "heatmap_png_b64": _png_b64(_colormap(heat)),
         "heatmap": {
-            "grid": np.round(norm, 4).tolist(),          # normalised [h, w] on the feature map's grid
+            "grid": np.round(norm, 4).tolist(),  # normalised [h, w] on the feature map's grid
             "grid_shape": list(norm.shape),
             "raw_max": raw_max,
             "mean": float(norm.mean()),

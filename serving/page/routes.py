@@ -64,7 +64,9 @@ _SLOTS_LOCK = threading.Lock()
 _MODEL_INFO = re.compile(
     r"^/ui/model(?:s/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+)|/labels/(?P<label>[^/]+))?)?/?$"
 )
-_EXPLAIN = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?:explain$")
+_EXPLAIN = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?:explain$"
+)
 
 
 def _json(status: int, payload: Any, extra: dict | None = None) -> Response:
@@ -101,8 +103,14 @@ def _status_of(exc: Exception) -> int:
     code = getattr(exc, "code", None)
     code = getattr(code, "name", code)
     by_code = {
-        "INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 400, "ALREADY_EXISTS": 409,
-        "RESOURCE_EXHAUSTED": 429, "UNIMPLEMENTED": 501, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+        "INVALID_ARGUMENT": 400,
+        "NOT_FOUND": 404,
+        "FAILED_PRECONDITION": 400,
+        "ALREADY_EXISTS": 409,
+        "RESOURCE_EXHAUSTED": 429,
+        "UNIMPLEMENTED": 501,
+        "UNAVAILABLE": 503,
+        "DEADLINE_EXCEEDED": 504,
     }
     if isinstance(code, str) and code in by_code:
         return by_code[code]
@@ -178,8 +186,9 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
         "max_pixels": _limit(manager, "max_image_pixels", "max_pixels", default=DEFAULT_MAX_PIXELS),
         "explain": (Path(servable.path) / "assets.extra" / "model.keras").is_file(),
         # A calibrated export refers images (its :predict answer carries `refer`); None: an older model.
-        "referral": None if meta is None or meta.ood_threshold is None else {
-            "ood_val_referral_rate": meta.ood_val_referral_rate, "conformal_coverage": meta.conformal_coverage},
+        "referral": None
+        if meta is None or meta.ood_threshold is None
+        else {"ood_val_referral_rate": meta.ood_val_referral_rate, "conformal_coverage": meta.conformal_coverage},
         "labels": _labels(manager, name),
     }
 
@@ -198,7 +207,9 @@ def explain_slots(manager: Any) -> threading.BoundedSemaphore:
     with _SLOTS_LOCK:
         slots = getattr(manager, "explain_slots", None)
         if slots is None:
-            slots = threading.BoundedSemaphore(_limit(manager, "max_concurrent_explains", default=DEFAULT_CONCURRENT_EXPLAINS))
+            slots = threading.BoundedSemaphore(
+                _limit(manager, "max_concurrent_explains", default=DEFAULT_CONCURRENT_EXPLAINS)
+            )
             manager.explain_slots = slots
         return slots
 
@@ -215,8 +226,10 @@ def _decode_instances(body: bytes, max_instances: int = MAX_EXPLAIN_INSTANCES) -
     if not instances:
         raise _BadRequest("No instances in the request: send at least one image")
     if len(instances) > max_instances:
-        raise _BadRequest(f"Too many instances: {len(instances)} (at most {max_instances} per explain request; "
-                          "the limit is max_batch_size or the page's own)")
+        raise _BadRequest(
+            f"Too many instances: {len(instances)} (at most {max_instances} per explain request; "
+            "the limit is max_batch_size or the page's own)"
+        )
     images = []
     for i, item in enumerate(instances):
         if isinstance(item, dict) and "b64" not in item and len(item) == 1:
@@ -249,14 +262,18 @@ def explain(manager: Any, name: str, version: str | None, label: str | None, bod
         total = 0
         for i, encoded in enumerate(images):
             if len(encoded) > max_bytes:
-                raise gradcam.ExplainError(f"instance {i}: image of {len(encoded)} bytes is larger than the limit of {max_bytes} bytes")
+                raise gradcam.ExplainError(
+                    f"instance {i}: image of {len(encoded)} bytes is larger than the limit of {max_bytes} bytes"
+                )
             try:
                 total += gradcam.check_image_size(encoded, max_pixels)
             except gradcam.ExplainError as exc:
                 raise gradcam.ExplainError(f"instance {i}: {exc}", exc.status) from None
         if total > max_request_pixels:
-            raise gradcam.ExplainError(f"the {len(images)} images hold {total} pixels, more than the limit "
-                                       f"max_request_pixels={max_request_pixels}")
+            raise gradcam.ExplainError(
+                f"the {len(images)} images hold {total} pixels, more than the limit "
+                f"max_request_pixels={max_request_pixels}"
+            )
     except gradcam.ExplainError as exc:
         return _error(exc.status, str(exc))
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable JSON error
@@ -264,8 +281,11 @@ def explain(manager: Any, name: str, version: str | None, label: str | None, bod
 
     slots = explain_slots(manager)
     if not slots.acquire(blocking=False):  # bounded, apart from prediction: excess is refused, not queued
-        return _error(429, "explain is busy: the server computes a limited number of explanations at once "
-                           "(max_concurrent_explains); retry shortly. Predictions are not affected.")
+        return _error(
+            429,
+            "explain is busy: the server computes a limited number of explanations at once "
+            "(max_concurrent_explains); retry shortly. Predictions are not affected.",
+        )
     try:
         explainer = gradcam.load_explainer(servable.path)
         class_index = None

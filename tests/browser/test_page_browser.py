@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from page.tiny_model import build_model, encode_png, export, quadrant_images
 
 HERE = Path(__file__).resolve().parent
@@ -55,8 +54,11 @@ def live_server(tmp_path_factory):
     )
     # A small message limit: the page must take the server's limit (and the oversized upload stays cheap).
     limits = Limits(max_message_bytes=MAX_MESSAGE_BYTES)
-    server = Server(ServerOptions(port=0, rest_api_port=0, model_config_file=str(config),
-                                 file_system_poll_wait_seconds=0, limits=limits)).start()
+    server = Server(
+        ServerOptions(
+            port=0, rest_api_port=0, model_config_file=str(config), file_system_poll_wait_seconds=0, limits=limits
+        )
+    ).start()
     yield server
     server.stop()
 
@@ -68,8 +70,14 @@ def run_spec(spec: str, args: list[str]) -> dict:
     node = shutil.which("node")
     assert node, "node is needed to drive the browser (Debian's nodejs)"
     assert (HERE / "node_modules" / "playwright-core").is_dir(), "playwright-core is missing: run `make system-deps`"
-    proc = subprocess.run([node, str(HERE / spec), *args], cwd=HERE, capture_output=True, text=True, timeout=180,
-                          env={**os.environ, "CHROMIUM_PATH": CHROMIUM})
+    proc = subprocess.run(
+        [node, str(HERE / spec), *args],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "CHROMIUM_PATH": CHROMIUM},
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"no result from the browser script (rc={proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(lines[-1])

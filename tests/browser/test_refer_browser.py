@@ -7,15 +7,14 @@ Chromium is missing, as test_page_browser.py. LEUKOFLOW_SCREENSHOT=PATH saves a 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+from fixtures.calibrated_model import encode_png, ood_images, smear_images
 
 from browser.test_page_browser import run_spec
-from fixtures.calibrated_model import encode_png, ood_images, smear_images
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -27,8 +26,11 @@ def live_server(calibrated_export, tmp_path_factory):
     base = tmp_path_factory.mktemp("refer-page") / "leukemia"
     base.mkdir()
     shutil.copytree(calibrated_export, base / "1")
-    server = Server(ServerOptions(port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base),
-                                  file_system_poll_wait_seconds=0)).start()
+    server = Server(
+        ServerOptions(
+            port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base), file_system_poll_wait_seconds=0
+        )
+    ).start()
     yield server
     server.stop()
 
@@ -56,4 +58,3 @@ def test_refer_state_in_headless_chromium(live_server, tmp_path):
     assert result["referred_stage"] == 0 and result["referred_bars"] == 4
     assert result["stage_class"] in ("Benign", "Early", "Pre", "Pro")
     assert "refers images unlike its training images" in result["meta"]
-

@@ -118,14 +118,15 @@ class FlakyServer:
         response = predict_pb2.PredictResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = 3
-        shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n),
-                                                       tensor_shape_pb2.TensorShapeProto.Dim(size=4)])
+        shape = tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n), tensor_shape_pb2.TensorShapeProto.Dim(size=4)]
+        )
         response.outputs["probabilities"].CopyFrom(
             tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape, float_val=PROBS * n)
         )
         return response
 
-    def __enter__(self) -> "FlakyServer":
+    def __enter__(self) -> FlakyServer:
         self.server.start()
         return self
 
@@ -151,7 +152,10 @@ def test_retries_unavailable_then_succeeds():
 
 
 def test_backoff_grows_between_attempts():
-    with FlakyServer(fail_first=3) as server, _client(server.target, retries=3, initial_backoff_s=0.05, max_backoff_s=1) as client:
+    with (
+        FlakyServer(fail_first=3) as server,
+        _client(server.target, retries=3, initial_backoff_s=0.05, max_backoff_s=1) as client,
+    ):
         client.status()
     gaps = np.diff(server.calls)
     assert len(gaps) == 3
@@ -166,8 +170,10 @@ def test_gives_up_after_bounded_retries():
 
 
 def test_deadline_bounds_the_retries():
-    with FlakyServer(fail_first=100) as server, _client(server.target, retries=50, initial_backoff_s=0.1,
-                                                        max_backoff_s=0.1, deadline_s=0.5) as client:
+    with (
+        FlakyServer(fail_first=100) as server,
+        _client(server.target, retries=50, initial_backoff_s=0.1, max_backoff_s=0.1, deadline_s=0.5) as client,
+    ):
         start = time.monotonic()
         with pytest.raises(ServerUnavailable):
             client.status()
@@ -197,11 +203,11 @@ def test_prepare_image_formats():
     rgb = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     jpeg = io.BytesIO()
     Image.fromarray(rgb).save(jpeg, format="JPEG")
-    assert prepare_image(jpeg.getvalue()) == jpeg.getvalue()          # TF reads it: unchanged
-    gray16 = (np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000)
+    assert prepare_image(jpeg.getvalue()) == jpeg.getvalue()  # TF reads it: unchanged
+    gray16 = np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000
     tiff16 = _tiff(gray16)
     assert Image.open(io.BytesIO(tiff16)).mode.startswith("I;16")
-    png16 = prepare_image(tiff16)                                        # 16-bit grayscale TIFF -> RGB PNG
+    png16 = prepare_image(tiff16)  # 16-bit grayscale TIFF -> RGB PNG
     decoded = np.asarray(Image.open(io.BytesIO(png16)))
     assert decoded.shape == (6, 5, 3) and decoded[..., 0].max() > 200
     with pytest.raises(domain.ImageDecodeError):

@@ -40,11 +40,16 @@ def server(tmp_path_factory):
     base = root / "models" / settings.SERVED_MODEL_NAME
     base.mkdir(parents=True)
     _tiny_model().export_tiny_model(base / "1")
-    config = text_format.Parse((REPO_ROOT / "serving/models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        (REPO_ROOT / "serving/models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
     config.model_config_list.config[0].base_path = str(base)
     (root / "models.config").write_text(text_format.MessageToString(config))
     options = ServerOptions(
-        port=0, rest_api_port=0, model_config_file=str(root / "models.config"), enable_batching=True,
+        port=0,
+        rest_api_port=0,
+        model_config_file=str(root / "models.config"),
+        enable_batching=True,
         batching_parameters_file=str(REPO_ROOT / "serving/batching.config"),
         monitoring_config_file=str(REPO_ROOT / "serving/monitoring.config"),
     )
@@ -110,7 +115,9 @@ def test_predict_cli_and_hospital_example(server, tmp_path, capsys):
 
 def test_rest_status_path_of_the_probes(server):
     """The Deployment's probe path answers 200 with an AVAILABLE version, as in TF Serving."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/v1/models/{settings.SERVED_MODEL_NAME}", timeout=10) as r:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{server.rest_port}/v1/models/{settings.SERVED_MODEL_NAME}", timeout=10
+    ) as r:
         body = json.loads(r.read())
     assert r.status == 200
     assert body["model_version_status"][0]["state"] == "AVAILABLE"
@@ -119,8 +126,12 @@ def test_rest_status_path_of_the_probes(server):
 
 
 def _post(port: int, path: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -137,8 +148,11 @@ def test_rest_calls_from_the_operations_doc(server):
     assert status == 200, body
     (row,) = body["predictions"]
     assert len(row["probabilities"]) == 4 and row["label"] in domain.CLASS_NAMES
-    status, body = _post(server.rest_port, "/v1/models/leukemia:classify",
-                         {"signature_name": "classify", "examples": [{"image/encoded": {"b64": b64}}]})
+    status, body = _post(
+        server.rest_port,
+        "/v1/models/leukemia:classify",
+        {"signature_name": "classify", "examples": [{"image/encoded": {"b64": b64}}]},
+    )
     assert status == 200, body
     assert [label for label, _ in body["result"][0]] == list(domain.CLASS_NAMES)
     status, body = _post(server.rest_port, "/v1/models/leukemia/labels/nope:predict", {"instances": [{"b64": b64}]})

@@ -24,8 +24,12 @@ def _load():
 
 def test_imports_only_grpc_and_the_official_api():
     tree = ast.parse(EXAMPLE.read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0}
+    roots = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    roots |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 0
+    }
     assert roots <= {"__future__", "argparse", "json", "sys", "time", "grpc", "tensorflow", "tensorflow_serving"}, roots
 
 

@@ -75,7 +75,10 @@ def test_unreachable_server_through_the_real_entry_point(images):
     leukoflow = Path(sys.executable).parent / "leukoflow"
     out = subprocess.run(
         [str(leukoflow), "predict", str(images[0]), "--server", target, "--deadline", "3", "--json"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert out.returncode == 2, out.stderr
     assert f"cannot reach TensorFlow Serving at {target}" in out.stderr

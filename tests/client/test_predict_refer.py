@@ -8,11 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+from fixtures.calibrated_model import encode_png, ood_images, smear_images
 from typer.testing import CliRunner
 
 from client.test_client import PROBS, FlakyServer
-from fixtures.calibrated_model import encode_png, ood_images, smear_images
-
 from components import domain
 from serving.client import NOT_LIKE_TRAINING, refer_reason
 from serving.predict import app
@@ -27,8 +26,11 @@ def server(calibrated_export, tmp_path_factory):
     base = tmp_path_factory.mktemp("predict-refer") / "leukemia"
     base.mkdir()
     shutil.copytree(calibrated_export, base / "1")
-    srv = Server(ServerOptions(port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base),
-                               file_system_poll_wait_seconds=0)).start()
+    srv = Server(
+        ServerOptions(
+            port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base), file_system_poll_wait_seconds=0
+        )
+    ).start()
     yield srv
     srv.stop()
 
@@ -62,7 +64,9 @@ def test_human_output_says_refer_instead_of_a_stage(server, images):
 
 
 def test_json_carries_the_referral(server, images):
-    result = CliRunner().invoke(app, [images["smear"], images["noise"], "--server", f"127.0.0.1:{server.grpc_port}", "--json"])
+    result = CliRunner().invoke(
+        app, [images["smear"], images["noise"], "--server", f"127.0.0.1:{server.grpc_port}", "--json"]
+    )
     assert result.exit_code == 0, result.output
     smear, noise = json.loads(result.stdout)["predictions"]
     assert noise["refer"] is True and noise["in_distribution"] is False and noise["reason"] == NOT_LIKE_TRAINING
@@ -82,8 +86,12 @@ class TwoStageServer(FlakyServer):
 
         response = FlakyServer._predict_response(request)
         n = request.inputs["images"].tensor_shape.dim[0].size
-        outputs = {"ood_score": np.full(n, 3.5, np.float32), "in_distribution": np.ones(n, bool),
-                   "prediction_set": np.tile([False, True, True, False], (n, 1)), "refer": np.ones(n, bool)}
+        outputs = {
+            "ood_score": np.full(n, 3.5, np.float32),
+            "in_distribution": np.ones(n, bool),
+            "prediction_set": np.tile([False, True, True, False], (n, 1)),
+            "refer": np.ones(n, bool),
+        }
         for name, value in outputs.items():
             response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
         return response

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from fixtures.tls import self_signed
 
 from client.test_client import FlakyServer, _png
-from fixtures.tls import self_signed
 from serving.client import ServerUnavailable, ServingClient
 
 

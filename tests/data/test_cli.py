@@ -25,8 +25,9 @@ def _json(result) -> dict:
 
 
 def test_validate_json(synthetic_data, tmp_path):
-    result = runner.invoke(validate_app, ["--data-dir", synthetic_data["root"], "--out", str(tmp_path),
-                                          "--min-per-class", "10", "--json"])
+    result = runner.invoke(
+        validate_app, ["--data-dir", synthetic_data["root"], "--out", str(tmp_path), "--min-per-class", "10", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = _json(result)
     assert out["success"] is True and out["images"] == len(synthetic_data["files"])
@@ -80,14 +81,33 @@ def test_root_cli_dedup_json(synthetic_data, tmp_path):
     """Through the installed `leukoflow` entry point (lazy group): one JSON object, logs on stderr."""
     env = {**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "data", "dedup", "--data-dir", synthetic_data["root"],
-         "--out", str(tmp_path / "d"), "--json"],
-        capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[2], timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "data",
+            "dedup",
+            "--data-dir",
+            synthetic_data["root"],
+            "--out",
+            str(tmp_path / "d"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["images"] == synthetic_data["decodable"] and len(out["groups"]) == 6
-    bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "data", "validate", "--data-dir",
-                          str(tmp_path / "none"), "--json"], capture_output=True, text=True, env=env, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "data", "validate", "--data-dir", str(tmp_path / "none"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and "dvc pull" in json.loads(bad.stdout)["error"]

@@ -54,8 +54,14 @@ def _frame(per_class: int, group_size: int = 1) -> pd.DataFrame:
     rows = []
     for label in domain.CLASS_NAMES:
         for i in range(per_class):
-            rows.append({"id": f"{label}{i}", "path": f"/d/{label}/{i:03d}.jpg", "label": label,
-                         "group_id": f"{label}-g{i // group_size}"})
+            rows.append(
+                {
+                    "id": f"{label}{i}",
+                    "path": f"/d/{label}/{i:03d}.jpg",
+                    "label": label,
+                    "group_id": f"{label}-g{i // group_size}",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -82,11 +88,16 @@ def test_bad_ratios_refused():
 
 
 def test_leakage_check_catches_near_duplicates_across_splits():
-    frame = pd.DataFrame({
-        "id": ["a", "b", "c"], "path": ["/a", "/b", "/c"], "label": ["Pre"] * 3,
-        "group_id": ["g1", "g2", "g3"], "split": ["train", "test", "val"],
-        "phash": ["ffff0000ffff0000", "ffff0000ffff0001", "0123456789abcdef"],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "path": ["/a", "/b", "/c"],
+            "label": ["Pre"] * 3,
+            "group_id": ["g1", "g2", "g3"],
+            "split": ["train", "test", "val"],
+            "phash": ["ffff0000ffff0000", "ffff0000ffff0001", "0123456789abcdef"],
+        }
+    )
     with pytest.raises(SplitError, match="near-duplicate"):
         check_no_leakage(frame, hamming=4)
     frame.loc[1, "group_id"] = "g1"

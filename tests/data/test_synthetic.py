@@ -6,10 +6,10 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+from fixtures.synthetic import make_synthetic_dataset
 
 from components import domain, settings
 from components.dedup.executor import perceptual_hash
-from fixtures.synthetic import make_synthetic_dataset
 
 
 def test_description_matches_files(synthetic_data):
@@ -28,15 +28,20 @@ def test_near_duplicates_close_and_others_far(synthetic_data):
     related |= {frozenset(p) for p in synthetic_data["exact_pairs"]} | {frozenset(synthetic_data["cross_label"])}
     for original, copy, _ in synthetic_data["near_duplicates"]:
         assert (hashes[original] ^ hashes[copy]).bit_count() <= 4
-    unrelated = min((hashes[a] ^ hashes[b]).bit_count()
-                    for a, b in itertools.combinations(hashes, 2) if frozenset((a, b)) not in related)
+    unrelated = min(
+        (hashes[a] ^ hashes[b]).bit_count()
+        for a, b in itertools.combinations(hashes, 2)
+        if frozenset((a, b)) not in related
+    )
     assert unrelated > settings.DEDUP_HAMMING
 
 
 def test_classes_separable_by_colour(clean_synthetic_data):
     """A nearest-centroid rule on mean RGB gets every clean image right, so a tiny CNN can learn them."""
-    feats = {label: np.array([domain.load_rgb(p).reshape(-1, 3).mean(0) for p in paths])
-             for label, paths in clean_synthetic_data["clean"].items()}
+    feats = {
+        label: np.array([domain.load_rgb(p).reshape(-1, 3).mean(0) for p in paths])
+        for label, paths in clean_synthetic_data["clean"].items()
+    }
     centroids = {label: f.mean(0) for label, f in feats.items()}
     for label, f in feats.items():
         for x in f:

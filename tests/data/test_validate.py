@@ -41,8 +41,17 @@ def test_manifest_lists_every_file_and_quarantines_corrupt(synthetic_data, valid
 def test_suite_passes_and_writes_data_docs(validated):
     assert validated["success"] is True and validated["failed_expectations"] == []
     names = {o["name"]: o for o in validated["expectations"]}
-    for name in ("decodable", "three_channels_after_conversion", "label_in_class_set", "width_in_range",
-                 "height_in_range", "not_blank", "not_saturated", "per_class_minimum_count", "all_classes_present"):
+    for name in (
+        "decodable",
+        "three_channels_after_conversion",
+        "label_in_class_set",
+        "width_in_range",
+        "height_in_range",
+        "not_blank",
+        "not_saturated",
+        "per_class_minimum_count",
+        "all_classes_present",
+    ):
         assert name in names
     assert names["per_class_minimum_count"]["critical"] and not names["not_blank"]["critical"]
     # Two quarantined files: the decodable expectation sees them but is within its critical bound.

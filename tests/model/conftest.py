@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from fixtures.synthetic import make_synthetic_dataset
 
 SIZE = 32
@@ -30,8 +29,9 @@ def write_split(root: Path, per_class: int = 24, seed: int = 3) -> Path:
         for split, (lo, hi) in cut.items():
             for path, (encoded, pixels) in zip(paths[lo:hi], resized_pixels([str(p) for p in paths[lo:hi]], SIZE)):
                 per_split[split].append(
-                    records.make_example(hashlib.sha256(encoded).hexdigest(), path, domain.class_index(label), encoded,
-                                         pixels)
+                    records.make_example(
+                        hashlib.sha256(encoded).hexdigest(), path, domain.class_index(label), encoded, pixels
+                    )
                 )
     for split, recs in per_split.items():
         records.write_shards(recs, split_dir / split, num_shards=2)
@@ -47,8 +47,9 @@ def tiny_split(tmp_path_factory) -> Path:
 def tiny_config():
     from components.settings import ModelConfig
 
-    return ModelConfig("cnn", image_size=SIZE, weights="none", batch_size=16, epochs=4, patience=4,
-                       learning_rate=3e-3, dropout=0.1)
+    return ModelConfig(
+        "cnn", image_size=SIZE, weights="none", batch_size=16, epochs=4, patience=4, learning_rate=3e-3, dropout=0.1
+    )
 
 
 @pytest.fixture(scope="session")

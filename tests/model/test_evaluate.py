@@ -13,9 +13,26 @@ from components.evaluate.executor import run_evaluate
 from components.evaluate.metrics import bootstrap_ci, classification_metrics
 from components.evaluate.robustness import PERTURBATIONS, encode, perturb, perturbed_bytes, perturbed_sets, plausible
 
-SCHEMA_KEYS = {"model", "accuracy", "accuracy_ci", "macro_f1", "macro_f1_ci", "weighted_f1", "per_class",
-               "confusion_matrix", "class_names", "params", "size_bytes", "latency_ms", "throughput_b32", "robustness",
-               "robustness_worst", "shortcut_baseline", "saved_model", "test_images"}
+SCHEMA_KEYS = {
+    "model",
+    "accuracy",
+    "accuracy_ci",
+    "macro_f1",
+    "macro_f1_ci",
+    "weighted_f1",
+    "per_class",
+    "confusion_matrix",
+    "class_names",
+    "params",
+    "size_bytes",
+    "latency_ms",
+    "throughput_b32",
+    "robustness",
+    "robustness_worst",
+    "shortcut_baseline",
+    "saved_model",
+    "test_images",
+}
 
 
 def test_metrics_by_hand():
@@ -85,10 +102,19 @@ def test_evaluate_a_model_that_always_says_pre(tiny_split, tmp_path):
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.GlobalAveragePooling2D()(inputs)
-    outputs = keras.layers.Dense(4, activation="softmax", kernel_initializer="zeros",
-                                 bias_initializer=keras.initializers.Constant([0.0, 0.0, 5.0, 0.0]))(x)
-    export_saved_model(keras.Model(inputs, outputs), tmp_path / "saved_model", model_name="always-pre",
-                       image_size=32, brightness="none")
+    outputs = keras.layers.Dense(
+        4,
+        activation="softmax",
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant([0.0, 0.0, 5.0, 0.0]),
+    )(x)
+    export_saved_model(
+        keras.Model(inputs, outputs),
+        tmp_path / "saved_model",
+        model_name="always-pre",
+        image_size=32,
+        brightness="none",
+    )
     m = run_evaluate(tiny_split, tmp_path, tmp_path / "eval", bootstrap=200, latency_runs=5, shortcut=False)
     assert m["model"] == "always-pre" and m["test_images"] == 24
     assert m["accuracy"] == 0.25
@@ -110,8 +136,9 @@ def test_evaluate_trained_model_and_compare(trained, tiny_split, tmp_path):
     rng = np.random.default_rng(3)
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(other_lab / f"{i}.jpg")
-    m = run_evaluate(tiny_split, trained["out_dir"], tmp_path / "eval", bootstrap=200, latency_runs=5,
-                     external_dir=other_lab)
+    m = run_evaluate(
+        tiny_split, trained["out_dir"], tmp_path / "eval", bootstrap=200, latency_runs=5, external_dir=other_lab
+    )
     assert SCHEMA_KEYS <= set(m)
     external = m["external"]
     assert external["folder"] == "other-lab"
@@ -184,8 +211,10 @@ def test_calibration_numbers_by_hand():
     t = calibration.fit_temperature(logits, labels)
     assert t > 1.0
     probs = calibration.softmax(logits, t)
-    assert calibration.expected_calibration_error(probs, labels) <= calibration.expected_calibration_error(
-        calibration.softmax(logits), labels) + 1e-9
+    assert (
+        calibration.expected_calibration_error(probs, labels)
+        <= calibration.expected_calibration_error(calibration.softmax(logits), labels) + 1e-9
+    )
     q = calibration.conformal_quantile(probs, labels, 0.9)
     sets = calibration.prediction_sets(probs, q)
     assert sets[np.arange(200), labels].mean() >= 0.9
@@ -225,9 +254,9 @@ def test_colour_features_by_hand():
     f = colour_features(np.concatenate([red, half]))
     assert f.shape == (2, 6 + 3 * HSV_BINS)
     np.testing.assert_allclose(f[0, :6], [1, 0, 0, 0, 0, 0])
-    hue, sat, val = (f[0, 6 + i * HSV_BINS: 6 + (i + 1) * HSV_BINS] for i in range(3))
+    hue, sat, val = (f[0, 6 + i * HSV_BINS : 6 + (i + 1) * HSV_BINS] for i in range(3))
     assert hue[0] == 1 and sat[-1] == 1 and val[-1] == 1
-    val2 = f[1, 6 + 2 * HSV_BINS:]
+    val2 = f[1, 6 + 2 * HSV_BINS :]
     assert val2[0] == 0.5 and val2[8] == 0.5 and val2.sum() == pytest.approx(1.0)
 
 
@@ -245,8 +274,10 @@ def test_hsv_histograms_bin_for_bin_as_scikit_image():
     x = (rgb.astype(np.float32) / 255.0).reshape(6, -1, 3)
     hsv = rgb2hsv(x)
     bins = np.minimum((hsv * HSV_BINS).astype(np.int64), HSV_BINS - 1)
-    expected = np.stack([np.concatenate([np.bincount(bins[i, :, c], minlength=HSV_BINS) for c in range(3)])
-                         for i in range(6)]) / x.shape[1]
+    expected = (
+        np.stack([np.concatenate([np.bincount(bins[i, :, c], minlength=HSV_BINS) for c in range(3)]) for i in range(6)])
+        / x.shape[1]
+    )
     np.testing.assert_array_equal(hsv_histograms(x), expected)
 
 
@@ -267,8 +298,18 @@ def _fit_on_logits(logits: np.ndarray, labels: np.ndarray):
 
     rng = np.random.default_rng(1)
     train_features, val_features = rng.normal(0, 1, (200, 5)), rng.normal(0, 1, (len(labels), 5))
-    return calibration.fit_calibration(train_features, np.arange(200) % 4, logits, val_features, labels, np.eye(4),
-                                       np.zeros(4), num_classes=4, ood_referral_rate=0.05, coverage=0.9)
+    return calibration.fit_calibration(
+        train_features,
+        np.arange(200) % 4,
+        logits,
+        val_features,
+        labels,
+        np.eye(4),
+        np.zeros(4),
+        num_classes=4,
+        ood_referral_rate=0.05,
+        coverage=0.9,
+    )
 
 
 def test_temperature_stands_only_when_it_lowers_the_validation_ece():
@@ -282,8 +323,12 @@ def test_temperature_stands_only_when_it_lowers_the_validation_ece():
     logits[wrong] = np.eye(4)[pred[wrong]] * 60.0  # a few hugely confident mistakes dominate the likelihood
     fitted = _fit_on_logits(logits, labels)
     assert fitted.fitted_on["fitted_temperature"] > 2.0  # the NLL optimum softens everything ...
-    assert calibration.expected_calibration_error(calibration.softmax(logits, fitted.fitted_on["fitted_temperature"]),
-                                                  labels) > fitted.fitted_on["val_ece_before"]  # ... and calibrates worse
+    assert (
+        calibration.expected_calibration_error(
+            calibration.softmax(logits, fitted.fitted_on["fitted_temperature"]), labels
+        )
+        > fitted.fitted_on["val_ece_before"]
+    )  # ... and calibrates worse
     assert fitted.temperature == 1.0 and fitted.fitted_on["temperature_kept"] is False
     assert fitted.fitted_on["val_ece_after"] == fitted.fitted_on["val_ece_before"]
     # Overconfident everywhere (20% wrong at ~99.9%): the fitted temperature lowers the ECE and stands.

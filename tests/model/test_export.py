@@ -74,7 +74,8 @@ def test_saved_model_equals_keras_model(exported):
     meta = model_metadata.read(exported["dir"])
     expected = _keras_probs(exported["keras"], encoded, meta.temperature)
     uncalibrated = exported["keras"].predict(
-        np.stack([domain.tf_preprocess_encoded(tf.constant(b), 32).numpy() for b in encoded]), verbose=0)
+        np.stack([domain.tf_preprocess_encoded(tf.constant(b), 32).numpy() for b in encoded]), verbose=0
+    )
     assert (expected.argmax(axis=1) == uncalibrated.argmax(axis=1)).all()  # a temperature never changes the class
     out = exported["loaded"].signatures["serving_default"](images=tf.constant(encoded))
     assert np.abs(out["probabilities"].numpy() - expected).max() <= 1e-4
@@ -83,8 +84,14 @@ def test_saved_model_equals_keras_model(exported):
     pixels = np.stack([domain.tf_preprocess_encoded(tf.constant(b), 32).numpy() for b in encoded])
     by_pixels = exported["loaded"].signatures["predict_pixels"](pixels=tf.constant(pixels))["probabilities"].numpy()
     assert np.abs(by_pixels - expected).max() <= 1e-4
-    examples = [tf.train.Example(features=tf.train.Features(feature={"image/encoded": tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString() for b in encoded[:3]]
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))}
+            )
+        ).SerializeToString()
+        for b in encoded[:3]
+    ]
     classified = exported["loaded"].signatures["classify"](inputs=tf.constant(examples))
     assert np.abs(classified["scores"].numpy() - expected[:3]).max() <= 1e-4
     assert [c.decode() for c in classified["classes"].numpy()[0]] == list(domain.CLASS_NAMES)
@@ -131,8 +138,10 @@ def test_assets_extra_warmup_and_metadata(exported):
     meta = json.loads((extra / "leukoflow.json").read_text())
     assert meta["model"] == "cnn" and meta["image_size"] == 32 and meta["class_names"] == list(domain.CLASS_NAMES)
     assert 0 < meta["low_confidence_threshold"] < 1 and (extra / "model.keras").is_file()
-    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy())
-            for r in tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests"))]
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy())
+        for r in tf.data.TFRecordDataset(str(extra / "tf_serving_warmup_requests"))
+    ]
     assert len(logs) >= 1
     request = logs[0].predict_log.request
     assert request.model_spec.signature_name == "serving_default"

@@ -80,9 +80,27 @@ def test_missing_imagenet_weights_say_where_keras_looked(tiny_split, tmp_path):
     keras_home = tmp_path / "keras-home"
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "train", "--model", "mobilenetv2", "--weights", "imagenet",
-         "--image-size", "32", "--split", str(tiny_split), "--out", str(tmp_path / "out"), "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "train",
+            "--model",
+            "mobilenetv2",
+            "--weights",
+            "imagenet",
+            "--image-size",
+            "32",
+            "--split",
+            str(tiny_split),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     if proc.returncode == 0:
         pytest.skip("this machine could download the ImageNet weights")
@@ -136,16 +154,33 @@ def test_views_average_the_pooled_features_of_each_orientation(name, tmp_path):
     assert features.shape[0] == 4 * 3 and probs.shape == (3, 4)  # Grad-CAM reads the first (upright) view
     path = tmp_path / "four.keras"
     four.save(path)
-    np.testing.assert_allclose(models.load_keras_model(path).predict(x, verbose=0), four.predict(x, verbose=0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        models.load_keras_model(path).predict(x, verbose=0), four.predict(x, verbose=0), atol=1e-5
+    )
 
 
 def test_train_refuses_an_unsupported_view_count_before_any_work(tmp_path):
     """`leukoflow train --views 3`: a clear error naming the allowed counts, nothing written."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "train", "--model", "cnn", "--views", "3",
-         "--split", str(tmp_path / "no-split"), "--out", str(tmp_path / "out"), "--json"],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "train",
+            "--model",
+            "cnn",
+            "--views",
+            "3",
+            "--split",
+            str(tmp_path / "no-split"),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["error"] == "views must be one of 1, 2, 4, 8, got 3"

@@ -29,8 +29,10 @@ def _serving_and_training(tmp_path, stored: int) -> tuple[np.ndarray, np.ndarray
         path = tmp_path / f"{i}.png"
         Image.fromarray(rgb).save(path)
         paths.append(str(path))
-    examples = [records.make_example(str(i), p, 0, data, pixels)
-                for i, (p, (data, pixels)) in enumerate(zip(paths, resized_pixels(paths, stored)))]
+    examples = [
+        records.make_example(str(i), p, 0, data, pixels)
+        for i, (p, (data, pixels)) in enumerate(zip(paths, resized_pixels(paths, stored)))
+    ]
     split = tmp_path / f"split-{stored}"
     records.write_shards(examples, split / "train", 1)
     training = np.concatenate([x.numpy() for x, _ in train_input.dataset(split, "train", MODEL, 8, cache=False)])

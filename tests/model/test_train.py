@@ -16,8 +16,14 @@ from components.train.executor import class_weights, run_train
 def test_training_learns_the_synthetic_split(trained):
     assert trained["val_accuracy"] >= 0.6, trained  # chance is 0.25
     out = Path(trained["out_dir"])
-    for rel in ("keras/model.keras", "saved_model/saved_model.pb", "history.json", "curves.png", "train.json",
-                "checkpoints/best.weights.h5"):
+    for rel in (
+        "keras/model.keras",
+        "saved_model/saved_model.pb",
+        "history.json",
+        "curves.png",
+        "train.json",
+        "checkpoints/best.weights.h5",
+    ):
         assert (out / rel).is_file(), rel
     info = json.loads((out / "train.json").read_text())
     assert info["weights_used"] == "random init"
@@ -84,14 +90,25 @@ def test_overexposure_reaches_the_training_batches_only_when_asked(tiny_split, m
 
     def batch(**kwargs):
         return next(iter(train_input.dataset(tiny_split, "train", 32, 8, augment=True, seed=3, **kwargs)))[0].numpy()
+
     plain, bright = batch(), batch(overexposure=1.0)
     assert bright.mean() > plain.mean() * 1.1 and bright.max() <= 1.0
 
 
 def test_cached_features_then_fine_tuning(tiny_split, tmp_path):
     """Transfer model: head on cached frozen-base features, then fine-tuning the top of the base."""
-    config = ModelConfig("mobilenetv2", image_size=32, weights="none", batch_size=16, epochs=2, patience=2,
-                         cache_features=True, augment=False, fine_tune_epochs=1, fine_tune_layers=8)
+    config = ModelConfig(
+        "mobilenetv2",
+        image_size=32,
+        weights="none",
+        batch_size=16,
+        epochs=2,
+        patience=2,
+        cache_features=True,
+        augment=False,
+        fine_tune_epochs=1,
+        fine_tune_layers=8,
+    )
     result = run_train(tiny_split, tmp_path / "mnv2", config, verbose=0, export_saved_model=False)
     history = json.loads((tmp_path / "mnv2" / "history.json").read_text())
     assert history["phase"] == ["cached_activations"] * 2 + ["fine_tune"]
@@ -106,9 +123,19 @@ def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny
     from components.train import calibration, models
 
     # ResNet50: a random-init MobileNetV2's features are ~1e-12, so its views would agree trivially.
-    config = ModelConfig("resnet50", image_size=32, weights="none", batch_size=16, epochs=2, patience=2,
-                         cache_features=True, cache_cut="conv5_block2_out", augment_copies=1, cosine_decay=True,
-                         views=4)
+    config = ModelConfig(
+        "resnet50",
+        image_size=32,
+        weights="none",
+        batch_size=16,
+        epochs=2,
+        patience=2,
+        cache_features=True,
+        cache_cut="conv5_block2_out",
+        augment_copies=1,
+        cosine_decay=True,
+        views=4,
+    )
     result = run_train(tiny_split, tmp_path / "r50", config, verbose=0)
     trained = models.load_keras_model(tmp_path / "r50" / "keras" / "model.keras")
     assert models.views(trained) == 4 and result["config"]["views"] == 4
@@ -117,8 +144,12 @@ def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny
     x = np.random.default_rng(5).random((2, 32, 32, 3), dtype=np.float32)
     kernel, bias = trained.get_layer(models.OUTPUT_LAYER).get_weights()
     head = models.calibration_features_model(one_view)
-    per_view = np.stack([np.asarray(head(v, training=False)[0]) @ kernel + bias
-                         for v in np.asarray(models._layers().views(4)(x)).reshape(4, 2, 32, 32, 3)])
+    per_view = np.stack(
+        [
+            np.asarray(head(v, training=False)[0]) @ kernel + bias
+            for v in np.asarray(models._layers().views(4)(x)).reshape(4, 2, 32, 32, 3)
+        ]
+    )
     assert np.ptp(per_view, axis=0).max() > 1e-2  # the views disagree: serving one of them would fail below
     logits = per_view.mean(axis=0)
     served = tf.saved_model.load(result["saved_model"]).signatures["predict_pixels"](pixels=tf.constant(x))
@@ -147,8 +178,17 @@ def test_precise_batchnorm_sets_exact_statistics():
 @pytest.mark.parametrize("cosine_decay", [False, True])
 def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path, cosine_decay):
     """The head trained on standardised cached features, folded into Dense, gives the same val accuracy in the full model."""
-    config = ModelConfig("resnet50", image_size=32, weights="none", batch_size=16, epochs=3, patience=3,
-                         cache_features=True, augment=False, cosine_decay=cosine_decay)
+    config = ModelConfig(
+        "resnet50",
+        image_size=32,
+        weights="none",
+        batch_size=16,
+        epochs=3,
+        patience=3,
+        cache_features=True,
+        augment=False,
+        cosine_decay=cosine_decay,
+    )
     result = run_train(tiny_split, tmp_path / "r50", config, verbose=0, export_saved_model=False)
     history = json.loads((tmp_path / "r50" / "history.json").read_text())
     best = int(np.argmin(history["val_loss"]))
@@ -180,8 +220,9 @@ def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatc
         original(model, rate, smoothing)
 
     monkeypatch.setattr(executor, "_compile", recording)
-    config = ModelConfig("cnn", image_size=32, weights="none", batch_size=16, epochs=2, patience=2, augment=False,
-                         cosine_decay=True)
+    config = ModelConfig(
+        "cnn", image_size=32, weights="none", batch_size=16, epochs=2, patience=2, augment=False, cosine_decay=True
+    )
     run_train(tiny_split, tmp_path / "cnn", config, verbose=0, export_saved_model=False)
     assert isinstance(rates[0], keras.optimizers.schedules.CosineDecay)
     steps = train_input.steps_per_epoch(len(train_input.labels(tiny_split, "train")), 16)
@@ -189,8 +230,9 @@ def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_precise_batchnorm_statistics_come_from_batches_augmented_as_training_sees_them(tiny_split, tmp_path,
-                                                                                         monkeypatch, augment):
+def test_precise_batchnorm_statistics_come_from_batches_augmented_as_training_sees_them(
+    tiny_split, tmp_path, monkeypatch, augment
+):
     """Before each validation BatchNorm gets the statistics of the training distribution: augmented when training is."""
     from components.train import executor
 
@@ -202,11 +244,16 @@ def test_precise_batchnorm_statistics_come_from_batches_augmented_as_training_se
         return original(model, batches)
 
     monkeypatch.setattr(executor, "recompute_batchnorm", recording)
-    config = ModelConfig("cnn", image_size=32, weights="none", batch_size=16, epochs=1, patience=1, augment=augment,
-                         overexposure=0.5)
+    config = ModelConfig(
+        "cnn", image_size=32, weights="none", batch_size=16, epochs=1, patience=1, augment=augment, overexposure=0.5
+    )
     run_train(tiny_split, tmp_path / "cnn", config, verbose=0, export_saved_model=False)
-    clean = [x.numpy() for x, _ in train_input.dataset(tiny_split, "train", 32, 16, training=True, seed=config.seed,
-                                                       cache=False).take(len(seen[0]))]
+    clean = [
+        x.numpy()
+        for x, _ in train_input.dataset(tiny_split, "train", 32, 16, training=True, seed=config.seed, cache=False).take(
+            len(seen[0])
+        )
+    ]
     assert seen and len(seen[0]) == len(clean)
     same = all(np.array_equal(a, b) for a, b in zip(seen[0], clean))
     assert same is (not augment)

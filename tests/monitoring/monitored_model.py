@@ -41,9 +41,14 @@ def export_monitored_model(version_dir: str | Path, centroids: np.ndarray | None
         bias = -scale * (np.asarray(centroids, np.float32) ** 2).sum(axis=1)
     inputs = keras.Input((SIZE, SIZE, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    dense = keras.layers.Dense(4, activation="softmax", kernel_initializer=keras.initializers.Constant(kernel),
-                               bias_initializer=keras.initializers.Constant(bias))
+    dense = keras.layers.Dense(
+        4,
+        activation="softmax",
+        kernel_initializer=keras.initializers.Constant(kernel),
+        bias_initializer=keras.initializers.Constant(bias),
+    )
     model = keras.Model(inputs, dense(pooled))
     warm = png(np.full((SIZE, SIZE, 3), 180, np.uint8))
-    return export_saved_model(model, version_dir, model_name="tiny", image_size=SIZE, brightness="none",
-                              warmup_images=[warm])
+    return export_saved_model(
+        model, version_dir, model_name="tiny", image_size=SIZE, brightness="none", warmup_images=[warm]
+    )

@@ -95,8 +95,11 @@ def test_reference_from_the_model_equals_reference_from_the_module(exported, tmp
     for i, label in enumerate(domain.CLASS_NAMES * 3):
         rgb = smear(label, rng, size=48)
         encoded = png(rgb)
-        recs.append(records.make_example(hashlib.sha256(encoded).hexdigest(), f"{i}.png", domain.class_index(label),
-                                         encoded, rgb))
+        recs.append(
+            records.make_example(
+                hashlib.sha256(encoded).hexdigest(), f"{i}.png", domain.class_index(label), encoded, rgb
+            )
+        )
     records.write_shards(recs, tmp_path / "split" / "train", num_shards=1)
     by_module = build_reference(tmp_path / "split", tmp_path / "a.parquet")
     by_model = build_reference(tmp_path / "split", tmp_path / "b.parquet", saved_model=path)

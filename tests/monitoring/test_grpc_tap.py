@@ -38,8 +38,9 @@ class _Peer:
 
         self.encoder = hpack.Encoder()
 
-    def headers(self, stream_id: int, headers: list, end_stream: bool = False, split: int = 0,
-                padding: int = 0) -> bytes:
+    def headers(
+        self, stream_id: int, headers: list, end_stream: bool = False, split: int = 0, padding: int = 0
+    ) -> bytes:
         from hyperframe.frame import ContinuationFrame, HeadersFrame
 
         block = self.encoder.encode(headers)
@@ -65,15 +66,25 @@ class _Peer:
 
 
 def _request(peer: _Peer, stream_id: int, method: str, extra: list = (), split: int = 0) -> bytes:
-    return peer.headers(stream_id, [(":method", "POST"), (":scheme", "http"), (":path", method),
-                                    (":authority", "x"), ("content-type", "application/grpc"), *extra], split=split)
+    return peer.headers(
+        stream_id,
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", method),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            *extra,
+        ],
+        split=split,
+    )
 
 
 def _chunks(data: bytes, rng: np.random.Generator):
     at = 0
     while at < len(data):
         step = int(rng.integers(1, 40))
-        yield data[at:at + step]
+        yield data[at : at + step]
         at += step
 
 
@@ -86,7 +97,9 @@ def test_the_tap_rebuilds_interleaved_exchanges_from_any_chunking():
     down = SettingsFrame(0).serialize()
     # Stream 1 (headers split over CONTINUATION, padded data), stream 3 (gzip both ways), stream 5 (cancelled),
     # stream 7 (a trailers-only error), interleaved.
-    up += _request(client, 1, predict, [("x-client", "a" * 300)], split=40) + _request(client, 3, predict, [("grpc-encoding", "gzip")])
+    up += _request(client, 1, predict, [("x-client", "a" * 300)], split=40) + _request(
+        client, 3, predict, [("grpc-encoding", "gzip")]
+    )
     up += client.data(1, _grpc(b"request-one"), end_stream=True, padding=7)
     up += client.data(3, _grpc(b"request-three", compressed=True), end_stream=True)
     up += _request(client, 5, status) + _request(client, 7, status)
@@ -96,8 +109,9 @@ def test_the_tap_rebuilds_interleaved_exchanges_from_any_chunking():
     down += server.headers(1, [(":status", "200"), ("content-type", "application/grpc")], split=5)
     down += server.data(3, _grpc(b"response-three", compressed=True))
     down += server.data(1, _grpc(b"response-one"), padding=3)
-    down += server.headers(7, [(":status", "200"), ("grpc-status", "5"), ("grpc-message", "no such model")],
-                           end_stream=True)
+    down += server.headers(
+        7, [(":status", "200"), ("grpc-status", "5"), ("grpc-message", "no such model")], end_stream=True
+    )
     down += server.headers(1, [("grpc-status", "0")], end_stream=True)
     down += server.headers(3, [("grpc-status", "0")], end_stream=True)
 
@@ -115,8 +129,8 @@ def test_the_tap_rebuilds_interleaved_exchanges_from_any_chunking():
         assert by_result == {
             (predict, b"request-one", b"response-one", 0),
             (predict, b"request-three", b"response-three", 0),
-            (status, None, None, 1),          # RST_STREAM: cancelled
-            (status, b"status?", None, 5),    # trailers-only NOT_FOUND
+            (status, None, None, 1),  # RST_STREAM: cancelled
+            (status, b"status?", None, 5),  # trailers-only NOT_FOUND
         }, trial
         assert tap.open_exchanges == 0
 
@@ -152,11 +166,15 @@ def test_relay_forwards_and_taps_concurrent_calls():
 
     relay = GrpcRelay(f"127.0.0.1:{port}", record, host="127.0.0.1", port=0).start()
     try:
+
         def client(k: int) -> None:
             with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
                 call = channel.unary_unary("/svc/M")
                 for i in range(10):
-                    assert call(f"{k:02d}{i:02d}".encode() + b"x" * 5000, timeout=10) == b"pong" + f"{k:02d}{i:02d}".encode()
+                    assert (
+                        call(f"{k:02d}{i:02d}".encode() + b"x" * 5000, timeout=10)
+                        == b"pong" + f"{k:02d}{i:02d}".encode()
+                    )
 
         with futures.ThreadPoolExecutor(6) as pool:
             list(pool.map(client, range(6)))
@@ -171,8 +189,9 @@ def test_relay_forwards_and_taps_concurrent_calls():
 def test_a_tap_that_falls_behind_stops_logging_not_forwarding():
     upstream, port = _echo_server()
     lost, seen = [], []
-    relay = GrpcRelay(f"127.0.0.1:{port}", seen.append, host="127.0.0.1", port=0, max_pending_bytes=20_000,
-                      on_lost=lost.append).start()
+    relay = GrpcRelay(
+        f"127.0.0.1:{port}", seen.append, host="127.0.0.1", port=0, max_pending_bytes=20_000, on_lost=lost.append
+    ).start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{relay.port}") as channel:
             call = channel.unary_unary("/svc/M")

@@ -38,9 +38,23 @@ def test_images_folder_drift_exit_code_and_json(reference_file, tmp_path):
     save_images(bright, balanced(60), seed=5, lamp=1.2)
     env = {**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "monitor", "drift", "--images", str(bright),
-         "--reference", str(reference_file), "--json"],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "monitor",
+            "drift",
+            "--images",
+            str(bright),
+            "--reference",
+            str(reference_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == cli.EXIT_DRIFT, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
@@ -54,8 +68,9 @@ def test_images_folder_drift_exit_code_and_json(reference_file, tmp_path):
 def test_images_folder_without_drift(reference_file, tmp_path):
     same = tmp_path / "same"
     save_images(same, balanced(60), seed=6, class_folders=False)  # no labels: pooled comparison
-    result = runner.invoke(cli.app, ["drift", "--images", str(same), "--reference", str(reference_file), "--json",
-                                     "--no-workspace"])
+    result = runner.invoke(
+        cli.app, ["drift", "--images", str(same), "--reference", str(reference_file), "--json", "--no-workspace"]
+    )
     assert result.exit_code == 0, result.output
     out = _json(result)
     assert out["status"] == "no_drift" and out["case_mix_changed"] is False
@@ -64,9 +79,16 @@ def test_images_folder_without_drift(reference_file, tmp_path):
 def _log_window(frame, version: str = "1") -> None:
     log = RequestLog(home.request_log_dir())
     for _, row in frame.iterrows():
-        log.append({"model": "leukemia", "version": version, "label": "stable", "predicted_label": row["class"],
-                    "confidences": {"Benign": 0.25, "Early": 0.25, "Pre": 0.25, "Pro": 0.25},
-                    "features": {k: float(v) for k, v in row.items() if k != "class"}})
+        log.append(
+            {
+                "model": "leukemia",
+                "version": version,
+                "label": "stable",
+                "predicted_label": row["class"],
+                "confidences": {"Benign": 0.25, "Early": 0.25, "Pre": 0.25, "Pro": 0.25},
+                "features": {k: float(v) for k, v in row.items() if k != "class"},
+            }
+        )
 
 
 def test_request_log_drift_triggers_once(reference_file, bright_window, tmp_path, monkeypatch):
@@ -85,8 +107,18 @@ def test_request_log_drift_triggers_once(reference_file, bright_window, tmp_path
     RecordingClient.calls_file.touch()
     monkeypatch.setattr(kfp, "Client", RecordingClient)
 
-    args = ["drift", "--since", "1h", "--json", "--trigger", "--kfp-host", "http://kfp:8888",
-            "--pipeline-package", str(package), "--no-workspace"]
+    args = [
+        "drift",
+        "--since",
+        "1h",
+        "--json",
+        "--trigger",
+        "--kfp-host",
+        "http://kfp:8888",
+        "--pipeline-package",
+        str(package),
+        "--no-workspace",
+    ]
     first = runner.invoke(cli.app, args)
     assert first.exit_code == cli.EXIT_DRIFT, first.output
     out = _json(first)
@@ -113,8 +145,9 @@ def test_insufficient_data_and_errors(reference_file, same_window, tmp_path, mon
     assert bad.exit_code == 1 and "duration" in _json(bad)["error"]
     both = runner.invoke(cli.app, ["drift", "--since", "1h", "--images", str(tmp_path), "--json"])
     assert both.exit_code == 1
-    missing = runner.invoke(cli.app, ["reference", "--split-dir", str(tmp_path / "nope"), "--output",
-                                      str(tmp_path / "r.parquet"), "--json"])
+    missing = runner.invoke(
+        cli.app, ["reference", "--split-dir", str(tmp_path / "nope"), "--output", str(tmp_path / "r.parquet"), "--json"]
+    )
     assert missing.exit_code == 1 and "train/" in _json(missing)["error"]
 
 
@@ -129,9 +162,26 @@ def test_local_retraining_gets_the_runner_from_the_root_cli(reference_file, tmp_
     save_images(bright, balanced(60), seed=5, lamp=1.2)
     calls = []
     monkeypatch.setattr(pipelines.local, "run_local", lambda **kw: calls.append(kw) or {"status": "succeeded"})
-    monkeypatch.setattr(sys, "argv", ["leukoflow", "monitor", "drift", "--images", str(bright), "--reference",
-                                      str(reference_file), "--json", "--no-workspace", "--trigger",
-                                      "--data-dir", str(tmp_path), "--profile", "smoke"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "leukoflow",
+            "monitor",
+            "drift",
+            "--images",
+            str(bright),
+            "--reference",
+            str(reference_file),
+            "--json",
+            "--no-workspace",
+            "--trigger",
+            "--data-dir",
+            str(tmp_path),
+            "--profile",
+            "smoke",
+        ],
+    )
     with pytest.raises(SystemExit) as exit_:
         pipelines.cli.main()
     assert exit_.value.code == cli.EXIT_DRIFT

@@ -21,18 +21,29 @@ def _served_version(reference_frame, rate: float | None = REFERENCE_RATE) -> Non
     """leukemia/1 where the monitor looks: its reference profile and its metadata (with the OOD rate)."""
     version = home.model_base() / "leukemia" / "1"
     (version / "assets.extra").mkdir(parents=True)
-    reference_frame.rename(columns={"class": "label"}).to_parquet(version / "assets.extra" / "reference_features.parquet")
-    model_metadata.write(version, model_metadata.ModelMetadata(
-        model="cnn", image_size=32, ood_val_referral_rate=rate, ood_threshold=None if rate is None else 100.0))
+    reference_frame.rename(columns={"class": "label"}).to_parquet(
+        version / "assets.extra" / "reference_features.parquet"
+    )
+    model_metadata.write(
+        version,
+        model_metadata.ModelMetadata(
+            model="cnn", image_size=32, ood_val_referral_rate=rate, ood_threshold=None if rate is None else 100.0
+        ),
+    )
 
 
 def _log_window(frame, out_of_distribution: np.ndarray | None) -> None:
     """The window's rows as the server logs them; `outputs` only when the model has the referral outputs."""
     log = RequestLog(home.request_log_dir())
     for i, (_, row) in enumerate(frame.iterrows()):
-        record = {"model": "leukemia", "version": 1, "label": "stable", "predicted_label": row["class"],
-                  "confidences": {c: 0.25 for c in domain.CLASS_NAMES},
-                  "features": {k: float(v) for k, v in row.items() if k != "class"}}
+        record = {
+            "model": "leukemia",
+            "version": 1,
+            "label": "stable",
+            "predicted_label": row["class"],
+            "confidences": {c: 0.25 for c in domain.CLASS_NAMES},
+            "features": {k: float(v) for k, v in row.items() if k != "class"},
+        }
         if out_of_distribution is not None:
             ood = bool(out_of_distribution[i])
             record["outputs"] = {"ood_score": 900.0 if ood else 40.0, "in_distribution": not ood, "refer": ood}
@@ -40,8 +51,9 @@ def _log_window(frame, out_of_distribution: np.ndarray | None) -> None:
 
 
 def _drift(tmp_path) -> tuple[int, dict]:
-    result = runner.invoke(cli.app, ["drift", "--since", "1h", "--output-dir", str(tmp_path / "report"),
-                                     "--no-workspace", "--json"])
+    result = runner.invoke(
+        cli.app, ["drift", "--since", "1h", "--output-dir", str(tmp_path / "report"), "--no-workspace", "--json"]
+    )
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     return result.exit_code, json.loads(lines[0])

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,9 +33,12 @@ class RecordingClient:
         with open(self.calls_file, "a") as handle:
             handle.write(json.dumps(call, default=str) + "\n")
 
-    def create_run_from_pipeline_package(self, pipeline_file, arguments=None, run_name=None, experiment_name=None,
-                                         namespace=None, **_):
-        self._record(method="run", host=self.host, package=pipeline_file, arguments=arguments, experiment=experiment_name)
+    def create_run_from_pipeline_package(
+        self, pipeline_file, arguments=None, run_name=None, experiment_name=None, namespace=None, **_
+    ):
+        self._record(
+            method="run", host=self.host, package=pipeline_file, arguments=arguments, experiment=experiment_name
+        )
         return SimpleNamespace(run_id="run-1")
 
     def get_experiment(self, experiment_id=None, experiment_name=None, namespace=None):
@@ -65,8 +68,15 @@ def _calls(path: Path) -> list[dict]:
 
 
 def _drift(report: str = "/r/report.json", status: str = "drift") -> dict:
-    return {"status": status, "images": 200, "drifted_features": ["brightness_mean", "red_mean"],
-            "case_mix_changed": False, "report_json": report, "report_html": "/r/report.html", "reference": "/ref.parquet"}
+    return {
+        "status": status,
+        "images": 200,
+        "drifted_features": ["brightness_mean", "red_mean"],
+        "case_mix_changed": False,
+        "report_json": report,
+        "report_html": "/r/report.html",
+        "reference": "/ref.parquet",
+    }
 
 
 def test_one_run_per_episode_across_restart(tmp_path, fake_kfp):
@@ -82,7 +92,7 @@ def test_one_run_per_episode_across_restart(tmp_path, fake_kfp):
     # A restart: a fresh interpreter reads the same state file and must not start a second run.
     code = f"""
 import json, kfp, sys
-sys.path.insert(0, {str(REPO / 'tests' / 'monitoring')!r})
+sys.path.insert(0, {str(REPO / "tests" / "monitoring")!r})
 from test_monitor_trigger import RecordingClient
 from pathlib import Path
 RecordingClient.calls_file = Path({str(fake_kfp)!r})
@@ -104,7 +114,7 @@ print(json.dumps(out))
     assert saved["episode"]["checks"] == 3 and saved["runs"][0]["run_id"] == "run-1"
 
     # The episode ends with a clean check; a new episode inside the cooldown still waits...
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     trigger.maybe_trigger(_drift(status="no_drift"), config, now=now + timedelta(hours=1))
     inside = trigger.maybe_trigger(_drift("/r/4.json"), config, now=now + timedelta(hours=2))
     assert not inside["triggered"] and "cooldown" in inside["reason"]
@@ -167,9 +177,19 @@ def test_webhook_posts_summary_to_local_server(monkeypatch):
 
 @pytest.mark.parametrize(
     "expr,ok",
-    [("0 0 * * * *", True), ("0 */15 8-18 * * MON-FRI", True), ("0 0 3 ? * 1", True), ("0 0 3 1,15 JAN *", True),
-     ("0 * * * *", False), ("60 0 * * * *", False), ("0 0 25 * * *", False), ("0 0 * * * 7", False),
-     ("0 0 */0 * * *", False), ("0 5-1 * * * *", False), ("", False)],
+    [
+        ("0 0 * * * *", True),
+        ("0 */15 8-18 * * MON-FRI", True),
+        ("0 0 3 ? * 1", True),
+        ("0 0 3 1,15 JAN *", True),
+        ("0 * * * *", False),
+        ("60 0 * * * *", False),
+        ("0 0 25 * * *", False),
+        ("0 0 * * * 7", False),
+        ("0 0 */0 * * *", False),
+        ("0 5-1 * * * *", False),
+        ("", False),
+    ],
 )
 def test_validate_cron(expr, ok):
     if ok:
@@ -182,7 +202,9 @@ def test_validate_cron(expr, ok):
 def test_create_schedule_creates_experiment(tmp_path, fake_kfp):
     package = tmp_path / "pipeline.yaml"
     package.write_text("x")
-    out = schedule.create_schedule("0 0 3 * * 1", "weekly", str(package), host="http://kfp", job_name="leukoflow-weekly")
+    out = schedule.create_schedule(
+        "0 0 3 * * 1", "weekly", str(package), host="http://kfp", job_name="leukoflow-weekly"
+    )
     assert out["recurring_run_id"] == "rr-1" and out["experiment_id"] == "exp-1"
     calls = _calls(fake_kfp)
     assert calls[0] == {"method": "create_experiment", "name": "weekly"}
@@ -199,8 +221,12 @@ def test_local_trigger_errors_are_clear_and_release_the_episode(tmp_path):
     out = trigger.maybe_trigger(_drift(), trigger.TriggerConfig(data_dir=str(tmp_path), state_file=state))
     assert not out["triggered"] and "no local pipeline runner" in out["reason"]  # none handed in from above
     calls = []
-    config = trigger.TriggerConfig(data_dir=str(tmp_path / "no-data"), state_file=state, profile="smoke",
-                                   local_runner=lambda **kw: calls.append(kw) or {"status": "succeeded"})
+    config = trigger.TriggerConfig(
+        data_dir=str(tmp_path / "no-data"),
+        state_file=state,
+        profile="smoke",
+        local_runner=lambda **kw: calls.append(kw) or {"status": "succeeded"},
+    )
     out = trigger.maybe_trigger(_drift(), config)
     assert not out["triggered"] and "data directory not found" in out["reason"]
     assert json.loads(state.read_text())["episode"]["run"] is None and not calls

@@ -18,7 +18,7 @@ from monitor_smears import TINT, balanced, smear
 from monitored_model import export_monitored_model, png
 
 from components import domain
-from components.image_features import FEATURE_NAMES, FEATURE_OUTPUTS, encoded_image_features
+from components.image_features import FEATURE_OUTPUTS, encoded_image_features
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,12 +37,25 @@ def stack(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("proxy")
     export_monitored_model(root / "models" / "leukemia" / "1", centroids=_centroids())
-    server = Server(ServerOptions(port=0, rest_api_port=0, model_name="leukemia",
-                                  model_base_path=str(root / "models" / "leukemia"),
-                                  file_system_poll_wait_seconds=0, request_log_dir=None)).start()
+    server = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_name="leukemia",
+            model_base_path=str(root / "models" / "leukemia"),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     writer = RequestLogWriter(root / "log")
-    proxy = LoggingProxy(f"127.0.0.1:{server.grpc_port}", f"127.0.0.1:{server.rest_port}", writer,
-                         host="127.0.0.1", grpc_port=0, rest_port=0).start()
+    proxy = LoggingProxy(
+        f"127.0.0.1:{server.grpc_port}",
+        f"127.0.0.1:{server.rest_port}",
+        writer,
+        host="127.0.0.1",
+        grpc_port=0,
+        rest_port=0,
+    ).start()
     direct = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
     via = grpc.insecure_channel(f"127.0.0.1:{proxy.grpc_port}")
     yield {"root": root, "server": server, "proxy": proxy, "writer": writer, "direct": direct, "via": via}
@@ -143,8 +156,9 @@ def test_metadata_and_status_pass_through_a_generic_upstream(tmp_path):
     upstream = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Echo()])
     port = upstream.add_insecure_port("127.0.0.1:0")
     upstream.start()
-    proxy = LoggingProxy(f"127.0.0.1:{port}", None, RequestLogWriter(tmp_path), host="127.0.0.1", grpc_port=0,
-                         rest_port=-1).start()
+    proxy = LoggingProxy(
+        f"127.0.0.1:{port}", None, RequestLogWriter(tmp_path), host="127.0.0.1", grpc_port=0, rest_port=-1
+    ).start()
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{proxy.grpc_port}")
         call = channel.unary_unary("/tensorflow.serving.ModelService/HandleReloadConfigRequest")
@@ -181,8 +195,17 @@ def test_output_filter_honoured_and_records_equal_the_graph(stack):
             else:  # the filtered call: what it asked for, no features (the drift check skips it)
                 assert "features" not in record
             assert record["model"] == "leukemia" and record["version"] == 1
-            assert set(record) <= {"timestamp", "model", "version", "label", "signature", "latency_ms",
-                                   "predicted_label", "confidences", "features"}  # no image, no identifier
+            assert set(record) <= {
+                "timestamp",
+                "model",
+                "version",
+                "label",
+                "signature",
+                "latency_ms",
+                "predicted_label",
+                "confidences",
+                "features",
+            }  # no image, no identifier
     probs = np.array([list(records[i]["confidences"].values()) for i in range(2)])
     import tensorflow as tf
 
@@ -197,8 +220,11 @@ def _train_split(root, per_class: int = 30):
     for i, label in enumerate(balanced(4 * per_class)):
         rgb = smear(label, rng)
         encoded = png(rgb)
-        recs.append(records.make_example(hashlib.sha256(encoded).hexdigest(), f"{i}.png", domain.class_index(label),
-                                         encoded, rgb))
+        recs.append(
+            records.make_example(
+                hashlib.sha256(encoded).hexdigest(), f"{i}.png", domain.class_index(label), encoded, rgb
+            )
+        )
     records.write_shards(recs, root / "split" / "train", num_shards=1)
     return root / "split"
 
@@ -209,8 +235,8 @@ def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_pat
     from test_monitor_trigger import RecordingClient
     from typer.testing import CliRunner
 
-    from monitoring import cli
     from components.reference.executor import build_reference
+    from monitoring import cli
 
     version = stack["root"] / "models" / "leukemia" / "1"
     build_reference(_train_split(tmp_path), tmp_path / "reference_features.parquet", saved_model=version)
@@ -225,14 +251,20 @@ def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_pat
         for old in log_dir.glob("*"):
             old.unlink()
         # A proxy of its own per window, so the drift check reads exactly these requests.
-        proxy = LoggingProxy(f"127.0.0.1:{stack['server'].grpc_port}", None, RequestLogWriter(log_dir),
-                             host="127.0.0.1", grpc_port=0, rest_port=-1).start()
+        proxy = LoggingProxy(
+            f"127.0.0.1:{stack['server'].grpc_port}",
+            None,
+            RequestLogWriter(log_dir),
+            host="127.0.0.1",
+            grpc_port=0,
+            rest_port=-1,
+        ).start()
         channel = grpc.insecure_channel(f"127.0.0.1:{proxy.grpc_port}")
         stub, _ = _stubs(channel)
         rng = np.random.default_rng(seed)
         labels = balanced(80)
         for start in range(0, len(labels), 16):
-            stub.Predict(_predict([png(smear(c, rng, lamp=lamp)) for c in labels[start:start + 16]]), timeout=60)
+            stub.Predict(_predict([png(smear(c, rng, lamp=lamp)) for c in labels[start : start + 16]]), timeout=60)
         channel.close()
         proxy.stop()  # writes what is queued
         return {}
@@ -243,8 +275,22 @@ def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_pat
     RecordingClient.calls_file = tmp_path / "calls.jsonl"
     RecordingClient.calls_file.touch()
     monkeypatch.setattr(kfp, "Client", RecordingClient)
-    args = ["drift", "--log-dir", str(log_dir), "--since", "1h", "--reference", str(tmp_path / "reference_features.parquet"),
-            "--json", "--trigger", "--kfp-host", "http://kfp:8888", "--pipeline-package", str(package), "--no-workspace"]
+    args = [
+        "drift",
+        "--log-dir",
+        str(log_dir),
+        "--since",
+        "1h",
+        "--reference",
+        str(tmp_path / "reference_features.parquet"),
+        "--json",
+        "--trigger",
+        "--kfp-host",
+        "http://kfp:8888",
+        "--pipeline-package",
+        str(package),
+        "--no-workspace",
+    ]
     runner = CliRunner()
 
     window(1.0, seed=200)  # the same lamp: no drift, no run

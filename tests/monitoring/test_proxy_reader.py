@@ -32,15 +32,20 @@ def test_reader_converts_what_a_record_copies_like_tensor_to_array():
     from monitoring.request_log import tensor_to_array
 
     def shaped(dims, **values):
-        return tensor_pb2.TensorProto(tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]), **values)
+        return tensor_pb2.TensorProto(
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims]
+            ),
+            **values,
+        )
 
     probs = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]], np.float32)
     outputs = {
         "probabilities": shaped([2, 4], dtype=types_pb2.DT_FLOAT, float_val=probs.ravel().tolist()),  # one per element
         "feature_contrast": shaped([2], dtype=types_pb2.DT_FLOAT, float_val=[0.25]),  # one value repeated to the shape
-        "feature_hue_mean": shaped([2], dtype=types_pb2.DT_FLOAT,
-                                   tensor_content=np.array([0.5, 0.75], np.float32).tobytes()),  # packed bytes
+        "feature_hue_mean": shaped(
+            [2], dtype=types_pb2.DT_FLOAT, tensor_content=np.array([0.5, 0.75], np.float32).tobytes()
+        ),  # packed bytes
         "ood_score": shaped([], dtype=types_pb2.DT_FLOAT, float_val=[3.5]),  # a scalar
         "refer": shaped([2], dtype=types_pb2.DT_BOOL, bool_val=[True, False]),
         "label": shaped([2], dtype=types_pb2.DT_STRING, string_val=[b"Pro", b"Benign"]),  # not logged
@@ -69,9 +74,13 @@ def test_reader_records_equal_those_from_the_full_response():
 
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(4), size=3).astype(np.float32)
-    outputs = {"probabilities": probs, "label": np.array([b"a", b"b", b"c"]),
-               "ood_score": rng.random(3).astype(np.float32), "in_distribution": np.array([True, False, True]),
-               **{name: rng.random(3).astype(np.float32) for name in FEATURE_OUTPUTS}}
+    outputs = {
+        "probabilities": probs,
+        "label": np.array([b"a", b"b", b"c"]),
+        "ood_score": rng.random(3).astype(np.float32),
+        "in_distribution": np.array([True, False, True]),
+        **{name: rng.random(3).astype(np.float32) for name in FEATURE_OUTPUTS},
+    }
     raw = _response(outputs)
     names = ("probabilities", "scores", *FEATURE_OUTPUTS, *DEFAULT_LOGGED_OUTPUTS)
     meta, arrays = _predict_reader(raw, None, names)()
@@ -92,8 +101,12 @@ def test_the_writer_reads_responses_in_batches_and_loses_none(tmp_path, monkeypa
     from monitoring.proxy import PREDICT_METHOD, LoggingProxy
 
     rng = np.random.default_rng(1)
-    canned = _response({"probabilities": rng.dirichlet(np.ones(4), size=1).astype(np.float32),
-                        **{name: rng.random(1).astype(np.float32) for name in FEATURE_OUTPUTS}})
+    canned = _response(
+        {
+            "probabilities": rng.dirichlet(np.ones(4), size=1).astype(np.float32),
+            **{name: rng.random(1).astype(np.float32) for name in FEATURE_OUTPUTS},
+        }
+    )
 
     class Upstream(grpc.GenericRpcHandler):
         def service(self, details):
@@ -101,8 +114,11 @@ def test_the_writer_reads_responses_in_batches_and_loses_none(tmp_path, monkeypa
 
     writes = []
     real_append = request_log.RequestLog.append_lines
-    monkeypatch.setattr(request_log.RequestLog, "append_lines",
-                        lambda self, data: (writes.append(data.count(b"\n")), real_append(self, data))[1])
+    monkeypatch.setattr(
+        request_log.RequestLog,
+        "append_lines",
+        lambda self, data: (writes.append(data.count(b"\n")), real_append(self, data))[1],
+    )
     upstream = grpc.server(futures.ThreadPoolExecutor(2), handlers=[Upstream()])
     port = upstream.add_insecure_port("127.0.0.1:0")
     upstream.start()

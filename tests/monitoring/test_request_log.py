@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def test_no_identifiers_and_images_only_when_switched_on(tmp_path):
 
 def test_since_filter_and_corrupt_line(tmp_path):
     log = RequestLog(tmp_path)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     log.append(_record(1, now - timedelta(hours=30)))
     log.append(_record(2, now - timedelta(minutes=30)))
     with (tmp_path / "requests.jsonl").open("a") as handle:

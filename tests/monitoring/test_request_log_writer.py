@@ -21,8 +21,10 @@ META = {"model": "leukemia", "version": 3, "label": "stable", "signature": "serv
 
 
 def _outputs(n: int = 2, extra: bool = True) -> dict:
-    out = {"probabilities": np.tile(np.array([[0.1, 0.2, 0.6, 0.1]], np.float32), (n, 1)),
-           "label": np.array([b"Pre"] * n, dtype=object)}
+    out = {
+        "probabilities": np.tile(np.array([[0.1, 0.2, 0.6, 0.1]], np.float32), (n, 1)),
+        "label": np.array([b"Pre"] * n, dtype=object),
+    }
     out.update({name: np.arange(n, dtype=np.float32) + i for i, name in enumerate(FEATURE_OUTPUTS)})
     if extra:
         out["ood_score"] = np.array([0.5] * n, np.float32)

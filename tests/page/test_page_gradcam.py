@@ -21,6 +21,7 @@ def _png(b64: str) -> np.ndarray:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (a decompression bomb, without the memory)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -139,16 +140,22 @@ def test_probability_output_without_softmax_head(tmp_path):
 
 def test_models_built_and_exported_by_the_training_step(tmp_path, name="cnn", brightness="mean"):
     """The trainer's own builders and export (custom layers, nested backbone) explain like the served signature."""
+    from components.servable import Servable
     from components.settings import ModelConfig
     from components.train.export import export_saved_model
     from components.train.models import build_model as build_trained
-    from components.servable import Servable
 
     model = build_trained(ModelConfig(name, image_size=SIZE, weights="none", brightness=brightness))
     keras_path = tmp_path / "model.keras"
     model.save(keras_path)
-    version = export_saved_model(model, tmp_path / "leukemia" / "5", model_name=name, image_size=SIZE,
-                                 brightness=brightness, keras_path=keras_path)
+    version = export_saved_model(
+        model,
+        tmp_path / "leukemia" / "5",
+        model_name=name,
+        image_size=SIZE,
+        brightness=brightness,
+        keras_path=keras_path,
+    )
     x, _ = quadrant_images(2, seed=6)
     images = [encode_png(img) for img in x]
     served = Servable.load(version).run("serving_default", {"images": np.array(images, dtype=object)})["probabilities"]

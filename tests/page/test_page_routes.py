@@ -128,7 +128,9 @@ def test_default_threshold_when_the_model_has_none(manager, tmp_path):
     copy = tmp_path / "leukemia" / "1"
     shutil.copytree(manager.servable.path, copy)
     meta = copy / "assets.extra" / "leukoflow.json"
-    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "low_confidence_threshold"}))
+    meta.write_text(
+        json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "low_confidence_threshold"})
+    )
     from components import settings
 
     other = Manager(Servable.load(copy), {})
@@ -137,9 +139,14 @@ def test_default_threshold_when_the_model_has_none(manager, tmp_path):
     assert info["threshold_source"] == "default"
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/models/leukemia:explain", "/v1/models/leukemia/versions/1:explain", "/v1/models/leukemia/labels/stable:explain",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/models/leukemia:explain",
+        "/v1/models/leukemia/versions/1:explain",
+        "/v1/models/leukemia/labels/stable:explain",
+    ],
+)
 def test_explain_answers_for_every_model_spec(manager, path):
     x, y = quadrant_images(2, seed=21)
     status, body = _json(routes.handle("POST", path, {}, _body(encode_png(x[0]), encode_png(x[1])), manager))
@@ -153,23 +160,28 @@ def test_explain_answers_for_every_model_spec(manager, path):
 
 def test_explain_for_a_named_class_and_the_named_input_form(manager):
     x, _ = quadrant_images(1, seed=22)
-    payload = json.dumps({"instances": [{"images": {"b64": base64.b64encode(encode_png(x[0])).decode()}}], "class": "pro"})
+    payload = json.dumps(
+        {"instances": [{"images": {"b64": base64.b64encode(encode_png(x[0])).decode()}}], "class": "pro"}
+    )
     status, body = _json(routes.handle("POST", "/v1/models/leukemia:explain", {}, payload.encode(), manager))
     assert status == 200 and body["explanations"][0]["class_name"] == "Pro"
 
 
-@pytest.mark.parametrize("body, status, words", [
-    (b"{not json", 400, "JSON Parse error"),
-    (b'{"inputs": []}', 400, '"instances"'),
-    (b'{"instances": []}', 400, "No instances"),
-    (b'{"instances": [{"b64": "@@@"}]}', 400, "not valid base64"),
-    (b'{"instances": [42]}', 400, "instance 0"),
-    (_body(b"plain text, not an image"), 400, "not an image"),
-    (_body(b""), 400, "empty"),
-    (_body(png_header_only(5000, 5000)), 400, "max_image_pixels=1000000"),
-    (_body(*[b"x"] * (routes.MAX_EXPLAIN_INSTANCES + 1)), 400, "Too many instances"),
-    (b"x" * 1_000_001, 400, "max_message_bytes=1000000"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "JSON Parse error"),
+        (b'{"inputs": []}', 400, '"instances"'),
+        (b'{"instances": []}', 400, "No instances"),
+        (b'{"instances": [{"b64": "@@@"}]}', 400, "not valid base64"),
+        (b'{"instances": [42]}', 400, "instance 0"),
+        (_body(b"plain text, not an image"), 400, "not an image"),
+        (_body(b""), 400, "empty"),
+        (_body(png_header_only(5000, 5000)), 400, "max_image_pixels=1000000"),
+        (_body(*[b"x"] * (routes.MAX_EXPLAIN_INSTANCES + 1)), 400, "Too many instances"),
+        (b"x" * 1_000_001, 400, "max_message_bytes=1000000"),
+    ],
+)
 def test_explain_refuses_bad_input_readably(manager, body, status, words):
     got, answer = _json(routes.handle("POST", "/v1/models/leukemia:explain", {}, body, manager))
     assert got == status and words in answer["error"], answer
@@ -200,5 +212,7 @@ def test_model_info_says_whether_the_model_refers(manager, calibrated_export):
     status, info = _json(routes.handle("GET", "/ui/models/leukemia", {}, b"", calibrated))
     meta = model_metadata.read(calibrated_export)
     assert status == 200 and 0 < meta.ood_val_referral_rate < 1
-    assert info["referral"] == {"ood_val_referral_rate": meta.ood_val_referral_rate,
-                                "conformal_coverage": meta.conformal_coverage}
+    assert info["referral"] == {
+        "ood_val_referral_rate": meta.ood_val_referral_rate,
+        "conformal_coverage": meta.conformal_coverage,
+    }

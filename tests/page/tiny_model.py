@@ -82,13 +82,20 @@ def export(model, version_dir: Path, threshold: float = 0.6) -> Path:
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.add_endpoint(
-        "predict_pixels", serve_pixels, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")]
+        "predict_pixels",
+        serve_pixels,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")],
     )
     version_dir = Path(version_dir)
     archive.write_out(str(version_dir), verbose=False)
     extra = version_dir / "assets.extra"
     extra.mkdir(exist_ok=True)
     model.save(extra / "model.keras")
-    meta = {"model": "tiny", "image_size": size, "class_names": list(domain.CLASS_NAMES), "low_confidence_threshold": threshold}
+    meta = {
+        "model": "tiny",
+        "image_size": size,
+        "class_names": list(domain.CLASS_NAMES),
+        "low_confidence_threshold": threshold,
+    }
     (extra / "leukoflow.json").write_text(json.dumps(meta))
     return version_dir

@@ -13,7 +13,9 @@ def _compile(tmp_path, *args) -> dict:
     out = tmp_path / "pipeline.yaml"
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "pipeline", "compile", "--output", str(out), "--json", *args],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(proc.stdout) == {"output": str(out)}
     return next(yaml.safe_load_all(out.read_text()))
@@ -29,7 +31,18 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
 def test_compiled_yaml_has_every_step_wired(tmp_path):
     spec = _compile(tmp_path)
     tasks = _all_tasks(spec)
-    for name in ("validate-op", "dedup-op", "preprocess-op", "split-op", "reference-op", "train-op", "evaluate-op", "compare-op", "gate-op", "promote-op"):
+    for name in (
+        "validate-op",
+        "dedup-op",
+        "preprocess-op",
+        "split-op",
+        "reference-op",
+        "train-op",
+        "evaluate-op",
+        "compare-op",
+        "gate-op",
+        "promote-op",
+    ):
         assert name in tasks, f"missing task {name}"
     deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
     assert "validate-op" in deps["dedup-op"]
@@ -40,7 +53,11 @@ def test_compiled_yaml_has_every_step_wired(tmp_path):
     # Training fans out over the model list with at most two at once.
     loops = [c for c in spec["root"]["dag"]["tasks"].values() if "iteratorPolicy" in c]
     assert loops and loops[0]["iteratorPolicy"]["parallelismLimit"] == 2
-    assert spec["root"]["inputDefinitions"]["parameters"]["models"]["defaultValue"] == ["cnn", "resnet50", "mobilenetv2"]
+    assert spec["root"]["inputDefinitions"]["parameters"]["models"]["defaultValue"] == [
+        "cnn",
+        "resnet50",
+        "mobilenetv2",
+    ]
 
     # Promotion sits under the gate's condition.
     conditions = [t.get("triggerPolicy", {}).get("condition", "") for t in tasks.values()]
@@ -66,7 +83,9 @@ def test_every_component_uses_the_project_image(tmp_path):
     images = {v["container"]["image"] for v in spec["deploymentSpec"]["executors"].values()}
     assert images == {settings.COMPONENT_IMAGE}
     for executor in spec["deploymentSpec"]["executors"].values():
-        assert "pip install" not in " ".join(executor["container"].get("command", [])), "components must not pip install kfp"
+        assert "pip install" not in " ".join(executor["container"].get("command", [])), (
+            "components must not pip install kfp"
+        )
 
 
 def test_data_pvc_is_mounted_in_the_data_steps(tmp_path):
@@ -75,6 +94,8 @@ def test_data_pvc_is_mounted_in_the_data_steps(tmp_path):
     docs = list(platform)
     assert len(docs) == 2, "the kubernetes platform spec is the second YAML document"
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    mounted = {name for name, cfg in executors.items() if any(p.get("mountPath") == "/data" for p in cfg.get("pvcMount", []))}
+    mounted = {
+        name for name, cfg in executors.items() if any(p.get("mountPath") == "/data" for p in cfg.get("pvcMount", []))
+    }
     assert {"exec-validate-op", "exec-dedup-op", "exec-preprocess-op"} <= mounted
     assert spec["root"]["inputDefinitions"]["parameters"]["data_dir"]["defaultValue"] == "/data"

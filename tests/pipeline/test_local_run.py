@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures.synthetic import make_synthetic_dataset
 
 pytestmark = pytest.mark.slow
@@ -22,9 +21,27 @@ def local_run(tmp_path_factory) -> dict:
     data = make_synthetic_dataset(base / "data", per_class=24, size=32, seed=3)
     env = dict(os.environ, LEUKOFLOW_HOME=str(base / "home"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--local", "--profile", "smoke",
-         "--data-dir", data["root"], "--model", "cnn", "--model", "mobilenetv2", "--json"],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "pipeline",
+            "run",
+            "--local",
+            "--profile",
+            "smoke",
+            "--data-dir",
+            data["root"],
+            "--model",
+            "cnn",
+            "--model",
+            "mobilenetv2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -74,8 +91,13 @@ def test_gate_promoted_one_model_everywhere(local_run):
     assert (Path(config.base_path) / str(version) / "assets.extra" / "reference_features.parquet").is_file()
 
     env = dict(os.environ, LEUKOFLOW_HOME=str(local_run["home"]))
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "registry", "list", "--json"],
-                          capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "registry", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     listed = {row["version"]: row for row in json.loads(proc.stdout)}
     assert "champion" in listed[version]["aliases"] and listed[version]["label"] == "stable"
     assert Path(listed[version]["model_path"]) == Path(config.base_path) / str(version)
@@ -86,9 +108,19 @@ def test_progress_is_one_line_per_step_and_the_full_log_is_in_a_file(local_run):
     progress = local_run["progress"].splitlines()
     assert len(progress) <= 36, "\n".join(progress)  # 2 models: 13 steps x 2 lines, a few epoch lines, the header
     text = local_run["progress"]
-    for expected in ("validate           started", "validate           ok in", "images:", "kept (",
-                     "split              ok in", "train 6", "train cnn          epoch 3/8: val accuracy",
-                     "evaluate mobilenetv2 ok in", "macro-F1", "gate               ok in", "promote cnn        ok in"):
+    for expected in (
+        "validate           started",
+        "validate           ok in",
+        "images:",
+        "kept (",
+        "split              ok in",
+        "train 6",
+        "train cnn          epoch 3/8: val accuracy",
+        "evaluate mobilenetv2 ok in",
+        "macro-F1",
+        "gate               ok in",
+        "promote cnn        ok in",
+    ):
         assert expected in text, f"{expected!r} missing from:\n{text}"
     for noise in ("executor_input", "cuInit", "UserWarning", "RuntimeWarning", '"outputFile"'):
         assert noise not in text, f"{noise!r} on the console:\n{text}"
@@ -118,8 +150,14 @@ def test_human_summary_has_figures_and_no_machine_paths(local_run, monkeypatch):
 def test_human_summary_says_when_the_gate_chose_but_promotion_was_disabled():
     from pipelines.pipeline_cli import _human_summary
 
-    run = {"status": "SUCCEEDED", "wall_time_s": 1.0, "profile": "quick", "models": {}, "log": "/tmp/run.log",
-           "decision": {"promoted": True, "chosen": "mobilenetv2", "version": None, "reason": "passes the floors"}}
+    run = {
+        "status": "SUCCEEDED",
+        "wall_time_s": 1.0,
+        "profile": "quick",
+        "models": {},
+        "log": "/tmp/run.log",
+        "decision": {"promoted": True, "chosen": "mobilenetv2", "version": None, "reason": "passes the floors"},
+    }
     assert "gate: chose mobilenetv2, not promoted (promotion disabled): passes the floors" in _human_summary(run)
     assert "as version" not in _human_summary(run)
     run["decision"]["version"] = "5"
@@ -128,8 +166,13 @@ def test_human_summary_says_when_the_gate_chose_but_promotion_was_disabled():
 
 def test_status_after_the_run(local_run):
     """`leukoflow status --json` names the served version, the champion and the run that produced it."""
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--json"],
-                          capture_output=True, text=True, env=local_run["env"], timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=local_run["env"],
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     status = json.loads(proc.stdout)
     version = local_run["result"]["decision"]["version"]
@@ -149,9 +192,24 @@ def test_a_failing_step_shows_its_last_lines_and_the_log(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", per_class=3, size=32, seed=5, defects=False)
     env = dict(os.environ, LEUKOFLOW_HOME=str(tmp_path / "home"))
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--local", "--profile", "smoke",
-         "--data-dir", data["root"], "--model", "cnn"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "pipeline",
+            "run",
+            "--local",
+            "--profile",
+            "smoke",
+            "--data-dir",
+            data["root"],
+            "--model",
+            "cnn",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     out = proc.stdout
@@ -161,7 +219,9 @@ def test_a_failing_step_shows_its_last_lines_and_the_log(tmp_path):
     assert "full log: $LEUKOFLOW_HOME/runs/" in out
     assert "dedup              started" not in out  # nothing ran after the failure, and that is one line
     skipped = next(line for line in out.splitlines() if "not run after the failure: " in line)
-    assert {"dedup", "preprocess", "split", "train and evaluate", "gate", "promote"} <= set(skipped.split(": ", 1)[1].split(", "))
+    assert {"dedup", "preprocess", "split", "train and evaluate", "gate", "promote"} <= set(
+        skipped.split(": ", 1)[1].split(", ")
+    )
     assert len(out.splitlines()) <= 30, out
     record = json.loads(next((tmp_path / "home" / "runs").glob("*/run.json")).read_text())
     assert record["status"] == "FAILED" and record["failed_steps"] == ["validate"]

@@ -14,17 +14,30 @@ def _feed(output: RunOutput, text: str) -> None:
 
 
 def _train_task(root, model="cnn") -> str:
-    (root / "executor_output.json").write_text(json.dumps({"parameterValues": {"Output": 0.9}, "artifacts": {
-        "metrics": {"artifacts": [{"metadata": {"val_accuracy": 0.9, "epochs_run": 6.0}}]}}}))
-    spec = {"inputs": {"parameterValues": {"model_name": model}},
-            "outputs": {"outputFile": str(root / "executor_output.json")}}
-    epochs = "".join(f"    Epoch {e}/6\n    5/5 - 1s - accuracy: 0.5 - loss: 1.0 - val_accuracy: 0.{e}000 - val_loss: 1.{e}\n"
-                     for e in range(1, 7))
-    return ("12:00:00.000 - INFO - Executing task \x1b[96m'train-op'\x1b[0m\n"
-            "    [KFP Executor 2026 INFO]: Got executor_input:\n" + json.dumps(spec, indent=4) + "\n"
-            "    W0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
-            "    E0000 00:00:1.1 6554 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
-            + epochs + "12:00:09.000 - INFO - Task \x1b[96m'train-op'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    (root / "executor_output.json").write_text(
+        json.dumps(
+            {
+                "parameterValues": {"Output": 0.9},
+                "artifacts": {"metrics": {"artifacts": [{"metadata": {"val_accuracy": 0.9, "epochs_run": 6.0}}]}},
+            }
+        )
+    )
+    spec = {
+        "inputs": {"parameterValues": {"model_name": model}},
+        "outputs": {"outputFile": str(root / "executor_output.json")},
+    }
+    epochs = "".join(
+        f"    Epoch {e}/6\n    5/5 - 1s - accuracy: 0.5 - loss: 1.0 - val_accuracy: 0.{e}000 - val_loss: 1.{e}\n"
+        for e in range(1, 7)
+    )
+    return (
+        "12:00:00.000 - INFO - Executing task \x1b[96m'train-op'\x1b[0m\n"
+        "    [KFP Executor 2026 INFO]: Got executor_input:\n" + json.dumps(spec, indent=4) + "\n"
+        "    W0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\n"
+        "    E0000 00:00:1.1 6554 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+        + epochs
+        + "12:00:09.000 - INFO - Task \x1b[96m'train-op'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n"
+    )
 
 
 def test_a_training_step_is_a_few_lines_and_the_log_keeps_everything(tmp_path):
@@ -42,8 +55,15 @@ def test_a_training_step_is_a_few_lines_and_the_log_keeps_everything(tmp_path):
     ]
     assert '"model_name": "cnn"' in log.getvalue() and "Epoch 5/6" in log.getvalue()
     assert "cuInit" not in log.getvalue() and "dropped 2 TensorFlow start-up lines" in log.getvalue()
-    assert output.steps == [{"step": "train", "model": "cnn", "status": "ok", "wall_time_s": 0.0,
-                             "figure": "val accuracy 0.9000 after 6 epochs"}]
+    assert output.steps == [
+        {
+            "step": "train",
+            "model": "cnn",
+            "status": "ok",
+            "wall_time_s": 0.0,
+            "figure": "val accuracy 0.9000 after 6 epochs",
+        }
+    ]
 
 
 def test_a_small_validation_loss_keeps_its_exponent(tmp_path):
@@ -85,10 +105,12 @@ def test_the_cli_stderr_filter_drops_cuda_probes_only_without_a_gpu_and_keeps_er
 
     from pipelines.tf_noise import gpu_present
 
-    script = ("import os; from pipelines.tf_noise import filter_stderr; filter_stderr(); "
-              "os.write(2, b'E0000 00:00:1.1 6554 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n'); "
-              "os.write(2, b'W0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\\n'); "
-              "os.write(2, b'E0000 00:00:1.2 6554 some_op.cc:1] a real error\\n'); raise SystemExit('exit message')")
+    script = (
+        "import os; from pipelines.tf_noise import filter_stderr; filter_stderr(); "
+        "os.write(2, b'E0000 00:00:1.1 6554 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n'); "
+        "os.write(2, b'W0000 cpu_feature_guard.cc:227] This TensorFlow binary is optimized\\n'); "
+        "os.write(2, b'E0000 00:00:1.2 6554 some_op.cc:1] a real error\\n'); raise SystemExit('exit message')"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("_LEUKOFLOW") and k != "LEUKOFLOW_TF_NOISE"}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 1

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from components.promote.pusher import model_store
@@ -15,8 +15,13 @@ from components.promote.pusher import model_store
 def _status(home: Path) -> tuple[int, dict]:
     env = dict(os.environ, LEUKOFLOW_HOME=str(home))
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stdout + proc.stderr[-2000:]
     return proc.returncode, json.loads(lines[0])
@@ -34,28 +39,59 @@ def _serve(home: Path, versions: list[int], labels: dict[str, int], stored: list
 def test_status_reports_runs_drift_trigger_and_traffic(tmp_path):
     home = tmp_path / "home"
     _serve(home, versions=[], labels={}, stored=[])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     run = home / "runs" / "20260101-000000-000000"
     run.mkdir(parents=True)
-    (run / "run.json").write_text(json.dumps({"run_id": run.name, "status": "FAILED", "started_at": now.isoformat(),
-                                              "finished_at": now.isoformat(), "profile": "smoke", "log": str(run / "pipeline.log"),
-                                              "pipeline_root": None, "failed_steps": ["validate"]}))
+    (run / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": run.name,
+                "status": "FAILED",
+                "started_at": now.isoformat(),
+                "finished_at": now.isoformat(),
+                "profile": "smoke",
+                "log": str(run / "pipeline.log"),
+                "pipeline_root": None,
+                "failed_steps": ["validate"],
+            }
+        )
+    )
     report = home / "reports" / "drift" / "2026-01-01T00-00-00Z" / "report.json"
     report.parent.mkdir(parents=True)
-    report.write_text(json.dumps({"summary": {"status": "drift", "checked_at": now.isoformat(), "images": 80,
-                                              "drifted_features": ["mean_r", "mean_b"]}}))
+    report.write_text(
+        json.dumps(
+            {
+                "summary": {
+                    "status": "drift",
+                    "checked_at": now.isoformat(),
+                    "images": 80,
+                    "drifted_features": ["mean_r", "mean_b"],
+                }
+            }
+        )
+    )
     (home / "monitoring").mkdir()
-    (home / "monitoring" / "trigger_state.json").write_text(json.dumps(
-        {"episode": None, "last_check": None, "runs": [],
-         "last_trigger": {"at": (now - timedelta(hours=1)).isoformat(), "status": "started", "mode": "local"}}))
+    (home / "monitoring" / "trigger_state.json").write_text(
+        json.dumps(
+            {
+                "episode": None,
+                "last_check": None,
+                "runs": [],
+                "last_trigger": {"at": (now - timedelta(hours=1)).isoformat(), "status": "started", "mode": "local"},
+            }
+        )
+    )
     (home / "requests").mkdir()
     old, new = (now - timedelta(hours=30)).isoformat(), (now - timedelta(minutes=5)).isoformat()
     (home / "requests" / "requests.jsonl").write_text(
-        "".join(json.dumps({"timestamp": t, "version": 1}) + "\n" for t in (old, new, new)) + "not json\n")
+        "".join(json.dumps({"timestamp": t, "version": 1}) + "\n" for t in (old, new, new)) + "not json\n"
+    )
 
     code, status = _status(home)
     assert code == 0 and status["ok"], status["problems"]
-    assert status["last_pipeline_run"]["status"] == "FAILED" and status["last_pipeline_run"]["failed_steps"] == ["validate"]
+    assert status["last_pipeline_run"]["status"] == "FAILED" and status["last_pipeline_run"]["failed_steps"] == [
+        "validate"
+    ]
     assert status["last_drift_check"]["status"] == "drift" and status["last_drift_check"]["report_json"] == str(report)
     assert status["trigger"]["in_cooldown"] is True
     assert status["request_log"]["requests"] == 2 and status["request_log"]["by_version"] == {"1": 2}

@@ -48,15 +48,24 @@ def models(tmp_path_factory) -> dict[str, Path]:
         train_dir.mkdir()
         out[name] = H.export_tiny(train_dir / "saved_model", **kw)
     # copies of "good": a distinct artefact that behaves the same, and one without its warmup file
-    for name, change in {"good2": lambda d: (d / "assets.extra" / "note.txt").write_text("retrained"),
-                         "nowarmup": lambda d: (d / "assets.extra" / "tf_serving_warmup_requests").unlink()}.items():
+    for name, change in {
+        "good2": lambda d: (d / "assets.extra" / "note.txt").write_text("retrained"),
+        "nowarmup": lambda d: (d / "assets.extra" / "tf_serving_warmup_requests").unlink(),
+    }.items():
         out[name] = root / f"train-{name}" / "saved_model"
         shutil.copytree(out["good"], out[name])
         change(out[name])
     for name, path in out.items():
-        (path.parent / "train.json").write_text(json.dumps({
-            "model": name, "config": {"name": name, "image_size": H.SIZE, "epochs": 1}, "weights_used": "none",
-            "epochs_run": 1}))
+        (path.parent / "train.json").write_text(
+            json.dumps(
+                {
+                    "model": name,
+                    "config": {"name": name, "image_size": H.SIZE, "epochs": 1},
+                    "weights_used": "none",
+                    "epochs_run": 1,
+                }
+            )
+        )
     return out
 
 

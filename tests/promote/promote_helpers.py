@@ -41,8 +41,9 @@ def export_tiny(export_dir: str | Path, weights: np.ndarray = GOOD_W, broken: bo
     dense = keras.layers.Dense(4, activation=None if broken else "softmax")
     model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
     dense.set_weights([np.asarray(weights, np.float32), np.zeros(4, np.float32)])
-    return export_saved_model(model, export_dir, model_name="tiny", image_size=SIZE, brightness="none",
-                              warmup_images=[png(class_image(0))])
+    return export_saved_model(
+        model, export_dir, model_name="tiny", image_size=SIZE, brightness="none", warmup_images=[png(class_image(0))]
+    )
 
 
 def make_split(split_dir: Path, per_class: int = 3, seed: int = 0) -> Path:
@@ -80,20 +81,40 @@ def trust_figures() -> dict:
 
     target = settings.CONFORMAL_COVERAGE
     return {
-        "referral": {"test_referral_rate": 0.03, "ood_referral_rate": 0.02, "set_referral_rate": 0.02,
-                     "accepted": 116, "accepted_accuracy": 0.98, "referred_accuracy": 0.5,
-                     "coverage": round(min(1.0, target + 0.005), 4), "coverage_target": target,
-                     "mean_set_size": 1.02, "set_size_counts": {"0": 0, "1": 117, "2": 3, "3": 0, "4": 0}},
+        "referral": {
+            "test_referral_rate": 0.03,
+            "ood_referral_rate": 0.02,
+            "set_referral_rate": 0.02,
+            "accepted": 116,
+            "accepted_accuracy": 0.98,
+            "referred_accuracy": 0.5,
+            "coverage": round(min(1.0, target + 0.005), 4),
+            "coverage_target": target,
+            "mean_set_size": 1.02,
+            "set_size_counts": {"0": 0, "1": 117, "2": 3, "3": 0, "4": 0},
+        },
         "calibration": {"temperature": 1.4, "bins": 15, "ece_before": 0.045, "ece_after": 0.015},
-        "external": {"folder": "other-lab", "halves": "sha256(file name) parity: choose 0, report 1",
-                     "choose": {"images": 20, "referred": 0.99, "out_of_distribution": 0.99},
-                     "report": {"images": 20, "referred": 0.98, "out_of_distribution": 0.98}},
+        "external": {
+            "folder": "other-lab",
+            "halves": "sha256(file name) parity: choose 0, report 1",
+            "choose": {"images": 20, "referred": 0.99, "out_of_distribution": 0.99},
+            "report": {"images": 20, "referred": 0.98, "out_of_distribution": 0.98},
+        },
     }
 
 
-def metrics(model: str, macro_f1: float, accuracy: float, params: int, recall: float | dict = 0.9,
-            robust: float | None = 0.97, latency: float | None = 10.0, saved_model: str | None = None,
-            grayscale: float | None = 0.93, trust: bool = True) -> dict:
+def metrics(
+    model: str,
+    macro_f1: float,
+    accuracy: float,
+    params: int,
+    recall: float | dict = 0.9,
+    robust: float | None = 0.97,
+    latency: float | None = 10.0,
+    saved_model: str | None = None,
+    grayscale: float | None = 0.93,
+    trust: bool = True,
+) -> dict:
     """A metrics.json of the evaluate step's schema; by default it passes every floor of the default gate policy.
 
     `robust` is the plausible perturbation's accuracy (the gated worst), `grayscale` has its own floor; None
@@ -108,17 +129,27 @@ def metrics(model: str, macro_f1: float, accuracy: float, params: int, recall: f
         robustness["brightness+15%"] = robust
     if grayscale is not None:
         robustness["grayscale"] = grayscale
-    m = {"model": model, "accuracy": accuracy, "accuracy_ci": [accuracy - 0.01, min(1.0, accuracy + 0.01)],
-         "macro_f1": macro_f1, "macro_f1_ci": [macro_f1 - 0.01, min(1.0, macro_f1 + 0.01)], "weighted_f1": macro_f1,
-         "per_class": {c: {"precision": 0.9, "recall": r, "f1": 0.9, "support": 12} for c, r in recalls.items()},
-         "confusion_matrix": [[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]],
-         "class_names": list(domain.CLASS_NAMES), "params": params, "size_bytes": params * 4,
-         "latency_ms": {"batch1_p50": latency, "batch1_p95": latency} if latency is not None else {},
-         "throughput_b32": 100.0,
-         "robustness": robustness,
-         "robustness_worst": robust, "robustness_worst_name": "brightness+15%" if robust is not None else None,
-         "shortcut_baseline": {"accuracy": 0.9, "macro_f1": 0.88},
-         "saved_model": saved_model, "test_images": 12}
+    m = {
+        "model": model,
+        "accuracy": accuracy,
+        "accuracy_ci": [accuracy - 0.01, min(1.0, accuracy + 0.01)],
+        "macro_f1": macro_f1,
+        "macro_f1_ci": [macro_f1 - 0.01, min(1.0, macro_f1 + 0.01)],
+        "weighted_f1": macro_f1,
+        "per_class": {c: {"precision": 0.9, "recall": r, "f1": 0.9, "support": 12} for c, r in recalls.items()},
+        "confusion_matrix": [[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 3]],
+        "class_names": list(domain.CLASS_NAMES),
+        "params": params,
+        "size_bytes": params * 4,
+        "latency_ms": {"batch1_p50": latency, "batch1_p95": latency} if latency is not None else {},
+        "throughput_b32": 100.0,
+        "robustness": robustness,
+        "robustness_worst": robust,
+        "robustness_worst_name": "brightness+15%" if robust is not None else None,
+        "shortcut_baseline": {"accuracy": 0.9, "macro_f1": 0.88},
+        "saved_model": saved_model,
+        "test_images": 12,
+    }
     if trust:
         m.update(trust_figures())
     return m

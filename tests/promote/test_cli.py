@@ -18,17 +18,40 @@ def _run(*args):
 def test_promote_and_registry_commands(tmp_path, models, split_dir):
     a = H.make_candidate(tmp_path / "e1", "mobilenetv2", models["good"], macro_f1=0.96, accuracy=0.96, params=3_400_000)
     b = H.make_candidate(tmp_path / "e1", "cnn", models["worse"], macro_f1=0.72, accuracy=0.79, params=1_000)
-    r = _run("promote", "--candidates", str(a), str(b), "--split-dir", str(split_dir), "--out", str(tmp_path / "o1"), "--json")
+    r = _run(
+        "promote",
+        "--candidates",
+        str(a),
+        str(b),
+        "--split-dir",
+        str(split_dir),
+        "--out",
+        str(tmp_path / "o1"),
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["promoted"] and out["chosen"] == "mobilenetv2" and out["version"] == 1
     c = H.make_candidate(tmp_path / "e2", "resnet50", models["good2"], macro_f1=0.97, accuracy=0.97, params=25_600_000)
-    r = _run("promote", "--candidates", str(c), "--split-dir", str(split_dir), "--out", str(tmp_path / "o2"), "--label", "canary")
+    r = _run(
+        "promote",
+        "--candidates",
+        str(c),
+        "--split-dir",
+        str(split_dir),
+        "--out",
+        str(tmp_path / "o2"),
+        "--label",
+        "canary",
+    )
     assert r.exit_code == 0 and "promoted resnet50 as version 2 (canary)" in r.stdout, r.output
 
     r = _run("registry", "list", "--json")
     rows = json.loads(r.stdout)
-    assert [(x["version"], x["aliases"], x["label"]) for x in rows] == [(2, ["challenger"], "canary"), (1, ["champion"], "stable")]
+    assert [(x["version"], x["aliases"], x["label"]) for x in rows] == [
+        (2, ["challenger"], "canary"),
+        (1, ["champion"], "stable"),
+    ]
     assert {"version", "aliases", "label", "macro_f1", "accuracy", "model_path"} <= set(rows[0])
     assert "mobilenetv2" in _run("registry", "list").stdout
 

@@ -44,8 +44,12 @@ def promote_pipeline(candidates: list, split_src: str):
         ev = stage_eval_op(src=src)
     gate = gate_op(evaluations=dsl.Collected(ev.outputs["evaluation"]), split=split.outputs["split"], margin=0.02)
     with dsl.If(gate.outputs["Output"] == True):  # noqa: E712 (KFP condition syntax)
-        promote_op(gate=gate.outputs["gate"], reference=reference.outputs["reference"], pipeline_run_id="kfp-local-test",
-                   drift_report="")
+        promote_op(
+            gate=gate.outputs["gate"],
+            reference=reference.outputs["reference"],
+            pipeline_run_id="kfp-local-test",
+            drift_report="",
+        )
 
 
 def test_gate_and_promote_ops_in_local_pipeline(tmp_path, models, split_dir):

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import promote_helpers as H
+import pytest
 
 from components import domain, settings
 from components.promote.gate import policy as gate
@@ -23,7 +23,10 @@ def cand(name, macro_f1, params, recall=0.9, robust=0.97, latency=10.0, accuracy
     return Candidate.from_metrics(m)
 
 
-PAPER = [cand(n, v["macro_f1"], v["params"], v["recall"], v["robust"], v["latency"], v["accuracy"]) for n, v in H.PAPER.items()]
+PAPER = [
+    cand(n, v["macro_f1"], v["params"], v["recall"], v["robust"], v["latency"], v["accuracy"])
+    for n, v in H.PAPER.items()
+]
 
 
 @pytest.mark.parametrize(
@@ -32,18 +35,43 @@ PAPER = [cand(n, v["macro_f1"], v["params"], v["recall"], v["robust"], v["latenc
         pytest.param(PAPER, Policy(), "mobilenetv2", id="paper-numbers-pick-mobilenetv2"),
         pytest.param(PAPER[:1] + PAPER[2:], Policy(), "resnet50", id="paper-without-mobilenetv2"),
         pytest.param(PAPER, Policy(margin=0.005), "resnet50", id="tight-margin-picks-best"),
-        pytest.param(PAPER, Policy(min_macro_f1=0.70, min_class_recall=0.5, min_robust_accuracy=0.5), "mobilenetv2",
-                     id="cnn-passes-floors-but-out-of-margin"),
-        pytest.param([cand("a", 0.90, 1_000_000), cand("b", 0.90, 1_000_000)], Policy(), "a", id="exact-tie-alphabetical"),
+        pytest.param(
+            PAPER,
+            Policy(min_macro_f1=0.70, min_class_recall=0.5, min_robust_accuracy=0.5),
+            "mobilenetv2",
+            id="cnn-passes-floors-but-out-of-margin",
+        ),
+        pytest.param(
+            [cand("a", 0.90, 1_000_000), cand("b", 0.90, 1_000_000)], Policy(), "a", id="exact-tie-alphabetical"
+        ),
         pytest.param([cand("b", 0.91, 1_000_000), cand("a", 0.90, 1_000_000)], Policy(), "b", id="cost-tie-higher-f1"),
-        pytest.param([cand("big", 0.95, 10_000_000, latency=5.0), cand("small", 0.94, 1_000_000, latency=60.0)],
-                     Policy(), "big", id="latency-counts-in-cost"),
-        pytest.param([cand("edge", 0.93, 1_000_000), cand("best", 0.95, 9_000_000)], Policy(margin=0.02), "edge",
-                     id="margin-is-inclusive"),
-        pytest.param([cand("x", 0.97, 1_000, recall={**{c: 0.99 for c in domain.CLASS_NAMES}, "Early": 0.0}),
-                      cand("y", 0.90, 5_000)], Policy(), "y", id="one-class-collapses"),
-        pytest.param([cand("x", 0.97, 1_000, robust=0.2), cand("y", 0.90, 5_000)], Policy(), "y", id="robustness-floor"),
-        pytest.param([cand("x", 0.97, 1_000, robust=None), cand("y", 0.90, 5_000)], Policy(), "y", id="missing-robustness-fails"),
+        pytest.param(
+            [cand("big", 0.95, 10_000_000, latency=5.0), cand("small", 0.94, 1_000_000, latency=60.0)],
+            Policy(),
+            "big",
+            id="latency-counts-in-cost",
+        ),
+        pytest.param(
+            [cand("edge", 0.93, 1_000_000), cand("best", 0.95, 9_000_000)],
+            Policy(margin=0.02),
+            "edge",
+            id="margin-is-inclusive",
+        ),
+        pytest.param(
+            [
+                cand("x", 0.97, 1_000, recall={**{c: 0.99 for c in domain.CLASS_NAMES}, "Early": 0.0}),
+                cand("y", 0.90, 5_000),
+            ],
+            Policy(),
+            "y",
+            id="one-class-collapses",
+        ),
+        pytest.param(
+            [cand("x", 0.97, 1_000, robust=0.2), cand("y", 0.90, 5_000)], Policy(), "y", id="robustness-floor"
+        ),
+        pytest.param(
+            [cand("x", 0.97, 1_000, robust=None), cand("y", 0.90, 5_000)], Policy(), "y", id="missing-robustness-fails"
+        ),
         pytest.param([cand("x", 0.80, 1_000), cand("y", 0.70, 5_000)], Policy(), None, id="nothing-passes"),
         pytest.param([], Policy(), None, id="no-candidates"),
     ],
@@ -65,8 +93,10 @@ def test_paper_decision_records_every_number():
     assert decision.promoted and decision.chosen == "mobilenetv2"
     md = gate.to_markdown(decision)
     assert "| mobilenetv2 | 0.9600 | 0.9663 |" in md and "**yes**" in md and "accepted on the floors alone" in md
-    relaxed = {r.name: r for r in gate.select(PAPER, Policy(min_macro_f1=0.70, min_class_recall=0.5,
-                                                             min_robust_accuracy=0.5)).rows}
+    relaxed = {
+        r.name: r
+        for r in gate.select(PAPER, Policy(min_macro_f1=0.70, min_class_recall=0.5, min_robust_accuracy=0.5)).rows
+    }
     assert relaxed["cnn"].passes_floors and not relaxed["cnn"].within_margin
 
 
@@ -79,7 +109,9 @@ def test_one_class_collapsing_names_the_class():
     assert d.summary.startswith("not promoted because no candidate passes the floors")
 
 
-@pytest.mark.parametrize("cand_f1, champ_f1, ok", [(0.96, 0.96, True), (0.951, 0.96, True), (0.945, 0.96, False), (0.99, 0.90, True)])
+@pytest.mark.parametrize(
+    "cand_f1, champ_f1, ok", [(0.96, 0.96, True), (0.951, 0.96, True), (0.945, 0.96, False), (0.99, 0.90, True)]
+)
 def test_regression_threshold(cand_f1, champ_f1, ok):
     assert gate.check_regression(cand_f1, champ_f1, Policy(max_regression=0.01))[0] is ok
 
@@ -93,13 +125,20 @@ def test_champion_check_is_a_constraint_before_cost():
     assert sel.chosen.name == "resnet50"
     rows = {r.name: r for r in sel.rows}
     assert "regresses" in rows["mobilenetv2"].vs_champion and not rows["mobilenetv2"].passes_floors
-    d = gate.decide(sel, champion={"version": 1, "model": "resnet50", "macro_f1": 0.97},
-                    regression={"resnet50": {"ok": True, "reason": why_r}, "mobilenetv2": {"ok": False, "reason": why_m}})
+    d = gate.decide(
+        sel,
+        champion={"version": 1, "model": "resnet50", "macro_f1": 0.97},
+        regression={"resnet50": {"ok": True, "reason": why_r}, "mobilenetv2": {"ok": False, "reason": why_m}},
+    )
     assert d.promoted and d.chosen == "resnet50" and why_r in d.reason
     assert "rejected" in gate.to_markdown(d)
-    none = gate.select(PAPER, champion_checks={"mobilenetv2": (False, why_m), "resnet50": (False, "resnet50 identical")})
+    none = gate.select(
+        PAPER, champion_checks={"mobilenetv2": (False, why_m), "resnet50": (False, "resnet50 identical")}
+    )
     d2 = gate.decide(none)
-    assert not d2.promoted and d2.summary.startswith("not promoted because no candidate passes the floors and the champion check")
+    assert not d2.promoted and d2.summary.startswith(
+        "not promoted because no candidate passes the floors and the champion check"
+    )
 
 
 def test_infra_failure_is_not_promoted():
@@ -126,6 +165,7 @@ def test_grayscale_is_not_in_the_plausible_worst():
 
 # ---------------------------------------------------------------- the trust floors (issues 12 and 13)
 
+
 def _passing(name: str = "x", **kw) -> dict:
     """metrics.json of a candidate that passes every floor of the default policy."""
     return H.metrics(name, 0.97, 0.97, 1_000_000, **kw)
@@ -150,24 +190,44 @@ def test_the_helpers_candidate_passes_every_default_floor():
     assert Policy() == Policy(**settings.profile("quick").gate)  # the pipeline's default profile gates on all of them
 
 
-@pytest.mark.parametrize("path, value, expected", [
-    pytest.param(("robustness", "brightness+15%"), 0.94, ["worst robustness accuracy 0.9400 < 0.9500"],
-                 id="plausible-perturbation"),
-    pytest.param(("robustness", "grayscale"), 0.85, ["grayscale accuracy 0.8500 < 0.9000"], id="grayscale"),
-    pytest.param(("robustness", "grayscale"), None, ["no grayscale accuracy"], id="grayscale-not-measured"),
-    pytest.param(("referral", "test_referral_rate"), 0.08, ["test referral 0.0800 > 0.0500"], id="test-referral"),
-    pytest.param(("referral",), None, ["no referral figures (a model exported without calibration)",
-                                       "no prediction-set coverage"], id="uncalibrated-export"),
-    pytest.param(("calibration", "ece_after"), 0.05, ["ECE 0.0500 > 0.0300"], id="ece"),
-    pytest.param(("calibration", "ece_after"), float("nan"), ["no calibration figures"], id="ece-nan-is-missing"),
-    pytest.param(("referral", "coverage"), 0.95, ["coverage 0.9500 not within 0.02 of 0.98"], id="coverage-under"),
-    pytest.param(("referral", "coverage_target"), 0.90, ["coverage 0.9850 not within 0.02 of 0.90"],
-                 id="coverage-over"),
-    pytest.param(("external",), None, ["out-of-distribution detection not measured (no external smears given)"],
-                 id="external-detection-not-measured"),
-    pytest.param(("external", "report", "referred"), 0.90, ["external smears referred 0.9000 < 0.9500"],
-                 id="external-detection-too-low"),
-])
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        pytest.param(
+            ("robustness", "brightness+15%"),
+            0.94,
+            ["worst robustness accuracy 0.9400 < 0.9500"],
+            id="plausible-perturbation",
+        ),
+        pytest.param(("robustness", "grayscale"), 0.85, ["grayscale accuracy 0.8500 < 0.9000"], id="grayscale"),
+        pytest.param(("robustness", "grayscale"), None, ["no grayscale accuracy"], id="grayscale-not-measured"),
+        pytest.param(("referral", "test_referral_rate"), 0.08, ["test referral 0.0800 > 0.0500"], id="test-referral"),
+        pytest.param(
+            ("referral",),
+            None,
+            ["no referral figures (a model exported without calibration)", "no prediction-set coverage"],
+            id="uncalibrated-export",
+        ),
+        pytest.param(("calibration", "ece_after"), 0.05, ["ECE 0.0500 > 0.0300"], id="ece"),
+        pytest.param(("calibration", "ece_after"), float("nan"), ["no calibration figures"], id="ece-nan-is-missing"),
+        pytest.param(("referral", "coverage"), 0.95, ["coverage 0.9500 not within 0.02 of 0.98"], id="coverage-under"),
+        pytest.param(
+            ("referral", "coverage_target"), 0.90, ["coverage 0.9850 not within 0.02 of 0.90"], id="coverage-over"
+        ),
+        pytest.param(
+            ("external",),
+            None,
+            ["out-of-distribution detection not measured (no external smears given)"],
+            id="external-detection-not-measured",
+        ),
+        pytest.param(
+            ("external", "report", "referred"),
+            0.90,
+            ["external smears referred 0.9000 < 0.9500"],
+            id="external-detection-too-low",
+        ),
+    ],
+)
 def test_each_trust_floor_blocks_promotion(path, value, expected):
     """One figure below its floor: exactly that floor fails, nothing is promoted, summary and decision.md say why."""
     c = Candidate.from_metrics(_put(_passing(), path, value))
@@ -210,9 +270,14 @@ def _smoke_like(name: str = "cnn", saved_model: str | None = None) -> dict:
 def test_smoke_profile_policy_does_not_gate_the_trust_floors():
     c = Candidate.from_metrics(_smoke_like())
     strict = gate.floor_failures(c, Policy())
-    assert strict == ["worst robustness accuracy 0.4000 < 0.9500", "grayscale accuracy 0.3000 < 0.9000",
-                      "test referral 0.6000 > 0.0500", "ECE 0.2000 > 0.0300", "coverage 0.7000 not within 0.02 of 0.98",
-                      "out-of-distribution detection not measured (no external smears given)"]
+    assert strict == [
+        "worst robustness accuracy 0.4000 < 0.9500",
+        "grayscale accuracy 0.3000 < 0.9000",
+        "test referral 0.6000 > 0.0500",
+        "ECE 0.2000 > 0.0300",
+        "coverage 0.7000 not within 0.02 of 0.98",
+        "out-of-distribution detection not measured (no external smears given)",
+    ]
     smoke = Policy(**settings.profile("smoke").gate)
     assert gate.floor_failures(c, smoke) == []
     decision = gate.decide(gate.select([c], smoke), smoke)
@@ -236,8 +301,12 @@ def test_gate_op_takes_the_trust_floors_from_its_profile(tmp_path, models, split
     for profile, promoted in (("quick", False), ("smoke", True)):
         out = artifact(tmp_path / profile / "gate")
         md = artifact(tmp_path / profile / "decision.md")
-        assert gate_op.python_func(evaluations=[artifact(ev)], split=artifact(split_dir), gate=out, decision=md,
-                                   profile=profile) is promoted
+        assert (
+            gate_op.python_func(
+                evaluations=[artifact(ev)], split=artifact(split_dir), gate=out, decision=md, profile=profile
+            )
+            is promoted
+        )
         assert out.metadata["promote"] is promoted
         text = Path(md.path).read_text()
         if promoted:

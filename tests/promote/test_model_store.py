@@ -39,7 +39,9 @@ def test_write_version_and_never_overwrite(models):
 def test_pb_copied_last(models, monkeypatch):
     order = []
     real_all, real_pb = ms._copy_all_but_pb, ms._copy_pb
-    monkeypatch.setattr(ms, "_copy_all_but_pb", lambda s, t: (real_all(s, t), order.append(sorted(p.name for p in t.iterdir()))))
+    monkeypatch.setattr(
+        ms, "_copy_all_but_pb", lambda s, t: (real_all(s, t), order.append(sorted(p.name for p in t.iterdir())))
+    )
     monkeypatch.setattr(ms, "_copy_pb", lambda s, t: (real_pb(s, t), order.append(sorted(p.name for p in t.iterdir()))))
     ms.write_version(models["good"], 3)
     assert "saved_model.pb" not in order[0] and "variables" in order[0]
@@ -69,7 +71,9 @@ def test_label_move_is_two_steps_in_tf_serving_order(models):
     # step 1 on disk: both versions served, the label still on the old one
     assert seen[0][0] == 2
     entry = seen[0][1].model_config_list.config[0]
-    assert sorted(entry.model_version_policy.specific.versions) == [1, 2] and dict(entry.version_labels) == {"stable": 1}
+    assert sorted(entry.model_version_policy.specific.versions) == [1, 2] and dict(entry.version_labels) == {
+        "stable": 1
+    }
     assert step2.versions == [1, 2] and step2.labels == {"stable": 2}
     ms.move_label("canary", 3)
     ms.move_label("stable", 3)  # canary graduates; v1 is dropped, v2 (previous stable) kept for rollback
@@ -179,5 +183,5 @@ def test_wait_for_version_polls_a_rest_status_endpoint(models):
         assert calls[0] == "/v1/models/leukemia/versions/2" and len(calls) == 3
     finally:
         server.shutdown()
-    assert ms.wait_for_version(2, url, timeout_s=1) .startswith("no server")  # nothing listening: no wait
+    assert ms.wait_for_version(2, url, timeout_s=1).startswith("no server")  # nothing listening: no wait
     assert ms.wait_for_version(2, "") == "no server configured"

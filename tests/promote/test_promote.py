@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pandas as pd
-import pytest
 import promote_helpers as H
+import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -33,13 +33,24 @@ def _config():
 
 
 def test_first_promotion_writes_store_config_and_registry(tmp_path, models, split_dir):
-    cands = _cands(tmp_path, models, resnet50=("good2", 0.97, 25_600_000), mobilenetv2=("good", 0.96, 3_400_000),
-                   cnn=("worse", 0.72, 1_000_000))
+    cands = _cands(
+        tmp_path,
+        models,
+        resnet50=("good2", 0.97, 25_600_000),
+        mobilenetv2=("good", 0.96, 3_400_000),
+        cnn=("worse", 0.72, 1_000_000),
+    )
     ref_dir = tmp_path / "reference"
     ref_dir.mkdir()
     pd.DataFrame({"brightness_mean": [0.5, 0.6], "label": ["Benign", "Pre"]}).to_parquet(ref_dir / "reference.parquet")
-    res = executor.run_promote(cands, tmp_path / "out", split_dir, pipeline_run_id="run-1", reference=ref_dir,
-                               drift_report="/reports/drift-1.json")
+    res = executor.run_promote(
+        cands,
+        tmp_path / "out",
+        split_dir,
+        pipeline_run_id="run-1",
+        reference=ref_dir,
+        drift_report="/reports/drift-1.json",
+    )
     assert res["promoted"] and res["chosen"] == "mobilenetv2" and res["version"] == 1, res["summary"]
     # model store: a complete version named by models.config, carrying the drift reference for the monitor
     vdir = home.model_base() / "leukemia" / "1"
@@ -83,25 +94,34 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
 
 
 def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_split_dir, monkeypatch):
-    first = executor.run_promote(_cands(tmp_path / "a", models, mobilenetv2=("good", 0.96, 3_400_000)),
-                                 tmp_path / "o1", split_dir)
+    first = executor.run_promote(
+        _cands(tmp_path / "a", models, mobilenetv2=("good", 0.96, 3_400_000)), tmp_path / "o1", split_dir
+    )
     assert first["version"] == 1
     # same split: recorded figures; 0.94 is 0.02 below the champion -> not promoted
-    res = executor.run_promote(_cands(tmp_path / "b", models, resnet50=("good2", 0.94, 25_600_000)), tmp_path / "o2", split_dir)
+    res = executor.run_promote(
+        _cands(tmp_path / "b", models, resnet50=("good2", 0.94, 25_600_000)), tmp_path / "o2", split_dir
+    )
     assert not res["promoted"] and res["summary"].startswith("not promoted because") and "regresses" in res["summary"]
     assert model_store.list_versions() == [1] and len(registry.versions()) == 1
     # same model again: identical to the champion
-    res = executor.run_promote(_cands(tmp_path / "c", models, mobilenetv2=("good", 0.96, 3_400_000)), tmp_path / "o3", split_dir)
+    res = executor.run_promote(
+        _cands(tmp_path / "c", models, mobilenetv2=("good", 0.96, 3_400_000)), tmp_path / "o3", split_dir
+    )
     assert not res["promoted"] and "identical to the champion" in res["summary"]
     # a different split: both re-evaluated through serving; the 'worse' model claims 0.99 but is worse
-    res = executor.run_promote(_cands(tmp_path / "d", models, cnn=("worse", 0.99, 1_000)), tmp_path / "o4", other_split_dir)
+    res = executor.run_promote(
+        _cands(tmp_path / "d", models, cnn=("worse", 0.99, 1_000)), tmp_path / "o4", other_split_dir
+    )
     assert not res["promoted"] and "regresses" in res["summary"], res["summary"]
     decision = json.loads((tmp_path / "o4" / "decision.json").read_text())
     assert "re-evaluated" in decision["regression"]["cnn"]["measured_on"]
     assert decision["regression"]["cnn"]["champion_f1"] == pytest.approx(1.0)
     assert decision["regression"]["cnn"]["candidate_f1"] < 0.9
     # a real improvement on a different split is promoted, then rolled back
-    res = executor.run_promote(_cands(tmp_path / "e", models, resnet50=("good2", 0.97, 25_600_000)), tmp_path / "o5", other_split_dir)
+    res = executor.run_promote(
+        _cands(tmp_path / "e", models, resnet50=("good2", 0.97, 25_600_000)), tmp_path / "o5", other_split_dir
+    )
     assert res["promoted"] and res["version"] == 2, res["summary"]
     assert model_store.read_state().labels == {"stable": 2} and registry.get_aliases()["champion"] == 2
     # a rollback whose registry write fails leaves models.config and the aliases as they were
@@ -130,11 +150,20 @@ def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_
     assert model_store.read_state().labels == {"stable": 2} and registry.get_aliases() == {"champion": 2}
 
 
-@pytest.mark.parametrize("target", [
-    (registry, "create_version"), (model_store, "_copy_pb"), (model_store, "_replace_config"), (registry, "assign_label"),
-], ids=lambda t: t[1])
+@pytest.mark.parametrize(
+    "target",
+    [
+        (registry, "create_version"),
+        (model_store, "_copy_pb"),
+        (model_store, "_replace_config"),
+        (registry, "assign_label"),
+    ],
+    ids=lambda t: t[1],
+)
 def test_failed_promotion_keeps_old_state_everywhere(tmp_path, models, split_dir, monkeypatch, target):
-    executor.run_promote(_cands(tmp_path / "a", models, mobilenetv2=("good", 0.96, 3_400_000)), tmp_path / "o1", split_dir)
+    executor.run_promote(
+        _cands(tmp_path / "a", models, mobilenetv2=("good", 0.96, 3_400_000)), tmp_path / "o1", split_dir
+    )
     config_before = home.models_config_path().read_bytes()
     module, name = target
     real = getattr(module, name)
@@ -150,7 +179,9 @@ def test_failed_promotion_keeps_old_state_everywhere(tmp_path, models, split_dir
 
     monkeypatch.setattr(module, name, fail_once)
     with pytest.raises(executor.PromotionError, match="previous state"):
-        executor.run_promote(_cands(tmp_path / "b", models, resnet50=("good2", 0.97, 3_000_000)), tmp_path / "o2", split_dir)
+        executor.run_promote(
+            _cands(tmp_path / "b", models, resnet50=("good2", 0.97, 3_000_000)), tmp_path / "o2", split_dir
+        )
     monkeypatch.setattr(module, name, real)
     assert model_store.list_versions() == [1]
     assert not [p for p in (home.model_base() / "leukemia").iterdir() if p.name.startswith(model_store.TMP_PREFIX)]
@@ -158,7 +189,9 @@ def test_failed_promotion_keeps_old_state_everywhere(tmp_path, models, split_dir
     assert [v["version"] for v in registry.versions()] == [1]
     assert registry.get_aliases() == {"champion": 1} and registry.champion_history() == [1]
     # and the next promotion works
-    res = executor.run_promote(_cands(tmp_path / "c", models, resnet50=("good2", 0.97, 3_000_000)), tmp_path / "o3", split_dir)
+    res = executor.run_promote(
+        _cands(tmp_path / "c", models, resnet50=("good2", 0.97, 3_000_000)), tmp_path / "o3", split_dir
+    )
     assert res["promoted"] and model_store.read_state().labels == {"stable": res["version"]}
     assert registry.get_aliases() == {"champion": res["version"]} and res["version"] in model_store.list_versions()
 

@@ -17,8 +17,9 @@ def test_round_trip_on_overridden_sqlite(tmp_path, monkeypatch, models, _templat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     assert home.registry_uri() == f"sqlite:///{db}"
     metrics = H.metrics("mobilenetv2", 0.96, 0.97, 3_400_000)
-    version, run_id = registry.create_version(models["good"], metrics, {"config": {"epochs": 3}},
-                                              {"model": "mobilenetv2", "status": "pending"}, artifacts=[])
+    version, run_id = registry.create_version(
+        models["good"], metrics, {"config": {"epochs": 3}}, {"model": "mobilenetv2", "status": "pending"}, artifacts=[]
+    )
     assert version == 1
     registry.assign_label(version, "canary")
     registry.assign_label(version, "stable")
@@ -40,6 +41,17 @@ def test_round_trip_on_overridden_sqlite(tmp_path, monkeypatch, models, _templat
 
 
 def test_metric_names_are_valid_mlflow_keys():
-    flat = registry.flatten_metrics({"robustness": {"brightness+15%": 0.9, "hue-0.05": 0.8}, "accuracy_ci": [0.9, 0.95],
-                                     "model": "x", "confusion_matrix": [[1]]})
-    assert flat == {"robustness.brightnessplus15pct": 0.9, "robustness.hue-0.05": 0.8, "accuracy_ci.0": 0.9, "accuracy_ci.1": 0.95}
+    flat = registry.flatten_metrics(
+        {
+            "robustness": {"brightness+15%": 0.9, "hue-0.05": 0.8},
+            "accuracy_ci": [0.9, 0.95],
+            "model": "x",
+            "confusion_matrix": [[1]],
+        }
+    )
+    assert flat == {
+        "robustness.brightnessplus15pct": 0.9,
+        "robustness.hue-0.05": 0.8,
+        "accuracy_ci.0": 0.9,
+        "accuracy_ci.1": 0.95,
+    }

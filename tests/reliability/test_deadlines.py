@@ -8,7 +8,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from serving_helpers import install_version
 from tiny_model import encode_png, sample_image
 
@@ -21,8 +20,9 @@ def test_expired_requests_leave_the_batch_queue_and_never_run():
 
     ran: list[str] = []
     release = threading.Event()
-    batcher = Batcher(BatchingParameters(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=100,
-                                         num_batch_threads=1))
+    batcher = Batcher(
+        BatchingParameters(max_batch_size=1, batch_timeout_micros=0, max_enqueued_batches=100, num_batch_threads=1)
+    )
 
     def runner(tag: str):
         def run(x: dict) -> dict:
@@ -30,6 +30,7 @@ def test_expired_requests_leave_the_batch_queue_and_never_run():
             if tag == "blocker":
                 release.wait(30)  # the one batch thread is busy, as under a burst of slow requests
             return x
+
         return run
 
     blocker = threading.Thread(target=lambda: batcher.submit("k", {"x": np.zeros((1, 1))}, runner("blocker")))
@@ -67,8 +68,9 @@ def test_a_batch_whose_callers_all_left_is_not_started():
     ran: list[int] = []
     batcher = Batcher(BatchingParameters(max_batch_size=8, batch_timeout_micros=200_000, num_batch_threads=1))
     with pytest.raises(ServingError) as info:  # the caller's RPC is cancelled while the batch forms
-        batcher.submit("k", {"x": np.zeros((2, 1))}, lambda x: (ran.append(len(x["x"])), x)[1], timeout=5,
-                       alive=lambda: False)
+        batcher.submit(
+            "k", {"x": np.zeros((2, 1))}, lambda x: (ran.append(len(x["x"])), x)[1], timeout=5, alive=lambda: False
+        )
     batcher.stop()
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ran == []
@@ -91,7 +93,10 @@ def test_unbatched_request_past_its_deadline_is_not_run(exported_versions, tmp_p
     images = {"images": np.array([encode_png(sample_image(1))], dtype=object)}
 
     def scored() -> float:
-        return metrics.registry.get_sample_value("leukoflow_serving_images_total", {"model": "leukemia", "version": "1"}) or 0.0
+        return (
+            metrics.registry.get_sample_value("leukoflow_serving_images_total", {"model": "leukemia", "version": "1"})
+            or 0.0
+        )
 
     core.set_deadline(0.05)
     time.sleep(0.1)  # the request waited (for a handler thread, say) until its deadline passed

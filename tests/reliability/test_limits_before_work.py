@@ -10,7 +10,6 @@ import tracemalloc
 import grpc
 import pytest
 import requests
-
 from serving_helpers import install_version
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,9 +24,18 @@ def server(exported_versions, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("limits") / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(ServerOptions(port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base),
-                               file_system_poll_wait_seconds=0, request_log_dir=None, warmup=False,
-                               limits=Limits(max_message_bytes=64 * 1024 * 1024, max_batch_size=8))).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_name="leukemia",
+            model_base_path=str(base),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+            warmup=False,
+            limits=Limits(max_message_bytes=64 * 1024 * 1024, max_batch_size=8),
+        )
+    ).start()
     yield srv
     srv.stop()
 
@@ -84,27 +92,32 @@ def test_a_refused_body_is_freed_at_once(server):
 
 def test_rest_body_over_the_limit_is_refused_before_it_is_sent(server):
     with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/models/leukemia:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
-                     b"Expect: 100-continue\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/models/leukemia:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400") and b"max_message_bytes" in answer
 
 
 def test_grpc_batch_is_refused_from_the_tensor_shape(server):
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
-                                    tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": INSTANCES}]))
+    tensor = tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": INSTANCES}])
+    )
     tensor.string_val.extend([b"x"] * INSTANCES)
+
     def request(model: str):
         req = predict_pb2.PredictRequest()
         req.model_spec.name = model
         req.inputs["images"].CopyFrom(tensor)
         return req
 
-    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=[
-            ("grpc.max_send_message_length", 64 * 1024 * 1024)]) as channel:
+    with grpc.insecure_channel(
+        f"127.0.0.1:{server.grpc_port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
         def call(req):
@@ -119,4 +132,3 @@ def test_grpc_batch_is_refused_from_the_tensor_shape(server):
         peak, _, err = _peak_during(lambda: call(known))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size=8" in err.details()
     assert peak < transport * 1.3 + 2, f"refusing the tensor cost {peak:.0f} MB; moving it {transport:.0f} MB"
-

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
+import promote_helpers as H  # noqa: E402 - on sys.path once promote.conftest is imported
 import pytest
 from click.testing import CliRunner
-
-from pipelines.cli import app
 from promote.conftest import _template_db, home, models, split_dir  # noqa: F401,E402 - the promotion tests' fixtures
 
-import promote_helpers as H  # noqa: E402 - on sys.path once promote.conftest is imported
+from pipelines.cli import app
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,14 +23,33 @@ def test_label_moves_are_applied_by_the_server_or_said_not_to_be(tmp_path, home,
     from serving.server import Server, ServerOptions
 
     a = H.make_candidate(tmp_path / "e1", "mobilenetv2", models["good"], macro_f1=0.96, accuracy=0.96, params=3_400_000)
-    assert _run("promote", "--candidates", str(a), "--split-dir", str(split_dir), "--out", str(tmp_path / "o1")).exit_code == 0
+    assert (
+        _run("promote", "--candidates", str(a), "--split-dir", str(split_dir), "--out", str(tmp_path / "o1")).exit_code
+        == 0
+    )
     b = H.make_candidate(tmp_path / "e2", "resnet50", models["good2"], macro_f1=0.97, accuracy=0.97, params=25_600_000)
-    r = _run("promote", "--candidates", str(b), "--split-dir", str(split_dir), "--out", str(tmp_path / "o2"),
-             "--label", "canary")
+    r = _run(
+        "promote",
+        "--candidates",
+        str(b),
+        "--split-dir",
+        str(split_dir),
+        "--out",
+        str(tmp_path / "o2"),
+        "--label",
+        "canary",
+    )
     assert r.exit_code == 0, r.output
     # A server that does not poll models.config (the default of tensorflow_model_server).
-    srv = Server(ServerOptions(port=0, rest_api_port=-1, model_config_file=str(state.models_config_path()),
-                               file_system_poll_wait_seconds=0, request_log_dir=None)).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=-1,
+            model_config_file=str(state.models_config_path()),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     try:
         manager = srv.core.manager
         assert manager.resolve("leukemia", label="stable").version == 1

@@ -7,7 +7,6 @@ import threading
 
 import grpc
 import pytest
-
 from serving_helpers import install_version, models_config
 
 pytestmark = pytest.mark.timeout(120)

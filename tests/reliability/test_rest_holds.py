@@ -8,7 +8,6 @@ import time
 
 import pytest
 import requests
-
 from serving_helpers import install_version
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,8 +21,17 @@ def server(exported_versions, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("rest") / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(ServerOptions(port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base),
-                               file_system_poll_wait_seconds=0, request_log_dir=None, warmup=False)).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_name="leukemia",
+            model_base_path=str(base),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+            warmup=False,
+        )
+    ).start()
     yield srv
     srv.stop()
 
@@ -45,7 +53,9 @@ def _slow_connections(port: int, n: int) -> list[socket.socket]:
 
 
 def test_listen_backlog_is_real(server):
-    out = subprocess.run(["ss", "-ltnH", f"sport = :{server.rest_port}"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{server.rest_port}"], capture_output=True, text=True, check=True
+    ).stdout
     backlog = int(out.split()[2])  # Send-Q of a listening socket: its backlog
     assert backlog >= 1024
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-
 from serving_helpers import MONITORING_CONFIG, install_version, models_config
 from tiny_model import SIZE, encode_jpeg, encode_png, sample_image
 
@@ -39,12 +38,23 @@ def server(exported_versions, tmp_path_factory):
     config.write_text(models_config([("leukemia", base, [1, 2], {"stable": 1, "canary": 2})]))
     monitoring = root / "monitoring.config"
     monitoring.write_text(MONITORING_CONFIG)
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=0, model_config_file=str(config), monitoring_config_file=str(monitoring),
-        file_system_poll_wait_seconds=0, request_log_dir=str(root / "requests"),
-        limits=Limits(max_message_bytes=4 * 1024 * 1024, max_image_pixels=10_000_000, max_batch_size=MAX_BATCH,
-                      max_request_pixels=15_000_000),
-    ), open_request_log=open_request_log).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_config_file=str(config),
+            monitoring_config_file=str(monitoring),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=str(root / "requests"),
+            limits=Limits(
+                max_message_bytes=4 * 1024 * 1024,
+                max_image_pixels=10_000_000,
+                max_batch_size=MAX_BATCH,
+                max_request_pixels=15_000_000,
+            ),
+        ),
+        open_request_log=open_request_log,
+    ).start()
     srv.root = root
     yield srv
     srv.stop()
@@ -76,8 +86,15 @@ def rest(server):
     return f"http://127.0.0.1:{server.rest_port}"
 
 
-def predict_request(images: list[bytes] | None = None, name="leukemia", version=None, label=None, signature="",
-                    inputs: dict | None = None, output_filter=()):
+def predict_request(
+    images: list[bytes] | None = None,
+    name="leukemia",
+    version=None,
+    label=None,
+    signature="",
+    inputs: dict | None = None,
+    output_filter=(),
+):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -89,7 +106,11 @@ def predict_request(images: list[bytes] | None = None, name="leukemia", version=
         req.model_spec.version_label = label
     req.model_spec.signature_name = signature
     if inputs is None:
-        inputs = {"images": tf.make_tensor_proto(images if images is not None else [encode_png(sample_image(1))], dtype=tf.string)}
+        inputs = {
+            "images": tf.make_tensor_proto(
+                images if images is not None else [encode_png(sample_image(1))], dtype=tf.string
+            )
+        }
     for k, v in inputs.items():
         req.inputs[k].CopyFrom(v)
     req.output_filter.extend(output_filter)
@@ -124,6 +145,7 @@ def png16() -> bytes:
 
 def huge_png(side: int = 20000) -> bytes:
     """A valid 1-bit PNG that decodes to side x side pixels (tiny on disk: all zeros)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -162,7 +184,9 @@ def test_predict_pixels_signature_and_output_filter(stub):
     import tensorflow as tf
 
     pixels = tf.make_tensor_proto(np.full((2, SIZE, SIZE, 3), 0.5, np.float32))
-    resp = stub.Predict(predict_request(signature="predict_pixels", inputs={"pixels": pixels}, output_filter=["label"]), timeout=30)
+    resp = stub.Predict(
+        predict_request(signature="predict_pixels", inputs={"pixels": pixels}, output_filter=["label"]), timeout=30
+    )
     assert list(resp.outputs) == ["label"]
     assert resp.model_spec.signature_name == "predict_pixels"
     labels = tf.make_ndarray(resp.outputs["label"])
@@ -188,9 +212,15 @@ def test_classify(stub):
     req.model_spec.signature_name = ""
     code, details = grpc_error(stub.Classify, req)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details == "Expected classification signature method_name to be tensorflow/serving/classify. Was: tensorflow/serving/predict"
+    assert (
+        details
+        == "Expected classification signature method_name to be tensorflow/serving/classify. Was: tensorflow/serving/predict"
+    )
     req.model_spec.signature_name = "nope"
-    assert grpc_error(stub.Classify, req) == (grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: nope")
+    assert grpc_error(stub.Classify, req) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "No signature was found with the name: nope",
+    )
 
 
 def test_get_model_metadata(stub):
@@ -209,7 +239,10 @@ def test_get_model_metadata(stub):
     assert sdm.signature_def["classify"].method_name == "tensorflow/serving/classify"
     bad = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["other"])
     bad.model_spec.name = "leukemia"
-    assert grpc_error(stub.GetModelMetadata, bad) == (grpc.StatusCode.INVALID_ARGUMENT, "Metadata field other is not supported")
+    assert grpc_error(stub.GetModelMetadata, bad) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Metadata field other is not supported",
+    )
 
 
 def test_get_model_status(model_stub):
@@ -220,10 +253,16 @@ def test_get_model_status(model_stub):
     resp = model_stub.GetModelStatus(req, timeout=30)
     assert [(s.version, s.state) for s in resp.model_version_status] == [(2, 30), (1, 30)]  # AVAILABLE
     req.model_spec.version.value = 7
-    assert grpc_error(model_stub.GetModelStatus, req) == (grpc.StatusCode.NOT_FOUND, "Could not find version 7 of model leukemia")
+    assert grpc_error(model_stub.GetModelStatus, req) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find version 7 of model leukemia",
+    )
     req2 = get_model_status_pb2.GetModelStatusRequest()
     req2.model_spec.name = "nope"
-    assert grpc_error(model_stub.GetModelStatus, req2) == (grpc.StatusCode.NOT_FOUND, "Could not find any versions of model nope")
+    assert grpc_error(model_stub.GetModelStatus, req2) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Could not find any versions of model nope",
+    )
 
 
 # ---------------------------------------------------------------- gRPC: error codes
@@ -292,18 +331,42 @@ def _bad_corpus():
     return {
         "empty_bytes": ({"images": lambda: _tensor([b""])}, "", "input images[0] is empty"),
         "text": ({"images": lambda: _tensor([b"hello, I am not an image"])}, "", "input images[0] is not an image"),
-        "truncated_jpeg": ({"images": lambda: _tensor([jpeg[: len(jpeg) // 2]])}, "", "input images[0] cannot be decoded"),
+        "truncated_jpeg": (
+            {"images": lambda: _tensor([jpeg[: len(jpeg) // 2]])},
+            "",
+            "input images[0] cannot be decoded",
+        ),
         "tiff": ({"images": lambda: _tensor([encoded("TIFF")])}, "", "input images[0] is TIFF"),
         "huge_png": ({"images": lambda: _tensor([huge_png()])}, "", "max_image_pixels"),
         "request_pixels": ({"images": lambda: _tensor([huge_png(3000)] * 2)}, "", "max_request_pixels"),
         "bad_second_image": ({"images": lambda: _tensor([encode_png(sample_image(1)), b"xx"])}, "", "input images[1]"),
         "wrong_dtype": ({"images": lambda: _tensor(np.zeros((1,), np.float32))}, "", "input 'images' must be string"),
-        "wrong_shape": ({"pixels": lambda: _tensor(np.zeros((1, SIZE - 1, SIZE, 3), np.float32))}, "predict_pixels", "shape"),
+        "wrong_shape": (
+            {"pixels": lambda: _tensor(np.zeros((1, SIZE - 1, SIZE, 3), np.float32))},
+            "predict_pixels",
+            "shape",
+        ),
         "wrong_rank": ({"images": lambda: _tensor([[encode_png(sample_image(1))]])}, "", "shape"),
-        "predict_on_classify_bad_example": ({"inputs": lambda: _tensor([b"\x00garbage"])}, "classify", "input examples[0]"),
-        "wrong_input_name": ({"imgs": lambda: _tensor([encode_png(sample_image(1))])}, "", "input tensor alias not found"),
-        "empty_batch": ({"images": lambda: _tensor(np.array([], dtype=object).astype(bytes), dtype=None)}, "", "empty batch"),
-        "oversized_batch": ({"images": lambda: _tensor([encode_png(sample_image(1))] * (MAX_BATCH + 1))}, "", "max_batch_size"),
+        "predict_on_classify_bad_example": (
+            {"inputs": lambda: _tensor([b"\x00garbage"])},
+            "classify",
+            "input examples[0]",
+        ),
+        "wrong_input_name": (
+            {"imgs": lambda: _tensor([encode_png(sample_image(1))])},
+            "",
+            "input tensor alias not found",
+        ),
+        "empty_batch": (
+            {"images": lambda: _tensor(np.array([], dtype=object).astype(bytes), dtype=None)},
+            "",
+            "empty batch",
+        ),
+        "oversized_batch": (
+            {"images": lambda: _tensor([encode_png(sample_image(1))] * (MAX_BATCH + 1))},
+            "",
+            "max_batch_size",
+        ),
     }
 
 
@@ -351,14 +414,20 @@ def test_rest_predict_row_and_columnar(rest):
     preds = row.json()["predictions"]
     assert len(preds) == 2 and set(preds[0]) == {"probabilities", "label", *FEATURE_OUTPUTS}
     assert abs(sum(preds[0]["probabilities"]) - 1) < 1e-5
-    named = requests.post(f"{rest}/v1/models/leukemia/versions/1:predict", json={"instances": [{"images": img}]}, timeout=30)
+    named = requests.post(
+        f"{rest}/v1/models/leukemia/versions/1:predict", json={"instances": [{"images": img}]}, timeout=30
+    )
     assert named.status_code == 200
-    col = requests.post(f"{rest}/v1/models/leukemia/labels/stable:predict", json={"inputs": {"images": [img]}}, timeout=30)
+    col = requests.post(
+        f"{rest}/v1/models/leukemia/labels/stable:predict", json={"inputs": {"images": [img]}}, timeout=30
+    )
     outputs = col.json()["outputs"]
     np.testing.assert_allclose(outputs["probabilities"][0], named.json()["predictions"][0]["probabilities"], rtol=1e-6)
     pixels = requests.post(
         f"{rest}/v1/models/leukemia:predict",
-        json={"signature_name": "predict_pixels", "inputs": np.full((1, SIZE, SIZE, 3), 0.5).tolist()}, timeout=30)
+        json={"signature_name": "predict_pixels", "inputs": np.full((1, SIZE, SIZE, 3), 0.5).tolist()},
+        timeout=30,
+    )
     assert pixels.status_code == 200 and len(pixels.json()["outputs"]["probabilities"][0]) == 4
 
 
@@ -375,10 +444,27 @@ def test_rest_classify(rest):
     [
         ("POST", "/v1/models/nope:predict", {"instances": [1]}, 404, "Servable not found for request: Latest(nope)"),
         ("POST", "/v1/models/leukemia/versions/9:predict", {"instances": [1]}, 404, "Specific(leukemia, 9)"),
-        ("POST", "/v1/models/leukemia/labels/x:predict", {"instances": [1]}, 400, "Unrecognized servable version label: x"),
-        ("POST", "/v1/models/leukemia:predict", {"signature_name": "x", "instances": [1]}, 400,
-         'Serving signature name: "x" not found in signature def'),
-        ("POST", "/v1/models/leukemia:predict", {"instances": [{"b64": base64.b64encode(b"text").decode()}]}, 400, "images[0]"),
+        (
+            "POST",
+            "/v1/models/leukemia/labels/x:predict",
+            {"instances": [1]},
+            400,
+            "Unrecognized servable version label: x",
+        ),
+        (
+            "POST",
+            "/v1/models/leukemia:predict",
+            {"signature_name": "x", "instances": [1]},
+            400,
+            'Serving signature name: "x" not found in signature def',
+        ),
+        (
+            "POST",
+            "/v1/models/leukemia:predict",
+            {"instances": [{"b64": base64.b64encode(b"text").decode()}]},
+            400,
+            "images[0]",
+        ),
         ("POST", "/v1/models/leukemia:predict", {"instances": []}, 400, "empty batch"),
         ("POST", "/v1/models/leukemia:predict", {"instances": [1.5]}, 400, "expects a string"),
         ("POST", "/v1/models/leukemia:predict", {"nothing": 1}, 400, "Missing 'inputs' or 'instances' key"),
@@ -448,8 +534,9 @@ def test_prometheus_metrics_and_request_log(server, rest, stub):
     deadline, record = time.time() + 20, None
     while time.time() < deadline and record is None:
         lines = log_file.read_text().splitlines() if log_file.exists() else []
-        record = next((r for r in map(json.loads, lines) if r.get("features") == pytest.approx(expected, abs=1e-4)),
-                      None)
+        record = next(
+            (r for r in map(json.loads, lines) if r.get("features") == pytest.approx(expected, abs=1e-4)), None
+        )
         time.sleep(0.2)
     assert record is not None, "no request-log record carries the sent image's features"
     assert record["model"] == "leukemia" and record["predicted_label"] in ("Benign", "Early", "Pre", "Pro")
@@ -466,9 +553,9 @@ def test_page_hook_absent_paths_are_404_or_page(rest):
 
 
 def test_handle_reload_config(server, model_stub, stub):
+    from google.protobuf import text_format
     from tensorflow_serving.apis import model_management_pb2
     from tensorflow_serving.config import model_server_config_pb2
-    from google.protobuf import text_format
 
     base = server.root / "models" / "leukemia"
     req = model_management_pb2.ReloadConfigRequest()
@@ -480,6 +567,8 @@ def test_handle_reload_config(server, model_stub, stub):
     text_format.Parse(models_config([("leukemia", base, [1, 2], {"stable": 3})]), bad.config)
     code, details = grpc_error(model_stub.HandleReloadConfigRequest, bad)
     assert code == grpc.StatusCode.FAILED_PRECONDITION
-    assert details == ("Request to assign label to version 3 of model leukemia, which is not currently available for inference")
+    assert details == (
+        "Request to assign label to version 3 of model leukemia, which is not currently available for inference"
+    )
     assert stub.Predict(predict_request(label="stable"), timeout=30).model_spec.version.value == 2  # old labels kept
     assert isinstance(model_server_config_pb2.ModelServerConfig(), object)

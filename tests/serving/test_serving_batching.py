@@ -8,7 +8,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from serving_helpers import install_version
 from tiny_model import encode_png, sample_image
 
@@ -52,11 +51,17 @@ def test_parse_large_batch_splitting():
     assert (p.enable_large_batch_splitting, p.max_execution_batch_size, p.execution_batch_size) == (True, 4, 4)
     off = parse_batching_parameters("max_batch_size { value: 32 }\nmax_execution_batch_size { value: 4 }")
     assert off.execution_batch_size == 32  # TF Serving ignores it unless splitting is on
-    assert parse_batching_parameters("max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }"
-                                     ).execution_batch_size == 32
+    assert (
+        parse_batching_parameters(
+            "max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }"
+        ).execution_batch_size
+        == 32
+    )
     with pytest.raises(ValueError, match=r"max_execution_batch_size \(64\) must be <= max_batch_size \(32\)"):
-        parse_batching_parameters("max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }\n"
-                                  "max_execution_batch_size { value: 64 }")
+        parse_batching_parameters(
+            "max_batch_size { value: 32 }\nenable_large_batch_splitting { value: true }\n"
+            "max_execution_batch_size { value: 64 }"
+        )
     with pytest.raises(ValueError, match="enable_large_batch_splitting cannot be 3"):
         parse_batching_parameters("enable_large_batch_splitting { value: 3 }")
     with pytest.raises(ValueError, match="max_execution_batch_size cannot be true"):
@@ -114,7 +119,9 @@ def test_the_pieces_of_an_expired_split_request_are_not_run():
     from serving.batching import Batcher, parse_batching_parameters
     from serving.errors import ServingError
 
-    params = parse_batching_parameters(SPLITTING.replace("num_batch_threads { value: 2 }", "num_batch_threads { value: 1 }"))
+    params = parse_batching_parameters(
+        SPLITTING.replace("num_batch_threads { value: 2 }", "num_batch_threads { value: 1 }")
+    )
     batcher = Batcher(params)
     ran: list[int] = []
 
@@ -234,10 +241,18 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
     install_version(exported_versions, base, 1)
     params = tmp_path / "batching.config"
     params.write_text(PARAMS.replace("max_enqueued_batches { value: 2 }", "max_enqueued_batches { value: 100 }"))
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base), enable_batching=True,
-        batching_parameters_file=str(params), file_system_poll_wait_seconds=0, request_log_dir=None,
-    )).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=-1,
+            model_name="leukemia",
+            model_base_path=str(base),
+            enable_batching=True,
+            batching_parameters_file=str(params),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -268,8 +283,8 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
             alone = servable.run("", {"images": np.array([encode_png(sample_image(i))], dtype=object)})["probabilities"]
             np.testing.assert_allclose(single[i], alone, rtol=1e-5, atol=1e-6)
         text = srv.core.metrics.render().decode()
-        count = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_count")][0]
-        total = [l for l in text.splitlines() if l.startswith("leukoflow_serving_batch_size_sum")][0]
+        count = [line for line in text.splitlines() if line.startswith("leukoflow_serving_batch_size_count")][0]
+        total = [line for line in text.splitlines() if line.startswith("leukoflow_serving_batch_size_sum")][0]
         assert float(total.split()[-1]) == 13  # every request once; warmup runs outside the batcher
         assert float(count.split()[-1]) < 13  # fewer runs than requests: they were merged
 
@@ -305,7 +320,9 @@ def test_batcher_deadline_while_queued():
 
     release = threading.Event()
     batcher = Batcher(parse_batching_parameters(PARAMS))
-    blocker = threading.Thread(target=lambda: batcher.submit("k", {"x": np.zeros((8, 1))}, lambda x: (release.wait(30), x)[1]))
+    blocker = threading.Thread(
+        target=lambda: batcher.submit("k", {"x": np.zeros((8, 1))}, lambda x: (release.wait(30), x)[1])
+    )
     blocker.start()
     time.sleep(0.2)
     with pytest.raises(ServingError) as info:
@@ -324,8 +341,9 @@ def test_handler_threads_default_fills_batches():
     assert handler_threads(7, BatchingParameters(max_batch_size=32, num_batch_threads=4)) == 7  # the flag wins
     assert handler_threads(None, BatchingParameters(max_batch_size=32, num_batch_threads=4)) == 160
     assert handler_threads(None, BatchingParameters(max_batch_size=2, num_batch_threads=1)) == DEFAULT_HANDLER_THREADS
-    split = BatchingParameters(max_batch_size=32, num_batch_threads=4, enable_large_batch_splitting=True,
-                               max_execution_batch_size=8)
+    split = BatchingParameters(
+        max_batch_size=32, num_batch_threads=4, enable_large_batch_splitting=True, max_execution_batch_size=8
+    )
     assert handler_threads(None, split) == 40  # batches of 8 rows, not of 32
     with pytest.raises(ValueError, match="handler threads must be >= 1"):
         handler_threads(0, None)
@@ -342,12 +360,22 @@ def test_concurrent_clients_beyond_sixteen_share_one_full_batch(exported_version
     install_version(exported_versions, base, 1)
     params = tmp_path / "batching.config"
     # A long timeout: a batch runs early only when full, so its size shows how many requests could wait at once.
-    params.write_text("max_batch_size { value: 24 }\nbatch_timeout_micros { value: 20000000 }\n"
-                      "max_enqueued_batches { value: 4 }\nnum_batch_threads { value: 1 }\n")
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base), enable_batching=True,
-        batching_parameters_file=str(params), file_system_poll_wait_seconds=0, request_log_dir=None,
-    )).start()
+    params.write_text(
+        "max_batch_size { value: 24 }\nbatch_timeout_micros { value: 20000000 }\n"
+        "max_enqueued_batches { value: 4 }\nnum_batch_threads { value: 1 }\n"
+    )
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=-1,
+            model_name="leukemia",
+            model_base_path=str(base),
+            enable_batching=True,
+            batching_parameters_file=str(params),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     sizes: list[int] = []
     srv.core.batcher._on_batch = sizes.append
     try:

@@ -11,17 +11,30 @@ from pathlib import Path
 
 import pytest
 import requests
-from typer.testing import CliRunner
-
 from serving_helpers import MONITORING_CONFIG, install_version
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.timeout(180)
 
-FLAGS = ("--port", "--rest_api_port", "--model_name", "--model_base_path", "--model_config_file",
-         "--model_config_file_poll_wait_seconds", "--file_system_poll_wait_seconds", "--enable_batching",
-         "--batching_parameters_file", "--monitoring_config_file", "--ssl_config_file", "--rest_api_num_threads",
-         "--grpc_max_threads", "--host", "--request_log_dir", "--tensorflow_intra_op_parallelism",
-         "--tensorflow_inter_op_parallelism")
+FLAGS = (
+    "--port",
+    "--rest_api_port",
+    "--model_name",
+    "--model_base_path",
+    "--model_config_file",
+    "--model_config_file_poll_wait_seconds",
+    "--file_system_poll_wait_seconds",
+    "--enable_batching",
+    "--batching_parameters_file",
+    "--monitoring_config_file",
+    "--ssl_config_file",
+    "--rest_api_num_threads",
+    "--grpc_max_threads",
+    "--host",
+    "--request_log_dir",
+    "--tensorflow_intra_op_parallelism",
+    "--tensorflow_inter_op_parallelism",
+)
 
 
 def test_help_lists_tf_serving_flags():
@@ -49,10 +62,23 @@ def test_serve_process_end_to_end(exported_versions, tmp_path):
     leukoflow = Path(sys.executable).parent / "leukoflow"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LEUKOFLOW_HOME": str(tmp_path / "home")}
     proc = subprocess.Popen(
-        [str(leukoflow), "serve", "--port=0", "--rest_api_port=0", "--model_name=leukemia", f"--model_base_path={base}",
-         f"--monitoring_config_file={monitoring}", "--enable_batching", "--tensorflow_intra_op_parallelism=1",
-         "--tensorflow_inter_op_parallelism=1", "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+        [
+            str(leukoflow),
+            "serve",
+            "--port=0",
+            "--rest_api_port=0",
+            "--model_name=leukemia",
+            f"--model_base_path={base}",
+            f"--monitoring_config_file={monitoring}",
+            "--enable_batching",
+            "--tensorflow_intra_op_parallelism=1",
+            "--tensorflow_inter_op_parallelism=1",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     try:
         line = proc.stdout.readline()
@@ -60,8 +86,14 @@ def test_serve_process_end_to_end(exported_versions, tmp_path):
         assert info["status"] == "serving" and info["models"] == {"leukemia": [1]}
         assert info["tensorflow_threads"] == {"intra_op": 1, "inter_op": 1}  # read back from TensorFlow
         rest = f"http://127.0.0.1:{info['rest_port']}"
-        assert requests.get(f"{rest}/v1/models/leukemia", timeout=30).json()["model_version_status"][0]["state"] == "AVAILABLE"
-        assert "leukoflow_serving_loaded_versions" in requests.get(f"{rest}/monitoring/prometheus/metrics", timeout=30).text
+        assert (
+            requests.get(f"{rest}/v1/models/leukemia", timeout=30).json()["model_version_status"][0]["state"]
+            == "AVAILABLE"
+        )
+        assert (
+            "leukoflow_serving_loaded_versions"
+            in requests.get(f"{rest}/monitoring/prometheus/metrics", timeout=30).text
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -80,8 +112,20 @@ def test_port_in_use_is_a_clear_error_and_the_process_exits(exported_versions, t
     env = {**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")}
     try:
         done = subprocess.run(
-            [str(leukoflow), "serve", "--port=0", f"--rest_api_port={port}", "--model_name=leukemia",
-             f"--model_base_path={base}", "--json"], capture_output=True, text=True, env=env, timeout=120)
+            [
+                str(leukoflow),
+                "serve",
+                "--port=0",
+                f"--rest_api_port={port}",
+                "--model_name=leukemia",
+                f"--model_base_path={base}",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
     finally:
         busy.close()
     assert done.returncode != 0
@@ -100,7 +144,12 @@ def test_tensorflow_threads_after_start_up_is_a_clear_error():
         "except ValueError as exc:\n"
         "    print(exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--tensorflow_intra_op_parallelism=3: TensorFlow already started" in done.stdout

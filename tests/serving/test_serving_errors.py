@@ -9,12 +9,21 @@ import pytest
 @pytest.mark.parametrize(
     "code, status",
     [
-        (grpc.StatusCode.INVALID_ARGUMENT, 400), (grpc.StatusCode.FAILED_PRECONDITION, 400),
-        (grpc.StatusCode.OUT_OF_RANGE, 400), (grpc.StatusCode.NOT_FOUND, 404), (grpc.StatusCode.ALREADY_EXISTS, 409),
-        (grpc.StatusCode.ABORTED, 409), (grpc.StatusCode.RESOURCE_EXHAUSTED, 429), (grpc.StatusCode.INTERNAL, 500),
-        (grpc.StatusCode.UNKNOWN, 500), (grpc.StatusCode.DATA_LOSS, 500), (grpc.StatusCode.UNIMPLEMENTED, 501),
-        (grpc.StatusCode.UNAVAILABLE, 503), (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
-        (grpc.StatusCode.UNAUTHENTICATED, 401), (grpc.StatusCode.PERMISSION_DENIED, 403),
+        (grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (grpc.StatusCode.FAILED_PRECONDITION, 400),
+        (grpc.StatusCode.OUT_OF_RANGE, 400),
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.ALREADY_EXISTS, 409),
+        (grpc.StatusCode.ABORTED, 409),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.INTERNAL, 500),
+        (grpc.StatusCode.UNKNOWN, 500),
+        (grpc.StatusCode.DATA_LOSS, 500),
+        (grpc.StatusCode.UNIMPLEMENTED, 501),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.UNAUTHENTICATED, 401),
+        (grpc.StatusCode.PERMISSION_DENIED, 403),
     ],
 )
 def test_http_status_mapping(code, status):
@@ -24,11 +33,17 @@ def test_http_status_mapping(code, status):
 
 
 def test_exceptions_to_codes():
-    from serving.errors import from_exception, servable_not_found
     from components.servable import InputError, SignatureNotFound
+    from serving.errors import from_exception, servable_not_found
 
-    assert from_exception(SignatureNotFound('Serving signature key "x" not found.')).code == grpc.StatusCode.FAILED_PRECONDITION
-    assert from_exception(SignatureNotFound('Serving signature key "x" not found.')).message == 'Serving signature key "x" not found.'
+    assert (
+        from_exception(SignatureNotFound('Serving signature key "x" not found.')).code
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        from_exception(SignatureNotFound('Serving signature key "x" not found.')).message
+        == 'Serving signature key "x" not found.'
+    )
     assert from_exception(InputError("bad")).code == grpc.StatusCode.INVALID_ARGUMENT
     assert from_exception(TimeoutError()).code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert from_exception(RecursionError()).code == grpc.StatusCode.INVALID_ARGUMENT
@@ -61,8 +76,11 @@ def test_graph_error_inside_a_loop_keeps_the_ops_message():
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def decode_all(batch):
-        return tf.map_fn(lambda s: tf.io.decode_image(s, channels=3, expand_animations=False), batch,
-                         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+        return tf.map_fn(
+            lambda s: tf.io.decode_image(s, channels=3, expand_animations=False),
+            batch,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        )
 
     with pytest.raises(tf.errors.InvalidArgumentError) as info:
         decode_all(tf.constant([b"\xff\xd8\xff\xe0" + b"\x00" * 64]))  # a JPEG marker, then nothing

@@ -9,7 +9,6 @@ import time
 import grpc
 import pytest
 import requests
-
 from serving_helpers import install_version, models_config
 from tiny_model import encode_png, sample_image
 
@@ -32,10 +31,17 @@ def swap_server(exported_versions, tmp_path_factory):
     root = tmp_path_factory.mktemp("swap")
     base = root / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base),
-        file_system_poll_wait_seconds=0.2, enable_batching=True, request_log_dir=None,
-    )).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_name="leukemia",
+            model_base_path=str(base),
+            file_system_poll_wait_seconds=0.2,
+            enable_batching=True,
+            request_log_dir=None,
+        )
+    ).start()
     srv.base = base
     yield srv
     srv.stop()
@@ -81,7 +87,9 @@ def test_hot_swap_under_concurrent_load_has_zero_failures(swap_server, exported_
                 with lock:
                     counts[0] += 1
 
-    threads = [threading.Thread(target=grpc_client) for _ in range(3)] + [threading.Thread(target=rest_client) for _ in range(2)]
+    threads = [threading.Thread(target=grpc_client) for _ in range(3)] + [
+        threading.Thread(target=rest_client) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     try:
@@ -143,10 +151,16 @@ def test_config_file_poll_moves_labels(exported_versions, tmp_path):
         install_version(exported_versions, base, v)
     config = tmp_path / "models.config"
     config.write_text(models_config([("leukemia", base, [1], {"stable": 1})]))
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=-1, model_config_file=str(config), model_config_file_poll_wait_seconds=0.2,
-        file_system_poll_wait_seconds=0, request_log_dir=None,
-    )).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=-1,
+            model_config_file=str(config),
+            model_config_file_poll_wait_seconds=0.2,
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     try:
         manager = srv.core.manager
         assert manager.loaded_versions("leukemia") == [1]
@@ -181,8 +195,15 @@ def test_startup_with_label_on_missing_version_fails(exported_versions, tmp_path
     config = tmp_path / "models.config"
     config.write_text(models_config([("leukemia", base, [1], {"stable": 4})]))
     with pytest.raises(ServingError) as info:
-        Server(ServerOptions(port=0, rest_api_port=-1, model_config_file=str(config), request_log_dir=None,
-                             file_system_poll_wait_seconds=0)).start()
+        Server(
+            ServerOptions(
+                port=0,
+                rest_api_port=-1,
+                model_config_file=str(config),
+                request_log_dir=None,
+                file_system_poll_wait_seconds=0,
+            )
+        ).start()
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 

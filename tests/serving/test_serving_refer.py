@@ -16,7 +16,6 @@ import grpc
 import numpy as np
 import pytest
 import requests
-
 from fixtures.calibrated_model import encode_png, ood_images, smear_images
 from serving_helpers import install_version, models_config
 
@@ -26,8 +25,12 @@ from pipelines.serve_cli import open_request_log
 
 pytestmark = pytest.mark.timeout(300)
 
-REFER_OUTPUTS = {"ood_score": ("DT_FLOAT", [-1]), "in_distribution": ("DT_BOOL", [-1]),
-                 "prediction_set": ("DT_BOOL", [-1, domain.NUM_CLASSES]), "refer": ("DT_BOOL", [-1])}
+REFER_OUTPUTS = {
+    "ood_score": ("DT_FLOAT", [-1]),
+    "in_distribution": ("DT_BOOL", [-1]),
+    "prediction_set": ("DT_BOOL", [-1, domain.NUM_CLASSES]),
+    "refer": ("DT_BOOL", [-1]),
+}
 IN_DIST = [encode_png(x) for x in smear_images(12, seed=21)[0]]
 OOD = [encode_png(x) for x in ood_images(seed=21).values()]
 
@@ -43,8 +46,16 @@ def server(calibrated_export, exported_versions, tmp_path_factory):
     install_version(exported_versions, base, 2)
     config = root / "models.config"
     config.write_text(models_config([("leukemia", base, [1, 2], {"stable": 1, "canary": 2})]))
-    srv = Server(ServerOptions(port=0, rest_api_port=0, model_config_file=str(config), file_system_poll_wait_seconds=0,
-                               request_log_dir=str(root / "requests")), open_request_log=open_request_log).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_config_file=str(config),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=str(root / "requests"),
+        ),
+        open_request_log=open_request_log,
+    ).start()
     srv.root = root
     yield srv
     srv.stop()
@@ -90,8 +101,8 @@ def grpc_answer(stub) -> dict[str, np.ndarray]:
 
 
 def test_metadata_shows_the_referral_outputs(stub, rest):
-    from tensorflow_serving.apis import get_model_metadata_pb2
     from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
 
     req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     req.model_spec.name = "leukemia"
@@ -135,8 +146,8 @@ def test_output_filter_and_predict_pixels(stub, grpc_answer):
     response = stub.Predict(predict_request(OOD, output_filter=["refer", "ood_score"]), timeout=60)
     assert set(response.outputs) == {"refer", "ood_score"}
     out = arrays(response)
-    np.testing.assert_array_equal(out["refer"], grpc_answer["refer"][len(IN_DIST):])
-    np.testing.assert_allclose(out["ood_score"], grpc_answer["ood_score"][len(IN_DIST):], rtol=1e-4)
+    np.testing.assert_array_equal(out["refer"], grpc_answer["refer"][len(IN_DIST) :])
+    np.testing.assert_allclose(out["ood_score"], grpc_answer["ood_score"][len(IN_DIST) :], rtol=1e-4)
     # A client that asks for the probabilities alone gets exactly those.
     only = stub.Predict(predict_request(IN_DIST[:2], output_filter=["probabilities"]), timeout=60)
     assert set(only.outputs) == {"probabilities"}
@@ -150,14 +161,17 @@ def test_rest_predict_row_and_columnar_encode_bools_as_json(rest, grpc_answer):
     predictions = row.json()["predictions"]
     expected = [0, 1, len(IN_DIST)]
     for p, i in zip(predictions, expected):
-        assert isinstance(p["ood_score"], float) and p["ood_score"] == pytest.approx(float(grpc_answer["ood_score"][i]), rel=1e-4)
+        assert isinstance(p["ood_score"], float) and p["ood_score"] == pytest.approx(
+            float(grpc_answer["ood_score"][i]), rel=1e-4
+        )
         assert p["in_distribution"] is bool(grpc_answer["in_distribution"][i])
         assert p["refer"] is bool(grpc_answer["refer"][i])
         assert p["prediction_set"] == grpc_answer["prediction_set"][i].tolist()
         assert all(isinstance(v, bool) for v in p["prediction_set"])
         np.testing.assert_allclose(p["probabilities"], grpc_answer["probabilities"][i], atol=1e-5)
-    col = requests.post(f"{rest}/v1/models/leukemia/labels/stable:predict",
-                        json={"inputs": {"images": payload}}, timeout=60).json()["outputs"]
+    col = requests.post(
+        f"{rest}/v1/models/leukemia/labels/stable:predict", json={"inputs": {"images": payload}}, timeout=60
+    ).json()["outputs"]
     assert col["refer"] == [bool(grpc_answer["refer"][i]) for i in expected]
     assert col["prediction_set"] == [grpc_answer["prediction_set"][i].tolist() for i in expected]
 
@@ -178,7 +192,9 @@ def test_classify_keeps_its_semantics_with_calibrated_scores(stub, rest, grpc_an
     body = {"signature_name": "classify", "examples": [{"image/encoded": {"b64": base64.b64encode(OOD[0]).decode()}}]}
     answer = requests.post(f"{rest}/v1/models/leukemia/labels/stable:classify", json=body, timeout=60).json()
     assert [c[0] for c in answer["result"][0]] == list(domain.CLASS_NAMES)
-    np.testing.assert_allclose([c[1] for c in answer["result"][0]], grpc_answer["probabilities"][len(IN_DIST)], atol=1e-5)
+    np.testing.assert_allclose(
+        [c[1] for c in answer["result"][0]], grpc_answer["probabilities"][len(IN_DIST)], atol=1e-5
+    )
 
 
 def test_client_reads_the_referral_and_older_models_answer_as_before(server, grpc_answer):
@@ -200,14 +216,19 @@ def test_client_reads_the_referral_and_older_models_answer_as_before(server, grp
 
 
 def test_request_log_records_ood_score_and_refer(server, stub, grpc_answer):
-    stub.Predict(predict_request(OOD[:1], output_filter=["probabilities"]), timeout=60)  # the filter does not starve the log
+    stub.Predict(
+        predict_request(OOD[:1], output_filter=["probabilities"]), timeout=60
+    )  # the filter does not starve the log
     log_file = server.root / "requests" / "requests.jsonl"
     wanted = float(grpc_answer["ood_score"][len(IN_DIST)])
     deadline, records = time.time() + 20, []
     while time.time() < deadline:
         lines = log_file.read_text().splitlines() if log_file.exists() else []
-        records = [r for r in map(json.loads, lines) if r.get("version") == 1
-                   and r.get("outputs", {}).get("ood_score") == pytest.approx(wanted, rel=1e-4)]
+        records = [
+            r
+            for r in map(json.loads, lines)
+            if r.get("version") == 1 and r.get("outputs", {}).get("ood_score") == pytest.approx(wanted, rel=1e-4)
+        ]
         if len(records) >= 2:  # the fixture's request and the filtered one above
             break
         time.sleep(0.2)

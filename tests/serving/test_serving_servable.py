@@ -6,7 +6,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from tiny_model import SIZE, encode_png, sample_image, write_warmup
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,13 +37,15 @@ def test_load_signatures_run_and_warmup(exported_versions, tmp_path):
 
 
 def test_bad_warmup_record_fails_the_version(exported_versions, tmp_path):
+    import tensorflow as tf
+
     from components.servable import Servable
 
     version_dir = tmp_path / "leukemia" / "1"
     shutil.copytree(exported_versions[1], version_dir)
     write_warmup(version_dir, images=[b"not an image"])
     s = Servable.load(version_dir)
-    with pytest.raises(Exception):
+    with pytest.raises(tf.errors.InvalidArgumentError):
         s.warmup()
     assert not s.warmed_up
 

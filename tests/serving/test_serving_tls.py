@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import grpc
 import pytest
 import requests
-
 from fixtures.tls import self_signed
 from serving_helpers import install_version
 from tiny_model import encode_png, sample_image
@@ -25,14 +23,23 @@ def test_tls_grpc_and_https_round_trip(exported_versions, tmp_path):
     ssl_config = tmp_path / "ssl.config"
     # TF Serving's SSLConfig holds the PEM text itself, escaped as a text-proto string.
     escaped = lambda b: b.decode().replace("\n", "\\n")  # noqa: E731
-    ssl_config.write_text(f'server_key: "{escaped(key_pem)}"\nserver_cert: "{escaped(cert_pem)}"\nclient_verify: false\n')
+    ssl_config.write_text(
+        f'server_key: "{escaped(key_pem)}"\nserver_cert: "{escaped(cert_pem)}"\nclient_verify: false\n'
+    )
     assert parse_ssl_config(ssl_config.read_text()).server_cert == cert_pem
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base), ssl_config_file=str(ssl_config),
-        file_system_poll_wait_seconds=0, request_log_dir=None,
-    )).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_name="leukemia",
+            model_base_path=str(base),
+            ssl_config_file=str(ssl_config),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     try:
         creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
         with grpc.secure_channel(f"localhost:{srv.grpc_port}", creds) as channel:
@@ -41,7 +48,9 @@ def test_tls_grpc_and_https_round_trip(exported_versions, tmp_path):
             req.model_spec.name = "leukemia"
             req.inputs["images"].CopyFrom(tf.make_tensor_proto([encode_png(sample_image(1))], dtype=tf.string))
             assert stub.Predict(req, timeout=30).model_spec.version.value == 1
-        r = requests.get(f"https://localhost:{srv.rest_port}/v1/models/leukemia", verify=str(tmp_path / "cert.pem"), timeout=30)
+        r = requests.get(
+            f"https://localhost:{srv.rest_port}/v1/models/leukemia", verify=str(tmp_path / "cert.pem"), timeout=30
+        )
         assert r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE"
         with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP to the TLS port is refused
             requests.get(f"http://localhost:{srv.rest_port}/v1/models/leukemia", timeout=10)
@@ -49,7 +58,9 @@ def test_tls_grpc_and_https_round_trip(exported_versions, tmp_path):
             with pytest.raises(grpc.RpcError) as info:
                 prediction_service_pb2_grpc.PredictionServiceStub(plain).Predict(req, timeout=10)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert requests.get(f"https://localhost:{srv.rest_port}/v1/models/leukemia", verify=str(tmp_path / "cert.pem"), timeout=30).ok
+        assert requests.get(
+            f"https://localhost:{srv.rest_port}/v1/models/leukemia", verify=str(tmp_path / "cert.pem"), timeout=30
+        ).ok
     finally:
         srv.stop()
 
@@ -65,21 +76,37 @@ def test_mutual_tls_requires_a_client_certificate(exported_versions, tmp_path):
     (tmp_path / "key.pem").write_bytes(key_pem)
     ssl_config = tmp_path / "ssl.config"
     # File paths are accepted too (an extension: TF Serving wants the PEM text inline).
-    ssl_config.write_text(f'server_key: "{tmp_path / "key.pem"}"\nserver_cert: "{tmp_path / "cert.pem"}"\n'
-                          f'custom_ca: "{tmp_path / "cert.pem"}"\nclient_verify: true\n')
+    ssl_config.write_text(
+        f'server_key: "{tmp_path / "key.pem"}"\nserver_cert: "{tmp_path / "cert.pem"}"\n'
+        f'custom_ca: "{tmp_path / "cert.pem"}"\nclient_verify: true\n'
+    )
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(ServerOptions(
-        port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base), ssl_config_file=str(ssl_config),
-        file_system_poll_wait_seconds=0, request_log_dir=None,
-    )).start()
+    srv = Server(
+        ServerOptions(
+            port=0,
+            rest_api_port=0,
+            model_name="leukemia",
+            model_base_path=str(base),
+            ssl_config_file=str(ssl_config),
+            file_system_poll_wait_seconds=0,
+            request_log_dir=None,
+        )
+    ).start()
     try:
         req = predict_pb2.PredictRequest()
         req.model_spec.name = "leukemia"
         req.inputs["images"].CopyFrom(tf.make_tensor_proto([encode_png(sample_image(1))], dtype=tf.string))
-        with_cert = grpc.ssl_channel_credentials(root_certificates=cert_pem, private_key=key_pem, certificate_chain=cert_pem)
+        with_cert = grpc.ssl_channel_credentials(
+            root_certificates=cert_pem, private_key=key_pem, certificate_chain=cert_pem
+        )
         with grpc.secure_channel(f"localhost:{srv.grpc_port}", with_cert) as channel:
-            assert prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30).model_spec.version.value == 1
+            assert (
+                prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                .Predict(req, timeout=30)
+                .model_spec.version.value
+                == 1
+            )
         without = grpc.ssl_channel_credentials(root_certificates=cert_pem)
         with grpc.secure_channel(f"localhost:{srv.grpc_port}", without) as channel:
             with pytest.raises(grpc.RpcError):

@@ -65,11 +65,15 @@ def write_warmup(export_dir: Path, model_name: str = "leukemia", images: list[by
     path = export_dir / "assets.extra" / "tf_serving_warmup_requests"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString())
+        writer.write(
+            prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req)).SerializeToString()
+        )
     return path
 
 
-def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool = True, model_name: str = "leukemia") -> Path:
+def export_tiny_model(
+    export_dir: str | Path, shift: float = 0.0, warmup: bool = True, model_name: str = "leukemia"
+) -> Path:
     """Export the tiny model to `export_dir` (a version directory such as base/leukemia/1)."""
     import tensorflow as tf
 
@@ -92,8 +96,11 @@ def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool =
         def _outputs(self, pixels: tf.Tensor, features: tf.Tensor) -> dict:
             probs = self._probs(pixels)
             # The monitoring outputs, as the trainer's export adds them (components/image_features.py).
-            return {"probabilities": probs, "label": tf.gather(class_names, tf.argmax(probs, axis=1)),
-                    **image_features.feature_outputs(features)}
+            return {
+                "probabilities": probs,
+                "label": tf.gather(class_names, tf.argmax(probs, axis=1)),
+                **image_features.feature_outputs(features),
+            }
 
         def _decode(self, images: tf.Tensor) -> tf.Tensor:
             return tf.map_fn(
@@ -103,8 +110,11 @@ def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool =
             )
 
         def _features(self, images: tf.Tensor) -> tf.Tensor:
-            return tf.map_fn(lambda b: image_features.tf_image_features(domain.tf_decode(b)), images,
-                             fn_output_signature=tf.TensorSpec([len(image_features.FEATURE_NAMES)], tf.float32))
+            return tf.map_fn(
+                lambda b: image_features.tf_image_features(domain.tf_decode(b)),
+                images,
+                fn_output_signature=tf.TensorSpec([len(image_features.FEATURE_NAMES)], tf.float32),
+            )
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
         def serving_default(self, images):
@@ -135,7 +145,9 @@ def export_tiny_model(export_dir: str | Path, shift: float = 0.0, warmup: bool =
     _set_classify_method(tmp)
     (tmp / "assets.extra").mkdir(exist_ok=True)
     (tmp / "assets.extra" / "leukoflow.json").write_text(
-        json.dumps({"model": "tiny", "image_size": SIZE, "class_names": list(domain.CLASS_NAMES), "low_confidence": 0.6})
+        json.dumps(
+            {"model": "tiny", "image_size": SIZE, "class_names": list(domain.CLASS_NAMES), "low_confidence": 0.6}
+        )
     )
     if warmup:
         write_warmup(tmp, model_name)

@@ -37,12 +37,17 @@ def gate_op(
     """
     import shutil
 
-    from components.promote.gate.executor import run_gate
     from components import settings
+    from components.promote.gate.executor import run_gate
     from components.promote.gate.policy import Policy
 
-    given = {"min_macro_f1": min_macro_f1, "min_class_recall": min_class_recall,
-             "min_robust_accuracy": min_robust_accuracy, "margin": margin, "max_regression": max_regression}
+    given = {
+        "min_macro_f1": min_macro_f1,
+        "min_class_recall": min_class_recall,
+        "min_robust_accuracy": min_robust_accuracy,
+        "margin": margin,
+        "max_regression": max_regression,
+    }
     base = settings.profile(profile).gate if profile else {}
     policy = Policy(**{**base, **{k: v for k, v in given.items() if v >= 0}})
     result = run_gate([e.path for e in evaluations], gate.path, split.path, policy)

@@ -38,12 +38,14 @@ def load_candidate(path: str | Path) -> Candidate:
             cand.saved_model = str(local)
     return cand
 
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
 
 def split_hash(split_dir: str | Path | None) -> str | None:
     """sha256 of split.csv (the split manifest), or None without a split directory."""
@@ -54,6 +56,7 @@ def split_hash(split_dir: str | Path | None) -> str | None:
         raise FileNotFoundError(f"no split.csv in {split_dir}")
     return sha256_file(csv)
 
+
 def tree_hash(directory: str | Path) -> str:
     """sha256 over a directory's relative paths and contents (identifies a SavedModel)."""
     h = hashlib.sha256()
@@ -63,16 +66,19 @@ def tree_hash(directory: str | Path) -> str:
         h.update(sha256_file(p).encode())
     return h.hexdigest()
 
+
 def write_decision(decision: Decision, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     atomic_files.write_text(out / "decision.json", json.dumps(decision.to_dict(), indent=2, default=str))
     atomic_files.write_text(out / "decision.md", gate_mod.to_markdown(decision))
     return out / "decision.json", out / "decision.md"
 
+
 def read_decision(path: str | Path) -> Decision:
     path = Path(path)
     path = path / "decision.json" if path.is_dir() else path
     return Decision.from_dict(json.loads(path.read_text()))
+
 
 def _test_set(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
     """Encoded test images and labels: the test TFRecord shards, else the files split.csv names."""
@@ -96,6 +102,7 @@ def _test_set(split_dir: str | Path) -> tuple[list[bytes], list[int]]:
         raise FileNotFoundError(f"no test images in {split_dir}")
     return images, labels
 
+
 def _serving_macro_f1(saved_model: str | Path, images: list[bytes], labels: list[int]) -> float:
     from sklearn.metrics import f1_score
 
@@ -105,8 +112,15 @@ def _serving_macro_f1(saved_model: str | Path, images: list[bytes], labels: list
     preds = serving_predictions(saved_model, images)
     return float(f1_score(labels, preds, average="macro", labels=list(range(domain.NUM_CLASSES)), zero_division=0))
 
-def compare_with_champion(cand: Candidate, champion: dict[str, Any], cand_split: str | None,
-                          split_dir: str | Path | None, policy: Policy, cache: dict[str, float] | None = None) -> dict[str, Any]:
+
+def compare_with_champion(
+    cand: Candidate,
+    champion: dict[str, Any],
+    cand_split: str | None,
+    split_dir: str | Path | None,
+    policy: Policy,
+    cache: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The no-regression check on one test split: recorded figures if the split is the same, else re-evaluate both.
 
     `cache` keeps the champion's re-evaluated macro-F1 across candidates.
@@ -119,8 +133,10 @@ def compare_with_champion(cand: Candidate, champion: dict[str, Any], cand_split:
         measured = f"the same test split {cand_split[:12]} (recorded metrics)"
     else:
         model_path = tags.get("model_path")
-        why = (f"champion v{champion['version']} was evaluated on split {str(ch_split)[:12]}, "
-               f"the candidates on {str(cand_split)[:12]}")
+        why = (
+            f"champion v{champion['version']} was evaluated on split {str(ch_split)[:12]}, "
+            f"the candidates on {str(cand_split)[:12]}"
+        )
         try:
             if split_dir is None or not model_path or not (Path(model_path) / "saved_model.pb").is_file():
                 raise FileNotFoundError("no split directory or no champion model in the store")
@@ -131,17 +147,38 @@ def compare_with_champion(cand: Candidate, champion: dict[str, Any], cand_split:
             ch_f1 = cache["champion"]
             cand_f1 = _serving_macro_f1(cand.saved_model, images, labels)
         except Exception as exc:  # cannot compare: refuse rather than promote blind
-            return {"ok": False, "reason": f"{why}, and they cannot be compared on one split ({exc}); promote "
-                    "manually with `leukoflow registry promote` after checking", "measured_on": None,
-                    "candidate_f1": None, "champion_f1": None, "delta": 0.0}
-        measured = (f"the candidates' test split {str(cand_split)[:12]} ({len(images)} images, champion and "
-                    "candidate re-evaluated through serving_default)")
+            return {
+                "ok": False,
+                "reason": f"{why}, and they cannot be compared on one split ({exc}); promote "
+                "manually with `leukoflow registry promote` after checking",
+                "measured_on": None,
+                "candidate_f1": None,
+                "champion_f1": None,
+                "delta": 0.0,
+            }
+        measured = (
+            f"the candidates' test split {str(cand_split)[:12]} ({len(images)} images, champion and "
+            "candidate re-evaluated through serving_default)"
+        )
     ok, reason = gate_mod.check_regression(cand_f1, ch_f1, policy)
-    return {"ok": ok, "reason": f"{cand.name}: {reason}", "measured_on": measured, "candidate_f1": cand_f1,
-            "champion_f1": ch_f1, "delta": cand_f1 - ch_f1}
+    return {
+        "ok": ok,
+        "reason": f"{cand.name}: {reason}",
+        "measured_on": measured,
+        "candidate_f1": cand_f1,
+        "champion_f1": ch_f1,
+        "delta": cand_f1 - ch_f1,
+    }
 
-def run_gate(candidates: list[str | Path], out_dir: str | Path, split_dir: str | Path | None = None,
-             policy: Policy = Policy(), infra_images: int = 8, registry_uri: str | None = None) -> Decision:
+
+def run_gate(
+    candidates: list[str | Path],
+    out_dir: str | Path,
+    split_dir: str | Path | None = None,
+    policy: Policy = Policy(),
+    infra_images: int = 8,
+    registry_uri: str | None = None,
+) -> Decision:
     """Decide (floors, margin, cost, infra validation, champion); writes decision.json and decision.md."""
     from components.promote.gate import infra_validation
 
@@ -157,16 +194,31 @@ def run_gate(candidates: list[str | Path], out_dir: str | Path, split_dir: str |
     champ = registry.champion(uri=registry_uri)
     if champ is not None:
         t = champ["tags"]
-        champion_info = {"version": champ["version"], "model": t.get("model"), "macro_f1": tag_float(t.get("macro_f1")),
-                         "split_hash": t.get("split_hash"), "model_path": t.get("model_path")}
+        champion_info = {
+            "version": champ["version"],
+            "model": t.get("model"),
+            "macro_f1": tag_float(t.get("macro_f1")),
+            "split_hash": t.get("split_hash"),
+            "model_path": t.get("model_path"),
+        }
         cache: dict[str, float] = {}
         for c in cands:
             if gate_mod.floor_failures(c, policy):
                 continue  # the floors already exclude it
-            if t.get("saved_model_sha256") and c.saved_model and Path(c.saved_model).is_dir() \
-                    and t["saved_model_sha256"] == tree_hash(c.saved_model):
-                regression[c.name] = {"ok": False, "reason": f"{c.name} is identical to the champion v{champ['version']}",
-                                      "measured_on": None, "candidate_f1": None, "champion_f1": None, "delta": 0.0}
+            if (
+                t.get("saved_model_sha256")
+                and c.saved_model
+                and Path(c.saved_model).is_dir()
+                and t["saved_model_sha256"] == tree_hash(c.saved_model)
+            ):
+                regression[c.name] = {
+                    "ok": False,
+                    "reason": f"{c.name} is identical to the champion v{champ['version']}",
+                    "measured_on": None,
+                    "candidate_f1": None,
+                    "champion_f1": None,
+                    "delta": 0.0,
+                }
             else:
                 regression[c.name] = compare_with_champion(c, champ, s_hash, split_dir, policy, cache)
     checks = {name: (r["ok"], r["reason"]) for name, r in regression.items()}
@@ -184,16 +236,18 @@ def run_gate(candidates: list[str | Path], out_dir: str | Path, split_dir: str |
     log.info("gate: %s", decision.summary)
     return decision
 
+
 def tag_float(v: Any) -> float | None:
     """A registry tag (a string) as a float; None when unset."""
     return None if v in (None, "") else float(v)
 
+
 def _warmup_only_images(saved_model: str | Path) -> list[bytes]:
     """Without a split, send the warmup request's images as the test requests."""
     try:
-        from components.servable import Servable
-
         import tensorflow as tf
+
+        from components.servable import Servable
 
         images: list[bytes] = []
         for entry in Servable(name="", version=0, path=Path(saved_model), signatures={}).warmup_records():

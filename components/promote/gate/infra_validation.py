@@ -54,7 +54,9 @@ def test_images(split_dir: str | Path | None, limit: int = 8) -> list[bytes]:
 def _check_outputs(probs: np.ndarray, labels: np.ndarray | None, n: int, where: str) -> list[str]:
     """Raise on the first broken output; return the checks that passed."""
     if probs.shape != (n, domain.NUM_CLASSES):
-        raise InfraValidationError(f"{where}: probabilities have shape {list(probs.shape)}, expected [{n}, {domain.NUM_CLASSES}]")
+        raise InfraValidationError(
+            f"{where}: probabilities have shape {list(probs.shape)}, expected [{n}, {domain.NUM_CLASSES}]"
+        )
     if not np.all(np.isfinite(probs)):
         raise InfraValidationError(f"{where}: probabilities are not finite")
     sums = probs.sum(axis=1)
@@ -62,8 +64,12 @@ def _check_outputs(probs: np.ndarray, labels: np.ndarray | None, n: int, where: 
     if worst > SUM_TOLERANCE:
         raise InfraValidationError(f"{where}: probabilities do not sum to 1 (off by up to {worst:.4f})")
     if probs.min() < -SUM_TOLERANCE or probs.max() > 1 + SUM_TOLERANCE:
-        raise InfraValidationError(f"{where}: probabilities outside [0, 1] (min {probs.min():.4f}, max {probs.max():.4f})")
-    checks = [f"{where}: probabilities [{n}, {domain.NUM_CLASSES}], finite, in [0, 1], sum to 1 (max error {worst:.1e})"]
+        raise InfraValidationError(
+            f"{where}: probabilities outside [0, 1] (min {probs.min():.4f}, max {probs.max():.4f})"
+        )
+    checks = [
+        f"{where}: probabilities [{n}, {domain.NUM_CLASSES}], finite, in [0, 1], sum to 1 (max error {worst:.1e})"
+    ]
     if labels is not None:
         decoded = [x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(labels).reshape(-1)]
         if len(decoded) != n:
@@ -79,9 +85,11 @@ def _classify_inputs(images: list[bytes]) -> np.ndarray:
     import tensorflow as tf
 
     examples = [
-        tf.train.Example(features=tf.train.Features(feature={
-            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[img]))
-        })).SerializeToString()
+        tf.train.Example(
+            features=tf.train.Features(
+                feature={"image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[img]))}
+            )
+        ).SerializeToString()
         for img in images
     ]
     return np.array(examples, dtype=object)
@@ -119,9 +127,20 @@ def validate(saved_model_dir: str | Path, images: list[bytes], require_warmup: b
     except Exception as exc:  # any failure to load or answer is a rejection, reported with its cause
         reason = str(exc) if isinstance(exc, InfraValidationError) else f"{type(exc).__name__}: {exc}"
         log.warning("infra validation failed for %s: %s", saved_model_dir, reason)
-        return {"ok": False, "reason": reason, "checks": checks, "warmup_records": warmup_count, "requests": len(images)}
-    return {"ok": True, "reason": f"{len(images)} test image(s) and {warmup_count} warmup record(s) answered correctly",
-            "checks": checks, "warmup_records": warmup_count, "requests": len(images)}
+        return {
+            "ok": False,
+            "reason": reason,
+            "checks": checks,
+            "warmup_records": warmup_count,
+            "requests": len(images),
+        }
+    return {
+        "ok": True,
+        "reason": f"{len(images)} test image(s) and {warmup_count} warmup record(s) answered correctly",
+        "checks": checks,
+        "warmup_records": warmup_count,
+        "requests": len(images),
+    }
 
 
 def serving_predictions(saved_model_dir: str | Path, images: list[bytes], batch_size: int = 32) -> np.ndarray:
@@ -131,6 +150,6 @@ def serving_predictions(saved_model_dir: str | Path, images: list[bytes], batch_
     servable = Servable.load(saved_model_dir)
     preds = []
     for i in range(0, len(images), batch_size):
-        out = servable.run("serving_default", {"images": np.array(images[i:i + batch_size], dtype=object)})
+        out = servable.run("serving_default", {"images": np.array(images[i : i + batch_size], dtype=object)})
         preds.append(np.asarray(out["probabilities"]).argmax(axis=1))
     return np.concatenate(preds) if preds else np.zeros(0, dtype=int)

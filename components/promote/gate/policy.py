@@ -77,18 +77,20 @@ class Candidate:
     size_bytes: int | None = None
     latency_p50_ms: float | None = None
     saved_model: str | None = None
-    source: str | None = None          # the candidate's evaluation directory
+    source: str | None = None  # the candidate's evaluation directory
     split_hash: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_metrics(cls, metrics: dict[str, Any], source: str | None = None) -> "Candidate":
+    def from_metrics(cls, metrics: dict[str, Any], source: str | None = None) -> Candidate:
         """Build from a metrics.json dict (docs/architecture.md schema)."""
         if "model" not in metrics:
             raise ValueError(f"metrics{' of ' + source if source else ''} has no 'model' field")
         per_class = metrics.get("per_class") or {}
         recalls = {str(k): float(v["recall"]) for k, v in per_class.items() if isinstance(v, dict) and "recall" in v}
-        gated = {k: v for k, v in (metrics.get("robustness") or {}).items() if k not in settings.GATE_ROBUSTNESS_EXCLUDED}
+        gated = {
+            k: v for k, v in (metrics.get("robustness") or {}).items() if k not in settings.GATE_ROBUSTNESS_EXCLUDED
+        }
         worst = min(float(v) for v in gated.values()) if gated else metrics.get("robustness_worst")
         latency = (metrics.get("latency_ms") or {}).get("batch1_p50")
         return cls(
@@ -225,8 +227,9 @@ class Selection:
     reason: str
 
 
-def select(candidates: list[Candidate], policy: Policy = Policy(),
-           champion_checks: dict[str, tuple[bool, str]] | None = None) -> Selection:
+def select(
+    candidates: list[Candidate], policy: Policy = Policy(), champion_checks: dict[str, tuple[bool, str]] | None = None
+) -> Selection:
     """Apply steps 1-3 of the rule; `champion_checks` (name -> (ok, reason)) adds the no-regression constraint."""
     if not candidates:
         return Selection(None, [], None, "no candidates were given")
@@ -242,10 +245,16 @@ def select(candidates: list[Candidate], policy: Policy = Policy(),
             failures.append(checks[c.name][1])
         worst_cls = min(c.recalls, key=c.recalls.get) if c.recalls else None
         rows[c.name] = Row(
-            name=c.name, macro_f1=c.macro_f1, accuracy=c.accuracy,
-            min_recall=c.recalls.get(worst_cls) if worst_cls else None, min_recall_class=worst_cls,
-            robustness_worst=c.robustness_worst, params=c.params, latency_p50_ms=c.latency_p50_ms,
-            passes_floors=not failures, failures=failures,
+            name=c.name,
+            macro_f1=c.macro_f1,
+            accuracy=c.accuracy,
+            min_recall=c.recalls.get(worst_cls) if worst_cls else None,
+            min_recall_class=worst_cls,
+            robustness_worst=c.robustness_worst,
+            params=c.params,
+            latency_p50_ms=c.latency_p50_ms,
+            passes_floors=not failures,
+            failures=failures,
             vs_champion=checks[c.name][1] if c.name in checks else None,
         )
         if not failures:
@@ -276,7 +285,10 @@ def check_regression(candidate_f1: float, champion_f1: float, policy: Policy = P
     delta = candidate_f1 - champion_f1
     if delta >= -policy.max_regression - _EPS:
         return True, f"macro-F1 change vs champion {delta:+.4f} >= -{policy.max_regression:.4f}"
-    return False, f"macro-F1 {candidate_f1:.4f} regresses {delta:+.4f} vs champion {champion_f1:.4f} (allowed -{policy.max_regression:.4f})"
+    return (
+        False,
+        f"macro-F1 {candidate_f1:.4f} regresses {delta:+.4f} vs champion {champion_f1:.4f} (allowed -{policy.max_regression:.4f})",
+    )
 
 
 @dataclass
@@ -293,17 +305,17 @@ class Decision:
     chosen_saved_model: str | None = None
     chosen_source: str | None = None
     split_hash: str | None = None
-    champion: dict[str, Any] | None = None      # version, model, macro_f1, split_hash, how it was measured
-    regression: dict[str, Any] | None = None    # per candidate: candidate_f1, champion_f1, delta, ok, reason, measured_on
-    infra: dict[str, Any] | None = None         # infra validation checks
-    version: int | None = None                  # filled once promoted
+    champion: dict[str, Any] | None = None  # version, model, macro_f1, split_hash, how it was measured
+    regression: dict[str, Any] | None = None  # per candidate: candidate_f1, champion_f1, delta, ok, reason, measured_on
+    infra: dict[str, Any] | None = None  # infra validation checks
+    version: int | None = None  # filled once promoted
     label: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Decision":
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
         d = dict(d)
         d["rows"] = [Row(**r) for r in d.get("rows", [])]
         return cls(**d)
@@ -317,13 +329,26 @@ class Decision:
         return f"not promoted because {self.reason}"
 
 
-def decide(selection: Selection, policy: Policy = Policy(), champion: dict[str, Any] | None = None,
-           regression: dict[str, Any] | None = None, infra: dict[str, Any] | None = None,
-           split_hash: str | None = None) -> Decision:
+def decide(
+    selection: Selection,
+    policy: Policy = Policy(),
+    champion: dict[str, Any] | None = None,
+    regression: dict[str, Any] | None = None,
+    infra: dict[str, Any] | None = None,
+    split_hash: str | None = None,
+) -> Decision:
     """Combine the selection, infra validation and the champion comparison into one Decision."""
     chosen = selection.chosen
-    base = dict(rule=RULE, policy=asdict(policy), rows=selection.rows, best_macro_f1=selection.best_macro_f1,
-                split_hash=split_hash, champion=champion, regression=regression, infra=infra)
+    base = dict(
+        rule=RULE,
+        policy=asdict(policy),
+        rows=selection.rows,
+        best_macro_f1=selection.best_macro_f1,
+        split_hash=split_hash,
+        champion=champion,
+        regression=regression,
+        infra=infra,
+    )
     if chosen is None:
         return Decision(promoted=False, chosen=None, reason=selection.reason, **base)
     base.update(chosen_saved_model=chosen.saved_model, chosen_source=chosen.source)
@@ -353,16 +378,20 @@ def to_markdown(decision: Decision) -> str:
     """decision.md: the verdict, the rule, the table of every number, the champion comparison."""
     p = decision.policy
     lines = [
-        "# Promotion decision", "",
-        f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}** — {decision.summary}", "",
-        f"Rule: {decision.rule}.", "",
+        "# Promotion decision",
+        "",
+        f"**{'PROMOTED' if decision.promoted else 'NOT PROMOTED'}** — {decision.summary}",
+        "",
+        f"Rule: {decision.rule}.",
+        "",
         f"Floors: macro-F1 >= {p['min_macro_f1']}, each class's recall >= {p['min_class_recall']}, "
         f"worst robustness accuracy >= {p['min_robust_accuracy']}, grayscale accuracy >= "
         f"{p.get('min_grayscale_accuracy')}, test referral <= {p.get('max_test_referral')}, ECE <= {p.get('max_ece')}, "
         f"prediction-set coverage within {p.get('coverage_tolerance')} of its target, external smears referred >= "
         f"{p.get('min_ood_detection') if p.get('min_ood_detection') is not None else 'not gated'}; "
         f"margin {p['margin']}; "
-        f"max regression vs champion {p['max_regression']}.", "",
+        f"max regression vs champion {p['max_regression']}.",
+        "",
         "| model | macro-F1 | accuracy | min recall (class) | worst robustness | params | latency p50 ms | floors and champion check | within margin | cost | chosen |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -379,8 +408,10 @@ def to_markdown(decision: Decision) -> str:
         lines.append("No champion yet: the first model is accepted on the floors alone.")
     else:
         ch = decision.champion
-        lines.append(f"Champion: version {ch.get('version')} ({ch.get('model')}), macro-F1 {_fmt(ch.get('macro_f1'))}, "
-                     f"split {str(ch.get('split_hash'))[:12]}.")
+        lines.append(
+            f"Champion: version {ch.get('version')} ({ch.get('model')}), macro-F1 {_fmt(ch.get('macro_f1'))}, "
+            f"split {str(ch.get('split_hash'))[:12]}."
+        )
         lines.append("")
     for name, rg in (decision.regression or {}).items():
         where = f" on {rg['measured_on']}" if rg.get("measured_on") else ""

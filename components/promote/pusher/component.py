@@ -1,7 +1,7 @@
 """KFP component: `promote_op` pushes the gate's decision (registry, model store, models.config) under `dsl.If`.
 
-    promote_op(gate=gate.outputs["gate"], reference=reference_task.outputs["reference"],
-               pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+promote_op(gate=gate.outputs["gate"], reference=reference_task.outputs["reference"],
+           pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
 """
 
 from typing import NamedTuple
@@ -34,8 +34,14 @@ def promote_op(
     from components.promote.pusher import model_store
     from components.promote.pusher.executor import apply_decision
 
-    result = apply_decision(read_decision(gate.path), promotion.path, label=label, pipeline_run_id=pipeline_run_id,
-                            reference=reference.path if reference is not None else None, drift_report=drift_report)
+    result = apply_decision(
+        read_decision(gate.path),
+        promotion.path,
+        label=label,
+        pipeline_run_id=pipeline_run_id,
+        reference=reference.path if reference is not None else None,
+        drift_report=drift_report,
+    )
     shutil.copyfile(promotion.path + "/model_card.md", model_card.path)
     path = str(model_store.version_path(result.version))
     promotion.metadata.update({"version": result.version, "label": label, "model_path": path, "model": result.chosen})

@@ -7,8 +7,10 @@ from typing import Any
 
 from components import domain, model_metadata, settings
 
-CITATION = ('Aria, M., Ghaderzadeh, M., Bashash, D., Abolghasemi, H., Asadi, F., Hosseini, A. (2021). '
-            '"Acute Lymphoblastic Leukemia (ALL) image dataset". Kaggle. doi:10.34740/KAGGLE/DSV/2175623')
+CITATION = (
+    "Aria, M., Ghaderzadeh, M., Bashash, D., Abolghasemi, H., Asadi, F., Hosseini, A. (2021). "
+    '"Acute Lymphoblastic Leukemia (ALL) image dataset". Kaggle. doi:10.34740/KAGGLE/DSV/2175623'
+)
 
 
 def low_confidence_threshold(saved_model_dir: str | Path | None) -> float:
@@ -32,70 +34,105 @@ def _ci(ci: Any, fmt=_pct) -> str:
 def _weights_note(model: str, weights: str) -> str:
     """The pretrained-weights limitation: only MobileNetV2's ImageNet weights are available offline here."""
     if model == "resnet50" and "imagenet" not in weights.lower():
-        return ("- This ResNet50 was trained without ImageNet weights (none are available offline here), unlike the "
-                "paper's; its figures are not comparable to the paper's ResNet50.")
+        return (
+            "- This ResNet50 was trained without ImageNet weights (none are available offline here), unlike the "
+            "paper's; its figures are not comparable to the paper's ResNet50."
+        )
     if "imagenet" in weights.lower():
-        return (f"- Pretrained weights: {weights}. Here the MobileNetV2 ImageNet weights are dequantised from Google's "
-                "int8 model (see ../shared/weights/README.md); ResNet50 runs here without ImageNet weights.")
+        return (
+            f"- Pretrained weights: {weights}. Here the MobileNetV2 ImageNet weights are dequantised from Google's "
+            "int8 model (see ../shared/weights/README.md); ResNet50 runs here without ImageNet weights."
+        )
     return "- ResNet50 runs here without ImageNet weights (none are available offline), unlike the paper's."
 
 
-def render(version: int | None, metrics: dict[str, Any], train: dict[str, Any] | None, provenance: dict[str, str],
-           decision_summary: str, threshold: float) -> str:
+def render(
+    version: int | None,
+    metrics: dict[str, Any],
+    train: dict[str, Any] | None,
+    provenance: dict[str, str],
+    decision_summary: str,
+    threshold: float,
+) -> str:
     """The card's Markdown. `provenance`: data_hash, split_hash, git_commit, pipeline_run_id."""
     train = train or {}
     config = train.get("config") or {}
     model = metrics.get("model", "?")
     weights = train.get("weights_used") or metrics.get("weights_used") or config.get("weights", "?")
     lines = [
-        f"# Model card: {model}" + (f", version {version}" if version is not None else ""), "",
-        "## Model", "",
-        f"- Architecture: {model}; parameters: {metrics.get('params', '–'):,}" if isinstance(metrics.get("params"), int)
+        f"# Model card: {model}" + (f", version {version}" if version is not None else ""),
+        "",
+        "## Model",
+        "",
+        f"- Architecture: {model}; parameters: {metrics.get('params', '–'):,}"
+        if isinstance(metrics.get("params"), int)
         else f"- Architecture: {model}; parameters: {metrics.get('params', '–')}",
         f"- Pretrained weights: {weights}",
         f"- Input: encoded image bytes (JPEG, PNG, BMP, GIF, WebP), resized in the graph to {config.get('image_size', '?')} px",
         f"- Output: probabilities over {', '.join(domain.CLASS_NAMES)} and the arg-max label",
         f"- Size: {metrics.get('size_bytes', '–')} bytes; CPU latency p50 (batch 1): {(metrics.get('latency_ms') or {}).get('batch1_p50', '–')} ms",
-        "", "## Data", "",
+        "",
+        "## Data",
+        "",
         f"- Dataset: {CITATION}.",
         f"- Data version (DVC md5 of `data/`): `{provenance.get('data_hash', 'unknown')}`",
         f"- Split manifest sha256: `{provenance.get('split_hash', 'unknown')}`; test images: {metrics.get('test_images', '–')}",
         f"- Code: git commit `{provenance.get('git_commit', 'unknown')}`; pipeline run `{provenance.get('pipeline_run_id') or '–'}`",
-        "", "## Metrics (test split)", "",
+        "",
+        "## Metrics (test split)",
+        "",
         f"- Accuracy: {_pct(metrics.get('accuracy'))}{_ci(metrics.get('accuracy_ci'))}",
         f"- Macro-F1: {_num(metrics.get('macro_f1'))}{_ci(metrics.get('macro_f1_ci'), _num)}",
         f"- Weighted F1: {_num(metrics.get('weighted_f1'))}",
-        "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
     ]
     for name in domain.CLASS_NAMES:
         pc = (metrics.get("per_class") or {}).get(name, {})
-        lines.append(f"| {name} | {_num(pc.get('precision'))} | {_num(pc.get('recall'))} | {_num(pc.get('f1'))} | {pc.get('support', '–')} |")
+        lines.append(
+            f"| {name} | {_num(pc.get('precision'))} | {_num(pc.get('recall'))} | {_num(pc.get('f1'))} | {pc.get('support', '–')} |"
+        )
     base = metrics.get("shortcut_baseline") or {}
     lines += [
-        "", "### Shortcut baseline", "",
+        "",
+        "### Shortcut baseline",
+        "",
         f"A classifier on global colour and brightness statistics alone reaches accuracy {_pct(base.get('accuracy'))}, "
         f"macro-F1 {_num(base.get('macro_f1'))}. On this data, colour almost gives the class away: a high score here does "
         "not show that the model reads cell morphology.",
-        "", "### Robustness (accuracy under perturbations)", "",
-        "| perturbation | accuracy |", "|---|---|",
+        "",
+        "### Robustness (accuracy under perturbations)",
+        "",
+        "| perturbation | accuracy |",
+        "|---|---|",
     ]
     for k, v in (metrics.get("robustness") or {}).items():
         lines.append(f"| {k} | {_pct(v)} |")
     lines += [
         f"| worst | {_pct(metrics.get('robustness_worst'))} |",
-        "", "## Intended use", "",
+        "",
+        "## Intended use",
+        "",
         "Decision support for a pathologist reviewing peripheral blood smear images for acute lymphoblastic "
         "leukemia stage (Benign, Early, Pre, Pro). **It is not a diagnosis** and must not be used without a "
         "qualified reviewer.",
-        "", f"Low-confidence threshold: {threshold:.2f} — predictions whose top probability is below it are flagged "
-        "\"low confidence: refer to a pathologist\".",
-        "", "## Limitations", "",
+        "",
+        f"Low-confidence threshold: {threshold:.2f} — predictions whose top probability is below it are flagged "
+        '"low confidence: refer to a pathologist".',
+        "",
+        "## Limitations",
+        "",
         "- Image-level split: the public data has no patient IDs, so images of one patient may fall in both train and "
         "test; the scores are likely optimistic for new patients. Near-duplicates were removed before the split.",
         "- The images come from a single laboratory's staining and imaging setup: a different stain batch, lamp or "
         "camera shifts colour and brightness, which the model relies on heavily; the drift monitor watches for this.",
         _weights_note(str(model), str(weights)),
         "- Four classes only; other haematological conditions are out of scope.",
-        "", "## Promotion", "", decision_summary, "",
+        "",
+        "## Promotion",
+        "",
+        decision_summary,
+        "",
     ]
     return "\n".join(lines)

@@ -20,9 +20,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from components import home, settings
 
@@ -132,8 +132,13 @@ def clean_stale_temporaries(base: str | Path | None = None, name: str = settings
     return removed
 
 
-def write_version(saved_model_dir: str | Path, version: int, base: str | Path | None = None,
-                  name: str = settings.SERVED_MODEL_NAME, extras: dict[str, Path] | None = None) -> Path:
+def write_version(
+    saved_model_dir: str | Path,
+    version: int,
+    base: str | Path | None = None,
+    name: str = settings.SERVED_MODEL_NAME,
+    extras: dict[str, Path] | None = None,
+) -> Path:
     """Copy a SavedModel into the store as `version`, atomically; never overwrites. Returns the version dir.
 
     `extras` maps paths relative to the version dir (e.g. `assets.extra/reference_features.parquet`) to files
@@ -185,7 +190,12 @@ class ServingState:
     labels: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "base_path": self.base_path, "versions": list(self.versions), "labels": dict(self.labels)}
+        return {
+            "name": self.name,
+            "base_path": self.base_path,
+            "versions": list(self.versions),
+            "labels": dict(self.labels),
+        }
 
 
 def read_models_config(path: str | Path | None = None):
@@ -209,8 +219,12 @@ def state_from_config(config, name: str = settings.SERVED_MODEL_NAME) -> Serving
         if mc.name == name:
             policy = mc.model_version_policy
             versions = list(policy.specific.versions) if policy.WhichOneof("policy_choice") == "specific" else []
-            return ServingState(name=name, base_path=mc.base_path, versions=sorted(int(v) for v in versions),
-                                labels={k: int(v) for k, v in mc.version_labels.items()})
+            return ServingState(
+                name=name,
+                base_path=mc.base_path,
+                versions=sorted(int(v) for v in versions),
+                labels={k: int(v) for k, v in mc.version_labels.items()},
+            )
     return None
 
 
@@ -296,8 +310,9 @@ def restore_config(snapshot: bytes | None, path: str | Path | None = None) -> No
     _fsync_path(path.parent)
 
 
-def plan_label_move(current: ServingState | None, label: str, version: int, base_path: str,
-                    name: str = settings.SERVED_MODEL_NAME) -> tuple[ServingState, ServingState]:
+def plan_label_move(
+    current: ServingState | None, label: str, version: int, base_path: str, name: str = settings.SERVED_MODEL_NAME
+) -> tuple[ServingState, ServingState]:
     """The two configs TF Serving needs to move `label` to `version`.
 
     Step 1 serves the new version beside the old ones, labels unchanged. Step 2 moves the label and keeps
@@ -319,9 +334,14 @@ def plan_label_move(current: ServingState | None, label: str, version: int, base
     return step1, step2
 
 
-def move_label(label: str, version: int, path: str | Path | None = None, base: str | Path | None = None,
-               name: str = settings.SERVED_MODEL_NAME,
-               between: Callable[[ServingState, int], None] | None = None) -> tuple[ServingState, ServingState]:
+def move_label(
+    label: str,
+    version: int,
+    path: str | Path | None = None,
+    base: str | Path | None = None,
+    name: str = settings.SERVED_MODEL_NAME,
+    between: Callable[[ServingState, int], None] | None = None,
+) -> tuple[ServingState, ServingState]:
     """Write both steps of a label move to models.config; `between(step1, version)` runs after step 1 (wait for load)."""
     path = Path(path or home.models_config_path())
     existing = read_models_config(path)
@@ -341,7 +361,9 @@ def move_label(label: str, version: int, path: str | Path | None = None, base: s
     return step1, step2
 
 
-def version_state(rest_url: str, version: int, name: str = settings.SERVED_MODEL_NAME, timeout_s: float = 2.0) -> str | None:
+def version_state(
+    rest_url: str, version: int, name: str = settings.SERVED_MODEL_NAME, timeout_s: float = 2.0
+) -> str | None:
     """A version's state from a TF-Serving-style REST status endpoint; None when no server answers for the model."""
     import json
     import urllib.error
@@ -365,8 +387,13 @@ def version_state(rest_url: str, version: int, name: str = settings.SERVED_MODEL
     return states[0] if states else "NOT_LOADED"
 
 
-def wait_for_version(version: int, rest_url: str | None, name: str = settings.SERVED_MODEL_NAME,
-                     timeout_s: float = 60.0, poll_s: float = 0.5) -> str:
+def wait_for_version(
+    version: int,
+    rest_url: str | None,
+    name: str = settings.SERVED_MODEL_NAME,
+    timeout_s: float = 60.0,
+    poll_s: float = 0.5,
+) -> str:
     """Between the two config steps: wait until a running server reports `version` AVAILABLE.
 
     Returns at once when no server answers (nothing to wait for). On timeout it logs a warning and returns:
@@ -382,8 +409,14 @@ def wait_for_version(version: int, rest_url: str | None, name: str = settings.SE
         time.sleep(poll_s)
         state = version_state(rest_url, version, name) or "UNREACHABLE"
     if state != "AVAILABLE":
-        log.warning("server at %s did not report %s version %s AVAILABLE within %.0fs (state %s); moving the label "
-                    "anyway", rest_url, name, version, timeout_s, state)
+        log.warning(
+            "server at %s did not report %s version %s AVAILABLE within %.0fs (state %s); moving the label anyway",
+            rest_url,
+            name,
+            version,
+            timeout_s,
+            state,
+        )
         return f"timed out ({state})"
     log.info("server at %s reports %s version %s AVAILABLE", rest_url, name, version)
     return "AVAILABLE"
@@ -394,8 +427,12 @@ def default_serving_rest() -> str:
     return os.environ.get("LEUKOFLOW_SERVING_REST", "http://127.0.0.1:8501")
 
 
-def between_steps(step_wait_s: float = 0.0, rest_url: str | None = None, load_timeout_s: float = 60.0,
-                  name: str = settings.SERVED_MODEL_NAME) -> Callable[[ServingState, int], None]:
+def between_steps(
+    step_wait_s: float = 0.0,
+    rest_url: str | None = None,
+    load_timeout_s: float = 60.0,
+    name: str = settings.SERVED_MODEL_NAME,
+) -> Callable[[ServingState, int], None]:
     """The hook run after step 1: a fixed pause, then wait for a running server to load the labelled version."""
 
     def hook(_step1: ServingState, version: int) -> None:
