@@ -17,7 +17,7 @@ EXTERNAL_OOD_DIR ?= $(abspath $(SHARED)/external/chula-rbc-12/images)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup system-deps weights data run test test-fast lint format compile serve bench report clean
+.PHONY: help setup system-deps weights data external-smears run test test-fast lint format compile serve bench report clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -45,7 +45,11 @@ data: $(STAMP)  ## dvc pull the dataset into data/
 
 RESNET50_WEIGHTS := $(KERAS_HOME)/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5
 
-run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROFILE=quick|full)
+external-smears:  # the gate's out-of-distribution floor needs them: say so before anything runs
+	@if [ -n "$(EXTERNAL_OOD_DIR)" ] && [ ! -d "$(EXTERNAL_OOD_DIR)" ]; then \
+	  echo "error: no folder of another lab's smears at $(EXTERNAL_OOD_DIR): give EXTERNAL_OOD_DIR=/path/to/smears, or EXTERNAL_OOD_DIR= to run without them (then the gate promotes nothing)" >&2; exit 2; fi
+
+run: external-smears $(STAMP) weights data  ## the main job: the pipeline on the real data (PROFILE=quick|full)
 	@if [ -f $(RESNET50_WEIGHTS) ]; then extra=""; else \
 	  echo "note: no ResNet50 ImageNet weights in \$$KERAS_HOME/models (none can be downloaded here): ResNet50 trains from random init" >&2; \
 	  extra="--weights resnet50=none"; fi; \
@@ -71,8 +75,8 @@ serve: $(STAMP)  ## serve the promoted model (gRPC 8500, REST and page 8501)
 bench: $(STAMP) weights data  ## every benchmark; writes benchmarks/results/
 	$(PY) -m benchmarks.run_all
 
-report: $(STAMP)  ## docs/results.md from the latest pipeline run
-	$(LF) report --output docs/results.md
+report: $(STAMP)  ## docs/results.md and the README headline from the latest promoted run
+	$(LF) report --output docs/results.md --readme README.md
 
 clean:  ## remove local state (not the venv, not data/)
 	rm -rf $(LEUKOFLOW_HOME)

@@ -4,7 +4,8 @@ A live `serving.server.Server` on a tiny exported model (ephemeral ports) serves
 Node script `page.spec.mjs` uploads an image, reads the stage and the four bars, toggles the
 heatmap, uploads a text file and simulates the server being unreachable. Skipped only when
 Chromium itself is missing (`make test` installs it via `make system-deps`).
-Set LEUKOFLOW_SCREENSHOT=1 (or a path) to save a screenshot (default docs/page.png).
+Set LEUKOFLOW_SCREENSHOT=1 (or a path) to save a screenshot of a stage answer (default docs/page-stage.png;
+the committed docs/page.png, a referral, is taken by test_refer_browser.py).
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ pytestmark = pytest.mark.browser
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
-def _screenshot_path() -> str | None:
+def screenshot_path(default_name: str) -> str | None:
+    """Where LEUKOFLOW_SCREENSHOT asks for a screenshot: "1" means docs/<default_name>, else the path given."""
     value = os.environ.get("LEUKOFLOW_SCREENSHOT", "")
     if not value:
         return None
-    return str(REPO / "docs" / "page.png") if value in ("1", "true", "yes") else str(Path(value).resolve())
+    return str(REPO / "docs" / default_name) if value in ("1", "true", "yes") else str(Path(value).resolve())
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def test_page_in_headless_chromium(live_server, tmp_path):
     Image.fromarray((x[0][::-1] * 255).astype("uint8")).save(second, format="JPEG")
     text = tmp_path / "notes.txt"
     text.write_text("This is a text file, not a smear image.\n")
-    shot = _screenshot_path()
+    shot = screenshot_path("page-stage.png")
 
     url = f"http://127.0.0.1:{live_server.rest_port}"
     result = run_spec("page.spec.mjs", [url, str(image), str(second), str(text)] + ([shot] if shot else []))
