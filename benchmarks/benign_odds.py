@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     lines = [
-        "# Benign recall on the test split: the odds of meeting issue 13's target",
+        "# Benign recall on the test split: the odds of meeting the Benign recall target",
         "",
         f"Out of fold on train + val ({result['pooled_benign']} Benign smears; benchmarks/recipe_cv.py), one view. "
         f"The test split has {test_benign} Benign smears, so Benign recall >= {TARGET_RECALL} allows {allowed} "

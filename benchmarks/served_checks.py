@@ -506,7 +506,7 @@ def fmt(key: str, v) -> str:
 
 def markdown(result: dict) -> str:
     lines = [
-        "### Issues 12 and 13 through the served signature (gRPC)",
+        "### The model targets through the served signature (gRPC)",
         "",
         f"`python -m benchmarks.served_checks`, {result['when']}: `leukoflow serve` (server batching, request log on) on "
         f"the promoted {result['model']['name']} (version {result['model']['version']}, label `{LABEL}`), every image "
