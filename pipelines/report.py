@@ -222,7 +222,7 @@ def render(run: Path, output: Path, hardware: str | None = None) -> str:
         "stays inside one split, so no image is tested on its own copy. The paper removes duplicates but does not say how or when.",
         "- The split is by image: the public data has no patient IDs, so images of one patient can be in train and test. "
         "This flatters every model here and in the paper alike.",
-        "- ResNet50's ImageNet weights cannot be downloaded on these machines; where the table says `random init`, ResNet50 "
+        "- Where the table says `random init`, no ImageNet weights were available offline for ResNet50 and it "
         "was trained from scratch, unlike the paper's transfer learning.",
         f"- The `{_profile_of(models)}` profile: see `components/settings.py` for its image size and epochs; the paper trains at "
         "224x224 for up to 50 epochs (our `full` profile).",
