@@ -341,10 +341,10 @@
     }
     parts.side.appendChild(list);
     parts.side.appendChild(el("p", "meta", "Answered by model " + info.name + ", version " + info.version +
-      (info.label ? " (label \u201c" + info.label + "\u201d)" : "") +
-      ". Low-confidence threshold " + pct(info.low_confidence_threshold) + "." +
-      (prediction.refer === undefined ? "" : " This model refers images unlike its training images, and images " +
-        "no single stage fits.")));
+      (info.label ? " (label \u201c" + info.label + "\u201d)" : "") + "." +
+      // A model that refers replaces the low-confidence threshold with its referral; older exports still show it.
+      (prediction.refer === undefined ? " Low-confidence threshold " + pct(info.low_confidence_threshold) + "." :
+        " This model refers images unlike its training images, and images no single stage fits.")));
   }
 
   function addHeatmapToggle(parts, info, b64) {
