@@ -13,6 +13,7 @@ import re
 import ssl as ssl_lib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
@@ -133,6 +134,12 @@ def _body_length(headers: dict[str, str], limits: Any) -> int:
     except ServingError as exc:
         raise _BadHTTP(exc.http_status, exc.message) from None
     return n
+
+
+def _connected(reader: asyncio.StreamReader) -> Callable[[], bool]:
+    """Whether the client is still there, safe to ask from a worker thread: the event loop keeps reading the
+    socket while a request is answered, so a closed or reset connection shows as end of stream or an error."""
+    return lambda: not reader.at_eof() and reader.exception() is None
 
 
 def _release_memory() -> None:
@@ -330,7 +337,7 @@ class RestServer:
                 )
             else:
                 status, ctype, payload, extra = await self.loop.run_in_executor(
-                    self.pool, self._answer, method, target, headers, body
+                    self.pool, self._answer, method, target, headers, body, _connected(reader)
                 )
             # The body is not kept while the answer is written or the connection waits for its next request.
             size, body = len(body), b""
@@ -380,13 +387,18 @@ class RestServer:
 
     # ------------------------------------------------------------ requests (worker threads)
 
-    def _answer(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes, dict]:
-        """One complete request -> (status, content type, body, extra headers); never raises."""
+    def _answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes, alive: Callable[[], bool] | None = None
+    ) -> tuple[int, str, bytes, dict]:
+        """One complete request -> (status, content type, body, extra headers); never raises.
+
+        `alive()` says whether the client is still connected: a large request stops between slices once it is not.
+        """
         core = self.core
         path = urlsplit(target).path
         start = time.perf_counter()
         api_name, model, code = "rest_other", "", "OK"
-        core.set_deadline(None)
+        core.set_deadline(None, alive)
         try:
             mon = self.monitoring
             if mon.enable and path == mon.path:
