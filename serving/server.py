@@ -142,12 +142,13 @@ def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
 
 
 DEFAULT_HANDLER_THREADS = 16
-# Images one unbatched model run takes from a large request: as serving/batching.config's execution batch, so
-# a started run of the four-view MobileNetV2 (32 backbone passes) holds the cores for a fraction of a second.
+MAX_AUTO_HANDLER_THREADS = 1024
+# Images one unbatched model run takes from a large request, as serving/batching.config's execution batch: a
+# started slice of the served MobileNetV2 holds the cores for a fraction of a second, so an expired request
+# stops soon and a request arriving behind it waits at most that long.
 DEFAULT_SLICE_SIZE = 8
 # The deadline is read a moment after gRPC computed it: a caller gone this close to it ran out of time.
 DEADLINE_SLACK_S = 0.01
-MAX_AUTO_HANDLER_THREADS = 1024
 
 
 def default_concurrent_runs() -> int:
