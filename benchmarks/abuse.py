@@ -6,6 +6,9 @@ On loopback only, every loop bounded by a count or a few seconds. Measured:
 - a 60 MB REST body of 15,000,000 tiny instances: time to the refusal, the server's RSS growth after it
   (and at its peak), over three such requests;
 - after 16 requests whose deadline passes, how long the next one-image request takes (batching off and on);
+- the same after 16 requests of 256 images with a 50 ms deadline (no batching: the batching config refuses
+  requests over 32 images), and the images the server scored for them (from its counters): a started request
+  stops after the slice it was running; again at 1 s, a deadline long enough for more of them to start;
 - predict p50 idle, and while 4 clients ask for Grad-CAM explanations without pause;
 - REST answers (API and page) while 1,000 slow connections are held open;
 - failed `stable` requests while a reload that moves `stable` to a version not yet loaded is refused.
@@ -30,9 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.serving import MODEL, RESULTS, load_jpegs, rss_mb, start_server, stop_server
+from serving.server import DEFAULT_SLICE_SIZE
 
 BIG_INSTANCES = 15_000_000
 EXPIRED = 16
+LARGE_IMAGES = 256  # per expired large request: the server's default max_batch_size
+LARGE_DEADLINE_S = 0.05
+LONGER_DEADLINE_S = 1.0  # long enough for large requests to start on a busy host: their slicing is then seen
 EXPLAIN_CLIENTS = 4
 
 
@@ -186,6 +193,87 @@ def expired_then_next(grpc_port: int, jpegs: list[bytes]) -> dict:
     client.predict_raw([jpegs[0]], label="stable")
     next_s = time.perf_counter() - start
     return {"expired_codes": {c: codes.count(c) for c in set(codes)}, "next_request_s": round(next_s, 3)}
+
+
+def _scrape(rest: int) -> dict[tuple[str, tuple], float]:
+    """The server's Prometheus samples: (name, sorted labels) -> value."""
+    import http.client
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", rest, timeout=30)
+    try:
+        conn.request("GET", "/monitoring/prometheus/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _settled(rest: int, seconds: float = 30.0) -> dict[tuple[str, tuple], float]:
+    """The server's samples once no model run has ended for a second (work of an earlier probe may still run)."""
+    key = ("leukoflow_serving_batch_size_count", ())
+    samples, limit = _scrape(rest), time.monotonic() + seconds
+    while time.monotonic() < limit:
+        time.sleep(1.0)
+        now = _scrape(rest)
+        if now.get(key) == samples.get(key):
+            return now
+        samples = now
+    return samples
+
+
+def large_expired_then_next(
+    grpc_port: int, rest: int, jpegs: list[bytes], slice_size: int, deadline_s: float = LARGE_DEADLINE_S
+) -> dict:
+    """16 requests of 256 images with a short deadline at once, then one one-image request: its latency, and the
+    work the server did for the expired ones (its counters, read before and after)."""
+    from serving.client import ServingClient
+
+    before = _settled(rest)
+    codes: list[str] = []
+    images = [jpegs[k % len(jpegs)] for k in range(LARGE_IMAGES)]
+
+    def expiring() -> None:
+        client = ServingClient(target=f"127.0.0.1:{grpc_port}", deadline_s=deadline_s, retries=0)
+        try:
+            client.predict_raw(images, label="stable")
+            codes.append("OK")
+        except Exception as exc:  # noqa: BLE001 - the code is what we count
+            codes.append(str(getattr(exc, "code", type(exc).__name__)))
+
+    threads = [threading.Thread(target=expiring) for _ in range(EXPIRED)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = ServingClient(target=f"127.0.0.1:{grpc_port}", deadline_s=60.0, retries=0)
+    start = time.perf_counter()
+    client.predict_raw([jpegs[0]], label="stable")
+    next_s = time.perf_counter() - start
+    after = _settled(rest)  # a request still in its last slice records its work when that slice ends
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    runs = delta("leukoflow_serving_batch_size_count")
+    return {
+        "deadline_s": deadline_s,
+        "expired_codes": {c: codes.count(c) for c in set(codes)},
+        "next_request_s": round(next_s, 3),
+        "slice_size": slice_size,
+        "requests_started": int(delta("leukoflow_serving_stopped_request_images_count", reason="deadline")),
+        "images_scored": int(delta("leukoflow_serving_stopped_request_images_sum", reason="deadline")),
+        "images_answered": int(delta("leukoflow_serving_images_total", model=MODEL, version="1")),
+        "slices_skipped": int(delta("leukoflow_serving_slices_skipped_total", reason="deadline")),
+        "model_runs": int(runs),
+        "images_run": int(delta("leukoflow_serving_batch_size_sum")),
+    }
 
 
 def predict_p50(grpc_port: int, jpegs: list[bytes], n: int = 60) -> float:
@@ -354,6 +442,10 @@ def main() -> None:
         try:
             results["big_body"] = big_body(proc, rest)
             results["deadline_unbatched"] = expired_then_next(grpc_port, jpegs)
+            results["large_unbatched"] = large_expired_then_next(grpc_port, rest, jpegs, DEFAULT_SLICE_SIZE)
+            results["large_unbatched_longer"] = large_expired_then_next(
+                grpc_port, rest, jpegs, DEFAULT_SLICE_SIZE, LONGER_DEADLINE_S
+            )
             results["explain"] = explain_pressure(grpc_port, rest, jpegs)
             results["slow_connections"] = slow_connections(rest, args.slow_connections)
             results["refused_reload"] = refused_reload(grpc_port, workdir / "models" / MODEL, jpegs)
@@ -367,6 +459,29 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write(results)
+
+
+def _large_rows(g: dict) -> list[tuple[str, str, str, bool]]:
+    one_slice = g["slice_size"] * g["requests_started"]
+    return [
+        (
+            f"next request after {EXPIRED} x {LARGE_IMAGES}-image requests expired at "
+            f"{g['deadline_s'] * 1000:.0f} ms (no batching)",
+            f"{g['next_request_s']:.3f} s",
+            "< 1 s",
+            g["next_request_s"] < 1.0,
+        ),
+        (
+            f"images scored for those expired requests; slices skipped ({g['deadline_s'] * 1000:.0f} ms)",
+            f"{g['images_scored']} in {g['requests_started']} started requests; {g['slices_skipped']} skipped",
+            f"<= one slice ({g['slice_size']}) per started request"
+            if g["deadline_s"] == LARGE_DEADLINE_S
+            else "none answered; started ones stop between slices",
+            g["images_scored"] <= one_slice
+            if g["deadline_s"] == LARGE_DEADLINE_S
+            else "OK" not in g["expired_codes"] and (g["requests_started"] == 0 or g["slices_skipped"] > 0),
+        ),
+    ]
 
 
 def _table(r: dict) -> list[tuple[str, str, str, bool]]:
@@ -396,6 +511,8 @@ def _table(r: dict) -> list[tuple[str, str, str, bool]]:
             "< 1 s",
             r["deadline_batched"]["next_request_s"] < 1.0,
         ),
+        *_large_rows(r["large_unbatched"]),
+        *_large_rows(r["large_unbatched_longer"]),
         (
             f"predict p50 idle -> under {EXPLAIN_CLIENTS} explain clients",
             f"{e['predict_p50_idle_ms']:.1f} -> {e['predict_p50_under_explain_ms']:.1f} ms (x{e['ratio']})",
@@ -421,6 +538,7 @@ def write(results: dict) -> None:
     from components.atomic_files import write_text
 
     rows = _table(results)
+    g, gl = results["large_unbatched"], results["large_unbatched_longer"]
     results["targets_met"] = all(ok for *_, ok in rows)
     lines = [
         "# Serving under abuse (benchmarks/abuse.py)",
@@ -435,6 +553,10 @@ def write(results: dict) -> None:
         "",
         f"Expired requests' codes: unbatched {results['deadline_unbatched']['expired_codes']}, "
         f"batched {results['deadline_batched']['expired_codes']}. "
+        f"{LARGE_IMAGES}-image requests at {g['deadline_s'] * 1000:.0f} ms: codes {g['expired_codes']}, "
+        f"{g['model_runs']} model runs of {g['images_run']} images (the next request's included); "
+        f"at {gl['deadline_s'] * 1000:.0f} ms: codes {gl['expired_codes']}, {gl['model_runs']} model runs of "
+        f"{gl['images_run']} images. "
         f"Explain answers under pressure: {results['explain']['explain_answers']}. "
         f"Refused reload: {results['refused_reload']['reload']}.",
         "",

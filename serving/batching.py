@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 EXPIRED = "Deadline exceeded while waiting in the batch queue; the request was not run"
+EXPIRED_STARTED = "Deadline exceeded while the request's batch ran"
 
 
 @dataclass(frozen=True)
@@ -204,9 +205,7 @@ class Batcher:
         if len(sizes) != 1 or -1 in sizes:
             return runner(inputs)  # not batchable (scalars or ragged first dims): run alone
         size = sizes.pop()
-        max_rows = self.params.max_batch_size
-        if size > max_rows:
-            raise invalid_argument(f"Task size {size} is larger than maximum input batch size {max_rows}")
+        self.check_size(size)
         deadline = time.monotonic() + timeout if timeout is not None else None
         task = _Task(inputs=inputs, size=size, runner=runner, deadline=deadline, alive=alive)
         with self._cond:
@@ -223,11 +222,18 @@ class Batcher:
             with self._cond:
                 task.abandoned = True  # a batch thread that has not taken it yet drops it
                 if not task.done.is_set():
-                    raise deadline_exceeded(EXPIRED)
+                    raise deadline_exceeded(EXPIRED_STARTED if task.taken else EXPIRED)
         if task.error is not None:
             raise task.error
         assert task.result is not None
         return task.result
+
+    def check_size(self, size: int) -> None:
+        """A request may hold at most max_batch_size rows, as in TF Serving (whether or not it is sliced)."""
+        if size > self.params.max_batch_size:
+            raise invalid_argument(
+                f"Task size {size} is larger than maximum input batch size {self.params.max_batch_size}"
+            )
 
     @staticmethod
     def _drop_gone(queue: _Queue, now: float) -> None:

@@ -70,6 +70,12 @@ def serve(
         help="Unbatched model runs at once (default: one per core, at least 2); "
         "a request whose deadline passes while it waits is not run.",
     ),
+    slice_size: Optional[int] = typer.Option(
+        None,
+        "--slice_size",
+        help="Images per model run of a large request; its deadline and its caller are checked before each "
+        "(default: the batch size that runs with --enable_batching, else 8).",
+    ),
     allow_version_labels_for_unavailable_models: bool = typer.Option(
         False,
         "--allow_version_labels_for_unavailable_models",
@@ -125,6 +131,7 @@ def serve(
         tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism,
         max_concurrent_runs=max_concurrent_runs,
+        slice_size=slice_size,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         request_log_images=request_log_images,
         limits=Limits(

@@ -75,6 +75,10 @@ def deadline_exceeded(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
 
 
+def cancelled(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.CANCELLED, message)
+
+
 def servable_not_found(name: str, version: int | None = None) -> ServingError:
     """NOT_FOUND with ServableRequest::DebugString, exactly as TF Serving's manager says it."""
     what = f"Specific({name}, {version})" if version is not None else f"Latest({name})"

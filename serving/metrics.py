@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
+STOP_REASONS = ("deadline", "cancelled")  # why a request stops between slices
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def load_monitoring_config(path: str | Path) -> MonitoringConfig:
 
 
 class Metrics:
-    """Requests, latency, errors by model/version/code, batch sizes and loaded versions."""
+    """Requests, latency, errors by model/version/code, batch sizes, work stopped by deadlines, loaded versions."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -66,11 +67,28 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "leukoflow_serving_batch_size",
-            "Rows per executed batch",
+            "Rows per model run: a batch, or a slice of an unbatched request",
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
         )
         self.images = Counter("leukoflow_serving_images", "Images scored", ["model", "version"], registry=self.registry)
+        self.slices_skipped = Counter(
+            "leukoflow_serving_slices_skipped",
+            "Slices of requests not run because the deadline passed or the caller cancelled, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.stopped_images = Histogram(
+            "leukoflow_serving_stopped_request_images",
+            "Images scored per request that then stopped between slices (deadline passed or caller cancelled): "
+            "work whose answer was never sent; _sum / _count is the work per started request",
+            ["reason"],
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        for reason in STOP_REASONS:  # both series exist from the start, at 0
+            self.slices_skipped.labels(reason)
+            self.stopped_images.labels(reason)
         self.log_dropped = Counter(
             "leukoflow_serving_request_log_dropped",
             "Request-log records dropped because the writer was behind",

@@ -18,8 +18,8 @@ import grpc
 import numpy as np
 
 from components.servable import Servable
-from serving.batching import Batcher, BatchingParameters, load_batching_parameters
-from serving.errors import deadline_exceeded, from_exception
+from serving.batching import EXPIRED_STARTED, Batcher, BatchingParameters, load_batching_parameters
+from serving.errors import ServingError, cancelled, deadline_exceeded, from_exception
 from serving.limits import Limits, check_batch, check_images, example_images, find_undecodable
 from serving.manager import ModelEntry, ModelManager, load_model_config
 from serving.metrics import Metrics, MonitoringConfig, load_monitoring_config
@@ -100,6 +100,7 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (the host's cores), as in TF Serving
     tensorflow_inter_op_parallelism: int = 0
     max_concurrent_runs: int | None = None  # unbatched model runs at once; None: default_concurrent_runs()
+    slice_size: int | None = None  # rows per model run of a large request; None: default_slice_size()
 
 
 def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
@@ -142,6 +143,12 @@ def apply_tensorflow_threads(intra_op: int, inter_op: int) -> dict[str, int]:
 
 DEFAULT_HANDLER_THREADS = 16
 MAX_AUTO_HANDLER_THREADS = 1024
+# Images one unbatched model run takes from a large request, as serving/batching.config's execution batch: a
+# started slice of the served MobileNetV2 holds the cores for a fraction of a second, so an expired request
+# stops soon and a request arriving behind it waits at most that long.
+DEFAULT_SLICE_SIZE = 8
+# The deadline is read a moment after gRPC computed it: a caller gone this close to it ran out of time.
+DEADLINE_SLACK_S = 0.01
 
 
 def default_concurrent_runs() -> int:
@@ -149,6 +156,26 @@ def default_concurrent_runs() -> int:
     import os
 
     return max(2, os.cpu_count() or 2)
+
+
+def default_slice_size(slice_size: int | None, batching: BatchingParameters | None) -> int:
+    """Rows per model run of a large request: the flag when given, else the batch size that runs (batching on),
+    else DEFAULT_SLICE_SIZE. A batched slice must fit the batching max_batch_size."""
+    if slice_size is None:
+        return batching.execution_batch_size if batching is not None else DEFAULT_SLICE_SIZE
+    if slice_size < 1:
+        raise ValueError(f"--slice_size must be >= 1, got {slice_size}")
+    if batching is not None and slice_size > batching.max_batch_size:
+        raise ValueError(
+            f"--slice_size={slice_size} is larger than the batching max_batch_size ({batching.max_batch_size})"
+        )
+    return slice_size
+
+
+def batch_rows(inputs: dict[str, np.ndarray]) -> int | None:
+    """The rows every input shares (its first dimension); None when one is a scalar or the first dims differ."""
+    sizes = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+    return sizes.pop() if len(sizes) == 1 and -1 not in sizes else None
 
 
 def handler_threads(given: int | None, batching: BatchingParameters | None) -> int:
@@ -197,6 +224,7 @@ class ServingCore:
         batcher: Batcher | None = None,
         request_logger: RequestSink | None = None,
         max_concurrent_runs: int | None = None,
+        slice_size: int | None = None,
     ) -> None:
         self.manager = manager
         self.limits = limits
@@ -207,6 +235,8 @@ class ServingCore:
         # Without batching, model runs wait for a slot: a request whose deadline passes while waiting is
         # never run (more runs at once than cores only slow every one of them down).
         self.run_slots = threading.BoundedSemaphore(max_concurrent_runs or default_concurrent_runs())
+        # A large request runs slice by slice; before each, its deadline and its caller are checked.
+        self.slice_size = default_slice_size(slice_size, batcher.params if batcher is not None else None)
 
     def set_deadline(self, seconds: float | None, alive: Any = None) -> None:
         """The current request's remaining seconds (a gRPC deadline; None: none) and `alive()` (caller still there)."""
@@ -215,18 +245,27 @@ class ServingCore:
         self.local.alive = alive
         self.local.version = None
 
-    def remaining(self) -> float | None:
-        """Seconds left before the current request's deadline; DEADLINE_EXCEEDED when none are, or the caller left."""
+    def stop_reason(self) -> str | None:
+        """Why the current request must not run on: "deadline" (passed), "cancelled" (the caller left), else None."""
         deadline = getattr(self.local, "deadline", None)
         alive = getattr(self.local, "alive", None)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return "deadline"
         if alive is not None and not alive():
-            raise deadline_exceeded("the caller has gone (deadline passed or cancelled); the request was not run")
-        if deadline is None:
-            return None
-        left = deadline - time.monotonic()
-        if left <= 0:
+            return "deadline" if left is not None and left <= DEADLINE_SLACK_S else "cancelled"
+        return None
+
+    def remaining(self) -> float | None:
+        """Seconds left before the current request's deadline; DEADLINE_EXCEEDED when none are, CANCELLED when the
+        caller left (gRPC cancelled, REST connection closed)."""
+        reason = self.stop_reason()
+        if reason == "cancelled":
+            raise cancelled("the caller cancelled the request; the rest of it was not run")
+        if reason == "deadline":
             raise deadline_exceeded("Deadline exceeded before the model ran; the request was not run")
-        return left
+        deadline = getattr(self.local, "deadline", None)
+        return None if deadline is None else deadline - time.monotonic()
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         return self.manager.resolve(name, version, label)
@@ -270,21 +309,7 @@ class ServingCore:
                         alias, np.array(example_images(list(arr.reshape(-1))), dtype=object)
                     )
         try:
-            if self.batcher is not None:
-                key = (
-                    id(servable),
-                    signature_name,
-                    tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(prepared.items())),
-                )
-                outputs = self.batcher.submit(
-                    key,
-                    prepared,
-                    lambda x: servable.run_prepared(signature_name, x),
-                    timeout=self.remaining(),
-                    alive=getattr(self.local, "alive", None),
-                )
-            else:
-                outputs = self._run_alone(servable, signature_name, prepared)
+            outputs = self._run_in_slices(servable, signature_name, prepared)
         except Exception as exc:
             if encoded and from_exception(exc).code == grpc.StatusCode.INVALID_ARGUMENT:
                 for alias, values in encoded.items():  # name the image the graph could not decode, if one
@@ -294,11 +319,76 @@ class ServingCore:
             n = next((v.shape[0] for v in prepared.values() if v.ndim), 1)
             if n:
                 self.metrics.images.labels(servable.name, str(servable.version)).inc(n)
-            if self.batcher is None:
-                self.metrics.batch_size.observe(max(1, next((v.shape[0] for v in prepared.values() if v.ndim), 1)))
         images = [v for values in (encoded or {}).values() for v in values]
         self._log(servable, signature_name, label, outputs, inputs, images, time.perf_counter() - start)
         return outputs
+
+    def _run_in_slices(
+        self, servable: Servable, signature_name: str, prepared: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Run slice_size rows at a time, in order; before each slice the deadline and the caller are checked.
+
+        An expired or cancelled request stops after at most the slice that was running: the rest are never
+        run (counted as skipped), and the images already scored for it are recorded as stopped work.
+        """
+        rows = batch_rows(prepared)
+        size = self.slice_size
+        if self.batcher is not None and rows is not None:
+            self.batcher.check_size(rows)  # refused whole, before any slice runs
+        if rows is None or rows <= size:
+            bounds = [(0, rows)]
+        else:
+            bounds = [(start, min(start + size, rows)) for start in range(0, rows, size)]
+        parts: list[dict[str, np.ndarray]] = []
+        scored = 0  # images of this request run so far
+        for i, (start, stop) in enumerate(bounds):
+            piece = prepared if len(bounds) == 1 else {k: v[start:stop] for k, v in prepared.items()}
+            piece_rows = stop - start if rows is not None else 1
+            try:
+                self.remaining()
+                parts.append(self._run_slice(servable, signature_name, piece))
+            except ServingError as exc:
+                if exc.code not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                    raise
+                reason = self.stop_reason() or "deadline"
+                ran = exc.message == EXPIRED_STARTED  # its batch had started when the caller stopped waiting
+                self._count_stop(reason, len(bounds) - i - int(ran), scored + (piece_rows if ran else 0))
+                if reason == "cancelled" and exc.code != grpc.StatusCode.CANCELLED:
+                    raise cancelled("the caller cancelled the request; the rest of it was not run") from None
+                raise
+            scored += piece_rows
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _count_stop(self, reason: str, skipped: int, scored: int) -> None:
+        if not self.metrics:
+            return
+        if skipped:
+            self.metrics.slices_skipped.labels(reason).inc(skipped)
+        if scored:
+            self.metrics.stopped_images.labels(reason).observe(scored)
+
+    def _run_slice(
+        self, servable: Servable, signature_name: str, piece: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        if self.batcher is None:
+            outputs = self._run_alone(servable, signature_name, piece)
+            if self.metrics:
+                self.metrics.batch_size.observe(max(1, batch_rows(piece) or 1))
+            return outputs
+        key = (
+            id(servable),
+            signature_name,
+            tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(piece.items())),
+        )
+        return self.batcher.submit(
+            key,
+            piece,
+            lambda x: servable.run_prepared(signature_name, x),
+            timeout=self.remaining(),
+            alive=getattr(self.local, "alive", None),
+        )
 
     def _run_alone(
         self, servable: Servable, signature_name: str, prepared: dict[str, np.ndarray]
@@ -380,6 +470,7 @@ class Server:
                 if opts.batching_parameters_file
                 else BatchingParameters()
             )
+        default_slice_size(opts.slice_size, params)  # a bad --slice_size is refused before any thread starts
         grpc_threads = handler_threads(opts.grpc_max_threads, params)
         rest_threads = handler_threads(opts.rest_api_num_threads, params)
         if params is not None:
@@ -399,7 +490,9 @@ class Server:
             allow_unavailable_labels=opts.allow_version_labels_for_unavailable_models,
         )
         manager.limits = opts.limits  # the page (serving.page.routes) reads the server's limits here
-        self.core = ServingCore(manager, opts.limits, metrics, batcher, request_logger, opts.max_concurrent_runs)
+        self.core = ServingCore(
+            manager, opts.limits, metrics, batcher, request_logger, opts.max_concurrent_runs, opts.slice_size
+        )
         try:
             manager.start()
             manager.start_polling(
