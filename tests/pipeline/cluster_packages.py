@@ -62,6 +62,7 @@ def cronjob_compile(cluster_env: Path, workdir: Path) -> Path:
         for inside, here in mapping.items():
             if arg == inside or arg.startswith(inside + "/"):
                 arg = here + arg[len(inside) :]
+                break
         command.append(arg)
     assert command[0] == "leukoflow", shlex.join(command)
     proc = subprocess.run([*CLI, *command[1:]], capture_output=True, text=True, env=_env(), timeout=300)
