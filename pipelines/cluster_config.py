@@ -27,6 +27,9 @@ CASES_MOUNT = "/cases"
 MODEL_STORE_MOUNT = "/models"
 # The Secret keys a DVC remote's credentials are read from (S3 or any S3-compatible store).
 DVC_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# What each training task asks for, one of it (the `full` profile trains 224-px networks end to end).
+DEFAULT_TRAIN_ACCELERATOR = "nvidia.com/gpu"
+NO_ACCELERATOR = "none"
 
 _DNS_1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _IMAGE = re.compile(r"^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$")
@@ -49,6 +52,7 @@ class ClusterConfig:
     cases_pvc: str = ""
     dvc_remote: str = ""
     dvc_secret: str = ""
+    train_accelerator: str = DEFAULT_TRAIN_ACCELERATOR  # a resource name, or "none" for CPU-only training
     source: str = ""
 
 
@@ -62,6 +66,7 @@ FIELDS: dict[str, tuple[str, bool]] = {
     "LEUKOFLOW_CASES_PVC": ("cases_pvc", False),
     "LEUKOFLOW_DVC_REMOTE": ("dvc_remote", False),
     "LEUKOFLOW_DVC_SECRET": ("dvc_secret", False),
+    "LEUKOFLOW_TRAIN_ACCELERATOR": ("train_accelerator", False),
 }
 
 
@@ -109,6 +114,11 @@ def _check(key: str, value: str, source: str) -> None:
             raise bad(
                 f"must be a folder on the data volume, under {DATA_MOUNT}/ (e.g. {DATA_MOUNT}/external/chula-rbc-12)"
             )
+    elif key == "LEUKOFLOW_TRAIN_ACCELERATOR":
+        if value != NO_ACCELERATOR and not re.match(
+            r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", value
+        ):
+            raise bad(f"an extended resource name such as nvidia.com/gpu or amd.com/gpu, or {NO_ACCELERATOR!r}")
     elif key == "LEUKOFLOW_DVC_REMOTE":
         if not re.match(r"^[a-z][a-z0-9+.-]*://\S+$", value):
             raise bad("not a DVC remote URL, e.g. s3://bucket/leukoflow-cases")

@@ -25,7 +25,7 @@ PIPELINE_NAME = "leukoflow"
 
 # Kubernetes resources of one training task; locally they are ignored.
 TRAIN_CPU, TRAIN_MEMORY = "4", "16G"
-TRAIN_ACCELERATOR = "nvidia.com/gpu"
+TRAIN_ACCELERATOR = cluster_config.DEFAULT_TRAIN_ACCELERATOR
 DATA_CPU, DATA_MEMORY = "2", "4G"
 
 
@@ -57,6 +57,12 @@ class Declarations:
             task.set_env_variable("LEUKOFLOW_DVC_REMOTE", self.cluster.dvc_remote)
             keys = {key: key for key in cluster_config.DVC_SECRET_KEYS}
             kubernetes.use_secret_as_env(task, secret_name=self.cluster.dvc_secret, secret_key_to_env=keys)
+
+    def train(self, task) -> None:
+        """One accelerator of the configured kind (nvidia.com/gpu without a config); none when it says "none"."""
+        accelerator = self.cluster.train_accelerator if self.cluster else TRAIN_ACCELERATOR
+        if accelerator != cluster_config.NO_ACCELERATOR:
+            task.set_accelerator_type(accelerator).set_accelerator_limit(1)
 
     def evaluate(self, task) -> None:
         if not self.cluster:
@@ -109,7 +115,7 @@ def _steps(
             split=split.outputs["split"], model_name=model_name, profile=profile, weights=weights, seed=seed
         )
         train.set_cpu_request(TRAIN_CPU).set_memory_request(TRAIN_MEMORY)
-        train.set_accelerator_type(TRAIN_ACCELERATOR).set_accelerator_limit(1)
+        declare.train(train)
         train.set_retry(num_retries=2, backoff_duration="60s")
         evaluate = evaluate_op(
             split=split.outputs["split"], trained=train.outputs["trained"], external_dir=external_ood_dir

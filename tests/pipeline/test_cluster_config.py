@@ -55,6 +55,7 @@ def test_the_example_names_every_field_and_parses():
         ({"LEUKOFLOW_EXTERNAL_OOD_DIR": "/data/../etc"}, "LEUKOFLOW_EXTERNAL_OOD_DIR"),
         ({"LEUKOFLOW_IMAGE": "not an image"}, "LEUKOFLOW_IMAGE='not an image'"),
         ({"LEUKOFLOW_DATA_PVCS": "x"}, "unknown field(s) LEUKOFLOW_DATA_PVCS"),
+        ({"LEUKOFLOW_TRAIN_ACCELERATOR": "gpu"}, "LEUKOFLOW_TRAIN_ACCELERATOR='gpu': an extended resource name"),
         ({"LEUKOFLOW_DVC_REMOTE": "s3://bucket/cases"}, "LEUKOFLOW_DVC_REMOTE and LEUKOFLOW_DVC_SECRET go together"),
         (
             {"LEUKOFLOW_CASES_PVC": "cases", "LEUKOFLOW_DVC_REMOTE": "s3://b/c", "LEUKOFLOW_DVC_SECRET": "dvc"},
@@ -237,3 +238,17 @@ def test_schedule_takes_a_config_or_a_package(tmp_path):
         ],
     )
     assert bad.exit_code == 1 and "LEUKOFLOW_IMAGE is missing" in bad.output
+
+
+def test_training_asks_for_the_configured_accelerator_or_none(tmp_path):
+    def train_resources(**changes) -> dict:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        package = cluster_packages.compile_package(_write(folder, **changes), folder / "p.yaml")
+        spec, _ = _declarations(package)
+        return spec["deploymentSpec"]["executors"]["exec-train-op"]["container"]["resources"]
+
+    accelerator = train_resources()["accelerator"]
+    assert accelerator["resourceType"] == "nvidia.com/gpu" and accelerator["resourceCount"] == "1"
+    assert train_resources(LEUKOFLOW_TRAIN_ACCELERATOR="amd.com/gpu")["accelerator"]["resourceType"] == "amd.com/gpu"
+    assert "accelerator" not in train_resources(LEUKOFLOW_TRAIN_ACCELERATOR="none")
