@@ -104,6 +104,8 @@ def _steps(
     split = split_op(kept=dedup.outputs["kept"], preprocessed=preprocess.outputs["shards"], seed=seed)
     for task in (validate, dedup, preprocess, split):
         task.set_cpu_request(DATA_CPU).set_memory_request(DATA_MEMORY)
+    # A cache key sees `data_dir`, not what the volume holds: a cached validate would train on the old data.
+    validate.set_caching_options(False)
     declare.validate(validate)
     for task in (dedup, preprocess):
         declare.data_step(task)

@@ -148,6 +148,7 @@ class RunResult:
     succeeded: bool
     tasks: list[TaskRun]
     error: str | None = None
+    run_dir: Path | None = None  # this run's folder in the artifact store: <task>/<output artifact>
 
     def failed(self) -> list[TaskRun]:
         return [t for t in self.tasks if t.returncode != 0]
@@ -246,19 +247,10 @@ def _sandboxed_tasks(platform: dict, cluster: Cluster, image_source: Path, artif
         subprocess_task_handler.SubprocessTaskHandler = original_handler
 
 
-def run_package(package: Path, arguments: dict, cluster: Cluster, work: Path) -> RunResult:
-    """Run every task of the compiled `package` with `arguments`; `work` holds the artifact store and the cache.
-
-    KFP's default caching is on (as on a cluster): a task whose spec and inputs match an earlier successful
-    run in the same `work` reuses its outputs; the promote step opts out.
-    """
-    from google.protobuf import json_format
+def _init_local(work: Path) -> tuple[Path, Path]:
+    """kfp.local with the artifact store and cache under `work`; returns (artifact store, image source)."""
     from kfp import local
-    from kfp.local import pipeline_orchestrator
-    from kfp.pipeline_spec import pipeline_spec_pb2
 
-    spec, platform = read_package(package)
-    pipeline_spec = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
     artifacts = (work / "artifact-store").resolve()
     artifacts.mkdir(parents=True, exist_ok=True)
     image_source = work / "image"
@@ -268,16 +260,69 @@ def run_package(package: Path, arguments: dict, cluster: Cluster, work: Path) ->
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(artifacts),
         raise_on_error=True,
-        enable_caching=True,
+        enable_caching=True,  # KFP's default; tasks that opt out (validate, promote) always run
         cache_root=str(work / "cache"),
     )
+    return artifacts, image_source
+
+
+def _parse_spec(spec: dict):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    return json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+
+
+def run_package(package: Path, arguments: dict, cluster: Cluster, work: Path) -> RunResult:
+    """Run every task of the compiled `package` with `arguments`; `work` holds the artifact store and the cache."""
+    from kfp.local import pipeline_orchestrator
+
+    spec, platform = read_package(package)
+    artifacts, image_source = _init_local(work)
+    before = set(artifacts.iterdir())
     runs: list[TaskRun] = []
     with _sandboxed_tasks(platform, cluster, image_source, artifacts, runs):
         try:
-            pipeline_orchestrator.run_local_pipeline(pipeline_spec=pipeline_spec, arguments=arguments)
+            pipeline_orchestrator.run_local_pipeline(pipeline_spec=_parse_spec(spec), arguments=arguments)
+            error = None
         except Exception as exc:  # the orchestrator raises when a task fails; the tasks' logs say why
-            return RunResult(False, runs, f"{type(exc).__name__}: {exc}")
-    return RunResult(True, runs)
+            error = f"{type(exc).__name__}: {exc}"
+    created = sorted(set(artifacts.iterdir()) - before)
+    return RunResult(error is None, runs, error, created[-1] if created else None)
+
+
+def run_task(package: Path, task: str, arguments: dict, cluster: Cluster, work: Path) -> RunResult:
+    """Run one task of the compiled `package` (as KFP retries a task), its inputs given as `arguments`."""
+    from kfp import local
+    from kfp.local import executor_input_utils, placeholder_utils, status, task_dispatcher, utils
+
+    spec, platform = read_package(package)
+    pipeline_spec = _parse_spec(spec)
+    dags = [pipeline_spec.root.dag] + [c.dag for c in pipeline_spec.components.values() if c.HasField("dag")]
+    task_spec = next(d.tasks[task] for d in dags if task in d.tasks)
+    component_spec = pipeline_spec.components[task_spec.component_ref.name]
+    executor_spec = utils.struct_to_executor_spec(
+        pipeline_spec.deployment_spec["executors"][component_spec.executor_label]
+    )
+    artifacts, image_source = _init_local(work)
+    runs: list[TaskRun] = []
+    with _sandboxed_tasks(platform, cluster, image_source, artifacts, runs):
+        _, outcome = task_dispatcher.run_single_task_implementation(
+            pipeline_resource_name=executor_input_utils.get_local_pipeline_resource_name(
+                pipeline_spec.pipeline_info.name
+            ),
+            component_name=task_spec.component_ref.name,
+            component_spec=component_spec,
+            executor_spec=executor_spec,
+            arguments=arguments,
+            pipeline_root=str(artifacts),
+            runner=local.SubprocessRunner(use_venv=False),
+            raise_on_error=False,
+            block_input_artifact=False,
+            unique_pipeline_id=placeholder_utils.make_random_id(),
+        )
+    succeeded = outcome == status.Status.SUCCESS
+    return RunResult(succeeded, runs, None if succeeded else f"task {task} failed")
 
 
 def start_in_sandbox(argv: list[str], binds: dict[str, Path], work: Path, env: dict[str, str] | None = None):

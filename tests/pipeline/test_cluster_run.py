@@ -10,6 +10,7 @@ that server; a run whose package lacks the promote step's model-store mount must
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,13 +25,14 @@ from fixtures.synthetic import make_synthetic_dataset
 from PIL import Image
 
 from pipeline import cluster_packages
-from pipeline.ir_runner import Cluster, read_package, run_package, start_in_sandbox
+from pipeline.ir_runner import Cluster, read_package, run_package, run_task, start_in_sandbox
 from pipelines import cluster_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 DATA_PVC, STORE_PVC = "leukoflow-data", "leukemia-model-store"
 SMOKE = {"profile": "smoke", "models": ["cnn"]}  # run parameters, as a run's submitter sets them
+REPORT = "/var/lib/leukoflow/reports/drift/20261207T0307/report.json"
 
 
 def _free_port() -> int:
@@ -171,34 +173,6 @@ def check_promoted(cluster: dict, package: Path, before: set[int]) -> int:
     return version
 
 
-@pytest.fixture(scope="module")
-def compiled_run(cluster):
-    """The compiled package, run by the IR runner with the smoke parameters."""
-    started = time.monotonic()
-    result = run_package(cluster["package"], SMOKE, cluster["cluster"], cluster["work"])
-    assert result.succeeded, result.explain()
-    return {
-        "result": result,
-        "version": check_promoted(cluster, cluster["package"], set()),
-        "wall_s": time.monotonic() - started,
-    }
-
-
-def test_every_task_ran_in_its_own_sandboxed_process(compiled_run):
-    executors = [t.executor for t in compiled_run["result"].tasks]
-    for name in ("validate", "dedup", "preprocess", "split", "reference", "train", "evaluate", "gate", "promote"):
-        assert f"exec-{name}-op" in executors, executors
-    assert len(executors) == len(set(executors))  # one model: each task once
-    print(f"IR run: {len(executors)} tasks in {compiled_run['wall_s']:.0f} s")
-
-
-def test_the_compiled_run_registered_and_stored_version_1(compiled_run, cluster):
-    assert compiled_run["version"] == 1
-    tags = registered_versions(cluster["tracking_uri"])[1]
-    assert tags["status"] == "promoted" and tags["model_path"] == "/models/leukemia/1"
-    assert tags["pipeline_run_id"] not in ("", "manual")
-
-
 class FakeKfpClient:
     """kfp.Client as the trigger uses it: hands the submitted package to the IR runner."""
 
@@ -210,8 +184,16 @@ class FakeKfpClient:
 
     def create_run_from_pipeline_package(self, pipeline_file, arguments, run_name, experiment_name, namespace=None):
         package = Path(pipeline_file)
+        started = time.monotonic()
         result = run_package(package, arguments, self.cluster["cluster"], self.cluster["work"])
-        FakeKfpClient.submitted.append({"package": package.read_bytes(), "arguments": arguments, "result": result})
+        FakeKfpClient.submitted.append(
+            {
+                "package": package.read_bytes(),
+                "arguments": arguments,
+                "result": result,
+                "wall_s": time.monotonic() - started,
+            }
+        )
 
         class Run:
             run_id = f"fake-{len(FakeKfpClient.submitted)}"
@@ -220,7 +202,7 @@ class FakeKfpClient:
 
 
 @pytest.fixture(scope="module")
-def triggered_run(compiled_run, cluster, tmp_path_factory):
+def triggered_run(cluster, tmp_path_factory):
     """A drift verdict: the trigger submits the package the CronJob compiles, which the IR runner executes."""
     import kfp
 
@@ -228,15 +210,10 @@ def triggered_run(compiled_run, cluster, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("cronjob")
     package = cluster_packages.drift_trigger_package(cluster["config_file"], work / "work")
-    before = set(registered_versions(cluster["tracking_uri"]))
     FakeKfpClient.cluster, FakeKfpClient.submitted = cluster, []
     saved, kfp.Client = kfp.Client, FakeKfpClient
     try:
-        verdict = {
-            "status": "drift",
-            "reference": "version 1",
-            "report_json": "/var/lib/leukoflow/reports/drift/r.json",
-        }
+        verdict = {"status": "drift", "reference": "version 0", "report_json": REPORT}
         config = trigger.TriggerConfig(
             host="http://ml-pipeline.kubeflow.svc.cluster.local:8888",
             package=str(package),
@@ -249,18 +226,25 @@ def triggered_run(compiled_run, cluster, tmp_path_factory):
     assert outcome["triggered"], outcome
     (submission,) = FakeKfpClient.submitted
     assert submission["result"].succeeded, submission["result"].explain()
-    return {"submission": submission, "version": check_promoted(cluster, package, before), "package": package}
+    return {"submission": submission, "version": check_promoted(cluster, package, set()), "package": package}
+
+
+def test_every_task_ran_in_its_own_sandboxed_process(triggered_run):
+    executors = [t.executor for t in triggered_run["submission"]["result"].tasks]
+    for name in ("validate", "dedup", "preprocess", "split", "reference", "train", "evaluate", "gate", "promote"):
+        assert f"exec-{name}-op" in executors, executors
+    assert len(executors) == len(set(executors))  # one model: each task once
+    print(f"IR run: {len(executors)} tasks in {triggered_run['submission']['wall_s']:.0f} s")
 
 
 def test_a_drift_verdict_runs_the_compiled_package_and_promotes(triggered_run, cluster):
     submission = triggered_run["submission"]
-    assert submission["package"] == cluster["package"].read_bytes()  # the CronJob's package is compile's
-    assert submission["arguments"]["drift_report"] == "/var/lib/leukoflow/reports/drift/r.json"
-    version = triggered_run["version"]
-    assert version == 2
-    assert (
-        registered_versions(cluster["tracking_uri"])[version]["drift_report"] == submission["arguments"]["drift_report"]
-    )
+    assert submission["package"] == cluster["package"].read_bytes(), "the CronJob's package is not compile's"
+    assert submission["arguments"] == {**SMOKE, "drift_report": REPORT}
+    assert triggered_run["version"] == 1
+    tags = registered_versions(cluster["tracking_uri"])[1]
+    assert tags["status"] == "promoted" and tags["model_path"] == "/models/leukemia/1"
+    assert tags["drift_report"] == REPORT and tags["pipeline_run_id"] not in ("", "manual")
 
 
 def test_tf_serving_layout_in_the_store_is_served(triggered_run, cluster):
@@ -268,24 +252,9 @@ def test_tf_serving_layout_in_the_store_is_served(triggered_run, cluster):
     from serving.client import ServingClient
 
     port = _free_port()
-    server, root = start_in_sandbox(
-        [
-            "python3",
-            "-m",
-            "pipelines.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--rest_api_port",
-            "-1",
-            "--model_config_file",
-            "/models/models.config",
-            "--request_log_dir",
-            "none",
-        ],
-        {"/models": cluster["store"]},
-        cluster["work"],
-    )
+    argv = ["python3", "-m", "pipelines.cli", "serve", "--port", str(port), "--rest_api_port", "-1"]
+    argv += ["--model_config_file", "/models/models.config", "--request_log_dir", "none"]
+    server, root = start_in_sandbox(argv, {"/models": cluster["store"]}, cluster["work"])
     image = next((cluster["data"] / "Pro").glob("*.jpg")).read_bytes()
     try:
         deadline, answer, error = time.monotonic() + 120, None, None
@@ -296,9 +265,8 @@ def test_tf_serving_layout_in_the_store_is_served(triggered_run, cluster):
                 except Exception as exc:  # not up yet
                     error = exc
                     time.sleep(1)
-        assert answer is not None, (
-            f"no answer from the served store: {error}\n{'' if server.poll() is None else server.stdout.read()[-3000:]}"
-        )
+        output = "" if server.poll() is None else server.stdout.read()[-3000:]
+        assert answer is not None, f"no answer from the served store: {error}\n{output}"
         assert answer[0].model_version == triggered_run["version"]
         assert abs(sum(answer[0].confidences.values()) - 1.0) < 1e-3
     finally:
@@ -307,20 +275,36 @@ def test_tf_serving_layout_in_the_store_is_served(triggered_run, cluster):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_without_the_model_store_mount_the_run_fails_the_check(triggered_run, cluster, tmp_path):
-    """One declaration removed from the spec (the promote step's model-store mount): the same check fails, saying why."""
-    documents = list(yaml.safe_load_all(cluster["package"].read_text()))
+def _promote_inputs(run_dir: Path) -> dict:
+    """The promote task's inputs from a finished run's artifact store, as KFP hands them to a retried task."""
+    from kfp import dsl
+
+    return {
+        "gate": dsl.Artifact(name="gate", uri=str(run_dir / "gate-op" / "gate"), metadata={}),
+        "reference": dsl.Dataset(name="reference", uri=str(run_dir / "reference-op" / "reference"), metadata={}),
+        "pipeline_run_id": "retried-promote",
+    }
+
+
+def test_without_the_model_store_mount_the_same_check_fails(triggered_run, cluster, tmp_path):
+    """Remove one declaration (the promote task's model-store mount): the check fails and says which."""
+    inputs = _promote_inputs(triggered_run["submission"]["result"].run_dir)
+    package = triggered_run["package"]
+
+    before = set(registered_versions(cluster["tracking_uri"]))  # the task as compiled passes the check
+    result = run_task(package, "promote-op", inputs, cluster["cluster"], cluster["work"])
+    assert result.succeeded, result.explain()
+    assert check_promoted(cluster, package, before) == max(before) + 1
+
+    documents = list(yaml.safe_load_all(package.read_text()))
     del documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-promote-op"]["pvcMount"]
     stripped = tmp_path / "pipeline.yaml"
     stripped.write_text(yaml.safe_dump_all(documents, sort_keys=True))
     before = set(registered_versions(cluster["tracking_uri"]))
-    result = run_package(stripped, SMOKE, cluster["cluster"], cluster["work"])  # upstream tasks: cache hits
-    assert [t.executor for t in result.tasks] == ["exec-promote-op"], "only the changed, uncached task reruns"
+    result = run_task(stripped, "promote-op", inputs, cluster["cluster"], cluster["work"])
     with pytest.raises(AssertionError, match="model-store folder holds .* Does the promote task mount the model-store"):
         if not result.succeeded:
             raise AssertionError(result.explain())
