@@ -59,7 +59,7 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
 
@@ -305,7 +305,10 @@ def test_without_the_model_store_mount_the_same_check_fails(triggered_run, clust
     stripped.write_text(yaml.safe_dump_all(documents, sort_keys=True))
     before = set(registered_versions(cluster["tracking_uri"]))
     result = run_task(stripped, "promote-op", inputs, cluster["cluster"], cluster["work"])
-    with pytest.raises(AssertionError, match="model-store folder holds .* Does the promote task mount the model-store"):
+    with pytest.raises(
+        AssertionError, match="model-store folder holds .* Does the promote task mount the model-store"
+    ) as err:
         if not result.succeeded:
             raise AssertionError(result.explain())
         check_promoted(cluster, stripped, before)
+    print(f"without the mount: {str(err.value).splitlines()[0]}")
