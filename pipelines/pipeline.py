@@ -30,11 +30,12 @@ DATA_CPU, DATA_MEMORY = "2", "4G"
 
 
 class Declarations:
-    """What each task needs from the cluster, declared in the IR through kfp-kubernetes; nothing without a config.
+    """What each task needs from the cluster, declared in the IR through kfp-kubernetes and container env.
 
     Each task gets only its own: the data steps the data (and cases) volume, evaluate the data volume (the
     external smears), the gate the tracking server (it reads the champion), promote the tracking server
-    and the model-store volume, with models.config on that volume. Local runs (no config) declare nothing.
+    and the model-store volume, with models.config on that volume. Without a config (local runs) no volume
+    or env is declared; training still asks for one nvidia.com/gpu.
     """
 
     def __init__(self, cluster: ClusterConfig | None = None):
