@@ -26,13 +26,16 @@ def pipeline_root() -> Path:
 
 
 def model_base() -> Path:
-    """TF Serving's model base directory: `<model_base>/leukemia/<version>/`."""
-    return home() / "models"
+    """TF Serving's model base directory: `<model_base>/leukemia/<version>/` (`LEUKOFLOW_MODEL_BASE` overrides).
+
+    On a cluster the promote step sets it to the model-store volume's mount, the path TF Serving mounts it at.
+    """
+    return Path(os.environ.get("LEUKOFLOW_MODEL_BASE") or home() / "models")
 
 
 def models_config_path() -> Path:
-    """The `models.config` (ModelServerConfig text proto) the server reads."""
-    return home() / "serving" / "models.config"
+    """The `models.config` (ModelServerConfig text proto) the server reads (`LEUKOFLOW_MODELS_CONFIG` overrides)."""
+    return Path(os.environ.get("LEUKOFLOW_MODELS_CONFIG") or home() / "serving" / "models.config")
 
 
 def registry_uri() -> str:

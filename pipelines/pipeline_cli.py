@@ -22,19 +22,40 @@ def _parse_weights(values: list[str]) -> dict[str, str]:
     return weights
 
 
+CLUSTER_CONFIG_HELP = (
+    "The cluster config (KEY=VALUE file: image, volumes, MLflow URI, external smears; "
+    "example infra/k8s/cluster/cluster.env, docs/kubeflow.md)."
+)
+
+
+def _cluster(path: Path, as_json: bool):
+    from pipelines.cluster_config import ClusterConfigError, load
+
+    try:
+        return load(path)
+    except ClusterConfigError as exc:
+        fail(str(exc), as_json)
+
+
 @app.command()
 def compile(
     output: Path = typer.Option(
         None, "--output", "-o", help="Where to write the KFP IR YAML (default: $LEUKOFLOW_HOME/pipeline.yaml)."
     ),
-    data_pvc: str = typer.Option("", help="Mount this PersistentVolumeClaim at /data in the data steps (cluster)."),
+    cluster_config: Path = typer.Option(None, "--cluster-config", help=CLUSTER_CONFIG_HELP + " Default: that example."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Compile the pipeline to KFP IR YAML for a cluster."""
+    """Compile the pipeline to KFP IR YAML for the cluster the cluster config describes."""
+    from pipelines.cluster_config import DEFAULT_PATH
     from pipelines.pipeline import compile_pipeline
 
-    path = compile_pipeline(output or home.home() / "pipeline.yaml", data_pvc=data_pvc or None)
-    emit({"output": str(path)}, as_json, lambda r: f"wrote {home.display(r['output'])}")
+    config_path = cluster_config or DEFAULT_PATH
+    path = compile_pipeline(output or home.home() / "pipeline.yaml", _cluster(config_path, as_json))
+    emit(
+        {"output": str(path), "cluster_config": str(config_path)},
+        as_json,
+        lambda r: f"wrote {home.display(r['output'])} for {home.display(r['cluster_config'])}",
+    )
 
 
 @app.command()
@@ -128,16 +149,30 @@ def schedule(
     cron: str = typer.Option(..., help="KFP cron expression with seconds, e.g. '0 0 3 * * *' (daily 03:00)."),
     experiment: str = typer.Option("leukoflow", help="Experiment name; created if missing."),
     host: str = typer.Option(None, envvar="KFP_HOST", help="KFP API endpoint; default from the in-cluster config."),
-    package: Path = typer.Option(None, help="Compiled pipeline YAML; compiled now when not given."),
+    cluster_config: Path = typer.Option(None, "--cluster-config", help=CLUSTER_CONFIG_HELP),
+    package: Path = typer.Option(
+        None, help="A compiled pipeline YAML to submit as it is, instead of compiling from --cluster-config."
+    ),
     job_name: str = typer.Option("leukoflow-retrain", help="Name of the recurring run."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Create a KFP recurring run of the pipeline."""
+    """Create a KFP recurring run of the pipeline, compiled from the cluster config (the same bytes as `compile`)."""
+    import tempfile
+
     from monitoring.schedule import create_schedule
     from pipelines.pipeline import compile_pipeline
 
-    package_path = package or compile_pipeline(home.home() / "pipeline.yaml")
-    result = create_schedule(
-        cron=cron, experiment=experiment, package_path=str(package_path), host=host, job_name=job_name
-    )
+    if (package is None) == (cluster_config is None):
+        fail("give exactly one of --cluster-config (compile now) or --package (a compiled YAML)", as_json)
+    with tempfile.TemporaryDirectory() as tmp:  # never overwrites the package `compile` wrote
+        package_path = package or compile_pipeline(Path(tmp) / "pipeline.yaml", _cluster(cluster_config, as_json))
+        try:
+            result = create_schedule(
+                cron=cron, experiment=experiment, package_path=str(package_path), host=host, job_name=job_name
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            fail(str(exc), as_json)
+    if cluster_config is not None:
+        result["package"] = None
+        result["cluster_config"] = str(cluster_config)
     emit(result, as_json)

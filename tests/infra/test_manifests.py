@@ -89,7 +89,15 @@ def test_flags_point_at_the_mounted_configs(serving):
     assert volumes[config_volume]["configMap"]["name"] == serving["ConfigMap"]["metadata"]["name"]
     assert "subPath" not in next(m for m in container["volumeMounts"] if m["name"] == config_volume)
     config_dir = mounts[config_volume]
-    assert flags["model_config_file"] == f"{config_dir}/models.config"
+    # models.config is read from the model store (the promote step rewrites it there), seeded from the ConfigMap.
+    assert flags["model_config_file"] == f"{mounts['model-store']}/models.config"
+    (seed,) = serving["Deployment"]["spec"]["template"]["spec"]["initContainers"]
+    seed_mounts = {m["name"]: m["mountPath"] for m in seed["volumeMounts"]}
+    assert (
+        f"cp {seed_mounts[config_volume]}/models.config {seed_mounts['model-store']}/models.config"
+        in seed["command"][-1]
+    )
+    assert seed_mounts["model-store"] == mounts["model-store"]
     assert flags["batching_parameters_file"] == f"{config_dir}/batching.config"
     assert flags["monitoring_config_file"] == f"{config_dir}/monitoring.config"
     assert flags["enable_batching"] == "true"

@@ -17,7 +17,7 @@ def _compile(tmp_path, *args) -> dict:
         text=True,
         check=True,
     )
-    assert json.loads(proc.stdout) == {"output": str(out)}
+    assert json.loads(proc.stdout)["output"] == str(out)
     return next(yaml.safe_load_all(out.read_text()))
 
 
@@ -76,26 +76,13 @@ def test_training_task_requests_a_gpu_and_retries(tmp_path):
     assert train_task["retryPolicy"]["maxRetryCount"] == 2
 
 
-def test_every_component_uses_the_project_image(tmp_path):
-    from components import settings
+def test_every_component_uses_the_cluster_configs_image(tmp_path):
+    from pipelines.cluster_config import DEFAULT_PATH, load
 
     spec = _compile(tmp_path)
     images = {v["container"]["image"] for v in spec["deploymentSpec"]["executors"].values()}
-    assert images == {settings.COMPONENT_IMAGE}
+    assert images == {load(DEFAULT_PATH).image}
     for executor in spec["deploymentSpec"]["executors"].values():
         assert "pip install" not in " ".join(executor["container"].get("command", [])), (
             "components must not pip install kfp"
         )
-
-
-def test_data_pvc_is_mounted_in_the_data_steps(tmp_path):
-    spec = _compile(tmp_path, "--data-pvc", "leukemia-data")
-    platform = yaml.safe_load_all((tmp_path / "pipeline.yaml").read_text())
-    docs = list(platform)
-    assert len(docs) == 2, "the kubernetes platform spec is the second YAML document"
-    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    mounted = {
-        name for name, cfg in executors.items() if any(p.get("mountPath") == "/data" for p in cfg.get("pvcMount", []))
-    }
-    assert {"exec-validate-op", "exec-dedup-op", "exec-preprocess-op"} <= mounted
-    assert spec["root"]["inputDefinitions"]["parameters"]["data_dir"]["defaultValue"] == "/data"
