@@ -148,3 +148,52 @@ def commit(
             f"{r['dvc_file']}); commit that file to git to record the version"
         ),
     )
+
+
+def _human_queue(result: dict) -> str:
+    lines = [f"{result['referred_waiting']} referred image(s) waiting for review (kept in {result['kept_dir']})"]
+    for r in result["referred"]:
+        answer = "/".join(r["prediction_set"] or []) or "no class"
+        lines.append(
+            f"  {r['priority']:.2f}  request {r['request_id']}  ood {r['ood_score']}  set {answer}  {r['path']}"
+        )
+    if result["oof_logits"]:
+        lines.append(f"{len(result['suspect_labels'])} training image(s) whose label looks wrong:")
+        for r in result["suspect_labels"]:
+            lines.append(
+                f"  {r['path']}: labelled {r['label']}, read as {r['read_as']} "
+                f"(flagged by {r['flagged_by']}/{r['recipes']} recipes, self-confidence {r['self_confidence']:.3f})"
+            )
+    else:
+        lines.append(
+            "training labels not checked: give --oof-logits (benchmarks/recipe_cv.py --logits DIR writes them)"
+        )
+    lines.append("label one: leukoflow cases add --request-id ID --label L [--site S] [--reviewer R]")
+    return "\n".join(lines)
+
+
+@app.command("queue")
+def queue(
+    kept_dir: Optional[Path] = typer.Option(
+        None, "--kept-dir", help="The server's --keep_referred_images folder (default: $LEUKOFLOW_HOME/referred)."
+    ),
+    cases_dir: Optional[Path] = typer.Option(None, "--cases-dir", help=CASES_DIR_HELP),
+    oof_logits: list[Path] = typer.Option(
+        [],
+        "--oof-logits",
+        help="Out-of-fold logits (.npz) from benchmarks/recipe_cv.py --logits; repeat for several recipes.",
+    ),
+    views: Optional[int] = typer.Option(None, "--views", help="Which view count's logits (default: the most)."),
+    limit: int = typer.Option(50, "--limit", min=1, help="Rows per list."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """What to label first: kept referrals (most out of distribution, most ambiguous) and suspect training labels."""
+    from components.cases.referred import default_kept_dir
+    from components.cases.review_queue import review_queue
+
+    try:
+        result = review_queue(kept_dir or default_kept_dir(), _cases_dir(cases_dir), oof_logits, views, limit)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc), as_json)
+        return
+    emit(result, as_json, _human_queue)
