@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +33,26 @@ def case_folder(root: Path, images: dict[str, list[bytes]], extra: dict[str, byt
     for rel, blob in (extra or {}).items():
         _write(root / rel, blob)
     return root
+
+
+DVC_ENV = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+
+@pytest.fixture
+def dvc_repo(tmp_path) -> tuple[Path, Path]:
+    """A git + DVC repository whose default remote is a local folder."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    repo, remote = tmp_path / "repo", tmp_path / "remote"
+    repo.mkdir()
+    remote.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, env=DVC_ENV, check=True, capture_output=True, timeout=120)
+    subprocess.run([dvc, "init", "-q"], cwd=repo, env=DVC_ENV, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [dvc, "remote", "add", "-d", "local", str(remote)],
+        cwd=repo,
+        env=DVC_ENV,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return repo, remote

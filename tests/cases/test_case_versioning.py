@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from components.cases import store
+from tests.cases.conftest import DVC_ENV as ENV
 from tests.cases.conftest import render_jpeg
-
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org"}
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -24,19 +20,6 @@ def _cases(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "cases", *args], env=ENV, capture_output=True, text=True, timeout=300
     )
-
-
-@pytest.fixture
-def dvc_repo(tmp_path) -> tuple[Path, Path]:
-    """A git + DVC repository whose default remote is a local folder."""
-    dvc = str(Path(sys.executable).parent / "dvc")
-    repo, remote = tmp_path / "repo", tmp_path / "remote"
-    repo.mkdir()
-    remote.mkdir()
-    _run(["git", "init", "-q"], repo)
-    _run([dvc, "init", "-q"], repo)
-    _run([dvc, "remote", "add", "-d", "local", str(remote)], repo)
-    return repo, remote
 
 
 def _add(cases: Path, base, label: str, seed: int, tmp_path: Path) -> None:
