@@ -9,6 +9,7 @@ import typer
 
 from components import domain
 from components.cli_output import emit, fail
+from components.home import display
 
 app = typer.Typer(add_completion=False, help="Pathologist cases: add, commit (DVC), list, and the review queue.")
 
@@ -34,7 +35,7 @@ def _human_add(result: dict) -> str:
     ]
     lines += [f"  QUARANTINED: {q['file']}: {q['reason']}" for q in result["quarantined"]]
     lines.append(
-        f"{result['cases']} trainable case(s) in {result['cases_dir']}; `leukoflow cases commit` versions them"
+        f"{result['cases']} trainable case(s) in {display(result['cases_dir'])}; `leukoflow cases commit` versions them"
     )
     return "\n".join(lines)
 
@@ -98,14 +99,16 @@ def add(
 
 
 def _human_list(result: dict) -> str:
-    lines = [f"{result['cases']} trainable case(s) in {result['cases_dir']}"]
+    lines = [f"{result['cases']} trainable case(s) in {display(result['cases_dir'])}"]
     for site, counts in result["per_site"].items():
         lines.append(f"  {site}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     lines += [f"  CONFLICT {c['sha256'][:12]} ({c['site']}): {c['note']}" for c in result["conflicts"]]
     if result["quarantined"]:
         lines.append(f"  {result['quarantined']} file(s) quarantined (quarantine/quarantine.csv)")
     committed = result["committed_hash"] or "never"
-    lines.append(f"committed: {committed}; {result['uncommitted']} case(s) not committed yet")
+    lines.append(
+        f"committed: {committed}; {result['uncommitted']} ledger entries (cases or conflicts) not committed yet"
+    )
     return "\n".join(lines)
 
 
@@ -151,7 +154,9 @@ def commit(
 
 
 def _human_queue(result: dict) -> str:
-    lines = [f"{result['referred_waiting']} referred image(s) waiting for review (kept in {result['kept_dir']})"]
+    lines = [
+        f"{result['referred_waiting']} referred image(s) waiting for review (kept in {display(result['kept_dir'])})"
+    ]
     for r in result["referred"]:
         answer = "/".join(r["prediction_set"] or []) or "no class"
         lines.append(
