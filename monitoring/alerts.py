@@ -36,6 +36,7 @@ def summary_payload(result: dict[str, Any]) -> dict[str, Any]:
         "report_html",
         "report_json",
         "reference",
+        "review",
     )
     payload = {key: result[key] for key in keys if key in result}
     payload["source"] = "leukoflow-drift-monitor"
@@ -50,6 +51,7 @@ def alert_text(result: dict[str, Any]) -> str:
         f"leukoflow drift check: {result.get('status')} on {result.get('images')} images; "
         f"drifted features: {features}; case mix changed: {bool(result.get('case_mix_changed'))}; "
         f"moved: {moved}; report: {result.get('report_html')}"
+        + (f"; {result['review']}" if result.get("review") else "")
     )
 
 

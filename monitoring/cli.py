@@ -129,6 +129,15 @@ def drift(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local retraining: the dataset (default data/)."),
     profile: str = typer.Option("quick", "--profile", help="Local retraining: training profile."),
     cooldown: str = typer.Option("24h", "--cooldown", help="Least time between two retraining runs."),
+    cases_dir: Optional[Path] = typer.Option(
+        None,
+        "--cases-dir",
+        help="Start a run only for cases committed since the last run (`leukoflow cases commit`); "
+        "otherwise the alert names the referred images waiting for review.",
+    ),
+    kept_dir: Optional[Path] = typer.Option(
+        None, "--kept-dir", help="The server's --keep_referred_images folder (default $LEUKOFLOW_HOME/referred)."
+    ),
     keep: int = typer.Option(
         KEEP_REPORTS, "--keep", help="Report folders kept under the default report root (0 keeps all)."
     ),
@@ -178,6 +187,15 @@ def drift(
         prune_reports(home.reports_dir() / "drift", keep)
     from monitoring import alerts
 
+    if cases_dir is not None and result["status"] == "drift":  # the alert says what would let a rerun learn
+        from components.cases.retraining import current, decide_rerun
+        from monitoring.trigger import load_state, state_path
+
+        committed, waiting = current(cases_dir, kept_dir)
+        last = (load_state(state_path()).get("last_trigger") or {}).get("cases_hash")
+        decision = decide_rerun(committed, last, waiting)
+        result["review"] = decision.reason if not decision.start else f"retraining can learn from {decision.reason}"
+
     try:
         result["alert"] = alerts.alert(result, webhook)
     except ValueError as exc:  # a malformed webhook URL
@@ -194,6 +212,8 @@ def drift(
             profile=profile,
             cooldown=cooldown_td,
             local_runner=(ctx.obj or {}).get("local_runner"),  # the `leukoflow` root CLI gives the pipeline runner
+            cases_dir=str(cases_dir) if cases_dir else None,
+            kept_dir=str(kept_dir) if kept_dir else None,
         )
         result["trigger"] = trigger_mod.maybe_trigger(result, config)
     emit(result, as_json, _human)

@@ -8,7 +8,9 @@ A record holds what the monitor needs and nothing that identifies a patient:
      "predicted_label": "Pre",
      "confidences": {"Benign": 0.01, "Early": 0.02, "Pre": 0.95, "Pro": 0.02},
      "features": {...components.host_features.FEATURE_NAMES...},
-     "outputs": {"ood_score": 41.2, "in_distribution": true, "refer": false}}  # a calibrated model only
+     "outputs": {"ood_score": 41.2, "in_distribution": true,               # a calibrated model only
+                 "prediction_set": [false, false, true, false], "refer": false},
+     "request_id": "9f3c..."}   # serving's id for the image (a kept referred image is filed under it)
 
 Only the keys in ALLOWED_KEYS are written (file names, paths, client addresses
 and any other field are dropped), and the image itself only when the log was
@@ -52,6 +54,7 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "latency_ms",
     "low_confidence",
     "outputs",
+    "request_id",  # the id serving gives each image; a kept referred image is filed under it
 )
 
 
@@ -253,7 +256,7 @@ def read_requests(directory: str | Path, since: timedelta | None = None) -> pd.D
 
 # Outputs copied into a record when the signature has them, besides probabilities and the features:
 # the lead's out-of-distribution and referral outputs (components/train/export.py).
-DEFAULT_LOGGED_OUTPUTS: tuple[str, ...] = ("ood_score", "in_distribution", "refer")
+DEFAULT_LOGGED_OUTPUTS: tuple[str, ...] = ("ood_score", "in_distribution", "prediction_set", "refer")
 DEFAULT_MAX_PENDING = 4096  # requests waiting for the writer; beyond this, records are dropped and counted
 DEFAULT_MAX_PENDING_IMAGE_BYTES = 64 * 1024 * 1024  # only with store_images
 WARNING_INTERVAL_S = 60.0  # at most one warning a minute about drops or write errors
@@ -323,10 +326,12 @@ def records_from_outputs(
         f: _as_array(outputs[OUTPUT_PREFIX + f]).reshape(-1) for f in FEATURE_NAMES if OUTPUT_PREFIX + f in outputs
     }
     extras = {o: _as_array(outputs[o]) for o in logged_outputs if o in outputs}
+    ids = meta.get("request_ids") or []
     records = []
     for i, row in enumerate(probs):
         record = {
-            **meta,
+            **{k: v for k, v in meta.items() if k != "request_ids"},
+            **({"request_id": ids[i]} if i < len(ids) else {}),
             "predicted_label": CLASS_NAMES[int(np.argmax(row))],
             "confidences": {c: float(p) for c, p in zip(CLASS_NAMES, row)},
         }

@@ -72,6 +72,8 @@ class TriggerConfig:
     cooldown: timedelta = DEFAULT_COOLDOWN
     state_file: Path | None = None
     local_runner: LocalRunner | None = None  # local runs: the pipeline runner, given by the layer above
+    cases_dir: str | None = None  # when set, drift starts a run only for newly committed cases (cases/retraining.py)
+    kept_dir: str | None = None  # the server's --keep_referred_images folder, to count the images awaiting review
 
     @property
     def mode(self) -> str:
@@ -199,6 +201,12 @@ def maybe_trigger(
         state = load_state(path)
         _update_episode(state, result, now)
         go, reason = _decide(state, config, now)
+        cases_hash = None
+        if go and config.cases_dir:  # a run on the data the last run used could not differ from it
+            from components.cases.retraining import rerun_gate
+
+            gate = rerun_gate(config.cases_dir, config.kept_dir, (state.get("last_trigger") or {}).get("cases_hash"))
+            go, reason, cases_hash = gate.start, gate.reason, gate.cases_hash
         run_key = now.strftime("%Y%m%dT%H%M%S.%fZ")
         previous_trigger = state.get("last_trigger")
         if go:
@@ -210,6 +218,7 @@ def maybe_trigger(
                 "mode": config.mode,
                 "status": "starting",
                 "drift_report": report_json,
+                "cases_hash": cases_hash,
             }
         save_state(path, state)
     if not go:

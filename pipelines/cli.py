@@ -26,6 +26,7 @@ COMMANDS = {
     "pipeline": "pipelines.pipeline_cli:app",
     "report": "pipelines.report:app",
     "status": "pipelines.status:app",
+    "cases": "components.cases.cli:app",
 }
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}

@@ -89,6 +89,18 @@ def serve(
     request_log_images: bool = typer.Option(
         False, "--request_log_images", help="Also store each image (base64) in the request log; off by default."
     ),
+    keep_referred_images: Optional[str] = typer.Option(
+        None,
+        "--keep_referred_images",
+        help="Keep each image the model refers in this folder (sha256-named) for a pathologist to label; "
+        "off by default. These are patient images: see docs/operations.md.",
+    ),
+    keep_referred_max_mb: float = typer.Option(
+        1024, "--keep_referred_max_mb", help="Size limit of the kept images; the oldest go first."
+    ),
+    keep_referred_max_days: float = typer.Option(
+        30, "--keep_referred_max_days", help="Age limit of a kept image; older ones are removed."
+    ),
     max_image_pixels: int = typer.Option(
         50_000_000, "--max_image_pixels", help="Refuse images with more decoded pixels."
     ),
@@ -134,6 +146,9 @@ def serve(
         slice_size=slice_size,
         request_log_dir=None if request_log_dir.lower() == "none" else request_log_dir,
         request_log_images=request_log_images,
+        keep_referred_images=keep_referred_images,
+        keep_referred_max_bytes=int(keep_referred_max_mb * 1024 * 1024),
+        keep_referred_max_days=keep_referred_max_days,
         limits=Limits(
             max_message_bytes=max_message_bytes,
             max_image_pixels=max_image_pixels,

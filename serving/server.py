@@ -9,6 +9,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,9 @@ class ServerOptions:
     grpc_max_threads: int | None = None
     request_log_dir: str | None = None
     request_log_images: bool = False
+    keep_referred_images: str | None = None  # opt-in: a folder for the images the model referred (patient data)
+    keep_referred_max_bytes: int = 1024 * 1024 * 1024
+    keep_referred_max_days: float = 30.0
     limits: Limits = field(default_factory=Limits)
     warmup: bool = True
     allow_version_labels_for_unavailable_models: bool = False
@@ -231,6 +235,7 @@ class ServingCore:
         self.metrics = metrics
         self.batcher = batcher
         self.request_logger = request_logger
+        self.referral_keeper: Any = None  # components.cases.referred.ReferredImageKeeper when keeping is on
         self.local = threading.local()  # per request thread: deadline, caller liveness, version served
         # Without batching, model runs wait for a slot: a request whose deadline passes while waiting is
         # never run (more runs at once than cores only slow every one of them down).
@@ -412,8 +417,8 @@ class ServingCore:
         images: list[bytes],
         seconds: float,
     ) -> None:
-        """Hand the response's outputs to the request log: no copy, no decoding; the writer's thread copies numbers."""
-        if self.request_logger is None:
+        """Hand the response's outputs to the request log and the referral keeper: no copy, no decoding here."""
+        if self.request_logger is None and self.referral_keeper is None:
             return
         labels = [label] if label else self.manager.labels_of(servable.name, servable.version)
         meta = {
@@ -423,7 +428,13 @@ class ServingCore:
             "signature": signature_name,
             "latency_ms": round(seconds * 1000.0, 3),
         }
-        self.request_logger.submit(meta, outputs, images if self.request_logger.store_images else None)
+        if images:  # one id per image, shared by its request-log record and its kept copy
+            request = uuid.uuid4().hex
+            meta["request_ids"] = [request if len(images) == 1 else f"{request}-{i}" for i in range(len(images))]
+        if self.referral_keeper is not None and images:
+            self.referral_keeper.submit(meta, outputs, images)
+        if self.request_logger is not None:
+            self.request_logger.submit(meta, outputs, images if self.request_logger.store_images else None)
 
 
 def _model_entries(options: ServerOptions) -> tuple[list[ModelEntry], Path | None]:
@@ -493,6 +504,21 @@ class Server:
         self.core = ServingCore(
             manager, opts.limits, metrics, batcher, request_logger, opts.max_concurrent_runs, opts.slice_size
         )
+        if opts.keep_referred_images:
+            from datetime import timedelta
+
+            from components.cases.referred import ReferredImageKeeper, ReferredImages
+
+            self.core.referral_keeper = ReferredImageKeeper(
+                ReferredImages(
+                    opts.keep_referred_images,
+                    opts.keep_referred_max_bytes,
+                    timedelta(days=opts.keep_referred_max_days),
+                )
+            )
+            log.warning(
+                "keeping referred images in %s (patient data: see docs/operations.md)", opts.keep_referred_images
+            )
         try:
             manager.start()
             manager.start_polling(
@@ -529,6 +555,8 @@ class Server:
             self.core.batcher.stop()
         if self.core.request_logger:
             self.core.request_logger.close()
+        if self.core.referral_keeper:
+            self.core.referral_keeper.close()
 
     def wait(self) -> None:
         if self._grpc is not None:

@@ -226,8 +226,20 @@ def _class_expectations(gxe, min_per_class: int) -> list:
     ]
 
 
-def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fraction: float) -> list[dict]:
-    """Run the GE suites (per image, per class) in an ephemeral context; build Data Docs into docs_dir."""
+def run_expectations(
+    manifest,
+    docs_dir: Path,
+    min_per_class: int,
+    decodable_fraction: float,
+    class_counts: bool = True,
+    result_format: str = "SUMMARY",
+) -> list[dict]:
+    """Run the GE suites (per image, per class) in an ephemeral context; build Data Docs into docs_dir.
+
+    Without `class_counts` only the per-image suite runs (a batch of cases need not hold every class).
+    With result_format "COMPLETE" each outcome lists the manifest's index of every failing row
+    (`unexpected_index_list`), so a caller can act on single images.
+    """
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter buries our summary
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -255,7 +267,7 @@ def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fra
     plan = [
         ("images", manifest, _image_expectations(gxe, decodable_fraction)),
         ("class_counts", counts, _class_expectations(gxe, min_per_class)),
-    ]
+    ][: 2 if class_counts else 1]
     outcomes: list[dict] = []
     for asset_name, frame, expectations in plan:
         batch = source.add_dataframe_asset(asset_name).add_batch_definition_whole_dataframe("all")
@@ -271,7 +283,7 @@ def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fra
                 name=f"checkpoint_{asset_name}",
                 validation_definitions=[definition],
                 actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["leukoflow"])],
-                result_format="SUMMARY",
+                result_format=result_format,
             )
         )
         result = checkpoint.run(batch_parameters={"dataframe": frame})
@@ -288,6 +300,7 @@ def run_expectations(manifest, docs_dir: Path, min_per_class: int, decodable_fra
                         "unexpected_values": [
                             str(v) for v in ((item.result or {}).get("partial_unexpected_list") or [])[:10]
                         ],
+                        "unexpected_index_list": list((item.result or {}).get("unexpected_index_list") or []),
                     }
                 )
     return outcomes
