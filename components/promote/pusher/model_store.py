@@ -361,6 +361,25 @@ def move_label(
     return step1, step2
 
 
+def remove_label(label: str, path: str | Path | None = None, name: str = settings.SERVED_MODEL_NAME) -> ServingState:
+    """Take `label` off models.config in one write, and its version with it unless another label names it.
+
+    One step suffices (TF Serving checks only the labels a config has), so stable clients never see a change.
+    """
+    path = Path(path or home.models_config_path())
+    existing = read_models_config(path)
+    current = state_from_config(existing, name)
+    if current is None or label not in current.labels:
+        raise ValueError(f"models.config has no {label!r} label")
+    labels = dict(current.labels)
+    version = labels.pop(label)
+    keep = [v for v in current.versions if v != version or v in labels.values()]
+    state = ServingState(name, current.base_path, keep, labels)
+    write_models_config(build_config(state, existing), path)
+    log.info("models.config: %s removed (version %s); serve versions %s, labels %s", label, version, keep, labels)
+    return state
+
+
 def version_state(
     rest_url: str, version: int, name: str = settings.SERVED_MODEL_NAME, timeout_s: float = 2.0
 ) -> str | None:
