@@ -196,6 +196,13 @@ def drift(
             local_runner=(ctx.obj or {}).get("local_runner"),  # the `leukoflow` root CLI gives the pipeline runner
         )
         result["trigger"] = trigger_mod.maybe_trigger(result, config)
+    if settings.ROLLOUT_AUTO_STABLE:  # a triggered run's canary moves to stable once the rollout policy holds
+        from components.promote import rollout
+
+        try:
+            result["rollout"] = rollout.maybe_auto_promote()
+        except Exception as exc:  # noqa: BLE001 - the drift check's answer stands whatever the rollout does
+            result["rollout"] = {"promoted": False, "why": f"{type(exc).__name__}: {exc}"}
     emit(result, as_json, _human)
     if result["status"] == "drift":
         raise typer.Exit(EXIT_DRIFT)

@@ -215,13 +215,12 @@ class LoggingProxy:
         self._count(API_NAMES.get(exchange.method, "other"), STATUS_NAMES.get(exchange.status, "UNKNOWN"))
         if exchange.status != 0 or exchange.method not in (PREDICT_METHOD, CLASSIFY_METHOD):
             return
-        request_id = exchange.request_id or uuid.uuid4().hex[:16]
-        meta = {"latency_ms": round(exchange.latency_ms, 3), "request_id": request_id}
+        meta = {"latency_ms": round(exchange.latency_ms, 3)}
         if exchange.request is None or exchange.response is None:
             self.writer.drop(1, "a gRPC call the tap could not read (over max_message_bytes, or compressed)")
             return
-        if self.shadow is not None:
-            self.shadow.offer(exchange, request_id)
+        if self.shadow is not None:  # the request log keeps no identifier; shadow records name the call for review
+            self.shadow.offer(exchange, exchange.request_id or uuid.uuid4().hex[:16])
         try:
             if exchange.method == PREDICT_METHOD:
                 from tensorflow_serving.apis import predict_pb2

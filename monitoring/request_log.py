@@ -50,7 +50,6 @@ ALLOWED_KEYS: tuple[str, ...] = (
     "features",
     "signature",
     "latency_ms",
-    "request_id",  # the proxy's id of the call (the client's x-request-id, else its own): shadow records name it
     "low_confidence",
     "outputs",
 )

@@ -210,8 +210,9 @@ def test_failed_promotion_keeps_old_state_everywhere(tmp_path, models, split_dir
     res = executor.run_promote(
         _cands(tmp_path / "c", models, resnet50=("good2", 0.97, 3_000_000)), tmp_path / "o3", split_dir
     )
-    assert res["promoted"] and model_store.read_state().labels == {"stable": res["version"]}
-    assert registry.get_aliases() == {"champion": res["version"]} and res["version"] in model_store.list_versions()
+    assert res["promoted"] and model_store.read_state().labels == {"stable": 1, "canary": res["version"]}
+    assert registry.get_aliases() == {"champion": 1, "challenger": res["version"]}
+    assert res["version"] in model_store.list_versions()
 
 
 @pytest.mark.parametrize("key, reason", [("broken", "do not sum to 1"), ("nowarmup", "no warmup records")])

@@ -138,9 +138,12 @@ def stack(home, two_models, tmp_path):
 
 
 def _send(stack: Stack, images: list[bytes], batch: int = 4, label: str | None = "stable") -> list:
+    """Calls with the client's own request id (x-request-id), as a hospital system would send."""
     stub = _stub(stack.via)
     return [
-        stub.Predict(_predict_request(images[i : i + batch], label=label), timeout=30)
+        stub.Predict(
+            _predict_request(images[i : i + batch], label=label), timeout=30, metadata=(("x-request-id", f"req-{i}"),)
+        )
         for i in range(0, len(images), batch)
     ]
 
@@ -168,11 +171,9 @@ def test_agreement_equals_the_two_models_answers_and_promote_needs_enough(stack,
         assert summary["per_class"][cls] == {"compared": len(rows), "agreement": want}
     assert summary["referral_rate"]["stable"] is not None and summary["referral_rate"]["canary"] is not None
     assert summary["latency"]["stable"]["p99_ms"] > 0 and summary["latency"]["canary"]["p99_ms"] > 0
-    # Each disagreement names the live call's request id, which the request log carries too.
-    logged = {
-        json.loads(line)["request_id"] for line in (stack.shadow_dir.parent / "requests.jsonl").read_text().splitlines()
-    }
-    assert {d["request_id"] for d in summary["disagreement_list"]} <= logged
+    # Each disagreement names the client's request id of the live call, and which image of it.
+    want = {(f"req-{4 * (k // 4)}", k % 4) for k, (a, b) in enumerate(zip(v1, v2)) if a != b}
+    assert {(d["request_id"], d["index"]) for d in summary["disagreement_list"]} == want
 
     # Too few compared: refused, naming the figure; nothing moves.
     # (agreement, referral and p99 limits loosened: noise images and a 2-core test machine are not live traffic)
@@ -336,3 +337,45 @@ def test_calls_without_a_label_get_the_newest_version_unless_the_proxy_routes_th
         assert 0.15 < share < 0.45, share  # 128 calls, 30% asked: outside this is far beyond chance
     finally:
         routed.close()
+
+
+def _write_records(directory: Path, canary: int, n: int, agree_every: int = 1) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        rollout.compared_record(
+            f"r{i}", 0, "leukemia", 1, canary, "Pre", "Pre" if i % agree_every else "Pro", False, False, 5.0, 6.0
+        )
+        for i in range(n)
+    ]
+    (directory / "shadow.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_a_triggered_runs_canary_moves_to_stable_by_itself_only_when_switched_on(home, models, monkeypatch):
+    _register(models["good"], "stable")
+    canary = _register(models["good2"], "canary")
+    _write_records(rollout.shadow_dir(), canary, 250)
+    monkeypatch.setattr(rollout.settings, "ROLLOUT_AUTO_STABLE", False)
+    monkeypatch.delenv("LEUKOFLOW_ROLLOUT_AUTO_STABLE", raising=False)
+    assert not rollout.maybe_auto_promote()["promoted"]  # off by default
+    monkeypatch.setenv("LEUKOFLOW_ROLLOUT_AUTO_STABLE", "1")
+    assert "not promoted by a triggered" in rollout.maybe_auto_promote()["why"]  # a manual promotion's canary
+    registry.set_version_tags(canary, {"drift_report": "reports/drift/x/report.json"})
+    result = rollout.maybe_auto_promote()
+    assert result["promoted"] and result["decision"] == "automatic"
+    assert model_store.read_state().labels == {"stable": canary}
+    assert registry.get_version(canary)["tags"]["rollout.decision"] == "automatic"
+
+
+def test_the_policy_names_each_failing_figure():
+    summary = rollout.summarise(
+        [
+            rollout.compared_record(f"r{i}", 0, "m", 1, 2, "Pre", "Pre" if i % 10 else "Pro", False, i % 5 == 0, 5, 9)
+            for i in range(300)
+        ]
+    )
+    assert summary["agreement"] == 0.9 and summary["referral_rate"] == {"stable": 0.0, "canary": 0.2}
+    failures = rollout.RolloutPolicy().failures(summary)
+    assert len(failures) == 3, failures
+    assert failures[0].startswith("agreement 90.00% < 97%")
+    assert failures[1].startswith("referral rate 20.00% is 20.0 points above stable's 0.00%")
+    assert failures[2].startswith("p99 9.0 ms is 1.80x stable's 5.0 ms")

@@ -316,7 +316,7 @@ def plan_label_move(
     """The two configs TF Serving needs to move `label` to `version`.
 
     Step 1 serves the new version beside the old ones, labels unchanged. Step 2 moves the label and keeps
-    serving the labelled versions plus the one that just lost the label (so a rollback is instant).
+    serving the labelled versions plus the one that just lost `stable` (so a rollback is instant).
     """
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
@@ -329,7 +329,8 @@ def plan_label_move(
     labels[label] = version
     if label == "stable" and labels.get("canary") == version:
         labels.pop("canary")  # the canary graduated
-    keep = set(labels.values()) | ({previous} if previous is not None else set())
+    # The previous stable stays loaded for an instant rollback; a replaced canary is simply dropped.
+    keep = set(labels.values()) | ({previous} if previous is not None and label == "stable" else set())
     step2 = ServingState(name, base_path, sorted(keep), labels)
     return step1, step2
 
