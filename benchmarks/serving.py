@@ -605,21 +605,28 @@ def shadow_and_measure(
         stop_server(server)
 
 
+def p50s(row: dict) -> list[float]:
+    return [r["p50_ms"] for r in row["rounds"]]
+
+
 def shadow_markdown(result: dict, origin: str) -> str:
     off = result["settings"]["shadow off"]
+    noise = max(p50s(off)) - min(p50s(off))
     lines = [
         "# Shadow calls through the proxy: live calls with shadow off and on",
         "",
-        f"Model: {origin}. {result['clients']} concurrent gRPC clients (label stable, one image a call), "
+        f"Model: {origin} ({result.get('model_dir', '')}), {result.get('when', '')}. {result['clients']} concurrent gRPC clients (label stable, one image a call), "
         f"{result['rounds']} interleaved rounds of {result['duration_s']:.0f} s per setting; medians of the rounds' "
         "p50/p99, mean throughput. Shadow calls go to the canary on the same server.",
         "",
-        "| setting | live p50 (ms) | live p99 (ms) | live images/s | vs off | errors | compared | dropped | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | live p50 (ms) | rounds' p50 (ms) | live p99 (ms) | live images/s | vs off | errors | compared "
+        "| dropped | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in result["settings"].items():
         lines.append(
-            f"| {name} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['images_per_s']:.1f} | "
+            f"| {name} | {row['p50_ms']:.2f} | {min(p50s(row)):.1f}-{max(p50s(row)):.1f} | {row['p99_ms']:.2f} | "
+            f"{row['images_per_s']:.1f} | "
             f"{row['images_per_s'] / off['images_per_s']:.3f}x | {row['errors']} | {row['shadow_compared']:.0f} | "
             f"{row['shadow_dropped']:.0f} | {row['shadow_failed']:.0f} |"
         )
@@ -634,6 +641,11 @@ def shadow_markdown(result: dict, origin: str) -> str:
             f"{'met' if abs(dp50) <= TARGET_SHADOW_P50_MS else 'NOT met'}), throughput {ratio:.3f}x "
             f"(target >= {TARGET_SHADOW_THROUGHPUT}: {'met' if ratio >= TARGET_SHADOW_THROUGHPUT else 'NOT met'})"
         )
+    lines.append(
+        f"- the shadow-off p50 itself moved by {noise:.1f} ms between rounds (load average "
+        f"{result['host']['load_avg_1m'][0]:.1f} -> {result['host']['load_avg_1m'][1]:.1f} on "
+        f"{result['host']['cpus']} CPUs): a p50 difference smaller than that is not resolved by this run"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -723,7 +735,12 @@ def markdown(results: dict) -> str:
         "- client and server share this machine's CPUs; the in-process reference has them to itself",
     ]
     if results.get("shadow"):  # the staged rollout's shadow calls (older result files have none)
-        lines += ["", shadow_markdown(results["shadow"], results["model_source"]).split("\n", 2)[2].strip()]
+        lines += [
+            "",
+            shadow_markdown({**results["shadow"], "host": results["host"]}, results["model_source"])
+            .split("\n", 2)[2]
+            .strip(),
+        ]
     return "\n".join(lines) + "\n"
 
 

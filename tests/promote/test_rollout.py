@@ -339,11 +339,21 @@ def test_calls_without_a_label_get_the_newest_version_unless_the_proxy_routes_th
         routed.close()
 
 
-def _write_records(directory: Path, canary: int, n: int, agree_every: int = 1) -> None:
+def _write_records(directory: Path, canary: int, n: int, disagree_every: int = 0) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     lines = [
         rollout.compared_record(
-            f"r{i}", 0, "leukemia", 1, canary, "Pre", "Pre" if i % agree_every else "Pro", False, False, 5.0, 6.0
+            f"r{i}",
+            0,
+            "leukemia",
+            1,
+            canary,
+            "Pre",
+            "Pro" if disagree_every and i % disagree_every == 0 else "Pre",
+            False,
+            False,
+            5.0,
+            6.0,
         )
         for i in range(n)
     ]
