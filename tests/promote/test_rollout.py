@@ -389,3 +389,33 @@ def test_the_policy_names_each_failing_figure():
     assert failures[0].startswith("agreement 90.00% < 97%")
     assert failures[1].startswith("referral rate 20.00% is 20.0 points above stable's 0.00%")
     assert failures[2].startswith("p99 9.0 ms is 1.80x stable's 5.0 ms")
+
+
+def test_rollout_commands_through_the_root_cli(home, models):
+    from click.testing import CliRunner
+
+    from pipelines.cli import app
+
+    def run(*args):
+        return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+    _register(models["good"], "stable")
+    r = run("rollout", "status")
+    assert r.exit_code == 0 and "no canary is served (stable: version 1)" in r.output
+    canary = _register(models["good2"], "canary")
+    _write_records(rollout.shadow_dir(), canary, 120, disagree_every=40)
+    r = run("rollout", "status")
+    assert r.exit_code == 0, r.output
+    assert "compared 120 images" in r.output and "r0 #0: Pre -> Pro" in r.output
+    assert "policy: not met: compared requests 120 < 200" in r.output
+    r = run("rollout", "status", "--json")
+    assert json.loads(r.stdout)["summary"]["disagreements"] == 3
+    r = run("rollout", "promote", "--json")
+    assert r.exit_code == 1 and "compared requests 120 < 200" in r.output
+    assert model_store.read_state().labels == {"stable": 1, "canary": canary}
+    r = run("rollout", "abort", "--reason", "too slow to gather evidence", "--json")
+    assert r.exit_code == 0, r.output
+    assert model_store.read_state().labels == {"stable": 1} and model_store.read_state().versions == [1]
+    assert registry.get_version(canary)["tags"]["rollout.reason"] == "too slow to gather evidence"
+    r = run("rollout", "abort")
+    assert r.exit_code == 1 and "no canary" in r.output
