@@ -324,6 +324,7 @@ def proxy_cmd(
                 sample_rate=settings.SHADOW_SAMPLE_RATE if shadow_sample_rate is None else shadow_sample_rate,
                 max_pending=settings.SHADOW_MAX_PENDING if shadow_max_pending is None else shadow_max_pending,
                 metrics=metrics,
+                upstream_rest=None if upstream_rest.lower() == "none" else upstream_rest,
             )
         if canary_percent is not None:
             from monitoring.label_router import LabelChooser

@@ -327,6 +327,15 @@ class LoggingProxy:
                     }
                     proxy.writer.submit(meta, _rest_reader(data, match["verb"]))
                 self._reply(upstream.status, upstream.getheaders(), data)
+                if match and self.command == "POST" and upstream.status == 200 and proxy.shadow is not None:
+                    from monitoring.shadow import RestCall  # after the reply: the client never waits for it
+
+                    call = RestCall(
+                        meta["model"], meta["version"], match["verb"], body or b"", data, meta["latency_ms"]
+                    )
+                    proxy.shadow.offer_rest(
+                        call, match["label"], self.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+                    )
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815
 

@@ -9,11 +9,14 @@ full a shadow call is dropped and counted (a `dropped` line, and the proxy's met
 
 While no `canary` label is served (asked with GetModelStatus every `poll_s`), nothing is queued. A call that
 asked for the canary itself, or that the canary answered, is not compared with itself. Classify answers carry
-no `refer` output, so their referral flags are recorded as unknown.
+no `refer` output, so their referral flags are recorded as unknown. REST :predict/:classify calls are
+compared the same way (through TF Serving's REST port, `/labels/canary`) when they name `stable` or a version:
+a REST answer does not say which version answered a call naming none.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -21,6 +24,7 @@ import queue
 import random
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +62,48 @@ def _classes_from_predict(response: Any) -> tuple[list[str], list[bool | None]]:
     return classes, refer
 
 
+@dataclass
+class RestCall:
+    """A successful live REST :predict/:classify, as the proxy forwarded it."""
+
+    model: str
+    version: int | None
+    verb: str  # predict | classify
+    body: bytes
+    response: bytes
+    latency_ms: float
+
+
+def _classes_from_rest(raw: bytes, verb: str) -> tuple[list[str], list[bool | None]]:
+    """Per image: the class and `refer` flag of a TF Serving REST answer (row or columnar format)."""
+    import numpy as np
+
+    from components.domain import CLASS_NAMES
+
+    body = json.loads(raw)
+    if verb == "classify":
+        classes = [str(max(result, key=lambda pair: float(pair[1]))[0]) for result in body["results"]]
+        return classes, [None] * len(classes)
+    rows = body.get("predictions")
+    refer: list[bool | None]
+    if rows is None and isinstance(body.get("outputs"), dict):  # columnar
+        outputs = body["outputs"]
+        probs = np.asarray(outputs.get("probabilities", outputs.get("scores")), float)
+        flags = outputs.get("refer")
+        refer = (
+            [bool(v) for v in flags] if isinstance(flags, list) and len(flags) == len(probs) else [None] * len(probs)
+        )
+    elif rows and isinstance(rows[0], dict):
+        probs = np.asarray([row.get("probabilities", row.get("scores")) for row in rows], float)
+        refer = [None if row.get("refer") is None else bool(row["refer"]) for row in rows]
+    else:
+        probs = np.asarray(rows if rows is not None else body.get("outputs"), float)
+        refer = [None] * len(probs)
+    if probs.ndim != 2 or probs.shape[1] != len(CLASS_NAMES):
+        raise ValueError(f"REST answer with probabilities of shape {probs.shape}")
+    return [CLASS_NAMES[int(i)] for i in probs.argmax(axis=1)], refer
+
+
 def _classes_from_classify(response: Any) -> tuple[list[str], list[bool | None]]:
     classes = []
     for c in response.result.classifications:
@@ -85,6 +131,7 @@ class ShadowSender:
         workers: int = 1,
         timeout_s: float = 30.0,
         metrics: Any = None,
+        upstream_rest: str | None = None,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"shadow sample rate must be within 0..1, got {sample_rate}")
@@ -92,7 +139,7 @@ class ShadowSender:
             raise ValueError(f"shadow max_pending must be >= 1, got {max_pending}")
         if not file_name.endswith(".jsonl") or "/" in file_name:
             raise ValueError(f"shadow file name must be a plain name ending in .jsonl, got {file_name!r}")
-        self.upstream, self.directory = upstream, Path(directory)
+        self.upstream, self.upstream_rest, self.directory = upstream, upstream_rest, Path(directory)
         self.path = self.directory / file_name
         self.sample_rate, self.model_name, self.label = sample_rate, model_name, label
         self.poll_s, self.timeout_s, self.workers = poll_s, timeout_s, workers
@@ -122,6 +169,32 @@ class ShadowSender:
             self._pending += 1
         try:
             self._queue.put_nowait((exchange, request_id, canary))
+            self.queued += 1
+        except queue.Full:
+            with self._lock:
+                self._pending -= 1
+                self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.shadow_dropped.inc()
+
+    def offer_rest(self, call: RestCall, label: str | None, request_id: str) -> None:
+        """A successful live REST call (after the proxy answered it): queue it like a gRPC one.
+
+        Only calls whose answering version is known not to be the canary are compared: those naming `stable`
+        (or another label) or a version. A REST answer does not say which version answered a call naming none.
+        """
+        canary = self.canary_version
+        if canary is None or self.upstream_rest is None or label == self.label:
+            return
+        if label is None and (call.version is None or call.version == canary):
+            return
+        self.offered += 1
+        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+            return
+        with self._lock:
+            self._pending += 1
+        try:
+            self._queue.put_nowait((call, request_id, canary))
             self.queued += 1
         except queue.Full:
             with self._lock:
@@ -181,9 +254,45 @@ class ShadowSender:
             self.metrics.shadow_failed.inc()
         log.debug("shadow call failed: %s", why)
 
+    def _rest(self, call: RestCall) -> tuple[bytes, float]:
+        host, _, port = self.upstream_rest.rpartition(":")
+        conn = http.client.HTTPConnection(host or "127.0.0.1", int(port), timeout=self.timeout_s)
+        started = time.perf_counter()
+        try:
+            conn.request(
+                "POST",
+                f"/v1/models/{call.model}/labels/{self.label}:{call.verb}",
+                body=call.body,
+                headers={"Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"the canary answered HTTP {response.status}")
+        return data, (time.perf_counter() - started) * 1000.0
+
     def _compare(self, stub: Any, exchange: Any, request_id: str, canary: int) -> None:
         from tensorflow_serving.apis import classification_pb2, predict_pb2
 
+        if isinstance(exchange, RestCall):
+            try:
+                data, latency_ms = self._rest(exchange)
+            except (OSError, RuntimeError) as exc:
+                self._fail(canary, str(exc))
+                return
+            self._record(
+                request_id,
+                exchange.model,
+                exchange.version,
+                canary,
+                _classes_from_rest(exchange.response, exchange.verb),
+                _classes_from_rest(data, exchange.verb),
+                exchange.latency_ms,
+                latency_ms,
+            )
+            return
         if exchange.method == PREDICT_METHOD:
             request_type, response_type, call, read = (
                 predict_pb2.PredictRequest,
@@ -215,23 +324,45 @@ class ShadowSender:
             return
         latency_ms = (time.perf_counter() - started) * 1000.0
         shadow_version = shadow.model_spec.version.value if shadow.model_spec.HasField("version") else canary
-        stable_classes, stable_refer = read(live)
-        canary_classes, canary_refer = read(shadow)
+        self._record(
+            request_id,
+            request.model_spec.name,
+            live_version,
+            shadow_version,
+            read(live),
+            read(shadow),
+            exchange.latency_ms,
+            latency_ms,
+        )
+
+    def _record(
+        self,
+        request_id: str,
+        model: str,
+        live_version: int | None,
+        shadow_version: int,
+        live: tuple[list[str], list[bool | None]],
+        shadow: tuple[list[str], list[bool | None]],
+        live_latency_ms: float,
+        latency_ms: float,
+    ) -> None:
+        """One compared line per image of the call."""
+        (stable_classes, stable_refer), (canary_classes, canary_refer) = live, shadow
         if len(stable_classes) != len(canary_classes):
-            self._fail(canary, "the two answers have different numbers of images")
+            self._fail(shadow_version, "the two answers have different numbers of images")
             return
         lines = [
             rollout.compared_record(
                 request_id,
                 i,
-                request.model_spec.name,
+                model,
                 live_version,
                 shadow_version,
                 stable_classes[i],
                 canary_classes[i],
                 stable_refer[i],
                 canary_refer[i],
-                exchange.latency_ms,
+                live_latency_ms,
                 latency_ms,
             )
             for i in range(len(stable_classes))

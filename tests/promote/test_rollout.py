@@ -84,7 +84,9 @@ def _classes(response) -> list[str]:
 class Stack:
     """Server + proxy (with shadow) on this test's LEUKOFLOW_HOME."""
 
-    def __init__(self, tmp: Path, max_pending: int = 64, canary_percent: float | None = None) -> None:
+    def __init__(
+        self, tmp: Path, max_pending: int = 64, canary_percent: float | None = None, rest: bool = False
+    ) -> None:
         from monitoring.proxy import LoggingProxy
         from monitoring.request_log import RequestLogWriter
         from monitoring.shadow import ShadowSender
@@ -93,7 +95,7 @@ class Stack:
         self.server = Server(
             ServerOptions(
                 port=0,
-                rest_api_port=-1,
+                rest_api_port=0 if rest else -1,
                 model_config_file=str(home.models_config_path()),
                 model_config_file_poll_wait_seconds=0.2,
                 file_system_poll_wait_seconds=0,
@@ -102,7 +104,10 @@ class Stack:
         ).start()
         upstream = f"127.0.0.1:{self.server.grpc_port}"
         self.shadow_dir = rollout.shadow_dir(tmp / "requests")
-        self.sender = ShadowSender(upstream, self.shadow_dir, max_pending=max_pending, poll_s=0.2)
+        upstream_rest = f"127.0.0.1:{self.server.rest_port}" if rest else None
+        self.sender = ShadowSender(
+            upstream, self.shadow_dir, max_pending=max_pending, poll_s=0.2, upstream_rest=upstream_rest
+        )
         chooser = None
         if canary_percent is not None:
             from monitoring.label_router import LabelChooser
@@ -110,10 +115,11 @@ class Stack:
             chooser = LabelChooser(upstream, canary_percent, poll_s=0.2)
         self.proxy = LoggingProxy(
             upstream,
-            None,
+            upstream_rest,
             RequestLogWriter(tmp / "requests"),
             host="127.0.0.1",
             grpc_port=0,
+            rest_port=0,
             shadow=self.sender,
             chooser=chooser,
         ).start()
@@ -419,3 +425,34 @@ def test_rollout_commands_through_the_root_cli(home, models):
     assert registry.get_version(canary)["tags"]["rollout.reason"] == "too slow to gather evidence"
     r = run("rollout", "abort")
     assert r.exit_code == 1 and "no canary" in r.output
+
+
+def test_rest_calls_naming_stable_are_compared_too(home, two_models, tmp_path, images):
+    import base64
+
+    import requests
+
+    _register(two_models[1], "stable")
+    _register(two_models[2], "canary")
+    s = Stack(tmp_path, rest=True)
+    try:
+        batch = images[:12]
+        body = {
+            "signature_name": "serving_default",
+            "instances": [{"b64": base64.b64encode(b).decode()} for b in batch],
+        }
+        url = f"http://127.0.0.1:{s.proxy.rest_port}/v1/models/leukemia"
+        live = requests.post(f"{url}/labels/stable:predict", json=body, headers={"X-Request-Id": "rest-1"}, timeout=60)
+        assert live.status_code == 200
+        requests.post(f"{url}:predict", json=body, timeout=60).raise_for_status()  # names no label: not compared
+        assert s.proxy.flush(60)
+        direct = _stub(s.direct)
+        v1 = _classes(direct.Predict(_predict_request(batch, version=1), timeout=30))
+        v2 = _classes(direct.Predict(_predict_request(batch, version=2), timeout=30))
+        summary = rollout.summarise(rollout.read_records(s.shadow_dir, 2))
+        assert summary["compared"] == len(batch) and summary["calls"] == 1
+        assert summary["agreement"] == pytest.approx(round(sum(a == b for a, b in zip(v1, v2)) / len(batch), 4))
+        assert {d["request_id"] for d in summary["disagreement_list"]} <= {"rest-1"}
+        assert summary["referral_rate"]["canary"] is not None
+    finally:
+        s.close()
