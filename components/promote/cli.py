@@ -266,7 +266,7 @@ rollout_app = typer.Typer(
 
 def _human_rollout(r: dict) -> str:
     if r["canary"] is None:
-        return f"no canary is served (stable: version {r['stable']})"
+        return "no canary is served" + (f" (stable: version {r['stable']})" if r["stable"] is not None else "")
     s = r["summary"]
     lines = [f"canary version {r['canary']} beside stable version {r['stable']} (shadow records: {r['shadow_dir']})"]
     lines.append(
