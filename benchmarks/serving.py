@@ -10,7 +10,9 @@ Measured in one run, on the same JPEG bytes (real images from data/ when present
   in-process best-batch throughput;
 - resident memory of the server process with two versions loaded (stable and canary);
 - the request-logging proxy (monitoring/proxy.py) in front of a server without a log: its p50 overhead,
-  its throughput at the most clients, and the records it logged or dropped.
+  its throughput at the most clients, and the records it logged or dropped;
+- the staged rollout's shadow calls: live calls through the proxy at the most clients with shadow off and
+  on, interleaved round by round (`--shadow-only` runs just this, into serving_shadow.{json,md}).
 The server measurements run with the request log on, as `leukoflow serve` does by default.
 Loopback only, bounded loops (a fixed count or a fixed duration per measurement). Writes
 benchmarks/results/serving.json and serving.md.
@@ -41,6 +43,8 @@ MODEL = "leukemia"
 TARGET_GRPC_OVERHEAD_MS = 3.0
 TARGET_BATCHED_FRACTION = 0.8
 TARGET_PROXY_OVERHEAD_MS = 1.0
+TARGET_SHADOW_P50_MS = 0.5  # live p50 through the proxy, shadow on vs off
+TARGET_SHADOW_THROUGHPUT = 0.95  # live throughput, shadow on / off
 
 
 # ---------------------------------------------------------------- inputs
@@ -410,8 +414,14 @@ def serve_and_measure(
         stop_server(proc)
 
 
-def start_proxy(grpc_port: int, rest_port: int, request_log: Path, log_path: Path) -> tuple[subprocess.Popen, int, int]:
-    """`leukoflow monitor proxy` in its own process in front of a server; metrics on a free port."""
+def start_proxy(
+    grpc_port: int, rest_port: int, request_log: Path, log_path: Path, extra: tuple[str, ...] = ("--no-shadow",)
+) -> tuple[subprocess.Popen, int, int]:
+    """`leukoflow monitor proxy` in its own process in front of a server; metrics on a free port.
+
+    `extra` are further proxy flags; the shadow is off unless a caller asks for it (the server's canary is a
+    copy of stable here, and the other rows measure logging alone).
+    """
     import socket
 
     with socket.socket() as sock:
@@ -438,6 +448,7 @@ def start_proxy(grpc_port: int, rest_port: int, request_log: Path, log_path: Pat
         "--request-log-dir",
         str(request_log),
         "--json",
+        *extra,
     ]
     proc = subprocess.Popen(
         cmd,
@@ -496,6 +507,177 @@ def proxy_and_measure(
     return out
 
 
+# ---------------------------------------------------------------- shadow on vs off
+
+
+def live_load(make_call, clients: int, duration_s: float) -> dict:
+    """`clients` threads calling for `duration_s`: every live call's latency, throughput, errors."""
+    calls = [make_call() for _ in range(clients)]
+    samples: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    window = {"start": 0.0, "stop": 0.0}
+
+    def open_window() -> None:
+        window["start"] = time.perf_counter()
+        window["stop"] = window["start"] + duration_s
+
+    gate = threading.Barrier(clients, action=open_window)
+
+    def worker(k: int) -> None:
+        calls[k](0)
+        gate.wait(timeout=120)
+        i = 0
+        while time.perf_counter() < window["stop"]:
+            start = time.perf_counter()
+            try:
+                calls[k](i)
+                samples[k].append(time.perf_counter() - start)
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors[k] += 1
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 240)
+    elapsed = time.perf_counter() - window["start"]
+    flat = [x for row in samples for x in row]
+    return {**percentiles(flat), "images_per_s": len(flat) / elapsed, "errors": sum(errors), "seconds": elapsed}
+
+
+def shadow_and_measure(
+    config: Path,
+    jpegs: list[bytes],
+    duration_s: float,
+    clients: int,
+    rounds: int,
+    workdir: Path,
+    sample_rates: tuple[float, ...] = (1.0,),
+) -> dict:
+    """Live calls (label stable) through the proxy with shadow off and on, interleaved round by round.
+
+    One unbatched server serves stable (version 1) and canary (version 2); one proxy process per setting sits in
+    front of it. Each round runs every setting for `duration_s` with `clients` concurrent clients, the order
+    rotating between rounds, so load drift on the shared machine hits each alike. Shadow calls go to the same
+    server (as they do in the pod): what they cost the server is part of what is measured.
+    """
+    server, grpc_port, rest_port = start_server(config, False, workdir / "server-for-shadow.log")
+    settings = {"shadow off": ("--no-shadow",)}
+    for rate in sample_rates:
+        settings[f"shadow on ({rate:g})"] = ("--shadow", "--shadow-sample-rate", str(rate))
+    proxies = {}
+    try:
+        for k, (name, flags) in enumerate(settings.items()):
+            shadow_dir = workdir / f"shadow-{k}"
+            proxies[name] = start_proxy(
+                grpc_port,
+                rest_port,
+                workdir / f"proxy-log-shadow-{k}",
+                workdir / f"proxy-shadow-{k}.log",
+                (*flags, "--shadow-dir", str(shadow_dir)),
+            ) + (shadow_dir,)
+        time.sleep(3.0)  # the shadow's first ask for the canary label
+        runs: dict[str, list[dict]] = {name: [] for name in settings}
+        names = list(settings)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                port = proxies[name][1]
+                runs[name].append(live_load(lambda port=port: grpc_caller(port, jpegs), clients, duration_s))
+        out = {}
+        for name, rows in runs.items():
+            _proc, _port, metrics_port, shadow_dir = proxies[name]
+            time.sleep(1.5)
+            out[name] = {
+                "p50_ms": float(np.median([row["p50_ms"] for row in rows])),
+                "p99_ms": float(np.median([row["p99_ms"] for row in rows])),
+                "images_per_s": float(np.mean([row["images_per_s"] for row in rows])),
+                "errors": sum(row["errors"] for row in rows),
+                "rounds": rows,
+                "shadow_compared": prometheus_value(metrics_port, "/metrics", "leukoflow_proxy_shadow_compared_total"),
+                "shadow_dropped": prometheus_value(metrics_port, "/metrics", "leukoflow_proxy_shadow_dropped_total"),
+                "shadow_failed": prometheus_value(metrics_port, "/metrics", "leukoflow_proxy_shadow_failed_total"),
+            }
+        return {"clients": clients, "rounds": rounds, "duration_s": duration_s, "settings": out}
+    finally:
+        for proc, *_ in proxies.values():
+            stop_server(proc)
+        stop_server(server)
+
+
+def p50s(row: dict) -> list[float]:
+    return [r["p50_ms"] for r in row["rounds"]]
+
+
+def shadow_markdown(result: dict, origin: str) -> str:
+    off = result["settings"]["shadow off"]
+    noise = max(p50s(off)) - min(p50s(off))
+    lines = [
+        "# Shadow calls through the proxy: live calls with shadow off and on",
+        "",
+        f"Model: {origin} ({result.get('model_dir', '')}), {result.get('when', '')}. {result['clients']} concurrent gRPC clients (label stable, one image a call), "
+        f"{result['rounds']} interleaved rounds of {result['duration_s']:.0f} s per setting; medians of the rounds' "
+        "p50/p99, mean throughput. Shadow calls go to the canary on the same server.",
+        "",
+        "| setting | live p50 (ms) | rounds' p50 (ms) | live p99 (ms) | live images/s | vs off | errors | compared "
+        "| dropped | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["settings"].items():
+        lines.append(
+            f"| {name} | {row['p50_ms']:.2f} | {min(p50s(row)):.1f}-{max(p50s(row)):.1f} | {row['p99_ms']:.2f} | "
+            f"{row['images_per_s']:.1f} | "
+            f"{row['images_per_s'] / off['images_per_s']:.3f}x | {row['errors']} | {row['shadow_compared']:.0f} | "
+            f"{row['shadow_dropped']:.0f} | {row['shadow_failed']:.0f} |"
+        )
+    lines.append("")
+    for name, row in result["settings"].items():
+        if name == "shadow off":
+            continue
+        dp50 = row["p50_ms"] - off["p50_ms"]
+        ratio = row["images_per_s"] / off["images_per_s"]
+        lines.append(
+            f"- {name}: live p50 {dp50:+.2f} ms vs off (target within {TARGET_SHADOW_P50_MS} ms: "
+            f"{'met' if abs(dp50) <= TARGET_SHADOW_P50_MS else 'NOT met'}), throughput {ratio:.3f}x "
+            f"(target >= {TARGET_SHADOW_THROUGHPUT}: {'met' if ratio >= TARGET_SHADOW_THROUGHPUT else 'NOT met'})"
+        )
+    lines.append(
+        f"- the shadow-off p50 itself moved by {noise:.1f} ms between rounds (load average "
+        f"{result['host']['load_avg_1m'][0]:.1f} -> {result['host']['load_avg_1m'][1]:.1f} on "
+        f"{result['host']['cpus']} CPUs): a p50 difference smaller than that is not resolved by this run"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_shadow(
+    model_dir: str | None, duration_s: float, clients: int, rounds: int, images: int, out_dir: Path, rates
+) -> dict:
+    """Only the shadow comparison (benchmarks/results/serving_shadow.{json,md})."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
+        workdir = Path(tmp)
+        jpegs = load_jpegs(images)
+        source, origin = find_model(model_dir, workdir)
+        config = model_store(source, workdir)
+        result = shadow_and_measure(config, jpegs, duration_s, clients, rounds, workdir, tuple(rates))
+    result.update(
+        model_source=origin,
+        model_dir=_display(source),
+        when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        host={"cpus": os.cpu_count(), "load_avg_1m": [load_before, os.getloadavg()[0]]},
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in (
+        ("serving_shadow.json", json.dumps(result, indent=2)),
+        ("serving_shadow.md", shadow_markdown(result, origin)),
+    ):
+        tmp_path = out_dir / f".{name}.tmp"
+        tmp_path.write_text(text)
+        tmp_path.replace(out_dir / name)
+    return result
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -552,6 +734,13 @@ def markdown(results: dict) -> str:
         f"batched server flags: {' '.join(results['batched_server_flags'])}; latency and unbatched rows use TensorFlow's default threads",
         "- client and server share this machine's CPUs; the in-process reference has them to itself",
     ]
+    if results.get("shadow"):  # the staged rollout's shadow calls (older result files have none)
+        lines += [
+            "",
+            shadow_markdown({**results["shadow"], "host": results["host"]}, results["model_source"])
+            .split("\n", 2)[2]
+            .strip(),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -613,6 +802,7 @@ def run(
         proxy = proxy_and_measure(
             config, jpegs, iterations, duration_s, clients, workdir, batching_path, batched_intra_op
         )
+        shadow = shadow_and_measure(config, jpegs, duration_s, max(clients), 3, workdir)
         after = in_process(workdir / "models" / MODEL / "1", jpegs, iterations, duration_s)
         reference = min((before, after), key=lambda r: r["latency"]["p50_ms"])
         reference = {
@@ -644,6 +834,7 @@ def run(
         "in_process": reference,
         "server": server,
         "proxy": proxy,
+        "shadow": shadow,
         "batching_parameters": [line for line in batching_text.splitlines() if line and not line.startswith("#")],
         "batched_server_flags": [f"--tensorflow_intra_op_parallelism={batched_intra_op}"],
         "targets": {
@@ -682,7 +873,28 @@ def main(argv: list[str] | None = None) -> None:
         default=BATCHED_INTRA_OP,
         help="--tensorflow_intra_op_parallelism of the batched server (0: TensorFlow's default)",
     )
+    parser.add_argument(
+        "--shadow-only",
+        action="store_true",
+        help="only the shadow on/off comparison through the proxy (serving_shadow.{json,md})",
+    )
+    parser.add_argument("--shadow-rounds", type=int, default=3, help="interleaved rounds of the shadow comparison")
+    parser.add_argument(
+        "--shadow-sample-rates", type=float, nargs="+", default=[1.0], help="shadow-on settings to measure"
+    )
     args = parser.parse_args(argv)
+    if args.shadow_only:
+        result = run_shadow(
+            args.model_dir,
+            args.duration,
+            max(args.clients),
+            args.shadow_rounds,
+            args.images,
+            args.out,
+            args.shadow_sample_rates,
+        )
+        print(shadow_markdown(result, result["model_source"]))
+        return
     results = run(
         args.model_dir, args.iterations, args.duration, args.clients, args.images, args.out, args.batched_intra_op
     )

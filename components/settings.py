@@ -283,3 +283,17 @@ LOW_CONFIDENCE_THRESHOLD: float = 0.6
 
 REGISTERED_MODEL_NAME: str = "leukemia-classifier"
 SERVED_MODEL_NAME: str = "leukemia"
+
+# ---------------------------------------------------------------- staged rollout (shadow, canary, stable)
+# A promotion puts the new version on the `canary` label beside `stable` (the first version, with no stable
+# yet, goes to stable directly). The request-logging proxy re-sends live calls to the canary off the
+# request path; `leukoflow rollout promote` moves canary to stable only when all of these hold on them.
+ROLLOUT_MIN_COMPARED: int = 200  # images answered by both versions
+ROLLOUT_MIN_AGREEMENT: float = 0.97  # share of those with the same class
+ROLLOUT_MAX_REFERRAL_RISE: float = 0.02  # canary's referral rate at most this above stable's (absolute)
+ROLLOUT_MAX_P99_RATIO: float = 1.5  # canary's p99 latency at most this times stable's
+# A canary promoted by a drift-triggered retraining run moves to stable by itself once the policy holds
+# (checked after each drift check); off unless LEUKOFLOW_ROLLOUT_AUTO_STABLE=1.
+ROLLOUT_AUTO_STABLE: bool = os.environ.get("LEUKOFLOW_ROLLOUT_AUTO_STABLE", "") in ("1", "true", "yes")
+SHADOW_SAMPLE_RATE: float = 1.0  # share of successful live Predict/Classify calls re-sent to the canary
+SHADOW_MAX_PENDING: int = 64  # shadow calls waiting; when full, new ones are dropped and counted

@@ -216,6 +216,13 @@ def drift(
             kept_dir=str(kept_dir) if kept_dir else None,
         )
         result["trigger"] = trigger_mod.maybe_trigger(result, config)
+    if settings.ROLLOUT_AUTO_STABLE:  # a triggered run's canary moves to stable once the rollout policy holds
+        from components.promote import rollout
+
+        try:
+            result["rollout"] = rollout.maybe_auto_promote()
+        except Exception as exc:  # noqa: BLE001 - the drift check's answer stands whatever the rollout does
+            result["rollout"] = {"promoted": False, "why": f"{type(exc).__name__}: {exc}"}
     emit(result, as_json, _human)
     if result["status"] == "drift":
         raise typer.Exit(EXIT_DRIFT)
@@ -289,6 +296,28 @@ def proxy_cmd(
     max_pending: int = typer.Option(
         4096, "--max-pending", help="Responses waiting for the writer before records are dropped."
     ),
+    shadow: bool = typer.Option(
+        True,
+        "--shadow/--no-shadow",
+        help="While a canary label is served, re-send each successful live gRPC Predict/Classify to it "
+        "(off the request path) and record both answers for `leukoflow rollout status`.",
+    ),
+    shadow_sample_rate: float = typer.Option(
+        None, "--shadow-sample-rate", help="Share of live calls re-sent to the canary (default: settings)."
+    ),
+    shadow_max_pending: int = typer.Option(
+        None, "--shadow-max-pending", help="Shadow calls waiting before new ones are dropped and counted."
+    ),
+    shadow_dir: Optional[Path] = typer.Option(
+        None, "--shadow-dir", help="Shadow records folder (default: <request log folder>/shadow)."
+    ),
+    canary_percent: Optional[float] = typer.Option(
+        None,
+        "--canary-percent",
+        help="Route live calls that name no version or label: this percent to canary (while one is served), the "
+        "rest to stable. Without it calls are relayed unchanged, and TF Serving answers those with the newest "
+        "loaded version. Routing costs a gRPC server hop (docs/monitoring.md).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object with the bound ports once listening."),
 ) -> None:
     """Pass-through request-logging proxy in front of tensorflow/serving (same pod; docs/monitoring.md)."""
@@ -296,12 +325,31 @@ def proxy_cmd(
     import sys
     import threading
 
-    from components import home
+    from components import home, settings
+    from components.promote import rollout
     from monitoring.proxy import LoggingProxy, ProxyMetrics
     from monitoring.request_log import RequestLogWriter
 
     metrics = ProxyMetrics()
     try:
+        sender = chooser = None
+        if shadow:
+            from monitoring.shadow import ShadowSender
+
+            log_dir = request_log_dir or home.request_log_dir()
+            sender = ShadowSender(
+                upstream_grpc,
+                shadow_dir or rollout.shadow_dir(log_dir),
+                file_name=log_file.replace("requests", "shadow", 1) if "requests" in log_file else f"shadow-{log_file}",
+                sample_rate=settings.SHADOW_SAMPLE_RATE if shadow_sample_rate is None else shadow_sample_rate,
+                max_pending=settings.SHADOW_MAX_PENDING if shadow_max_pending is None else shadow_max_pending,
+                metrics=metrics,
+                upstream_rest=None if upstream_rest.lower() == "none" else upstream_rest,
+            )
+        if canary_percent is not None:
+            from monitoring.label_router import LabelChooser
+
+            chooser = LabelChooser(upstream_grpc, canary_percent)
         writer = RequestLogWriter(
             request_log_dir or home.request_log_dir(),
             store_images=log_images,
@@ -318,6 +366,8 @@ def proxy_cmd(
             grpc_port=grpc_port,
             rest_port=rest_port,
             metrics=metrics,
+            shadow=sender,
+            chooser=chooser,
         ).start()
     except (OSError, ValueError) as exc:
         fail(f"cannot start the proxy: {exc}", as_json)
@@ -334,6 +384,8 @@ def proxy_cmd(
             "upstream_grpc": upstream_grpc,
             "upstream_rest": upstream_rest,
             "request_log": str(writer.directory),
+            "shadow": str(sender.path) if sender else None,
+            "canary_percent": canary_percent,
         },
         as_json,
         lambda r: (

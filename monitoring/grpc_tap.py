@@ -52,6 +52,7 @@ class Exchange:
     response: bytes | None  # the first response message
     status: int  # grpc-status (2, UNKNOWN, when the server sent none)
     latency_ms: float  # request headers seen -> trailers seen, at the relay
+    request_id: str | None = None  # the client's x-request-id metadata, when it sent one
 
 
 class _Stream:
@@ -64,10 +65,12 @@ class _Stream:
         "response_encoding",
         "response_headers",
         "oversized",
+        "request_id",
     )
 
-    def __init__(self, method: str, started: float, encoding: str | None) -> None:
+    def __init__(self, method: str, started: float, encoding: str | None, request_id: str | None = None) -> None:
         self.method, self.started, self.request_encoding = method, started, encoding
+        self.request_id = request_id
         self.request, self.response = bytearray(), bytearray()
         self.response_encoding: str | None = None
         self.response_headers = False
@@ -189,7 +192,9 @@ class Http2Tap:
             raise TapError(f"unreadable header block ({exc})") from None
         if side.client:
             if stream_id not in self._streams:
-                self._streams[stream_id] = _Stream(headers.get(":path", ""), at, headers.get("grpc-encoding"))
+                self._streams[stream_id] = _Stream(
+                    headers.get(":path", ""), at, headers.get("grpc-encoding"), headers.get("x-request-id")
+                )
             return
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -213,7 +218,9 @@ class Http2Tap:
             response = None if stream.oversized else _first_message(stream.response, stream.response_encoding)
         except zlib.error:
             request = response = None
-        self._on_exchange(Exchange(stream.method, request, response, status, (at - stream.started) * 1000.0))
+        self._on_exchange(
+            Exchange(stream.method, request, response, status, (at - stream.started) * 1000.0, stream.request_id)
+        )
 
 
 # ---------------------------------------------------------------- the relay

@@ -23,6 +23,7 @@ import math
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -80,6 +81,21 @@ class ProxyMetrics:
         self.log_dropped = Counter(
             "leukoflow_proxy_request_log_dropped",
             "Request-log records dropped (writer behind, or its folder unusable)",
+            registry=self.registry,
+        )
+        self.shadow_compared = Counter(
+            "leukoflow_proxy_shadow_compared",
+            "Images answered by both stable and canary (shadow calls, off the request path)",
+            registry=self.registry,
+        )
+        self.shadow_dropped = Counter(
+            "leukoflow_proxy_shadow_dropped",
+            "Shadow calls dropped because the shadow queue was full (live calls are never held)",
+            registry=self.registry,
+        )
+        self.shadow_failed = Counter(
+            "leukoflow_proxy_shadow_failed",
+            "Shadow calls the canary did not answer",
             registry=self.registry,
         )
         self.untapped = Counter(
@@ -166,10 +182,15 @@ class LoggingProxy:
         rest_port: int = 8501,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         metrics: ProxyMetrics | None = None,
+        shadow: Any = None,
+        chooser: Any = None,
     ) -> None:
         from components.image_features import FEATURE_OUTPUTS
 
         self.writer = writer
+        self.shadow = shadow  # monitoring.shadow.ShadowSender: live calls re-sent to the canary, off the request path
+        # monitoring.label_router.LabelChooser: with it, calls naming no label get stable or (a share) canary
+        self.chooser = chooser
         self.metrics = metrics or ProxyMetrics()
         self.host, self.grpc_port, self.rest_port = host, grpc_port, rest_port
         self.upstream_grpc, self.upstream_rest = upstream_grpc, upstream_rest
@@ -198,6 +219,8 @@ class LoggingProxy:
         if exchange.request is None or exchange.response is None:
             self.writer.drop(1, "a gRPC call the tap could not read (over max_message_bytes, or compressed)")
             return
+        if self.shadow is not None:  # the request log keeps no identifier; shadow records name the call for review
+            self.shadow.offer(exchange, exchange.request_id or uuid.uuid4().hex[:16])
         try:
             if exchange.method == PREDICT_METHOD:
                 from tensorflow_serving.apis import predict_pb2
@@ -270,11 +293,14 @@ class LoggingProxy:
                     return
                 body = self.rfile.read(length) if length else None
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                path = self.path
+                if proxy.chooser is not None and self.command == "POST":
+                    path = _relabelled_path(path, proxy.chooser)
                 started = time.perf_counter()
                 for attempt in (0, 1):  # a kept-alive upstream connection may have been closed: retry once
                     conn = self._connection()
                     try:
-                        conn.request(self.command, self.path, body=body, headers=headers)
+                        conn.request(self.command, path, body=body, headers=headers)
                         upstream = conn.getresponse()
                         data = upstream.read()
                         break
@@ -290,7 +316,7 @@ class LoggingProxy:
                             )
                             return
                 proxy._count("rest", str(upstream.status))
-                match = REST_API.match(self.path.split("?", 1)[0])
+                match = REST_API.match(path.split("?", 1)[0])
                 if match and self.command == "POST" and upstream.status == 200:
                     meta = {
                         "model": match["name"],
@@ -301,6 +327,15 @@ class LoggingProxy:
                     }
                     proxy.writer.submit(meta, _rest_reader(data, match["verb"]))
                 self._reply(upstream.status, upstream.getheaders(), data)
+                if match and self.command == "POST" and upstream.status == 200 and proxy.shadow is not None:
+                    from monitoring.shadow import RestCall  # after the reply: the client never waits for it
+
+                    call = RestCall(
+                        meta["model"], meta["version"], match["verb"], body or b"", data, meta["latency_ms"]
+                    )
+                    proxy.shadow.offer_rest(
+                        call, match["label"], self.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+                    )
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward  # noqa: N815
 
@@ -317,14 +352,28 @@ class LoggingProxy:
         import components.domain  # noqa: F401
         from monitoring.grpc_tap import GrpcRelay
 
-        self._relay = GrpcRelay(
-            self.upstream_grpc,
-            self._exchange,
-            host=self.host,
-            port=self.grpc_port,
-            max_message_bytes=self._max,
-            on_lost=self._untapped,
-        ).start()
+        if self.shadow is not None:
+            self.shadow.start()
+        if self.chooser is not None:
+            from monitoring.label_router import LabelRouter
+
+            self._relay = LabelRouter(
+                self.upstream_grpc,
+                self._exchange,
+                self.chooser,
+                host=self.host,
+                port=self.grpc_port,
+                max_message_bytes=self._max,
+            ).start()
+        else:
+            self._relay = GrpcRelay(
+                self.upstream_grpc,
+                self._exchange,
+                host=self.host,
+                port=self.grpc_port,
+                max_message_bytes=self._max,
+                on_lost=self._untapped,
+            ).start()
         self.grpc_port = self._relay.port
         if self.upstream_rest and self.rest_port >= 0:
             ThreadingHTTPServer.request_queue_size = 1024  # a real listen backlog
@@ -343,7 +392,8 @@ class LoggingProxy:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every call answered so far is read by the tap and written (tests, shutdown)."""
-        return (self._relay is None or self._relay.flush(timeout)) and self.writer.flush(timeout)
+        relayed = self._relay is None or self._relay.flush(timeout)
+        return relayed and self.writer.flush(timeout) and (self.shadow is None or self.shadow.flush(timeout))
 
     def stop(self) -> None:
         if self._rest is not None:
@@ -351,7 +401,22 @@ class LoggingProxy:
             self._rest.server_close()
         if self._relay is not None:
             self._relay.stop()  # reads what the tap has queued, so its records reach the writer
+        if self.shadow is not None:
+            self.shadow.stop()
         self.writer.close()
+
+
+def _relabelled_path(path: str, chooser: Any) -> str:
+    """A REST predict/classify path that names no version or label, with the chosen label in it."""
+    route, _, query = path.partition("?")
+    match = REST_API.match(route)
+    if not match or match["version"] or match["label"]:
+        return path
+    label = chooser.choose()
+    if label is None:
+        return path
+    route = f"/v1/models/{match['name']}/labels/{label}:{match['verb']}"
+    return route + (f"?{query}" if query else "")
 
 
 def _rest_reader(raw: bytes, verb: str) -> Callable[[], tuple[dict, dict]]:

@@ -20,6 +20,7 @@ COMMANDS = {
     "evaluate": "components.evaluate.cli:app",
     "promote": "components.promote.cli:promote_app",
     "registry": "components.promote.cli:registry_app",
+    "rollout": "components.promote.cli:rollout_app",
     "serve": "pipelines.serve_cli:serve_app",
     "predict": "serving.predict:app",
     "monitor": "monitoring.cli:app",

@@ -107,6 +107,9 @@ def registry_section(now: datetime) -> dict[str, Any]:
             "age": _age(created, now),
             "model_path": tags.get("model_path"),
             "pipeline_run_id": tags.get("pipeline_run_id"),
+            # the live shadow comparison it passed as canary (components/promote/rollout.py), when it had one
+            "shadow": {k.removeprefix("shadow."): v for k, v in tags.items() if k.startswith("shadow.")} or None,
+            "rollout": {k.removeprefix("rollout."): v for k, v in tags.items() if k.startswith("rollout.")} or None,
         }
 
     return {
@@ -245,6 +248,30 @@ def problems(serving: dict[str, Any], registry: dict[str, Any]) -> list[str]:
     return found
 
 
+def rollout_section(serving: dict[str, Any], registry: dict[str, Any]) -> dict[str, Any]:
+    """The canary's live shadow comparison so far, and the evidence the stable version was promoted on."""
+    from components.promote import rollout
+
+    canary = serving["labels"].get("canary")
+    current = None
+    if canary is not None:
+        state = rollout.status()
+        summary = state["summary"]
+        current = {
+            "version": canary,
+            "compared": summary["compared"],
+            "agreement": summary["agreement"],
+            "referral_rate": summary["referral_rate"],
+            "latency": summary["latency"],
+            "disagreements": summary["disagreements"],
+            "dropped": summary["dropped"],
+            "failed": summary["failed"],
+            "policy_failures": state["failures"],
+        }
+    champion = registry.get("champion") or {}
+    return {"canary": current, "stable_evidence": champion.get("shadow"), "stable_decision": champion.get("rollout")}
+
+
 def collect(now: datetime | None = None) -> dict[str, Any]:
     """The whole status as one dict; `problems` lists what makes `leukoflow status` exit 1."""
     from monitoring import trigger
@@ -264,6 +291,7 @@ def collect(now: datetime | None = None) -> dict[str, Any]:
         "trigger": trigger_section(now, state, state_file),
         "request_log": request_section(now),
     }
+    result["rollout"] = rollout_section(serving, registry)
     result["problems"] = problems(serving, registry)
     result["ok"] = not result["problems"]
     return result
@@ -318,6 +346,21 @@ def human(result: dict[str, Any]) -> str:
         + (f"; last retraining started {last.get('at')} ({last.get('status')})" if last else "; no retraining yet")
         + (f"; cooldown until {t['next_allowed_at']}" if t["in_cooldown"] else "; not in cooldown")
     )
+    ro = result.get("rollout") or {}
+    if ro.get("canary"):
+        c = ro["canary"]
+        agreement = "n/a" if c["agreement"] is None else f"{c['agreement']:.2%}"
+        lines.append(
+            f"rollout     canary version {c['version']}: {c['compared']} images compared in shadow, agreement "
+            f"{agreement}, {c['disagreements']} disagreements; "
+            + ("policy holds" if not c["policy_failures"] else "policy not met: " + "; ".join(c["policy_failures"]))
+        )
+    if ro.get("stable_evidence"):
+        e, dec = ro["stable_evidence"], ro.get("stable_decision") or {}
+        lines.append(
+            f"stable      promoted on {e.get('compared')} live images compared in shadow, agreement {e.get('agreement')}"
+            + (f" ({dec.get('decision')}: {dec.get('reason')})" if dec else "")
+        )
     q = result["request_log"]
     lines.append(f"requests    {q['requests']} in the last {q['window_h']:.0f} h ({d(q['directory'])})")
     lines += [f"PROBLEM: {p}" for p in result["problems"]] or [

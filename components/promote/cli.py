@@ -60,9 +60,10 @@ def promote(
         help="Where decision.md, decision.json and model_card.md go (default: $LEUKOFLOW_HOME/reports/promote-<id>).",
     ),
     label: str = typer.Option(
-        "stable",
+        "canary",
         "--label",
-        help="Label the promoted version gets: stable (alias champion) or canary (alias challenger).",
+        help="Label the promoted version gets: canary (alias challenger; the first version, with nothing stable "
+        "yet, goes to stable) until `leukoflow rollout promote` moves it, or stable (alias champion) at once.",
     ),
     pipeline_run_id: str = typer.Option(
         "", "--pipeline-run-id", help="Pipeline run id recorded in the registry (default: manual)."
@@ -255,3 +256,114 @@ def promote_version(
     emit(
         result, as_json, lambda r: f"version {r['version']} is now {r['label']}; aliases {r['aliases']}\n{r['server']}"
     )
+
+
+rollout_app = typer.Typer(
+    add_completion=False,
+    help="The staged rollout: the canary's live shadow comparison (status), then promote to stable, or abort.",
+)
+
+
+def _human_rollout(r: dict) -> str:
+    if r["canary"] is None:
+        return "no canary is served" + (f" (stable: version {r['stable']})" if r["stable"] is not None else "")
+    s = r["summary"]
+    lines = [f"canary version {r['canary']} beside stable version {r['stable']} (shadow records: {r['shadow_dir']})"]
+    lines.append(
+        f"compared {s['compared']} images in {s['calls']} calls; shadow calls dropped {s['dropped']}, failed {s['failed']}"
+    )
+    agreement = "-" if s["agreement"] is None else f"{s['agreement']:.2%}"
+    per_class = ", ".join(
+        f"{c} {'-' if v['agreement'] is None else format(v['agreement'], '.2%')} ({v['compared']})"
+        for c, v in s["per_class"].items()
+    )
+    lines.append(f"agreement {agreement}; per class of the stable answer: {per_class}")
+
+    def pct(v):
+        return "-" if v is None else f"{v:.2%}"
+
+    lines.append(
+        f"referral rate: stable {pct(s['referral_rate']['stable'])}, canary {pct(s['referral_rate']['canary'])}"
+    )
+    for side in ("stable", "canary"):
+        lat = s["latency"][side]
+        lines.append(f"latency {side}: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
+    if s["disagreement_list"]:
+        lines.append(f"disagreements ({s['disagreements']}; request id, image, stable -> canary):")
+        lines += [f"  {d['request_id']} #{d['index']}: {d['stable']} -> {d['canary']}" for d in s["disagreement_list"]]
+    lines.append(
+        "policy: holds, `leukoflow rollout promote` will move canary to stable"
+        if not r["failures"]
+        else "policy: not met: " + "; ".join(r["failures"])
+    )
+    return "\n".join(lines)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    shadow_dir: Path = typer.Option(
+        None, "--shadow-dir", help="Shadow records folder (default: $LEUKOFLOW_HOME/requests/shadow)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """The canary's comparison with stable on live traffic: agreement (overall, per class), referral, latency."""
+    from components.promote import rollout
+
+    try:
+        result = rollout.status(shadow_dir)
+    except ValueError as exc:
+        fail(str(exc), as_json)
+    emit(result, as_json, _human_rollout)
+
+
+@rollout_app.command("promote")
+def rollout_promote(
+    force: bool = typer.Option(False, "--force", help="Promote although the policy does not hold (needs --reason)."),
+    reason: str = typer.Option("", "--reason", help="Why (recorded with the version in the registry)."),
+    shadow_dir: Path = typer.Option(None, "--shadow-dir", help="Shadow records folder."),
+    step_wait: float = typer.Option(0.0, "--step-wait-seconds", help="Pause between the two models.config steps."),
+    serving_rest: str = typer.Option(
+        None, "--serving-rest", help="REST address of a running server to wait on between the steps ('' to skip)."
+    ),
+    server: str = typer.Option(
+        None, "--server", help="gRPC HOST:PORT of a running server to send each models.config step to."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Move canary to stable when the rollout policy holds (components/settings.py ROLLOUT_*); else say what failed."""
+    from components.promote import rollout
+    from components.promote.executor import PromotionError
+
+    try:
+        result = rollout.promote(
+            force=force,
+            reason=reason,
+            directory=shadow_dir,
+            step_wait_s=step_wait,
+            serving_rest=serving_rest,
+            server=server,
+        )
+    except (ValueError, PromotionError, FileNotFoundError, rollout.RolloutRefused) as exc:
+        fail(str(exc), as_json)
+    emit(
+        result,
+        as_json,
+        lambda r: f"version {r['version']} is now stable (was {r['previous_stable']}): {r['decision']}, {r['reason']}",
+    )
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    reason: str = typer.Option("", "--reason", help="Why (recorded with the version)."),
+    shadow_dir: Path = typer.Option(None, "--shadow-dir", help="Shadow records folder."),
+    server: str = typer.Option(None, "--server", help="gRPC HOST:PORT of a running server to send the config to."),
+    as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
+) -> None:
+    """Remove the canary (label and version) from models.config; stable is untouched."""
+    from components.promote import rollout
+
+    try:
+        result = rollout.abort(shadow_dir, reason=reason, server=server)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc), as_json)
+    emit(result, as_json, lambda r: f"canary version {r['version']} removed; serving {r['serving']['labels']}")

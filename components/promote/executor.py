@@ -30,7 +30,7 @@ def run_promote(
     candidates: list[str | Path],
     out_dir: str | Path | None = None,
     split_dir: str | Path | None = None,
-    label: str = "stable",
+    label: str = "canary",
     pipeline_run_id: str = "",
     policy: Policy = Policy(),
     dry_run: bool = False,

@@ -120,7 +120,10 @@ def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_
     assert decision["regression"]["cnn"]["candidate_f1"] < 0.9
     # a real improvement on a different split is promoted, then rolled back
     res = executor.run_promote(
-        _cands(tmp_path / "e", models, resnet50=("good2", 0.97, 25_600_000)), tmp_path / "o5", other_split_dir
+        _cands(tmp_path / "e", models, resnet50=("good2", 0.97, 25_600_000)),
+        tmp_path / "o5",
+        other_split_dir,
+        label="stable",  # at once, not through the canary
     )
     assert res["promoted"] and res["version"] == 2, res["summary"]
     assert model_store.read_state().labels == {"stable": 2} and registry.get_aliases()["champion"] == 2
@@ -148,6 +151,21 @@ def test_regression_vs_champion_and_rollback(tmp_path, models, split_dir, other_
     assert registry.get_aliases() == {"champion": 1, "challenger": 2}
     executor.promote_version(2, "stable")
     assert model_store.read_state().labels == {"stable": 2} and registry.get_aliases() == {"champion": 2}
+
+
+def test_the_gate_promotes_to_canary_once_something_is_stable(tmp_path, models, split_dir, other_split_dir):
+    first = executor.run_promote(
+        _cands(tmp_path / "a", models, mobilenetv2=("good", 0.96, 3_400_000)), tmp_path / "o1", split_dir
+    )
+    assert first["label"] == "stable" and model_store.read_state().labels == {"stable": 1}  # nothing to compare with
+    res = executor.run_promote(
+        _cands(tmp_path / "b", models, resnet50=("good2", 0.97, 25_600_000)), tmp_path / "o2", other_split_dir
+    )
+    assert res["promoted"] and res["version"] == 2 and res["label"] == "canary", res["summary"]
+    state = model_store.read_state()
+    assert state.labels == {"stable": 1, "canary": 2} and state.versions == [1, 2]  # loaded beside, stable unchanged
+    assert registry.get_aliases() == {"champion": 1, "challenger": 2}
+    assert json.loads((tmp_path / "o2" / "decision.json").read_text())["label"] == "canary"
 
 
 @pytest.mark.parametrize(
@@ -192,8 +210,9 @@ def test_failed_promotion_keeps_old_state_everywhere(tmp_path, models, split_dir
     res = executor.run_promote(
         _cands(tmp_path / "c", models, resnet50=("good2", 0.97, 3_000_000)), tmp_path / "o3", split_dir
     )
-    assert res["promoted"] and model_store.read_state().labels == {"stable": res["version"]}
-    assert registry.get_aliases() == {"champion": res["version"]} and res["version"] in model_store.list_versions()
+    assert res["promoted"] and model_store.read_state().labels == {"stable": 1, "canary": res["version"]}
+    assert registry.get_aliases() == {"champion": 1, "challenger": res["version"]}
+    assert res["version"] in model_store.list_versions()
 
 
 @pytest.mark.parametrize("key, reason", [("broken", "do not sum to 1"), ("nowarmup", "no warmup records")])

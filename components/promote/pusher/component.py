@@ -20,7 +20,7 @@ def promote_op(
     reference: Input[Dataset] = None,
     drift_report: str = "",
     pipeline_run_id: str = "",
-    label: str = "stable",
+    label: str = "canary",
 ) -> NamedTuple("PromoteOutputs", [("version", int), ("model_path", str)]):
     """Run components.promote.pusher.executor.apply_decision on the gate's decision (model store, models.config, registry).
 
@@ -44,6 +44,8 @@ def promote_op(
     )
     shutil.copyfile(promotion.path + "/model_card.md", model_card.path)
     path = str(model_store.version_path(result.version))
-    promotion.metadata.update({"version": result.version, "label": label, "model_path": path, "model": result.chosen})
+    promotion.metadata.update(
+        {"version": result.version, "label": result.label, "model_path": path, "model": result.chosen}
+    )
     print(result.summary)
     return namedtuple("PromoteOutputs", ["version", "model_path"])(result.version, path)

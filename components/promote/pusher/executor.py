@@ -89,10 +89,22 @@ def _run_undo(steps: list[tuple[str, Callable[[], None]]]) -> list[str]:
     return failed
 
 
+def first_label(label: str, config_path: str | Path | None = None) -> str:
+    """The label a promotion really gets: `canary` becomes `stable` while nothing is stable yet.
+
+    A first version has no champion to compare with on live traffic, and a canary alone would leave clients
+    that ask for `stable` without an answer, so the first promotion serves as stable at once.
+    """
+    if label != "canary":
+        return label
+    state = model_store.read_state(config_path)
+    return label if state is not None and "stable" in state.labels else "stable"
+
+
 def apply_decision(
     decision: Decision,
     out_dir: str | Path,
-    label: str = "stable",
+    label: str = "canary",
     pipeline_run_id: str = "",
     base: str | Path | None = None,
     config_path: str | Path | None = None,
@@ -144,6 +156,7 @@ def apply_decision(
     config_path = Path(config_path or home.models_config_path())
     step = "start"
     with model_store.store_lock(base):
+        label = first_label(label, config_path)
         model_store.clean_stale_temporaries(base)
         config_snap = model_store.snapshot_config(config_path)
         model_store.read_models_config(config_path)  # refuse to start on an unreadable config

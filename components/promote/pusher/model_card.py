@@ -136,3 +136,36 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+SHADOW_HEADING = "## Live shadow comparison (staged rollout)"
+
+
+def with_shadow_section(card: str, summary: dict[str, Any] | None, decision: dict[str, Any]) -> str:
+    """The card with its shadow-comparison section (replacing an earlier one): the canary's evidence on live traffic."""
+    card = card.split("\n" + SHADOW_HEADING, 1)[0].rstrip() + "\n"
+    lines = ["", SHADOW_HEADING, ""]
+    if not summary or not summary.get("compared"):
+        lines.append("No live call was compared with this version while it was canary.")
+    else:
+        ref, lat = summary["referral_rate"], summary["latency"]
+        lines += [
+            f"While canary, {summary['compared']} live images ({summary['calls']} calls, {summary['first']} to "
+            f"{summary['last']}) were also sent to this version by the request-logging proxy, off the request path.",
+            "",
+            "| figure | stable | this version |",
+            "|---|---|---|",
+            f"| agreement with stable | | {_pct(summary['agreement'])} |",
+            f"| referral rate | {_pct(ref['stable'])} | {_pct(ref['canary'])} |",
+            f"| latency p50 (ms) | {_num(lat['stable']['p50_ms'], 2)} | {_num(lat['canary']['p50_ms'], 2)} |",
+            f"| latency p99 (ms) | {_num(lat['stable']['p99_ms'], 2)} | {_num(lat['canary']['p99_ms'], 2)} |",
+            "",
+            "Agreement per class of the stable answer: "
+            + ", ".join(f"{c} {_pct(v['agreement'])} of {v['compared']}" for c, v in summary["per_class"].items()),
+            f"Disagreements: {summary['disagreements']}; shadow calls dropped {summary['dropped']}, "
+            f"failed {summary['failed']}.",
+        ]
+    lines += ["", f"Rollout decision: {decision.get('decision')} ({decision.get('reason')}) at {decision.get('at')}."]
+    if decision.get("failures") and decision.get("failures") != "none":
+        lines.append(f"Figures that did not meet the policy: {decision['failures']}.")
+    return card + "\n".join(lines) + "\n"

@@ -316,7 +316,7 @@ def plan_label_move(
     """The two configs TF Serving needs to move `label` to `version`.
 
     Step 1 serves the new version beside the old ones, labels unchanged. Step 2 moves the label and keeps
-    serving the labelled versions plus the one that just lost the label (so a rollback is instant).
+    serving the labelled versions plus the one that just lost `stable` (so a rollback is instant).
     """
     if label not in LABELS:
         raise ValueError(f"unknown label {label!r}; expected one of {', '.join(LABELS)}")
@@ -329,7 +329,8 @@ def plan_label_move(
     labels[label] = version
     if label == "stable" and labels.get("canary") == version:
         labels.pop("canary")  # the canary graduated
-    keep = set(labels.values()) | ({previous} if previous is not None else set())
+    # The previous stable stays loaded for an instant rollback; a replaced canary is simply dropped.
+    keep = set(labels.values()) | ({previous} if previous is not None and label == "stable" else set())
     step2 = ServingState(name, base_path, sorted(keep), labels)
     return step1, step2
 
@@ -359,6 +360,25 @@ def move_label(
     write_models_config(build_config(step2, existing), path)
     log.info("models.config step 2: serve versions %s, labels %s", step2.versions, step2.labels)
     return step1, step2
+
+
+def remove_label(label: str, path: str | Path | None = None, name: str = settings.SERVED_MODEL_NAME) -> ServingState:
+    """Take `label` off models.config in one write, and its version with it unless another label names it.
+
+    One step suffices (TF Serving checks only the labels a config has), so stable clients never see a change.
+    """
+    path = Path(path or home.models_config_path())
+    existing = read_models_config(path)
+    current = state_from_config(existing, name)
+    if current is None or label not in current.labels:
+        raise ValueError(f"models.config has no {label!r} label")
+    labels = dict(current.labels)
+    version = labels.pop(label)
+    keep = [v for v in current.versions if v != version or v in labels.values()]
+    state = ServingState(name, current.base_path, keep, labels)
+    write_models_config(build_config(state, existing), path)
+    log.info("models.config: %s removed (version %s); serve versions %s, labels %s", label, version, keep, labels)
+    return state
 
 
 def version_state(
