@@ -111,16 +111,16 @@ def _replaced(owner, **attributes):
 
 def _clean_batchnorm_statistics():
     """Training batches for precise BatchNorm (training=True, cache=False) un-augmented, as before 2026-12-06."""
-    from components.train import executor
+    from components.train import input as train_input
 
-    original = executor.train_input.dataset
+    original = train_input.dataset
 
     def dataset(*args, **kwargs):
         if kwargs.get("training") and kwargs.get("cache") is False:
             kwargs.update(augment=False, overexposure=0.0)
         return original(*args, **kwargs)
 
-    return _replaced(executor.train_input, dataset=dataset)
+    return _replaced(train_input, dataset=dataset)
 
 
 def _overexposure_gains(gains: tuple[float, float]):
@@ -141,9 +141,9 @@ def _weight_ema(momentum: float):
     """Adam with an EMA of the weights; validation, checkpoints and the kept model use the EMA weights."""
     import keras
 
-    from components.train import executor
+    from components.train import fitting
 
-    callbacks = executor._callbacks
+    callbacks = fitting.callbacks
 
     def compile_with_ema(model, learning_rate, label_smoothing):
         model.compile(
@@ -155,7 +155,7 @@ def _weight_ema(momentum: float):
     def callbacks_with_swap(*args, **kwargs):  # first: precise BN and the checkpoints then see the EMA weights
         return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + callbacks(*args, **kwargs)
 
-    return _replaced(executor, _compile=compile_with_ema, _callbacks=callbacks_with_swap)
+    return _replaced(fitting, compile_model=compile_with_ema, callbacks=callbacks_with_swap)
 
 
 @functools.lru_cache(maxsize=2)
@@ -180,15 +180,16 @@ def _distilled(targets: np.ndarray):
     """The training batches carry `targets` (one row per training image, shard order) instead of one-hot labels."""
     import tensorflow as tf
 
-    from components.train import augment, executor
+    from components.train import augment, fitting
+    from components.train import input as train_input
 
-    dataset, one_hot = executor.train_input.dataset, executor._one_hot
+    dataset, one_hot = train_input.dataset, fitting.one_hot
 
     def with_targets(split_dir, split, image_size, batch_size, **kwargs):
         if not (split == "train" and kwargs.get("training") and kwargs.get("count") is not None):
             return dataset(split_dir, split, image_size, batch_size, **kwargs)  # validation, precise-BN batches
         seed = kwargs["seed"]
-        pixels, _ = executor.train_input.pixels_and_labels(split_dir, "train", image_size)
+        pixels, _ = train_input.pixels_and_labels(split_dir, "train", image_size)
         ds = tf.data.Dataset.from_tensor_slices((pixels, targets)).shuffle(
             2048, seed=seed, reshuffle_each_iteration=True
         )
@@ -196,7 +197,7 @@ def _distilled(targets: np.ndarray):
             lambda x, t: (augment.photometric(x, kwargs.get("overexposure", 0.0)), t),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        geometry = executor.train_input._geometry(seed)
+        geometry = train_input.geometry_augmentation(seed)
         ds = ds.batch(batch_size).map(
             lambda x, t: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), t),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -206,7 +207,7 @@ def _distilled(targets: np.ndarray):
     def one_hot_unless_targets(ds):
         return ds if len(ds.element_spec[1].shape) == 2 else one_hot(ds)
 
-    with _replaced(executor, _one_hot=one_hot_unless_targets), _replaced(executor.train_input, dataset=with_targets):
+    with _replaced(fitting, one_hot=one_hot_unless_targets), _replaced(train_input, dataset=with_targets):
         yield
 
 
@@ -217,7 +218,7 @@ def _level_jitter():
 
     from components.train import models
 
-    layers = models._layers()
+    layers = models.graph_layers()
 
     @keras.saving.register_keras_serializable(package="leukoflow_benchmark")
     class LevelJitteredNormalize(layers.normalize):
@@ -229,7 +230,7 @@ def _level_jitter():
                 inputs = tf.minimum(inputs, ceiling)
             return super().call(inputs)
 
-    return _replaced(models, _layers=lambda: layers._replace(normalize=LevelJitteredNormalize))
+    return _replaced(models, graph_layers=lambda: layers._replace(normalize=LevelJitteredNormalize))
 
 
 def _clip_mask():
@@ -239,7 +240,7 @@ def _clip_mask():
 
     from components.train import models
 
-    layers = models._layers()
+    layers = models.graph_layers()
 
     @keras.saving.register_keras_serializable(package="leukoflow_benchmark")
     class BrightnessAndClipMask(layers.brightness):
@@ -250,7 +251,7 @@ def _clip_mask():
         def compute_output_shape(self, input_shape):
             return (*input_shape[:-1], input_shape[-1] + 1)
 
-    return _replaced(models, _layers=lambda: layers._replace(brightness=BrightnessAndClipMask))
+    return _replaced(models, graph_layers=lambda: layers._replace(brightness=BrightnessAndClipMask))
 
 
 def val_accuracies(keras_path: str, split: Path, size: int) -> dict[str, float]:

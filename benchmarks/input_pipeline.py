@@ -33,14 +33,14 @@ def run(split: Path, model_name: str, profile: str, steps: int, rounds: int = 2)
     from components import domain, settings
     from components.train import input as train_input
     from components.train import models
-    from components.train.executor import _compile
+    from components.train.fitting import compile_model
 
     config = settings.model_config(profile, model_name, weights="none")
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config)
     if models.base_layer(model) is not None:
         models.set_fine_tune(model, 10_000)  # time full training steps, not a frozen base
-    _compile(model, config.learning_rate, 0.0)
+    compile_model(model, config.learning_rate, 0.0)
     size, batch = config.image_size, config.batch_size
     count = len(train_input.labels(split, "train"))
 

@@ -45,12 +45,12 @@ def _cache(config, pool: Path, copies: int) -> tuple[np.ndarray, list[np.ndarray
     """Activations at the cut of every pooled image: clean [views, N, ...] (VIEW_ORDER), and per augmented copy."""
     import keras
 
-    from components.train import executor, models
+    from components.train import cached, fitting, models
     from components.train import input as train_input
 
     keras.utils.set_random_seed(config.seed)
-    bottom, _ = executor._bottom_and_top(models.build_model(config), config)
-    views = models._layers().views(max(VIEW_COUNTS))  # the served model's own orientations, stacked on the batch
+    bottom, _ = cached.bottom_and_top(models.build_model(config), config)
+    views = models.graph_layers().views(max(VIEW_COUNTS))  # the served model's own orientations, stacked on the batch
     clean, labels = [], []
     for x, y in train_input.dataset(pool, "train", config.image_size, 64, cache=False):
         _, cut = bottom.predict_on_batch(views(x))
@@ -60,7 +60,7 @@ def _cache(config, pool: Path, copies: int) -> tuple[np.ndarray, list[np.ndarray
     augmented = train_input.dataset(pool, "train", config.image_size, 64, augment=True, seed=config.seed, cache=True)
     copies_x = []
     for _ in range(copies):
-        (_, x), y = executor._predict_arrays(bottom, augmented)
+        (_, x), y = fitting.predict_arrays(bottom, augmented)
         if not np.array_equal(y, labels):
             raise RuntimeError("the augmented copies came back in another order than the clean images")
         copies_x.append(x.astype(np.float16))  # as training caches them
@@ -87,12 +87,12 @@ def _fold(
     import tensorflow as tf
 
     from components import domain
-    from components.train import executor, models
+    from components.train import cached, executor, fitting, models
     from components.train import input as train_input
 
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config)
-    _, top = executor._bottom_and_top(model, config)
+    _, top = cached.bottom_and_top(model, config)
     x = np.concatenate([clean[0][train]] + [c[train] for c in copies])
     y = np.concatenate([labels[train]] * (1 + len(copies)))
     ds = (
@@ -102,9 +102,9 @@ def _fold(
         .map(lambda a, b: (tf.cast(a, tf.float32), b))
         .prefetch(tf.data.AUTOTUNE)
     )
-    executor._compile(
+    fitting.compile_model(
         top,
-        executor._learning_rate(config, train_input.steps_per_epoch(len(x), config.batch_size)),
+        fitting.learning_rate(config, train_input.steps_per_epoch(len(x), config.batch_size)),
         config.label_smoothing,
     )
     top.fit(
