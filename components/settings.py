@@ -69,7 +69,7 @@ class ModelConfig:
     label_smoothing: float = 0.0
     benign_weight: float = 1.0  # factor on Benign's balanced class weight; 1 in every profile: x2 on the
     # quick MobileNetV2 missed about as many Benign, answered more Early Benign
-    # out of fold (benchmarks/results/recipe_cv_benign2.md)
+    # out of fold (experiments/results/recipe_cv_benign2.md)
     cosine_decay: bool = False  # phase 1: the learning rate falls along a cosine to 5% over `epochs`
     views: int = 1  # orientations (symmetries of the square) whose pooled features the model
     # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
@@ -115,7 +115,7 @@ def _quick() -> Profile:
             # and trains on another lab's stain, lamp and camera (components/train/augment.py).
             # 30% of its images also overexposed until the background clips (augment.py); without it and with
             # BatchNorm statistics of clean images it lost 8-11 points on val at 15% more light
-            # (benchmarks/results/cnn_robustness.md). The rate falls along a cosine over the 8 epochs: the kept
+            # (experiments/results/cnn_robustness.md). The rate falls along a cosine over the 8 epochs: the kept
             # epoch's weights vary less from run to run (val, 3 seeds: worst plausible 92.4-93.7%, 90.9-92.4% constant).
             "cnn": ModelConfig(
                 "cnn",
@@ -145,7 +145,7 @@ def _quick() -> Profile:
             ),
             # ImageNet MobileNetV2 at 192 px: the base below block 12 stays frozen and runs once per cached copy
             # (the clean image and 4 augmented labs); blocks 13-16 and the head fine-tune on those activations.
-            # Chosen by 5-fold cross-validation on train+val (benchmarks/recipe_cv.py, the test split untouched):
+            # Chosen by 5-fold cross-validation on train+val (experiments/recipe_cv.py, the test split untouched):
             # 192 px with one view made 10 errors in 2,674 (Benign recall 98.6%), 160 px with four views 22
             # (Benign 96.9%). One view at 192 px also costs 1.44x one 160-px pass where four views cost 4x.
             # 224 px (the images' own size) made 16 errors, Benign 98.1%, for 1.17x the time; fine-tuning from

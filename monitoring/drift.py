@@ -26,7 +26,7 @@ Three questions, answered apart so one is not mistaken for another:
    at least OOD_MIN_RISE counts. Images another lab's microscope makes are often not "brighter" in the
    colour features at all, only unlike the training images; this catches them.
 
-Constants were calibrated on the real data (benchmarks/drift.py, docs/monitoring.md).
+Constants were calibrated on the real data (checks/drift.py, docs/monitoring.md).
 The decision (`decide`) uses Evidently's own stat-test function; `run_drift_check`
 also builds Evidently Reports (DataDriftPreset + ValueDrift tests) with the same
 methods and thresholds, saves HTML/JSON, adds them to a workspace, and takes the
