@@ -54,6 +54,9 @@ run: $(STAMP) weights data  ## the main job: the pipeline on the real data (PROF
 test: $(STAMP) system-deps  ## the whole test suite
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP) system-deps  ## the suite without the tests marked slow (15 s or more each)
+	$(PY) -m pytest -q -m "not slow"
+
 lint: $(STAMP)  ## ruff lint and format check (CI runs it)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import harness
-from benchmarks.harness import start_server, stop_server
-from benchmarks.serving import BATCHED_INTRA_OP, MODEL, NO_VERSION_POLLING, load_jpegs, rss_mb
+from benchmarks.harness import stop_server
+from benchmarks.serving import MODEL, load_jpegs, rss_mb, start_store_server
 
 RESULTS = harness.results_dir(__file__)
 
@@ -353,7 +353,7 @@ def main() -> None:
         jpegs = load_jpegs(8)
         config = _store(model, workdir)
         results: dict = {"model": source, "host": harness.host_facts()}
-        proc, grpc_port, rest = start_server(config, workdir / "server.log", extra_flags=NO_VERSION_POLLING)
+        proc, grpc_port, rest = start_store_server(config, workdir / "server.log")
         try:
             results["big_body"] = big_body(proc, rest)
             results["deadline_unbatched"] = expired_then_next(grpc_port, jpegs)
@@ -362,13 +362,7 @@ def main() -> None:
             results["refused_reload"] = refused_reload(grpc_port, workdir / "models" / MODEL, jpegs)
         finally:
             stop_server(proc)
-        proc, grpc_port, rest = start_server(
-            config,
-            workdir / "server-batched.log",
-            batching=True,
-            intra_op_threads=BATCHED_INTRA_OP,
-            extra_flags=NO_VERSION_POLLING,
-        )
+        proc, grpc_port, rest = start_store_server(config, workdir / "server-batched.log", batching=True)
         try:
             results["deadline_batched"] = expired_then_next(grpc_port, jpegs)
         finally:

@@ -250,8 +250,28 @@ def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Pat
 # and throughput at 32 clients falls by a fifth on 2 cores (docs/operations.md, "Serving throughput");
 # `--batched-intra-op 0` measures that default.
 BATCHED_INTRA_OP = 1
-# The store is written once before each server starts: no need to poll it for new versions.
-NO_VERSION_POLLING = ("--file_system_poll_wait_seconds", "0")
+
+
+def start_store_server(
+    config: Path,
+    log_path: Path,
+    *,
+    batching: bool = False,
+    batching_config: Path = BATCHING_CONFIG,
+    intra_op: int = BATCHED_INTRA_OP,
+    request_log: Path | None = None,
+):
+    """harness.start_server on the benchmark's model store: written once before the server starts, so it is
+    not polled for new versions; batched servers run `intra_op` TensorFlow threads per op."""
+    return start_server(
+        config,
+        log_path,
+        request_log=request_log,
+        batching=batching,
+        batching_config=batching_config,
+        intra_op_threads=intra_op,
+        extra_flags=("--file_system_poll_wait_seconds", "0"),
+    )
 
 
 def grpc_caller(port: int, jpegs: list[bytes], batch: int = 1):
@@ -327,14 +347,13 @@ def serve_and_measure(
     paired_with=None,
 ) -> dict:
     tag = f"batching-{batching}-log-{request_log is not None}"
-    proc, grpc_port, rest_port = start_server(
+    proc, grpc_port, rest_port = start_store_server(
         config,
         workdir / f"server-{tag}.log",
-        request_log=request_log,
         batching=batching,
         batching_config=batching_config,
-        intra_op_threads=batched_intra_op,
-        extra_flags=NO_VERSION_POLLING,
+        intra_op=batched_intra_op,
+        request_log=request_log,
     )
     try:
         result: dict = {"rss_mb_two_versions": rss_mb(proc.pid), "request_log": request_log is not None}
@@ -409,9 +428,7 @@ def proxy_and_measure(
     load drift on the shared machine hits both. Throughput: a batched server through the proxy.
     """
     out: dict = {}
-    server, grpc_port, rest_port = start_server(
-        config, workdir / "server-for-proxy.log", extra_flags=NO_VERSION_POLLING
-    )
+    server, grpc_port, rest_port = start_store_server(config, workdir / "server-for-proxy.log")
     proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log", workdir / "proxy.log")
     try:
         paired = paired_latency(grpc_caller(grpc_port, jpegs), grpc_caller(proxy_port, jpegs), iterations)
@@ -419,13 +436,12 @@ def proxy_and_measure(
     finally:
         stop_server(proxy)
         stop_server(server)
-    server, grpc_port, rest_port = start_server(
+    server, grpc_port, rest_port = start_store_server(
         config,
         workdir / "server-batched-for-proxy.log",
         batching=True,
         batching_config=batching_config,
-        intra_op_threads=batched_intra_op,
-        extra_flags=NO_VERSION_POLLING,
+        intra_op=batched_intra_op,
     )
     proxy, proxy_port, metrics_port = start_proxy(
         grpc_port, rest_port, workdir / "proxy-log-batched", workdir / "proxy-batched.log"

@@ -95,6 +95,7 @@ def test_overexposure_reaches_the_training_batches_only_when_asked(tiny_split, m
     assert bright.mean() > plain.mean() * 1.1 and bright.max() <= 1.0
 
 
+@pytest.mark.slow
 def test_cached_features_then_fine_tuning(tiny_split, tmp_path):
     """Transfer model: head on cached frozen-base features, then fine-tuning the top of the base."""
     config = ModelConfig(
@@ -116,6 +117,7 @@ def test_cached_features_then_fine_tuning(tiny_split, tmp_path):
     assert (tmp_path / "mnv2" / "keras" / "model.keras").is_file() and result["saved_model"] is None
 
 
+@pytest.mark.slow
 def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny_split, tmp_path):
     """views=4 with a cut inside the base: the served probabilities are the calibrated mean of the views' logits."""
     import tensorflow as tf
@@ -175,6 +177,7 @@ def test_precise_batchnorm_sets_exact_statistics():
     assert bn.momentum == 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cosine_decay", [False, True])
 def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path, cosine_decay):
     """The head trained on standardised cached features, folded into Dense, gives the same val accuracy in the full model."""
@@ -206,6 +209,7 @@ def test_learning_rate_is_constant_or_a_cosine_to_five_percent():
     assert float(schedule(40)) == pytest.approx(5e-5, rel=1e-5)  # the end of the last epoch
 
 
+@pytest.mark.slow
 def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatch):
     """The CNN path (no cached features) compiles with the schedule, so the rate falls within its epochs."""
     import keras
@@ -229,6 +233,7 @@ def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatc
     assert rates[0].decay_steps == 2 * steps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [False, True])
 def test_precise_batchnorm_statistics_come_from_batches_augmented_as_training_sees_them(
     tiny_split, tmp_path, monkeypatch, augment
