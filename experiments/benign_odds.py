@@ -10,7 +10,7 @@ Each `--logits NAME=FILE` is one cross-validation (one view). `--ensemble NAME+N
 probabilities: what serving several models at once would answer. The Benign smears every set misses and
 those only some sets miss are listed by name, to tell a fixed set of hard images from a spread between runs.
 
-    python -m experiments.benign_odds --logits a=/tmp/cv/192px.npz b=/tmp/cv2/192px.npz [--ensemble a+b]
+    python -m experiments.benign_odds --logits a=CV_LOGITS/192px.npz b=CV_LOGITS_2/192px.npz [--ensemble a+b]
         [--split DIR] [--out benign_odds]
 
 Writes experiments/results/<out>.{json,md}. Seconds; no training.
@@ -72,7 +72,7 @@ def _paths_from_split(split: Path, labels: np.ndarray) -> np.ndarray:
     from experiments import recipe_cv
 
     with tempfile.TemporaryDirectory(prefix="benign-odds-") as tmp:
-        pooled = recipe_cv.pooled_images(recipe_cv._pool(split, Path(tmp)))
+        pooled = recipe_cv.pooled_images(recipe_cv.pool_train_and_val(split, Path(tmp)))
     if not np.array_equal(np.array([label for _, label in pooled]), labels):
         raise SystemExit(f"--split {split}: its train + val images are not those the logits were scored on")
     return np.array([path for path, _ in pooled])

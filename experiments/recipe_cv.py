@@ -32,7 +32,7 @@ RESULTS = harness.results_dir(__file__)
 VIEW_COUNTS = (1, 2, 4)
 
 
-def _pool(split_dir: Path, into: Path) -> Path:
+def pool_train_and_val(split_dir: Path, into: Path) -> Path:
     """A split directory whose `train` holds the train and val shards (links; nothing is copied)."""
     from components import records
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         base = base.with_overrides(cache_cut=args.cut)
     rows, load_before, paths = {}, os.getloadavg()[0], None
     with tempfile.TemporaryDirectory(prefix="recipe-cv-") as tmp:
-        pool = _pool(args.split, Path(tmp))
+        pool = pool_train_and_val(args.split, Path(tmp))
         for size in [int(s) for s in args.sizes.split(",")]:
             config = base.with_overrides(image_size=size, views=1, augment_copies=copies)
             started = time.perf_counter()
