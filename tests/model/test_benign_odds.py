@@ -62,7 +62,9 @@ def test_pooled_images_come_in_the_order_the_cross_validation_scores_them(tiny_s
     from components.train import input as train_input
     from experiments import recipe_cv
 
-    pool = recipe_cv.pool_train_and_val(tiny_split, tmp_path / "pool")  # train + val: 4 shards, interleaved as training reads them
+    pool = recipe_cv.pool_train_and_val(
+        tiny_split, tmp_path / "pool"
+    )  # train + val: 4 shards, interleaved as training reads them
     pooled = recipe_cv.pooled_images(pool)
     read = np.concatenate([y.numpy() for _, y in train_input.dataset(pool, "train", 32, 8, cache=False)])
     assert [label for _, label in pooled] == read.tolist()
