@@ -58,6 +58,9 @@ run: external-smears $(STAMP) weights data  ## the main job: the pipeline on the
 test: $(STAMP) system-deps  ## the whole test suite
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP) system-deps  ## the suite without the tests marked slow (15 s or more each)
+	$(PY) -m pytest -q -m "not slow"
+
 lint: $(STAMP)  ## ruff lint and format check (CI runs it)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -72,7 +75,7 @@ compile: $(STAMP)  ## compile the pipeline to KFP IR YAML
 serve: $(STAMP)  ## serve the promoted model (gRPC 8500, REST and page 8501)
 	$(LF) serve --model_config_file=$(LEUKOFLOW_HOME)/serving/models.config --model_config_file_poll_wait_seconds=5 --batching_parameters_file=serving/batching.config --monitoring_config_file=serving/monitoring.config --enable_batching
 
-bench: $(STAMP) weights data  ## every benchmark; writes benchmarks/results/
+bench: $(STAMP) weights data  ## the performance benchmarks (benchmarks/README.md); writes benchmarks/results/
 	$(PY) -m benchmarks.run_all
 
 report: $(STAMP)  ## docs/results.md and the README headline from the latest promoted run

@@ -1,4 +1,4 @@
-"""Abuse benchmark (issue 17): the probes that found the serving defects, repeated against `leukoflow serve`.
+"""Abuse benchmark: the probes that found the serving defects, repeated against `leukoflow serve`.
 
     .venv/bin/python -m benchmarks.abuse [--model-dir DIR] [--slow-connections 1000]
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import platform
 import shutil
 import socket
 import tempfile
@@ -32,8 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving import MODEL, RESULTS, load_jpegs, rss_mb, start_server, stop_server
+from benchmarks import harness
+from benchmarks.harness import stop_server
+from benchmarks.serving import MODEL, load_jpegs, rss_mb, start_store_server
 from serving.server import DEFAULT_SLICE_SIZE
+
+RESULTS = harness.results_dir(__file__)
 
 BIG_INSTANCES = 15_000_000
 EXPIRED = 16
@@ -437,8 +440,8 @@ def main() -> None:
             model, source = untrained_model(workdir)
         jpegs = load_jpegs(8)
         config = _store(model, workdir)
-        results: dict = {"model": source, "host": platform.node(), "cpus": __import__("os").cpu_count()}
-        proc, grpc_port, rest = start_server(config, batching=False, log_path=workdir / "server.log")
+        results: dict = {"model": source, "host": harness.host_facts()}
+        proc, grpc_port, rest = start_store_server(config, workdir / "server.log")
         try:
             results["big_body"] = big_body(proc, rest)
             results["deadline_unbatched"] = expired_then_next(grpc_port, jpegs)
@@ -451,7 +454,7 @@ def main() -> None:
             results["refused_reload"] = refused_reload(grpc_port, workdir / "models" / MODEL, jpegs)
         finally:
             stop_server(proc)
-        proc, grpc_port, rest = start_server(config, batching=True, log_path=workdir / "server-batched.log")
+        proc, grpc_port, rest = start_store_server(config, workdir / "server-batched.log", batching=True)
         try:
             results["deadline_batched"] = expired_then_next(grpc_port, jpegs)
         finally:
@@ -543,7 +546,7 @@ def write(results: dict) -> None:
     lines = [
         "# Serving under abuse (benchmarks/abuse.py)",
         "",
-        f"Model: {results['model']}. Host: {results['cpus']} CPUs. Loopback only.",
+        f"Model: {results['model']}. Host: {results['host']['cpus']} CPUs. Loopback only.",
         "",
         "| probe | measured | target | met |",
         "|---|---|---|---|",

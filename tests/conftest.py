@@ -43,3 +43,23 @@ def calibrated_export(tmp_path_factory) -> Path:
     from fixtures.calibrated_model import export_calibrated
 
     return export_calibrated(tmp_path_factory.mktemp("calibrated") / "leukemia" / "1")
+
+
+@pytest.fixture(scope="session")
+def exported_versions(tmp_path_factory) -> dict[int, Path]:
+    """Three exported versions of the serving tests' tiny model (differing outputs), built once per session
+    for the serving and reliability tests; copy them into a model base. Read-only."""
+    from fixtures.serving_model import export_tiny_model
+
+    root = tmp_path_factory.mktemp("exports")
+    return {v: export_tiny_model(root / str(v), shift=float(v - 1)) for v in (1, 2, 3)}
+
+
+@pytest.fixture(scope="session")
+def quadrant_model_dir(tmp_path_factory) -> Path:
+    """`<base>/leukemia/1/`: a tiny model trained to read only the top-left quadrant's patch, with the Keras
+    copy Grad-CAM needs; built once per session for the page, reliability and browser tests. Read-only."""
+    from fixtures.quadrant_model import export, train_quadrant_model
+
+    version_dir = tmp_path_factory.mktemp("page-models") / "leukemia" / "1"
+    return export(train_quadrant_model(), version_dir, threshold=0.6)

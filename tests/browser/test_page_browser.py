@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from page.tiny_model import build_model, encode_png, export, quadrant_images
+from fixtures.images import encode_png
+from fixtures.model_base import start_server
+from fixtures.quadrant_model import build_model, export, quadrant_images
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -40,7 +42,6 @@ def screenshot_path(default_name: str) -> str | None:
 def live_server(tmp_path_factory):
     """The real server, REST and page on an ephemeral port: version 1 labelled `stable`, 2 `canary`."""
     from serving.limits import Limits
-    from serving.server import Server, ServerOptions
 
     root = tmp_path_factory.mktemp("page-server")
     base = root / "models" / "leukemia"
@@ -56,11 +57,7 @@ def live_server(tmp_path_factory):
     )
     # A small message limit: the page must take the server's limit (and the oversized upload stays cheap).
     limits = Limits(max_message_bytes=MAX_MESSAGE_BYTES)
-    server = Server(
-        ServerOptions(
-            port=0, rest_api_port=0, model_config_file=str(config), file_system_poll_wait_seconds=0, limits=limits
-        )
-    ).start()
+    server = start_server(model_config_file=str(config), limits=limits)
     yield server
     server.stop()
 
@@ -88,7 +85,6 @@ def run_spec(spec: str, args: list[str]) -> dict:
 
 
 def test_page_in_headless_chromium(live_server, tmp_path):
-
     image = tmp_path / "smear.png"
     x, _ = quadrant_images(1, size=64, seed=7)
     image.write_bytes(encode_png(x[0]))

@@ -12,7 +12,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fixtures.calibrated_model import encode_png, ood_images, smear_images
+from fixtures.calibrated_model import ood_images, smear_images
+from fixtures.images import encode_png
+from fixtures.model_base import start_server
 
 from browser.test_page_browser import run_spec, screenshot_path
 
@@ -21,16 +23,10 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def live_server(calibrated_export, tmp_path_factory):
-    from serving.server import Server, ServerOptions
-
     base = tmp_path_factory.mktemp("refer-page") / "leukemia"
     base.mkdir()
     shutil.copytree(calibrated_export, base / "1")
-    server = Server(
-        ServerOptions(
-            port=0, rest_api_port=0, model_name="leukemia", model_base_path=str(base), file_system_poll_wait_seconds=0
-        )
-    ).start()
+    server = start_server(base)
     yield server
     server.stop()
 

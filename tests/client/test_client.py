@@ -16,24 +16,13 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
+from fixtures.images import encode, encode_png
 from PIL import Image
 
 from components import domain
 from serving.client import ServerUnavailable, ServingClient, ServingError, backoff_delays, prepare_image
 
 PROBS = [0.1, 0.2, 0.6, 0.1]
-
-
-def _png(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _tiff(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="TIFF")
-    return buf.getvalue()
 
 
 class FlakyServer:
@@ -142,7 +131,7 @@ def _client(target: str, **kw) -> ServingClient:
 
 def test_retries_unavailable_then_succeeds():
     with FlakyServer(fail_first=2) as server, _client(server.target, retries=3) as client:
-        (prediction,) = client.predict([_png(np.zeros((8, 8, 3), np.uint8))], label="stable")
+        (prediction,) = client.predict([encode_png(np.zeros((8, 8, 3), np.uint8))], label="stable")
     assert len(server.calls) == 3
     assert prediction.label == "Pre" and prediction.model_version == 3
     assert prediction.confidences == pytest.approx(dict(zip(domain.CLASS_NAMES, PROBS)))
@@ -165,7 +154,7 @@ def test_backoff_grows_between_attempts():
 def test_gives_up_after_bounded_retries():
     with FlakyServer(fail_first=100) as server, _client(server.target, retries=2) as client:
         with pytest.raises(ServerUnavailable, match="after 3 attempt"):
-            client.predict([_png(np.zeros((8, 8, 3), np.uint8))])
+            client.predict([encode_png(np.zeros((8, 8, 3), np.uint8))])
     assert len(server.calls) == 3
 
 
@@ -184,7 +173,7 @@ def test_deadline_bounds_the_retries():
 def test_other_errors_are_not_retried():
     with FlakyServer(error=grpc.StatusCode.NOT_FOUND) as server, _client(server.target) as client:
         with pytest.raises(ServingError) as info:
-            client.predict([_png(np.zeros((8, 8, 3), np.uint8))], version=9)
+            client.predict([encode_png(np.zeros((8, 8, 3), np.uint8))], version=9)
     assert info.value.code == "NOT_FOUND" and "Latest(leukemia)" in info.value.message
     assert len(server.calls) == 1
     assert server.received[0].model_spec.version.value == 9
@@ -193,19 +182,18 @@ def test_other_errors_are_not_retried():
 def test_tiff_is_sent_as_png_the_server_can_decode():
     rgb = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
     with FlakyServer() as server, _client(server.target) as client:
-        client.predict([_tiff(rgb), _png(rgb)])
+        client.predict([encode(rgb, "TIFF"), encode_png(rgb)])
     sent = list(server.received[0].inputs["images"].string_val)
-    assert sent[0].startswith(b"\x89PNG") and sent[1] == _png(rgb)
+    assert sent[0].startswith(b"\x89PNG") and sent[1] == encode_png(rgb)
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(sent[0]))), rgb)
 
 
 def test_prepare_image_formats():
     rgb = np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
-    jpeg = io.BytesIO()
-    Image.fromarray(rgb).save(jpeg, format="JPEG")
-    assert prepare_image(jpeg.getvalue()) == jpeg.getvalue()  # TF reads it: unchanged
+    jpeg = encode(rgb, "JPEG")
+    assert prepare_image(jpeg) == jpeg  # TF reads it: unchanged
     gray16 = np.arange(30, dtype=np.uint16).reshape(6, 5) * 2000
-    tiff16 = _tiff(gray16)
+    tiff16 = encode(gray16, "TIFF")
     assert Image.open(io.BytesIO(tiff16)).mode.startswith("I;16")
     png16 = prepare_image(tiff16)  # 16-bit grayscale TIFF -> RGB PNG
     decoded = np.asarray(Image.open(io.BytesIO(png16)))
@@ -218,7 +206,7 @@ def test_prepare_image_formats():
 
 def test_classify_status_metadata():
     with FlakyServer() as server, _client(server.target) as client:
-        scores = client.classify([_png(np.zeros((4, 4, 3), np.uint8))], label="canary")
+        scores = client.classify([encode_png(np.zeros((4, 4, 3), np.uint8))], label="canary")
         status = client.status()
         meta = client.metadata()
     assert scores == [pytest.approx(dict(zip(domain.CLASS_NAMES, PROBS)))]

@@ -8,26 +8,19 @@ ones proven to serve.
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
+from fixtures.images import encode
+from fixtures.serving_model import export_tiny_model
 from google.protobuf import text_format
-from PIL import Image
 from typer.testing import CliRunner
 
 from components import domain, settings
 from components.home import REPO_ROOT
-
-
-def _tiny_model():
-    spec = importlib.util.spec_from_file_location("tiny_model_for_client", REPO_ROOT / "tests/serving/tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     base = root / "models" / settings.SERVED_MODEL_NAME
     base.mkdir(parents=True)
-    _tiny_model().export_tiny_model(base / "1")
+    export_tiny_model(base / "1")
     config = text_format.Parse(
         (REPO_ROOT / "serving/models.config").read_text(), model_server_config_pb2.ModelServerConfig()
     )
@@ -62,17 +55,11 @@ def _rgb(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
 
 
-def _encode(rgb: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def test_client_rpcs(server):
     from serving.client import ServingClient, ServingError
 
     with ServingClient(target=f"127.0.0.1:{server.grpc_port}") as client:
-        jpeg, tiff = _encode(_rgb(0), "JPEG"), _encode(_rgb(1), "TIFF")
+        jpeg, tiff = encode(_rgb(0), "JPEG"), encode(_rgb(1), "TIFF")
         predictions = client.predict([jpeg, tiff], label="stable")
         assert [p.model_version for p in predictions] == [1, 1]
         for p in predictions:
@@ -80,7 +67,7 @@ def test_client_rpcs(server):
             assert sum(p.confidences.values()) == pytest.approx(1.0, abs=1e-5)
             assert p.label == max(p.confidences, key=p.confidences.get)
         # TIFF converted client-side gives what the PNG of the same pixels gives.
-        (as_png,) = client.predict([_encode(_rgb(1), "PNG")], version=1)
+        (as_png,) = client.predict([encode(_rgb(1), "PNG")], version=1)
         assert as_png.confidences == pytest.approx(predictions[1].confidences, abs=1e-6)
         scores = client.classify([jpeg])
         assert scores[0] == pytest.approx(predictions[0].confidences, abs=1e-5)
@@ -97,7 +84,7 @@ def test_predict_cli_and_hospital_example(server, tmp_path, capsys):
     from serving.predict import app
 
     image = tmp_path / "smear.jpg"
-    image.write_bytes(_encode(_rgb(2), "JPEG"))
+    image.write_bytes(encode(_rgb(2), "JPEG"))
     target = f"127.0.0.1:{server.grpc_port}"
     result = CliRunner().invoke(app, [str(image), "--server", target, "--label", "stable", "--json"])
     assert result.exit_code == 0, result.output
@@ -143,7 +130,7 @@ def test_rest_calls_from_the_operations_doc(server):
     """The curl bodies docs/operations.md shows: b64 instances on a label path, and classify over examples."""
     import base64
 
-    b64 = base64.b64encode(_encode(_rgb(3), "JPEG")).decode()
+    b64 = base64.b64encode(encode(_rgb(3), "JPEG")).decode()
     status, body = _post(server.rest_port, "/v1/models/leukemia/labels/stable:predict", {"instances": [{"b64": b64}]})
     assert status == 200, body
     (row,) = body["predictions"]

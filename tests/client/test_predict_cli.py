@@ -70,6 +70,7 @@ def test_bad_inputs_are_named(tmp_path, images):
     assert result.exit_code == 1 and "not both" in result.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_server_through_the_real_entry_point(images):
     target = f"127.0.0.1:{_free_port()}"
     leukoflow = Path(sys.executable).parent / "leukoflow"

@@ -8,7 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from fixtures.calibrated_model import encode_png, ood_images, smear_images
+from fixtures.calibrated_model import ood_images, smear_images
+from fixtures.images import encode_png
+from fixtures.model_base import start_server
 from typer.testing import CliRunner
 
 from client.test_client import PROBS, FlakyServer
@@ -21,16 +23,10 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def server(calibrated_export, tmp_path_factory):
-    from serving.server import Server, ServerOptions
-
     base = tmp_path_factory.mktemp("predict-refer") / "leukemia"
     base.mkdir()
     shutil.copytree(calibrated_export, base / "1")
-    srv = Server(
-        ServerOptions(
-            port=0, rest_api_port=-1, model_name="leukemia", model_base_path=str(base), file_system_poll_wait_seconds=0
-        )
-    ).start()
+    srv = start_server(base, rest_api_port=-1)
     yield srv
     srv.stop()
 

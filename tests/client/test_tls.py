@@ -5,9 +5,10 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from fixtures.images import encode_png
 from fixtures.tls import self_signed
 
-from client.test_client import FlakyServer, _png
+from client.test_client import FlakyServer
 from serving.client import ServerUnavailable, ServingClient
 
 
@@ -20,7 +21,7 @@ def _self_signed(tmp_path):
 
 def test_tls_round_trip_and_plaintext_refused(tmp_path):
     key_pem, cert_pem, cert_path = _self_signed(tmp_path)
-    image = _png(np.zeros((4, 4, 3), np.uint8))
+    image = encode_png(np.zeros((4, 4, 3), np.uint8))
     with FlakyServer(credentials=grpc.ssl_server_credentials([(key_pem, cert_pem)])) as server:
         target = f"localhost:{server.port}"
         with ServingClient(target=target, root_cert=cert_path) as client:

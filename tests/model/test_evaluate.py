@@ -96,24 +96,11 @@ def test_perturbed_sets_come_in_order_and_equal_the_serial_encoding():
 
 def test_evaluate_a_model_that_always_says_pre(tiny_split, tmp_path):
     """A real exported SavedModel with known output: every number of metrics.json can be checked by hand."""
-    import keras
+    from fixtures.colour_model import export_colour_model
 
-    from components.train.export import export_saved_model
-
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
-    outputs = keras.layers.Dense(
-        4,
-        activation="softmax",
-        kernel_initializer="zeros",
-        bias_initializer=keras.initializers.Constant([0.0, 0.0, 5.0, 0.0]),
-    )(x)
-    export_saved_model(
-        keras.Model(inputs, outputs),
-        tmp_path / "saved_model",
-        model_name="always-pre",
-        image_size=32,
-        brightness="none",
+    always_pre = np.array([0.0, 0.0, 5.0, 0.0], np.float32)
+    export_colour_model(
+        tmp_path / "saved_model", np.zeros((3, 4), np.float32), always_pre, model_name="always-pre", warmup_images=[]
     )
     m = run_evaluate(tiny_split, tmp_path, tmp_path / "eval", bootstrap=200, latency_runs=5, shortcut=False)
     assert m["model"] == "always-pre" and m["test_images"] == 24
@@ -128,6 +115,7 @@ def test_evaluate_a_model_that_always_says_pre(tiny_split, tmp_path):
     assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_evaluate_trained_model_and_compare(trained, tiny_split, tmp_path):
     from PIL import Image
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from fixtures.images import encode
 
 from components import domain, records
 
@@ -98,18 +97,12 @@ def test_saved_model_equals_keras_model(exported):
 
 
 def _encode(rgb: np.ndarray, fmt: str) -> bytes:
-    buf = io.BytesIO()
+    """`rgb` in one of the formats and modes a client may send."""
     if fmt == "png16":
-        Image.fromarray((rgb.mean(axis=2) * 257).astype(np.uint16)).save(buf, format="PNG")
-    elif fmt == "gray":
-        Image.fromarray(rgb).convert("L").save(buf, format="PNG")
-    elif fmt == "rgba":
-        Image.fromarray(rgb).convert("RGBA").save(buf, format="PNG")
-    elif fmt == "webp":
-        Image.fromarray(rgb).save(buf, format="WEBP", lossless=True)
-    else:
-        Image.fromarray(rgb).save(buf, format=fmt.upper())
-    return buf.getvalue()
+        return encode((rgb.mean(axis=2) * 257).astype(np.uint16), "PNG")
+    if fmt in ("gray", "rgba"):
+        return encode(rgb, "PNG", mode={"gray": "L", "rgba": "RGBA"}[fmt])
+    return encode(rgb, fmt.upper(), **({"lossless": True} if fmt == "webp" else {}))
 
 
 @pytest.mark.parametrize("fmt", ["png16", "gray", "rgba", "bmp", "gif", "webp", "jpeg"])

@@ -28,3 +28,18 @@ def bright_window() -> pd.DataFrame:
 def pro_window() -> pd.DataFrame:
     """Only the class mix changed: nearly all Pro, same lamp and stain."""
     return feature_frame(["Pro"] * 70 + ["Pre"] * 10, seed=300)
+
+
+@pytest.fixture
+def recording_kfp(tmp_path, monkeypatch):
+    """kfp.Client replaced by the recording client of test_monitor_trigger; returns (a pipeline package to pass
+    as --pipeline-package, the file its calls are recorded in, one JSON line each)."""
+    import kfp
+    from test_monitor_trigger import RecordingClient
+
+    package = tmp_path / "pipeline.yaml"
+    package.write_text("# compiled pipeline\n")
+    RecordingClient.calls_file = tmp_path / "calls.jsonl"
+    RecordingClient.calls_file.touch()
+    monkeypatch.setattr(kfp, "Client", RecordingClient)
+    return package, RecordingClient.calls_file

@@ -6,8 +6,9 @@ import hashlib
 
 import numpy as np
 import pytest
+from fixtures.colour_model import SIZE, export_colour_model
+from fixtures.images import encode_jpeg, encode_png
 from monitor_smears import smear
-from monitored_model import SIZE, export_monitored_model, png
 
 from components import domain
 from components import image_features as graph
@@ -16,21 +17,14 @@ from components.host_features import image_features
 pytestmark = pytest.mark.timeout(300)
 
 
-def _jpeg(rgb: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def images() -> list[bytes]:
     rng = np.random.default_rng(4)
-    out = [png(smear(c, rng, size=s)) for c in domain.CLASS_NAMES for s in (32, 224)]
-    out += [_jpeg(smear("Pre", rng, size=300)), png(np.full((20, 30, 3), 128, np.uint8))]  # downscaled; constant
+    out = [encode_png(smear(c, rng, size=s)) for c in domain.CLASS_NAMES for s in (32, 224)]
+    out += [
+        encode_jpeg(smear("Pre", rng, size=300)),
+        encode_png(np.full((20, 30, 3), 128, np.uint8)),
+    ]  # downscaled; constant
     return out
 
 
@@ -38,7 +32,7 @@ def images() -> list[bytes]:
 def exported(tmp_path_factory):
     import tensorflow as tf
 
-    path = export_monitored_model(tmp_path_factory.mktemp("monitored") / "leukemia" / "1")
+    path = export_colour_model(tmp_path_factory.mktemp("monitored") / "leukemia" / "1")
     return path, tf.saved_model.load(str(path))
 
 
@@ -94,7 +88,7 @@ def test_reference_from_the_model_equals_reference_from_the_module(exported, tmp
     recs = []
     for i, label in enumerate(domain.CLASS_NAMES * 3):
         rgb = smear(label, rng, size=48)
-        encoded = png(rgb)
+        encoded = encode_png(rgb)
         recs.append(
             records.make_example(
                 hashlib.sha256(encoded).hexdigest(), f"{i}.png", domain.class_index(label), encoded, rgb

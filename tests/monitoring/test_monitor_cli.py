@@ -33,6 +33,7 @@ def _json(result) -> dict:
     return json.loads(lines[0])
 
 
+@pytest.mark.slow
 def test_images_folder_drift_exit_code_and_json(reference_file, tmp_path):
     bright = tmp_path / "bright"
     save_images(bright, balanced(60), seed=5, lamp=1.2)
@@ -65,6 +66,7 @@ def test_images_folder_drift_exit_code_and_json(reference_file, tmp_path):
     assert "drift" in proc.stderr  # the alert's log line
 
 
+@pytest.mark.slow
 def test_images_folder_without_drift(reference_file, tmp_path):
     same = tmp_path / "same"
     save_images(same, balanced(60), seed=6, class_folders=False)  # no labels: pooled comparison
@@ -91,21 +93,15 @@ def _log_window(frame, version: str = "1") -> None:
         )
 
 
-def test_request_log_drift_triggers_once(reference_file, bright_window, tmp_path, monkeypatch):
-    import kfp
-    from test_monitor_trigger import RecordingClient
-
+@pytest.mark.slow
+def test_request_log_drift_triggers_once(reference_file, bright_window, tmp_path, monkeypatch, recording_kfp):
+    package, calls_file = recording_kfp
     monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path / "home"))
     # The served version's reference, where the monitor looks for it.
     version_dir = home.model_base() / "leukemia" / "1" / "assets.extra"
     version_dir.mkdir(parents=True)
     (version_dir / "reference_features.parquet").write_bytes(reference_file.read_bytes())
     _log_window(bright_window)
-    package = tmp_path / "pipeline.yaml"
-    package.write_text("x")
-    RecordingClient.calls_file = tmp_path / "calls.jsonl"
-    RecordingClient.calls_file.touch()
-    monkeypatch.setattr(kfp, "Client", RecordingClient)
 
     args = [
         "drift",
@@ -126,7 +122,7 @@ def test_request_log_drift_triggers_once(reference_file, bright_window, tmp_path
     assert out["reference"].endswith("1/assets.extra/reference_features.parquet")
     second = _json(runner.invoke(cli.app, args))
     assert second["status"] == "drift" and second["trigger"]["triggered"] is False
-    calls = [json.loads(line) for line in RecordingClient.calls_file.read_text().splitlines()]
+    calls = [json.loads(line) for line in calls_file.read_text().splitlines()]
     assert len(calls) == 1 and calls[0]["arguments"]["drift_report"] == out["report_json"]
 
     state = _json(runner.invoke(cli.app, ["trigger-state", "--json"]))

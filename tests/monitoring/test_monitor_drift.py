@@ -17,6 +17,7 @@ def test_same_distribution_is_not_drift(reference_frame, same_window, tmp_path):
     assert summary["moved"] == []
 
 
+@pytest.mark.slow
 def test_brighter_lamp_is_drift_with_reports_and_workspace(reference_frame, bright_window, tmp_path):
     summary = drift.run_drift_check(reference_frame, bright_window, tmp_path / "r", tmp_path / "ws")
     assert summary["status"] == "drift"

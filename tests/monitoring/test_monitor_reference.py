@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from fixtures.images import encode_jpeg
 
 from components import records
 from components.host_features import FEATURE_NAMES
 from components.reference.executor import build_reference, find_reference, load_reference
-
-
-def _jpeg(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 def test_build_reference_from_train_split(tmp_path):
@@ -26,7 +19,7 @@ def test_build_reference_from_train_split(tmp_path):
     for i in range(8):
         label = i % 4
         rgb = np.clip(rng.normal(150 + 20 * label, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-        serialized.append(records.make_example(f"id{i}", f"/x/{i}.jpg", label, _jpeg(rgb), rgb))
+        serialized.append(records.make_example(f"id{i}", f"/x/{i}.jpg", label, encode_jpeg(rgb, quality=95), rgb))
     split = tmp_path / "split"
     records.write_shards(serialized, split / "train", num_shards=2)
     records.write_shards(serialized[:2], split / "test", num_shards=1)  # not part of the reference

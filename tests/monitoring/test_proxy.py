@@ -1,7 +1,7 @@
 """The request-logging proxy through the official TF Serving stubs, in front of a live local server.
 
 The server is `leukoflow serve`'s Server on a model exported by the project's export code; the proxy is
-monitoring/proxy.py as the sidecar runs it. Also issue 6's drift demo with the proxy in front:
+monitoring/proxy.py as the sidecar runs it. Also the drift demo with the proxy in front:
 brightened images -> drift on the proxy's log -> exactly one retraining run.
 """
 
@@ -14,8 +14,10 @@ import grpc
 import numpy as np
 import pytest
 import requests
+from fixtures.colour_model import export_colour_model, nearest_centroid
+from fixtures.images import encode_png
+from fixtures.model_base import start_server
 from monitor_smears import TINT, balanced, smear
-from monitored_model import export_monitored_model, png
 
 from components import domain
 from components.image_features import FEATURE_OUTPUTS, encoded_image_features
@@ -33,20 +35,10 @@ def stack(tmp_path_factory):
     """A live server (request log off) with the proxy in front, writing its own request log."""
     from monitoring.proxy import LoggingProxy
     from monitoring.request_log import RequestLogWriter
-    from serving.server import Server, ServerOptions
 
     root = tmp_path_factory.mktemp("proxy")
-    export_monitored_model(root / "models" / "leukemia" / "1", centroids=_centroids())
-    server = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(root / "models" / "leukemia"),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    export_colour_model(root / "models" / "leukemia" / "1", *nearest_centroid(_centroids()))
+    server = start_server(root / "models" / "leukemia")
     writer = RequestLogWriter(root / "log")
     proxy = LoggingProxy(
         f"127.0.0.1:{server.grpc_port}",
@@ -99,7 +91,7 @@ def test_predict_classify_metadata_status_pass_through(stack):
 
     direct, direct_model = _stubs(stack["direct"])
     via, via_model = _stubs(stack["via"])
-    images = [png(smear("Pre", np.random.default_rng(i))) for i in range(3)]
+    images = [encode_png(smear("Pre", np.random.default_rng(i))) for i in range(3)]
     assert via.Predict(_predict(images), timeout=30) == direct.Predict(_predict(images), timeout=30)
 
     classify = classification_pb2.ClassificationRequest()
@@ -128,7 +120,7 @@ def test_predict_classify_metadata_status_pass_through(stack):
 def test_error_codes_and_details_unchanged(stack):
     direct, _ = _stubs(stack["direct"])
     via, _ = _stubs(stack["via"])
-    image = png(smear("Early", np.random.default_rng(1)))
+    image = encode_png(smear("Early", np.random.default_rng(1)))
     for req in (_predict([image], name="nope"), _predict([image], output_filter=["nope"]), _predict([b"not an image"])):
         got, want = _error(via.Predict, req), _error(direct.Predict, req)
         assert got == want and got[0] != grpc.StatusCode.OK
@@ -179,7 +171,7 @@ def test_output_filter_honoured_and_records_equal_the_graph(stack):
     via, direct = _stubs(stack["via"])[0], _stubs(stack["direct"])[0]
     before = len(_records(stack))
     rng = np.random.default_rng(5)
-    images = [png(smear(c, rng, size=s)) for c, s in (("Benign", 32), ("Pro", 64))]
+    images = [encode_png(smear(c, rng, size=s)) for c, s in (("Benign", 32), ("Pro", 64))]
     filtered = via.Predict(_predict(images, output_filter=["probabilities"]), timeout=30)
     assert filtered == direct.Predict(_predict(images, output_filter=["probabilities"]), timeout=30)
     assert set(filtered.outputs) == {"probabilities"}  # TF Serving honours it; the proxy never changes a request
@@ -219,7 +211,7 @@ def _train_split(root, per_class: int = 30):
     recs = []
     for i, label in enumerate(balanced(4 * per_class)):
         rgb = smear(label, rng)
-        encoded = png(rgb)
+        encoded = encode_png(rgb)
         recs.append(
             records.make_example(
                 hashlib.sha256(encoded).hexdigest(), f"{i}.png", domain.class_index(label), encoded, rgb
@@ -229,10 +221,9 @@ def _train_split(root, per_class: int = 30):
     return root / "split"
 
 
-def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_path, monkeypatch):
-    """Issue 6's demo with the proxy in front: brightened images -> drift on the proxy's log -> one run."""
-    import kfp
-    from test_monitor_trigger import RecordingClient
+@pytest.mark.slow
+def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_path, monkeypatch, recording_kfp):
+    """The drift demo with the proxy in front: brightened images -> drift on the proxy's log -> one run."""
     from typer.testing import CliRunner
 
     from components.reference.executor import build_reference
@@ -264,17 +255,15 @@ def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_pat
         rng = np.random.default_rng(seed)
         labels = balanced(80)
         for start in range(0, len(labels), 16):
-            stub.Predict(_predict([png(smear(c, rng, lamp=lamp)) for c in labels[start : start + 16]]), timeout=60)
+            stub.Predict(
+                _predict([encode_png(smear(c, rng, lamp=lamp)) for c in labels[start : start + 16]]), timeout=60
+            )
         channel.close()
         proxy.stop()  # writes what is queued
         return {}
 
     monkeypatch.setenv("LEUKOFLOW_HOME", str(tmp_path / "home"))
-    package = tmp_path / "pipeline.yaml"
-    package.write_text("# compiled pipeline\n")
-    RecordingClient.calls_file = tmp_path / "calls.jsonl"
-    RecordingClient.calls_file.touch()
-    monkeypatch.setattr(kfp, "Client", RecordingClient)
+    package, calls_file = recording_kfp
     args = [
         "drift",
         "--log-dir",
@@ -305,5 +294,5 @@ def test_drift_demo_through_the_proxy_triggers_one_retraining_run(stack, tmp_pat
     assert {"brightness_mean", "background_brightness"} & set(out["drifted_features"])
     second = json.loads(runner.invoke(cli.app, args).stdout.strip().splitlines()[-1])
     assert second["status"] == "drift" and second["trigger"]["triggered"] is False
-    runs = [json.loads(line) for line in RecordingClient.calls_file.read_text().splitlines()]
+    runs = [json.loads(line) for line in calls_file.read_text().splitlines()]
     assert len([r for r in runs if r["method"] == "run"]) == 1

@@ -9,9 +9,10 @@ import zlib
 
 import numpy as np
 import pytest
+from fixtures.images import encode_png
+from fixtures.quadrant_model import SIZE, build_model, export, quadrant_images
 from PIL import Image
 
-from page.tiny_model import SIZE, build_model, encode_png, export, quadrant_images
 from serving.page import gradcam
 
 
@@ -138,6 +139,7 @@ def test_probability_output_without_softmax_head(tmp_path):
     assert np.array(result["heatmap"]["grid"]).shape == (SIZE // 2, SIZE // 2)
 
 
+@pytest.mark.slow
 def test_models_built_and_exported_by_the_training_step(tmp_path, name="cnn", brightness="mean"):
     """The trainer's own builders and export (custom layers, nested backbone) explain like the served signature."""
     from components.servable import Servable

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from fixtures.images import encode_png
+from fixtures.quadrant_model import quadrant_images
 
 from page.test_page_gradcam import png_header_only
-from page.tiny_model import encode_png, quadrant_images
 from serving.page import routes
 
 

@@ -12,6 +12,18 @@ import pytest
 from fixtures.synthetic import make_synthetic_dataset
 
 pytestmark = pytest.mark.slow
+# The run's own limit, under pytest's 600 s per test (pyproject): a stuck run fails with its log, not a bare timeout.
+RUN_TIMEOUT_S = 540
+
+
+def run_pipeline(data_root: str, env: dict, *models_and_flags: str, timeout: float) -> subprocess.CompletedProcess:
+    """`leukoflow pipeline run --local --profile smoke` on `data_root`: each model name gets a `--model`, flags
+    (starting with --) pass as they are."""
+    args = [a for m in models_and_flags for a in ((m,) if m.startswith("--") else ("--model", m))]
+    cmd = [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "--local", "--profile", "smoke"]
+    return subprocess.run(
+        [*cmd, "--data-dir", data_root, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -20,29 +32,11 @@ def local_run(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("e2e")
     data = make_synthetic_dataset(base / "data", per_class=24, size=32, seed=3)
     env = dict(os.environ, LEUKOFLOW_HOME=str(base / "home"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "pipeline",
-            "run",
-            "--local",
-            "--profile",
-            "smoke",
-            "--data-dir",
-            data["root"],
-            "--model",
-            "cnn",
-            "--model",
-            "mobilenetv2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    try:
+        proc = run_pipeline(data["root"], env, "cnn", "mobilenetv2", "--json", timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        log = (exc.stderr or b"").decode(errors="replace")  # bytes whatever `text` says
+        pytest.fail(f"the local run took over {RUN_TIMEOUT_S} s; its log ends:\n{log[-4000:]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"--json must print exactly one object, got: {proc.stdout[:500]}"
@@ -191,26 +185,7 @@ def test_a_failing_step_shows_its_last_lines_and_the_log(tmp_path):
     """Too few images per class: validation fails; the console says which step, why, and where the log is."""
     data = make_synthetic_dataset(tmp_path / "data", per_class=3, size=32, seed=5, defects=False)
     env = dict(os.environ, LEUKOFLOW_HOME=str(tmp_path / "home"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "pipeline",
-            "run",
-            "--local",
-            "--profile",
-            "smoke",
-            "--data-dir",
-            data["root"],
-            "--model",
-            "cnn",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    proc = run_pipeline(data["root"], env, "cnn", timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     out = proc.stdout
     assert "validate           FAILED in" in out and "last lines of validate:" in out, out

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import promote_helpers as H  # noqa: E402
+from fixtures import promote_candidates as H
 
 
 @pytest.fixture(scope="session")

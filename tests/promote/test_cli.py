@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import promote_helpers as H
 from click.testing import CliRunner
+from fixtures import promote_candidates as H
 
 from pipelines.cli import app
 

@@ -2,7 +2,8 @@
 
 import json
 
-import promote_helpers as H
+import pytest
+from fixtures import promote_candidates as H
 from kfp import dsl, local
 from kfp.dsl import Artifact, Dataset, Output
 
@@ -52,6 +53,7 @@ def promote_pipeline(candidates: list, split_src: str):
         )
 
 
+@pytest.mark.slow
 def test_gate_and_promote_ops_in_local_pipeline(tmp_path, models, split_dir):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     cands = [

@@ -1,6 +1,6 @@
 """The gate's rule, table-driven: the paper's numbers, ties, nothing passing, a collapsing class, each trust floor.
 
-The candidates carry the trust figures a calibrated export reports (promote_helpers.metrics) and face the real
+The candidates carry the trust figures a calibrated export reports (fixtures/promote_candidates.py `metrics`) and face the real
 default policy; only the smoke-profile tests use that profile's policy.
 """
 
@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import promote_helpers as H
 import pytest
+from fixtures import promote_candidates as H
 
 from components import domain, settings
 from components.promote.gate import policy as gate

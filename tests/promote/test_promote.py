@@ -6,8 +6,8 @@ import json
 import sqlite3
 
 import pandas as pd
-import promote_helpers as H
 import pytest
+from fixtures import promote_candidates as H
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 

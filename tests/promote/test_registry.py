@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 
-import promote_helpers as H
+from fixtures import promote_candidates as H
 
 from components import home
 from components.promote import registry

@@ -7,8 +7,10 @@ import threading
 
 import pytest
 import requests
+from fixtures.images import encode_png
+from fixtures.model_base import start_server
+from fixtures.quadrant_model import quadrant_images
 from page.test_page_gradcam import png_header_only
-from page.tiny_model import encode_png, quadrant_images
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -16,20 +18,12 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def server(quadrant_model_dir):
     from serving.limits import Limits
-    from serving.server import Server, ServerOptions
 
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(quadrant_model_dir.parent),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-            warmup=False,
-            limits=Limits(max_image_pixels=10_000_000, max_request_pixels=15_000_000, max_batch_size=2),
-        )
-    ).start()
+    srv = start_server(
+        quadrant_model_dir.parent,
+        warmup=False,
+        limits=Limits(max_image_pixels=10_000_000, max_request_pixels=15_000_000, max_batch_size=2),
+    )
     yield srv
     srv.stop()
 

@@ -10,7 +10,7 @@ import tracemalloc
 import grpc
 import pytest
 import requests
-from serving_helpers import install_version
+from fixtures.model_base import install_version, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,22 +20,10 @@ INSTANCES = 2_000_000  # one-character strings: an 8 MB body (a 6 MB message), f
 @pytest.fixture(scope="module")
 def server(exported_versions, tmp_path_factory):
     from serving.limits import Limits
-    from serving.server import Server, ServerOptions
 
     base = tmp_path_factory.mktemp("limits") / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-            warmup=False,
-            limits=Limits(max_message_bytes=64 * 1024 * 1024, max_batch_size=8),
-        )
-    ).start()
+    srv = start_server(base, warmup=False, limits=Limits(max_message_bytes=64 * 1024 * 1024, max_batch_size=8))
     yield srv
     srv.stop()
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-import promote_helpers as H  # noqa: E402 - on sys.path once promote.conftest is imported
 import pytest
 from click.testing import CliRunner
+from fixtures import promote_candidates as H
+from fixtures.model_base import start_server
 from promote.conftest import _template_db, home, models, split_dir  # noqa: F401,E402 - the promotion tests' fixtures
 
 from pipelines.cli import app
@@ -20,7 +21,6 @@ def _run(*args):
 
 def test_label_moves_are_applied_by_the_server_or_said_not_to_be(tmp_path, home, models, split_dir):  # noqa: F811
     from components import home as state
-    from serving.server import Server, ServerOptions
 
     a = H.make_candidate(tmp_path / "e1", "mobilenetv2", models["good"], macro_f1=0.96, accuracy=0.96, params=3_400_000)
     assert (
@@ -41,15 +41,7 @@ def test_label_moves_are_applied_by_the_server_or_said_not_to_be(tmp_path, home,
     )
     assert r.exit_code == 0, r.output
     # A server that does not poll models.config (the default of tensorflow_model_server).
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=-1,
-            model_config_file=str(state.models_config_path()),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(rest_api_port=-1, model_config_file=str(state.models_config_path()))
     try:
         manager = srv.core.manager
         assert manager.resolve("leukemia", label="stable").version == 1

@@ -7,7 +7,7 @@ import threading
 
 import grpc
 import pytest
-from serving_helpers import install_version, models_config
+from fixtures.model_base import install_version, models_config
 
 pytestmark = pytest.mark.timeout(120)
 

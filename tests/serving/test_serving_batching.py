@@ -8,8 +8,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import install_version
-from tiny_model import encode_png, sample_image
+from fixtures.images import encode_png, sample_image
+from fixtures.model_base import install_version, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -235,24 +235,11 @@ def test_batching_server_batches_concurrent_grpc_requests(exported_versions, tmp
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.server import Server, ServerOptions
-
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
     params = tmp_path / "batching.config"
     params.write_text(PARAMS.replace("max_enqueued_batches { value: 2 }", "max_enqueued_batches { value: 100 }"))
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=-1,
-            model_name="leukemia",
-            model_base_path=str(base),
-            enable_batching=True,
-            batching_parameters_file=str(params),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(base, rest_api_port=-1, enable_batching=True, batching_parameters_file=str(params))
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}")
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -354,8 +341,6 @@ def test_concurrent_clients_beyond_sixteen_share_one_full_batch(exported_version
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.server import Server, ServerOptions
-
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
     params = tmp_path / "batching.config"
@@ -364,18 +349,7 @@ def test_concurrent_clients_beyond_sixteen_share_one_full_batch(exported_version
         "max_batch_size { value: 24 }\nbatch_timeout_micros { value: 20000000 }\n"
         "max_enqueued_batches { value: 4 }\nnum_batch_threads { value: 1 }\n"
     )
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=-1,
-            model_name="leukemia",
-            model_base_path=str(base),
-            enable_batching=True,
-            batching_parameters_file=str(params),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(base, rest_api_port=-1, enable_batching=True, batching_parameters_file=str(params))
     sizes: list[int] = []
     srv.core.batcher._on_batch = sizes.append
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from serving_helpers import MONITORING_CONFIG, install_version
+from fixtures.model_base import MONITORING_CONFIG, install_version
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.timeout(180)
@@ -54,6 +54,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
     assert "--model_config_file: no such file" in result.output
 
 
+@pytest.mark.slow
 def test_serve_process_end_to_end(exported_versions, tmp_path):
     base = tmp_path / "models" / "leukemia"
     install_version(exported_versions, base, 1)
@@ -99,6 +100,7 @@ def test_serve_process_end_to_end(exported_versions, tmp_path):
         assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 def test_port_in_use_is_a_clear_error_and_the_process_exits(exported_versions, tmp_path):
     import socket
 
@@ -132,6 +134,7 @@ def test_port_in_use_is_a_clear_error_and_the_process_exits(exported_versions, t
     assert "cannot start the server" in json.loads(done.stdout.strip().splitlines()[-1])["error"]
 
 
+@pytest.mark.slow
 def test_tensorflow_threads_after_start_up_is_a_clear_error():
     """Thread pools are fixed once TensorFlow runs: asking later names the flag instead of failing obscurely."""
     code = (

@@ -9,8 +9,8 @@ import time
 import grpc
 import pytest
 import requests
-from serving_helpers import install_version, models_config
-from tiny_model import encode_png, sample_image
+from fixtures.images import encode_png, sample_image
+from fixtures.model_base import install_version, models_config, start_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -26,22 +26,10 @@ def _wait(predicate, timeout: float = 60.0, what: str = "condition") -> None:
 
 @pytest.fixture(scope="module")
 def swap_server(exported_versions, tmp_path_factory):
-    from serving.server import Server, ServerOptions
-
     root = tmp_path_factory.mktemp("swap")
     base = root / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0.2,
-            enable_batching=True,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(base, file_system_poll_wait_seconds=0.2, enable_batching=True)
     srv.base = base
     yield srv
     srv.stop()
@@ -131,7 +119,7 @@ def test_broken_version_is_reported_and_previous_keeps_serving(swap_server):
 def test_version_whose_warmup_fails_never_takes_traffic(swap_server, exported_versions, tmp_path):
     import shutil
 
-    from tiny_model import write_warmup
+    from fixtures.serving_model import write_warmup
 
     staged = tmp_path / "11"
     shutil.copytree(exported_versions[1], staged)
@@ -144,23 +132,13 @@ def test_version_whose_warmup_fails_never_takes_traffic(swap_server, exported_ve
 
 def test_config_file_poll_moves_labels(exported_versions, tmp_path):
     """The gate's two-step label move: load both versions, then move `stable` (config file polling)."""
-    from serving.server import Server, ServerOptions
 
     base = tmp_path / "leukemia"
     for v in (1, 2):
         install_version(exported_versions, base, v)
     config = tmp_path / "models.config"
     config.write_text(models_config([("leukemia", base, [1], {"stable": 1})]))
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=-1,
-            model_config_file=str(config),
-            model_config_file_poll_wait_seconds=0.2,
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(rest_api_port=-1, model_config_file=str(config), model_config_file_poll_wait_seconds=0.2)
     try:
         manager = srv.core.manager
         assert manager.loaded_versions("leukemia") == [1]
@@ -188,22 +166,13 @@ def test_config_file_poll_moves_labels(exported_versions, tmp_path):
 
 def test_startup_with_label_on_missing_version_fails(exported_versions, tmp_path):
     from serving.errors import ServingError
-    from serving.server import Server, ServerOptions
 
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
     config = tmp_path / "models.config"
     config.write_text(models_config([("leukemia", base, [1], {"stable": 4})]))
     with pytest.raises(ServingError) as info:
-        Server(
-            ServerOptions(
-                port=0,
-                rest_api_port=-1,
-                model_config_file=str(config),
-                request_log_dir=None,
-                file_system_poll_wait_seconds=0,
-            )
-        ).start()
+        start_server(rest_api_port=-1, model_config_file=str(config))
     assert info.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 

@@ -16,8 +16,9 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from fixtures.calibrated_model import encode_png, ood_images, smear_images
-from serving_helpers import install_version, models_config
+from fixtures.calibrated_model import ood_images, smear_images
+from fixtures.images import encode_png
+from fixtures.model_base import install_version, models_config, start_server
 
 from components import domain
 from components.image_features import FEATURE_OUTPUTS
@@ -37,8 +38,6 @@ OOD = [encode_png(x) for x in ood_images(seed=21).values()]
 
 @pytest.fixture(scope="module")
 def server(calibrated_export, exported_versions, tmp_path_factory):
-    from serving.server import Server, ServerOptions
-
     root = tmp_path_factory.mktemp("refer")
     base = root / "models" / "leukemia"
     base.mkdir(parents=True)
@@ -46,16 +45,9 @@ def server(calibrated_export, exported_versions, tmp_path_factory):
     install_version(exported_versions, base, 2)
     config = root / "models.config"
     config.write_text(models_config([("leukemia", base, [1, 2], {"stable": 1, "canary": 2})]))
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_config_file=str(config),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=str(root / "requests"),
-        ),
-        open_request_log=open_request_log,
-    ).start()
+    srv = start_server(
+        model_config_file=str(config), request_log_dir=str(root / "requests"), open_request_log=open_request_log
+    )
     srv.root = root
     yield srv
     srv.stop()

@@ -6,7 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from tiny_model import SIZE, encode_png, sample_image, write_warmup
+from fixtures.images import encode_png, sample_image
+from fixtures.serving_model import SIZE, write_warmup
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 import requests
+from fixtures.images import encode_png, sample_image
+from fixtures.model_base import install_version, start_server
 from fixtures.tls import self_signed
-from serving_helpers import install_version
-from tiny_model import encode_png, sample_image
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -16,7 +16,7 @@ def test_tls_grpc_and_https_round_trip(exported_versions, tmp_path):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.server import Server, ServerOptions, parse_ssl_config
+    from serving.server import parse_ssl_config
 
     key_pem, cert_pem = self_signed()
     (tmp_path / "cert.pem").write_bytes(cert_pem)
@@ -29,17 +29,7 @@ def test_tls_grpc_and_https_round_trip(exported_versions, tmp_path):
     assert parse_ssl_config(ssl_config.read_text()).server_cert == cert_pem
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            ssl_config_file=str(ssl_config),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(base, ssl_config_file=str(ssl_config))
     try:
         creds = grpc.ssl_channel_credentials(root_certificates=cert_pem)
         with grpc.secure_channel(f"localhost:{srv.grpc_port}", creds) as channel:
@@ -69,8 +59,6 @@ def test_mutual_tls_requires_a_client_certificate(exported_versions, tmp_path):
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.server import Server, ServerOptions
-
     key_pem, cert_pem = self_signed()
     (tmp_path / "cert.pem").write_bytes(cert_pem)
     (tmp_path / "key.pem").write_bytes(key_pem)
@@ -82,17 +70,7 @@ def test_mutual_tls_requires_a_client_certificate(exported_versions, tmp_path):
     )
     base = tmp_path / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            ssl_config_file=str(ssl_config),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(base, ssl_config_file=str(ssl_config))
     try:
         req = predict_pb2.PredictRequest()
         req.model_spec.name = "leukemia"

@@ -7,48 +7,28 @@ import base64
 import numpy as np
 import pytest
 import requests
-from tiny_model import encode_jpeg, encode_png, sample_image
+from fixtures.colour_model import export_colour_model
+from fixtures.images import encode_jpeg, encode_png, sample_image
+from fixtures.model_base import start_server
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def test_trainer_export_is_servable(tmp_path):
     import grpc
-    import keras
     import tensorflow as tf
     from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc
 
     from components.servable import Servable
-    from components.train.export import export_saved_model
-    from serving.server import Server, ServerOptions
 
-    inputs = keras.Input((16, 16, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
     version_dir = tmp_path / "leukemia" / "1"
-    export_saved_model(
-        model,
-        version_dir,
-        model_name="tiny",
-        image_size=16,
-        brightness="none",
-        warmup_images=[encode_png(sample_image(1, 16))],
-    )
+    export_colour_model(version_dir, size=16, warmup_images=[encode_png(sample_image(1, 16))])
     servable = Servable.load(version_dir)
     assert servable.warmup() == 1
     assert servable.signatures["classify"].method_name == "tensorflow/serving/classify"
     assert set(servable.signatures["serving_default"].inputs) == {"images"}
 
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(tmp_path / "leukemia"),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-        )
-    ).start()
+    srv = start_server(tmp_path / "leukemia")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{srv.grpc_port}") as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
