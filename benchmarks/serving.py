@@ -524,7 +524,7 @@ def shadow_and_measure(
     rotating between rounds, so load drift on the shared machine hits each alike. Shadow calls go to the same
     server (as they do in the pod): what they cost the server is part of what is measured.
     """
-    server, grpc_port, rest_port = start_server(config, False, workdir / "server-for-shadow.log")
+    server, grpc_port, rest_port = start_store_server(config, workdir / "server-for-shadow.log")
     settings = {"shadow off": ("--no-shadow",)}
     for rate in sample_rates:
         settings[f"shadow on ({rate:g})"] = ("--shadow", "--shadow-sample-rate", str(rate))

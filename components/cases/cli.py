@@ -171,7 +171,7 @@ def _human_queue(result: dict) -> str:
             )
     else:
         lines.append(
-            "training labels not checked: give --oof-logits (benchmarks/recipe_cv.py --logits DIR writes them)"
+            "training labels not checked: give --oof-logits (experiments/recipe_cv.py --logits DIR writes them)"
         )
     lines.append("label one: leukoflow cases add --request-id ID --label L [--site S] [--reviewer R]")
     return "\n".join(lines)
@@ -186,7 +186,7 @@ def queue(
     oof_logits: list[Path] = typer.Option(
         [],
         "--oof-logits",
-        help="Out-of-fold logits (.npz) from benchmarks/recipe_cv.py --logits; repeat for several recipes.",
+        help="Out-of-fold logits (.npz) from experiments/recipe_cv.py --logits; repeat for several recipes.",
     ),
     views: Optional[int] = typer.Option(None, "--views", help="Which view count's logits (default: the most)."),
     limit: int = typer.Option(50, "--limit", min=1, help="Rows per list."),

@@ -6,7 +6,7 @@ distribution they are and by how ambiguous the answer was: the mean of the two p
 Images already in the case store are left out.
 
 Training images are ranked by confident learning (Northcutt et al., "Confident Learning", 2021) on the
-out-of-fold logits `benchmarks/recipe_cv.py --logits DIR` saves (`logits` [views, n, C] or [n, C],
+out-of-fold logits `experiments/recipe_cv.py --logits DIR` saves (`logits` [views, n, C] or [n, C],
 `labels` [n], `paths` [n]). For each recipe: the self-confidence of an image is the out-of-fold
 probability of its given label; the threshold t_j of class j is the mean self-confidence of the images
 labelled j; an image is a label issue when its given label's probability is under that class's threshold
@@ -53,7 +53,7 @@ def load_oof(path: Path, views: int | None = None) -> tuple[np.ndarray, np.ndarr
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"out-of-fold logits {path} not found; `benchmarks/recipe_cv.py --logits DIR` writes them"
+            f"out-of-fold logits {path} not found; `experiments/recipe_cv.py --logits DIR` writes them"
         )
     with np.load(path, allow_pickle=False) as data:
         missing = {"logits", "labels", "paths"} - set(data.files)
