@@ -18,8 +18,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from serving_helpers import install_version
-from tiny_model import encode_png, sample_image
+from fixtures.images import encode_png, sample_image
+from fixtures.model_base import install_version
 
 pytestmark = pytest.mark.timeout(120)
 
