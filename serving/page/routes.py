@@ -190,6 +190,8 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
         if meta is None or meta.ood_threshold is None
         else {"ood_val_referral_rate": meta.ood_val_referral_rate, "conformal_coverage": meta.conformal_coverage},
         "labels": _labels(manager, name),
+        # The server takes a pathologist's label (POST /v1/cases): the page then offers Confirm / Correct.
+        "cases": bool(getattr(manager, "case_capture", False)),
     }
 
 
