@@ -115,6 +115,22 @@ def test_predict_answers_its_request_id_and_the_label_lands_in_the_ledger(cases_
     assert row["status"] == "conflict" and row["path"].startswith("conflicts/")
 
 
+def test_grpc_predict_answers_its_request_id_in_trailing_metadata(cases_server):
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    server, _ = cases_server
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "leukemia"
+    request.inputs["images"].CopyFrom(tf.make_tensor_proto([render_jpeg("Pre", 66)], dtype=tf.string))
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        _, call = stub.Predict.with_call(request, timeout=60)
+    trailing = dict(call.trailing_metadata())
+    assert len(trailing["x-request-id"]) == 32
+
+
 def test_a_corrupt_image_is_quarantined_with_the_reason(cases_server):
     server, cases = cases_server
     whole = render_jpeg("Pro", 62)
@@ -185,3 +201,37 @@ def test_case_capture_is_off_by_default(calibrated_export, tmp_path):
     assert status == 404 and "start it with --cases_dir DIR" in answer["error"]
     assert info["cases"] is False
     assert not (tmp_path / "cases").exists()
+
+
+def test_serve_refuses_cases_without_the_base_data(calibrated_export, tmp_path):
+    """`leukoflow serve --cases_dir` needs the base data cases are deduplicated against, and says so."""
+    import os
+    import subprocess
+    import sys
+
+    base = tmp_path / "models" / "leukemia"
+    base.mkdir(parents=True)
+    shutil.copytree(calibrated_export, base / "1")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "serve",
+            "--port=0",
+            "--rest_api_port=0",
+            "--model_name=leukemia",
+            f"--model_base_path={base}",
+            f"--cases_dir={tmp_path / 'cases'}",
+            f"--cases_base_data={tmp_path / 'no-data'}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")},
+    )
+    assert done.returncode == 1, done.stdout
+    assert f"--cases_dir needs the base data to deduplicate cases against: {tmp_path / 'no-data'} is not a folder" in (
+        done.stderr + done.stdout
+    )
