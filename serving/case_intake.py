@@ -81,7 +81,13 @@ class CaseIntake:
         self.cases_dir.mkdir(parents=True, exist_ok=True)
         store.read_ledger(self.cases_dir)  # a ledger of another version is refused at start, not per request
         # Hashing the base data takes a while the first time (cached afterwards): done off the start path.
-        threading.Thread(target=self.base_index, name="cases-base-index", daemon=True).start()
+        threading.Thread(target=self._warm_base_index, name="cases-base-index", daemon=True).start()
+
+    def _warm_base_index(self) -> None:
+        try:
+            self.base_index()
+        except Exception as exc:  # noqa: BLE001 - each POST /v1/cases retries and answers the error
+            log.warning("cannot index the base data for case dedup yet: %s", exc)
 
     def base_index(self):
         """The base data's hashes, computed once per server (the first request waits for it if needed)."""
