@@ -78,7 +78,7 @@ class CaseIntake:
                 )
         elif not Path(options.base_manifest).is_file():
             raise FileNotFoundError(f"--cases_base_manifest: no such file {options.base_manifest}")
-        self.cases_dir.mkdir(parents=True, exist_ok=True)
+        self.cases_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # patient images: private when new
         store.read_ledger(self.cases_dir)  # a ledger of another version is refused at start, not per request
         # Hashing the base data takes a while the first time (cached afterwards): done off the start path.
         threading.Thread(target=self._warm_base_index, name="cases-base-index", daemon=True).start()
