@@ -101,6 +101,22 @@ def serve(
     keep_referred_max_days: float = typer.Option(
         30, "--keep_referred_max_days", help="Age limit of a kept image; older ones are removed."
     ),
+    cases_dir: Optional[str] = typer.Option(
+        None,
+        "--cases_dir",
+        help="Accept a pathologist's label for an image at POST /v1/cases (and on the page) into this cases "
+        "folder, validated like `leukoflow cases add`; off by default.",
+    ),
+    cases_base_data: Optional[str] = typer.Option(
+        None,
+        "--cases_base_data",
+        help="With --cases_dir: the base data cases are deduplicated against (default: data/).",
+    ),
+    cases_base_manifest: Optional[str] = typer.Option(
+        None,
+        "--cases_base_manifest",
+        help="With --cases_dir: a validate manifest.csv or dedup kept.csv of the base data, instead of hashing it.",
+    ),
     max_image_pixels: int = typer.Option(
         50_000_000, "--max_image_pixels", help="Refuse images with more decoded pixels."
     ),
@@ -149,6 +165,9 @@ def serve(
         keep_referred_images=keep_referred_images,
         keep_referred_max_bytes=int(keep_referred_max_mb * 1024 * 1024),
         keep_referred_max_days=keep_referred_max_days,
+        cases_dir=cases_dir,
+        cases_base_data=cases_base_data,
+        cases_base_manifest=cases_base_manifest,
         limits=Limits(
             max_message_bytes=max_message_bytes,
             max_image_pixels=max_image_pixels,

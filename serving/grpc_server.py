@@ -34,6 +34,9 @@ def _servicer_classes() -> tuple[type, type]:
                 self.core.remaining()  # it may have waited for a handler thread past its deadline: do nothing
                 response = fn(self.core, request)
                 code = "OK"
+                if request_id := getattr(self.core.local, "request_id", None):
+                    # The id a pathologist's label names (POST /v1/cases), as REST's X-Request-Id header.
+                    context.set_trailing_metadata((("x-request-id", request_id),))
                 version = response.model_spec.version.value if hasattr(response, "model_spec") else version
                 return response
             except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash

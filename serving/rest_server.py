@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import grpc
 
-from serving.errors import ServingError, detached_error, invalid_argument
+from serving.errors import ServingError, detached_error, invalid_argument, not_found
 from serving.limits import check_message
 from serving.rest_codec import check_version_or_label, classify_json, metadata_json, predict_json, status_json
 
@@ -35,6 +35,8 @@ PREDICTION_RE = re.compile(
 )
 STATUS_RE = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?")
 EXPLAIN_RE = re.compile(r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:explain")
+CASES_PATH = "/v1/cases"
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def _model_info(m: re.Match) -> tuple[str, int | None, str | None]:
@@ -424,7 +426,13 @@ class RestServer:
                     raise ServingError(
                         grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported: the model has no regression signature"
                     )
-                return 200, "application/json", json.dumps(out).encode(), {}
+                # The id the request log and a kept referral carry, so a pathologist can label this answer
+                # (POST /v1/cases "request_id"); a header, so the TF Serving JSON body stays as clients parse it.
+                ids = getattr(core.local, "request_id", None)
+                return 200, "application/json", json.dumps(out).encode(), {REQUEST_ID_HEADER: ids} if ids else {}
+            if path.rstrip("/").lower() == CASES_PATH:
+                api_name = "rest_cases"
+                return self._cases(method, body)
             if method in ("GET", "HEAD") and (m := STATUS_RE.fullmatch(path)):
                 model, version, label = _model_info(m)
                 if m.group(4):
@@ -444,6 +452,18 @@ class RestServer:
                 core.metrics.observe(
                     api_name, model, getattr(core.local, "version", None), code, time.perf_counter() - start
                 )
+
+    def _cases(self, method: str, body: bytes) -> tuple[int, str, bytes, dict]:
+        """POST /v1/cases: one pathologist label, through the case store (serving.case_intake)."""
+        intake = getattr(self.core, "case_intake", None)
+        if intake is None:
+            from serving.case_intake import OFF_MESSAGE
+
+            raise not_found(OFF_MESSAGE)
+        if method != "POST":
+            return 405, "application/json", _json_error(f"Method {method} not allowed on {CASES_PATH}; use POST"), {}
+        answer = intake.add(body, self.core.limits)
+        return 200, "application/json", json.dumps(answer).encode(), {}
 
     def _page(self, method: str, target: str, headers: dict, body: bytes) -> tuple[int, str, bytes, dict] | None:
         """Hand the request to serving.page.routes when that module exists."""

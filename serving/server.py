@@ -98,6 +98,9 @@ class ServerOptions:
     keep_referred_images: str | None = None  # opt-in: a folder for the images the model referred (patient data)
     keep_referred_max_bytes: int = 1024 * 1024 * 1024
     keep_referred_max_days: float = 30.0
+    cases_dir: str | None = None  # opt-in: accept a pathologist's labels at POST /v1/cases into this cases folder
+    cases_base_data: str | None = None  # what cases are deduplicated against (None: the repository's data/)
+    cases_base_manifest: str | None = None  # or a validate manifest.csv / dedup kept.csv of it
     limits: Limits = field(default_factory=Limits)
     warmup: bool = True
     allow_version_labels_for_unavailable_models: bool = False
@@ -236,6 +239,7 @@ class ServingCore:
         self.batcher = batcher
         self.request_logger = request_logger
         self.referral_keeper: Any = None  # components.cases.referred.ReferredImageKeeper when keeping is on
+        self.case_intake: Any = None  # serving.case_intake.CaseIntake when --cases_dir is given
         self.local = threading.local()  # per request thread: deadline, caller liveness, version served
         # Without batching, model runs wait for a slot: a request whose deadline passes while waiting is
         # never run (more runs at once than cores only slow every one of them down).
@@ -249,6 +253,7 @@ class ServingCore:
         self.local.deadline = time.monotonic() + seconds if seconds is not None and seconds < 86400 else None
         self.local.alive = alive
         self.local.version = None
+        self.local.request_id = None
 
     def stop_reason(self) -> str | None:
         """Why the current request must not run on: "deadline" (passed), "cancelled" (the caller left), else None."""
@@ -417,7 +422,12 @@ class ServingCore:
         images: list[bytes],
         seconds: float,
     ) -> None:
-        """Hand the response's outputs to the request log and the referral keeper: no copy, no decoding here."""
+        """Hand the response's outputs to the request log and the referral keeper: no copy, no decoding here.
+
+        Each image gets an id (image i of a request of several: `<id>-<i>`), shared by its request-log record and
+        its kept copy; the REST front end answers it in X-Request-Id, so a pathologist can label that answer."""
+        request = uuid.uuid4().hex if images else None
+        self.local.request_id = request
         if self.request_logger is None and self.referral_keeper is None:
             return
         labels = [label] if label else self.manager.labels_of(servable.name, servable.version)
@@ -428,8 +438,7 @@ class ServingCore:
             "signature": signature_name,
             "latency_ms": round(seconds * 1000.0, 3),
         }
-        if images:  # one id per image, shared by its request-log record and its kept copy
-            request = uuid.uuid4().hex
+        if request:
             meta["request_ids"] = [request if len(images) == 1 else f"{request}-{i}" for i in range(len(images))]
         if self.referral_keeper is not None and images:
             self.referral_keeper.submit(meta, outputs, images)
@@ -520,6 +529,16 @@ class Server:
                 "keeping referred images in %s (patient data: see docs/operations.md)", opts.keep_referred_images
             )
         try:
+            if opts.cases_dir:
+                from serving.case_intake import CaseIntake, CaseIntakeOptions
+
+                self.core.case_intake = CaseIntake(
+                    CaseIntakeOptions(
+                        opts.cases_dir, opts.cases_base_data, opts.cases_base_manifest, opts.keep_referred_images
+                    )
+                )
+                manager.case_capture = True  # the page offers Confirm / Correct only then (serving.page.routes)
+                log.info("accepting pathologist cases at POST /v1/cases into %s", opts.cases_dir)
             manager.start()
             manager.start_polling(
                 opts.file_system_poll_wait_seconds, config_path, opts.model_config_file_poll_wait_seconds

@@ -5,8 +5,8 @@ The REST server calls `handle()` for every path outside `/v1/` and `/monitoring/
 
 - `GET /` the page; `GET /ui/page.css`, `GET /ui/page.js` its files (from the package, no build step)
 - `GET /ui/models/{name}[/versions/{v}|/labels/{l}]` (or `/ui/model?name=..&label=..`) which version
-  answers, its classes and low-confidence threshold, whether it refers images (`referral`), and the upload
-  limits (JSON); with neither version
+  answers, its classes and low-confidence threshold, whether it refers images (`referral`), the upload
+  limits, and whether the server takes a pathologist's labels (`cases`, POST /v1/cases) (JSON); with neither version
   nor label, the `stable` label when the server has one, else the latest version
 - `POST /v1/models/{name}[/versions/{v}|/labels/{l}]:explain` Grad-CAM for `{"instances": [{"b64": ...}]}`
 
@@ -190,6 +190,9 @@ def model_info(manager: Any, name: str, version: str | None = None, label: str |
         if meta is None or meta.ood_threshold is None
         else {"ood_val_referral_rate": meta.ood_val_referral_rate, "conformal_coverage": meta.conformal_coverage},
         "labels": _labels(manager, name),
+        # The server takes a pathologist's label (POST /v1/cases): the page then offers Confirm / Correct.
+        "cases": bool(getattr(manager, "case_capture", False)),
+        "case_labels": list(domain.CLASS_NAMES),  # the labels POST /v1/cases takes
     }
 
 

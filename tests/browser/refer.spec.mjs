@@ -52,6 +52,10 @@ await runInChromium(async (context, result, check) => {
   check(["Benign", "Early", "Pre", "Pro"].includes(result.stage_class), "an in-distribution smear shows a stage");
   check((await accepted.locator("[data-testid=refer]").count()) === 0, "no refer state on an in-distribution smear");
   result.meta = (await accepted.locator(".meta").textContent()).trim();
+  // This server has no cases folder: no Confirm / Correct, no reviewer fields.
+  result.review_controls = await page.locator("[data-testid=review]").count();
+  check(result.review_controls === 0 && !(await page.locator("#reviewer-panel").isVisible()),
+    "no review controls when the server takes no cases");
 
   check(consoleErrors.length === 0, `no JavaScript errors (${consoleErrors.join("; ")})`);
 });

@@ -53,11 +53,16 @@
 
   // fetch JSON; turns network failures and error bodies into PageError.
   function requestJson(url, options) {
+    return requestJsonWithHeaders(url, options).then(function (answer) { return answer.body; });
+  }
+
+  // fetch JSON, also handing back the response headers (X-Request-Id of a :predict answer).
+  function requestJsonWithHeaders(url, options) {
     return fetch(url, options).then(function (response) {
       return response.text().then(function (text) {
         var body = null;
         try { body = text ? JSON.parse(text) : null; } catch (e) { body = null; }
-        if (response.ok && body) return body;
+        if (response.ok && body) return { body: body, headers: response.headers };
         var serverMessage = body && body.error ? String(body.error) : (text || "").slice(0, 300);
         var err = new PageError(explainStatus(response.status, serverMessage), serverMessage);
         err.status = response.status;
@@ -100,6 +105,7 @@
       status.textContent = "Model " + info.name + " \u00b7 version " + info.version + (info.label ? " (" + info.label + ")" : "");
       status.className = "model-status ok";
       showLabelChoice(info);
+      showReviewerPanel(info);
       $("limits").textContent = FORMATS + "; up to " + formatBytes(info.max_upload_bytes) + " each. Several at once is fine.";
       showBanner("");
       return info;
@@ -130,6 +136,121 @@
     box.hidden = false;
   }
 
+  // With a cases folder on the server, a pathologist may confirm or correct each answer (POST /v1/cases).
+  var REVIEWER_KEY = "leukoflow.reviewer";
+  var SITE_KEY = "leukoflow.site";
+
+  function remembered(key) {
+    try { return window.localStorage.getItem(key) || ""; } catch (e) { return ""; }
+  }
+
+  function remember(key, value) {
+    try { window.localStorage.setItem(key, value); } catch (e) { /* private mode: nothing remembered */ }
+  }
+
+  function showReviewerPanel(info) {
+    $("reviewer-panel").hidden = !info.cases;
+    if (info.cases) {
+      if (!$("reviewer").value) $("reviewer").value = remembered(REVIEWER_KEY);
+      if (!$("site").value) $("site").value = remembered(SITE_KEY);
+      $("storage-note").textContent = "Images are not stored by this page unless you confirm or correct an answer: " +
+        "then the image and your label are kept on this server as a case for retraining.";
+    } else {
+      $("storage-note").textContent = "Images are not stored by this page.";
+    }
+  }
+
+  // What the case store did with a label, in a reviewer's words.
+  function caseOutcomeText(answer, stage) {
+    switch (answer.outcome) {
+      case "added":
+        return "Saved as a case: " + stage + ", labelled by " + answer.reviewer + " (" + answer.site + ").";
+      case "already_a_case":
+        return "Already a case with this label: nothing new was added.";
+      case "duplicate":
+        return "This image is a copy of one already in the data with the same label (" + answer.of + "): nothing new was added.";
+      case "conflict":
+        return "Conflict: this image already has another label: " + answer["with"] + ". It is kept out of " +
+          "training until the labels are reconciled.";
+      case "quarantined":
+        return "Not kept for training: the image failed the data checks (" + answer.reason + ").";
+      default:
+        return "The server answered: " + JSON.stringify(answer);
+    }
+  }
+
+  function reviewBox(parts, info, prediction, b64) {
+    var box = el("div", "review");
+    box.setAttribute("data-testid", "review");
+    var labels = info.case_labels || info.class_names || [];
+    var outcome = el("p", "review-outcome");
+    outcome.setAttribute("role", "status");
+    outcome.setAttribute("aria-live", "polite");
+    var buttons = [];
+
+    function send(label) {
+      var reviewer = $("reviewer").value.trim();
+      var site = $("site").value.trim();
+      outcome.className = "review-outcome";
+      outcome.removeAttribute("data-outcome");
+      if (!reviewer || !site) {
+        outcome.classList.add("problem");
+        outcome.textContent = "Enter your name and your site above first.";
+        (reviewer ? $("site") : $("reviewer")).focus();
+        return Promise.resolve();
+      }
+      remember(REVIEWER_KEY, reviewer);
+      remember(SITE_KEY, site);
+      buttons.forEach(function (b) { b.disabled = true; });
+      outcome.textContent = "Saving\u2026";
+      var body = { image: { b64: b64 }, label: label, site: site, reviewer: reviewer, filename: parts.fileName };
+      if (prediction.requestId) body.request_id = prediction.requestId;
+      return requestJson("/v1/cases", {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body)
+      }).then(function (answer) {
+        outcome.setAttribute("data-outcome", answer.outcome);
+        outcome.classList.add(answer.outcome === "added" || answer.outcome === "already_a_case" ? "done" : "problem");
+        outcome.textContent = caseOutcomeText(answer, stageName(label));
+      }, function (err) {
+        outcome.setAttribute("data-outcome", "error");
+        outcome.classList.add("problem");
+        outcome.textContent = "The label was not saved: " + (err.detail || err.title);
+      }).then(function () {
+        buttons.forEach(function (b) { b.disabled = false; });
+      });
+    }
+
+    box.appendChild(el("p", "review-title", prediction.refer ? "Pathologist review: label this image"
+                                                             : "Pathologist review"));
+    var row = el("div", "review-actions");
+    if (!prediction.refer) {
+      var confirm = el("button", "review-confirm", "Confirm " + stageName(prediction.label));
+      confirm.type = "button";
+      confirm.setAttribute("data-label", prediction.label);
+      confirm.addEventListener("click", function () { send(prediction.label); });
+      buttons.push(confirm);
+      row.appendChild(confirm);
+    }
+    var choice = el("label", "review-correct", prediction.refer ? "Label as " : "Correct to ");
+    var select = el("select");
+    labels.forEach(function (name) {
+      if (!prediction.refer && name === prediction.label) return;  // confirming is the button beside
+      var option = el("option", null, stageName(name));
+      option.value = name;  // the data's class name (components/domain.py), shown by its stage name
+      select.appendChild(option);
+    });
+    choice.appendChild(select);
+    row.appendChild(choice);
+    var save = el("button", "review-save", prediction.refer ? "Save label" : "Save correction");
+    save.type = "button";
+    save.addEventListener("click", function () { send(select.value); });
+    buttons.push(save);
+    row.appendChild(save);
+    box.appendChild(row);
+    box.appendChild(outcome);
+    parts.side.appendChild(box);
+  }
+
   function versionPath(info) {
     return "/v1/models/" + encodeURIComponent(info.name) + "/versions/" + encodeURIComponent(info.version);
   }
@@ -152,10 +273,12 @@
     var ready = model ? Promise.resolve(model) : loadModel();
     return ready.then(function (info) {
       var body = JSON.stringify({ instances: [{ b64: b64 }] });
-      return requestJson(versionPath(info) + ":predict", {
+      return requestJsonWithHeaders(versionPath(info) + ":predict", {
         method: "POST", headers: { "Content-Type": "application/json" }, body: body
       }).then(function (answer) {
-        return { info: info, prediction: parsePrediction(answer, info) };
+        var prediction = parsePrediction(answer.body, info);
+        prediction.requestId = answer.headers.get("X-Request-Id") || "";
+        return { info: info, prediction: prediction };
       }, function (err) {
         if (err.status === 404 && !retried) { model = null; return predict(b64, true); }
         throw err;
@@ -422,6 +545,7 @@
     return readBase64(file).then(function (b64) {
       return predict(b64, false).then(function (result) {
         renderResult(parts, result.info, result.prediction);
+        if (result.info.cases) reviewBox(parts, result.info, result.prediction, b64);
         addHeatmapToggle(parts, result.info, b64);
       });
     }).catch(function (err) { fail(parts, err); });
