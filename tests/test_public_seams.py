@@ -5,6 +5,9 @@ so a refactor inside the trainer that keeps those names breaks nothing silently.
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,8 +68,9 @@ def private_reaches(source: str) -> list[str]:
     return found
 
 
-def test_no_module_outside_the_trainer_uses_its_private_names():
-    offenders = {}
+def offenders() -> dict[str, list[str]]:
+    """Every file of SCANNED (outside components/train/) with the private reaches found in it."""
+    found = {}
     for folder in SCANNED:
         for path in sorted((REPO / folder).rglob("*.py")):
             relative = path.relative_to(REPO)
@@ -74,8 +78,18 @@ def test_no_module_outside_the_trainer_uses_its_private_names():
                 continue
             reaches = private_reaches(path.read_text())
             if reaches:
-                offenders[str(relative)] = reaches
-    assert not offenders, offenders
+                found[str(relative)] = reaches
+    return found
+
+
+def test_no_module_outside_the_trainer_uses_its_private_names():
+    # Scanned in a fresh interpreter: after the rest of a long session, CPython 3.11.7's ast.parse can raise a
+    # spurious "AST constructor recursion depth mismatch" (seen once in a full run; the scan passes alone).
+    done = subprocess.run(
+        [sys.executable, __file__], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == {}
 
 
 def test_each_kind_of_reach_in_is_found():
@@ -94,3 +108,7 @@ models.graph_layers()._replace(views=None)  # a NamedTuple's own method, on a va
         "setattr models._layers (line 7)",
         "train_input._geometry (line 6)",
     ]
+
+
+if __name__ == "__main__":
+    print(json.dumps(offenders()))

@@ -146,7 +146,8 @@ def registered_versions(tracking_uri: str) -> dict[int, dict[str, str]]:
 
 def check_promoted(cluster: dict, package: Path, before: set[int]) -> int:
     """The run registered one new version in the tracking server, and that version is in the model-store folder
-    with models.config's stable label on it. Returns the version; a clear AssertionError otherwise."""
+    with the label a promotion gives it in models.config: `stable` for the first version, `canary` after (the
+    staged rollout). Returns the version; a clear AssertionError otherwise."""
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -168,7 +169,8 @@ def check_promoted(cluster: dict, package: Path, before: set[int]) -> int:
     config = text_format.Parse(
         (store / "models.config").read_text(), model_server_config_pb2.ModelServerConfig()
     ).model_config_list.config[0]
-    assert config.version_labels["stable"] == version
+    label = "canary" if before else "stable"
+    assert config.version_labels[label] == version, f"version {version} should be {label}: {config.version_labels}"
     assert config.base_path == f"{cluster_config.MODEL_STORE_MOUNT}/leukemia"  # where TF Serving mounts the store
     return version
 
