@@ -232,6 +232,8 @@ def _smoke() -> Profile:
             "max_ece": 1.0,
             "coverage_tolerance": 1.0,
             "min_ood_detection": None,
+            "max_missed_malignancy": None,
+            "min_magnification_accuracy": None,
         },
     )
 
@@ -273,6 +275,14 @@ GATE_MAX_TEST_REFERRAL: float = 0.05  # in-distribution test images referred (OO
 GATE_MAX_ECE: float = 0.03  # expected calibration error of the calibrated probabilities, 15 bins
 GATE_COVERAGE_TOLERANCE: float = 0.02  # |empirical coverage of the prediction sets - CONFORMAL_COVERAGE|
 GATE_MIN_OOD_DETECTION: float = 0.95  # external smears referred, on the half used to choose nothing
+# Missed malignancy: malignant test images (Early, Pre, Pro) answered Benign and not referred, the error that sends
+# a leukemia patient home; at most this share of them, clean, under every plausible perturbation and at every
+# magnification (components/evaluate/malignancy.py).
+GATE_MAX_MISSED_MALIGNANCY: float = 0.005
+# Another objective or camera (x0.6-x2, components/evaluate/robustness.py MAGNIFICATIONS): at every scale the
+# model is at least this accurate, or refers enough that what it answers is at least the second figure right.
+GATE_MIN_MAGNIFICATION_ACCURACY: float = 0.95
+GATE_MIN_MAGNIFICATION_ANSWERED_ACCURACY: float = 0.98
 GATE_MACRO_F1_MARGIN: float = 0.02  # candidates within this of the best are "as good"
 GATE_MAX_REGRESSION: float = 0.01  # a challenger may lose at most this much macro-F1 vs the champion
 

@@ -70,6 +70,39 @@ PAPER = {  # the paper's figures (macro-F1, accuracy, params); recall/robustness
 }
 
 
+def missed(count: int = 0, malignant: int = 9) -> dict:
+    """components/evaluate/malignancy.py's figures for `count` malignant images answered Benign and not referred."""
+    return {
+        "malignant_images": malignant,
+        "missed": count,
+        "missed_share": count / malignant,
+        "sensitivity": 1 - count / malignant,
+        "referred_malignant": 0,
+    }
+
+
+def malignancy_figures(perturbations: list[str]) -> dict:
+    """Missed malignancy nowhere, and magnifications that pass: x0.6 accurate, x2 inaccurate but referring."""
+    return {
+        "missed_malignancy": missed(),
+        "robustness_missed_malignancy": {name: missed() for name in perturbations},
+        "magnification": {
+            "magnification x0.6": {
+                "accuracy": 0.96,
+                "referred": 0.02,
+                "answered_accuracy": 0.97,
+                "missed_malignancy": missed(),
+            },
+            "magnification x2": {
+                "accuracy": 0.80,
+                "referred": 0.3,
+                "answered_accuracy": 0.99,
+                "missed_malignancy": missed(),
+            },
+        },
+    }
+
+
 def trust_figures() -> dict:
     """What a calibrated export that passes the default gate's trust floors reports (components/evaluate/executor.py).
 
@@ -149,6 +182,7 @@ def metrics(
         "shortcut_baseline": {"accuracy": 0.9, "macro_f1": 0.88},
         "saved_model": saved_model,
         "test_images": 12,
+        **malignancy_figures(list(robustness)),
     }
     if trust:
         m.update(trust_figures())
