@@ -30,6 +30,9 @@ SATURATED_MEAN_MIN: float = 250.0  # a mean brightness above this is a saturated
 # still only duplicates. Groups at 10: 39 exact + 70 near, none larger than 3, no conflicts.
 DEDUP_HAMMING: int = 10
 NUM_SHARDS: int = 8
+# Split by pseudo-slide (images grouped by the smear around their leukocytes, components/split/slides.py), so a
+# slide's images do not sit in train and in test; False: the image-level split (duplicate groups only).
+SPLIT_BY_SLIDE: bool = True
 
 # ---------------------------------------------------------------- models and profiles
 MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")

@@ -1,11 +1,13 @@
 """Split the deduplicated images into train/val/test: stratified by class, seeded, group-aware.
 
-The unit of assignment is a duplicate group (dedup's `group_id`), so every member
-of a group lands in one split (no leakage), and within each class the groups are
-shuffled with the seed and cut at the cumulative 70/15/15 image counts. The
-preprocessed records are then routed into `out_dir/{train,val,test}/` shards.
+The unit of assignment is a group, so every member of a group lands in one split (no leakage), and
+within each class the groups are shuffled with the seed and cut at the cumulative 70/15/15 image
+counts. By default (`by_slide`) a group is a pseudo-slide (components/split/slides.py: images whose
+surroundings of the leukocytes look alike, duplicate groups kept whole), so a slide's images do not sit
+in train and in test; `by_slide=False` groups by duplicates alone (dedup's `group_id`), the image-level
+split. The preprocessed records are then routed into `out_dir/{train,val,test}/` shards.
 
-Outputs in `out_dir`: `split.csv` (id, path, label, group_id, split), `counts.csv`,
+Outputs in `out_dir`: `split.csv` (id, path, label, group_id, dedup_group, split), `counts.csv`,
 `counts.md`, `split.json`, and the shards.
 """
 
@@ -77,7 +79,7 @@ def check_no_leakage(frame, hamming: int = settings.DEDUP_HAMMING) -> None:
     """
     from components.dedup.executor import near_pairs
 
-    for column in ("group_id", "id"):
+    for column in ("group_id", "id") + (("dedup_group",) if "dedup_group" in frame.columns else ()):
         spread = frame.groupby(column)["split"].nunique()
         leaked = spread[spread > 1]
         if not leaked.empty:
@@ -148,6 +150,40 @@ def route_records(preprocessed_dir: str | Path, out_dir: Path, split_of: dict[st
     return shards
 
 
+def context_features_by_id(frame, preprocessed_dir: str | Path | None):
+    """{image id: context features} of each image as its file holds it (the records keep the file's bytes)."""
+    from components.split.slides import context_features
+
+    wanted = set(frame["id"])
+    features = {}
+    if preprocessed_dir:
+        for example in records.iter_examples(preprocessed_dir):
+            if example["id"] in wanted:
+                features[example["id"]] = context_features(domain.load_rgb(example["encoded"]))
+    for image_id, path in zip(frame["id"], frame["path"]):
+        if image_id not in features:
+            features[image_id] = context_features(domain.load_rgb(path))
+    return features
+
+
+def slide_groups(frame, preprocessed_dir: str | Path | None, ratios: tuple[float, float, float]):
+    """`frame` with group_id replaced by its pseudo-slide and the duplicate group kept as dedup_group."""
+    import numpy as np
+
+    from components.split import slides
+
+    features = context_features_by_id(frame, preprocessed_dir)
+    # Twice the groups the smallest split needs: pseudo-slides differ in size, and with the bare minimum one
+    # large group can take a small class's whole test share (the real data's classes make 14-27 anyway).
+    ids = slides.cluster_slides(
+        np.stack([features[i] for i in frame["id"]]), frame["label"].tolist(), 2 * math.ceil(1.0 / min(ratios))
+    )
+    frame = frame.copy()
+    frame["dedup_group"] = frame["group_id"]
+    frame["group_id"] = slides.merge_duplicate_groups(ids, frame["dedup_group"].tolist())
+    return frame
+
+
 def run_split(
     kept_csv: str | Path,
     preprocessed_dir: str | Path | None,
@@ -156,8 +192,10 @@ def run_split(
     seed: int = settings.SEED,
     num_shards: int = settings.NUM_SHARDS,
     hamming: int | None = None,
+    by_slide: bool = settings.SPLIT_BY_SLIDE,
 ) -> dict:
-    """Split kept.csv, check for leakage, write the manifests and (if given) route the records."""
+    """Split kept.csv (by pseudo-slide unless `by_slide` is False), check for leakage, write the manifests and
+    (if given) route the records."""
     import pandas as pd
 
     kept_csv = Path(kept_csv)
@@ -170,12 +208,17 @@ def run_split(
         dedup_json = kept_csv.parent / "dedup.json"
         hamming = json.loads(dedup_json.read_text())["hamming"] if dedup_json.is_file() else settings.DEDUP_HAMMING
     columns = ["sha256", "path", "label", "group_id"] + (["phash"] if "phash" in kept.columns else [])
-    frame = assign_splits(kept[columns].rename(columns={"sha256": "id"}), tuple(ratios), seed)
+    frame = kept[columns].rename(columns={"sha256": "id"})
+    if by_slide:
+        frame = slide_groups(frame, preprocessed_dir, tuple(ratios))
+    else:
+        frame["dedup_group"] = frame["group_id"]
+    frame = assign_splits(frame, tuple(ratios), seed)
     check_no_leakage(frame, hamming)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = frame[["id", "path", "label", "group_id", "split"]]
+    frame = frame[["id", "path", "label", "group_id", "dedup_group", "split"]]
     atomic_files.write_csv(out / "split.csv", frame.sort_values(["split", "path"]))
     table = counts_table(frame)
     atomic_files.write_csv(out / "counts.csv", table)
@@ -198,6 +241,8 @@ def run_split(
         "counts": {s: int(by_split.loc["total", s]) for s in records.SPLITS},
         "per_class": {c: {s: int(by_split.loc[c, s]) for s in records.SPLITS} for c in domain.CLASS_NAMES},
         "groups": int(frame["group_id"].nunique()),
+        "grouping": "pseudo-slides (components/split/slides.py)" if by_slide else "duplicate groups (image-level)",
+        "duplicate_groups": int(frame["dedup_group"].nunique()),
         "leakage_check": f"passed: no duplicate group, content hash or pHash pair within {hamming} bits in two splits",
         "split_csv": str(out / "split.csv"),
         "counts_md": str(out / "counts.md"),
