@@ -98,3 +98,41 @@ def test_attention_ratio_by_hand():
     assert probes.attention_ratio(np.ones((4, 4)), mask) == pytest.approx(1.0)
     assert probes.attention_ratio(np.zeros((4, 4)), mask) is None
     assert list(probes.attention_subset(5, 3)) == [0, 2, 4]
+
+
+def test_answered_figures_and_the_worst_missed_by_hand():
+    from components.evaluate import right_reason
+
+    out = {
+        "probabilities": np.array([[0.9, 0.1, 0, 0], [0.8, 0.2, 0, 0], [0.1, 0.9, 0, 0], [0.7, 0, 0.3, 0]]),
+        "refer": np.array([False, True, False, False]),
+    }
+    f = right_reason.answered_figures(out, np.array([0, 1, 1, 2]))
+    assert f["accuracy"] == pytest.approx(0.5) and f["referred"] == pytest.approx(0.25)
+    assert f["answered_accuracy"] == pytest.approx(2 / 3)
+    assert f["missed_malignancy"]["missed"] == 1 and f["missed_malignancy"]["malignant_images"] == 3
+    perturbed = {"a": {"missed_share": 0.1}, "b": {"missed_share": 0.3}, "grayscale": {"missed_share": 0.9}}
+    assert right_reason.worst_missed(perturbed, ["a", "b"]) == ("b", 0.3)
+    assert right_reason.worst_missed({}, ["a"]) == (None, None)
+
+
+def test_out_of_fold_benign_recall_reads_the_quick_recipe(tmp_path):
+    import json
+
+    from components.evaluate import right_reason
+
+    path = tmp_path / "cv.json"
+    path.write_text(
+        json.dumps(
+            {
+                "quick_profile": {"image_size": 192, "views": 1},
+                "recipes": {"192px/1v": {"confusion_matrix": [[98, 2, 0, 0], [1, 99, 0, 0], [0] * 4, [0] * 4]}},
+            }
+        )
+    )
+    r = right_reason.out_of_fold_benign_recall(path)
+    assert (r["correct"], r["images"], r["recall"]) == (98, 100, pytest.approx(0.98))
+    assert r["ci"][0] < 0.98 < r["ci"][1]
+    assert right_reason.out_of_fold_benign_recall(tmp_path / "missing.json") is None
+    with pytest.raises(ValueError, match="no recipe"):
+        right_reason.out_of_fold_benign_recall(path, "160px/4v")
