@@ -68,7 +68,7 @@ compile: $(STAMP)  ## compile the pipeline to KFP IR YAML
 serve: $(STAMP)  ## serve the promoted model (gRPC 8500, REST and page 8501)
 	$(LF) serve --model_config_file=$(LEUKOFLOW_HOME)/serving/models.config --model_config_file_poll_wait_seconds=5 --batching_parameters_file=serving/batching.config --monitoring_config_file=serving/monitoring.config --enable_batching
 
-bench: $(STAMP) weights data  ## every benchmark; writes benchmarks/results/
+bench: $(STAMP) weights data  ## the performance benchmarks (benchmarks/README.md); writes benchmarks/results/
 	$(PY) -m benchmarks.run_all
 
 report: $(STAMP)  ## docs/results.md from the latest pipeline run

@@ -1,4 +1,4 @@
-"""Abuse benchmark (issue 17): the probes that found the serving defects, repeated against `leukoflow serve`.
+"""Abuse benchmark: the probes that found the serving defects, repeated against `leukoflow serve`.
 
     .venv/bin/python -m benchmarks.abuse [--model-dir DIR] [--slow-connections 1000]
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import platform
 import shutil
 import socket
 import tempfile
@@ -29,7 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.serving import MODEL, RESULTS, load_jpegs, rss_mb, start_server, stop_server
+from benchmarks import harness
+from benchmarks.harness import start_server, stop_server
+from benchmarks.serving import BATCHED_INTRA_OP, MODEL, NO_VERSION_POLLING, load_jpegs, rss_mb
+
+RESULTS = harness.results_dir(__file__)
 
 BIG_INSTANCES = 15_000_000
 EXPIRED = 16
@@ -349,8 +352,8 @@ def main() -> None:
             model, source = untrained_model(workdir)
         jpegs = load_jpegs(8)
         config = _store(model, workdir)
-        results: dict = {"model": source, "host": platform.node(), "cpus": __import__("os").cpu_count()}
-        proc, grpc_port, rest = start_server(config, batching=False, log_path=workdir / "server.log")
+        results: dict = {"model": source, "host": harness.host_facts()}
+        proc, grpc_port, rest = start_server(config, workdir / "server.log", extra_flags=NO_VERSION_POLLING)
         try:
             results["big_body"] = big_body(proc, rest)
             results["deadline_unbatched"] = expired_then_next(grpc_port, jpegs)
@@ -359,7 +362,13 @@ def main() -> None:
             results["refused_reload"] = refused_reload(grpc_port, workdir / "models" / MODEL, jpegs)
         finally:
             stop_server(proc)
-        proc, grpc_port, rest = start_server(config, batching=True, log_path=workdir / "server-batched.log")
+        proc, grpc_port, rest = start_server(
+            config,
+            workdir / "server-batched.log",
+            batching=True,
+            intra_op_threads=BATCHED_INTRA_OP,
+            extra_flags=NO_VERSION_POLLING,
+        )
         try:
             results["deadline_batched"] = expired_then_next(grpc_port, jpegs)
         finally:
@@ -425,7 +434,7 @@ def write(results: dict) -> None:
     lines = [
         "# Serving under abuse (benchmarks/abuse.py)",
         "",
-        f"Model: {results['model']}. Host: {results['cpus']} CPUs. Loopback only.",
+        f"Model: {results['model']}. Host: {results['host']['cpus']} CPUs. Loopback only.",
         "",
         "| probe | measured | target | met |",
         "|---|---|---|---|",

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks import harness
+
+RESULTS = harness.results_dir(__file__)
 TARGET_S = 10.0
 EXPECTED_EXACT_PAIRS = 40
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "images": result["images"],
         "workers": workers,
-        "cpu": platform.processor() or platform.machine(),
+        "host": harness.host_facts(),
         "load_average_before_after": [round(load_before, 2), round(load_after, 2)],
         "seconds": {
             "decode_only": round(t_decode, 3),

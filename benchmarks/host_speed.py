@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
+from benchmarks import harness
 from components import atomic_files
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = harness.results_dir(__file__)
 SIZE, BATCH, BATCHES = 192, 32, 10
 
 
@@ -53,8 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     result = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpus": os.cpu_count(),
-        "machine": platform.machine(),
+        **harness.host_facts(),
         "model": f"MobileNetV2 {SIZE} px, batch {BATCH}, random weights",
         **measure(args.repeats),
     }

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "input_pipeline.json"
+from benchmarks import harness
+
+RESULTS = harness.results_dir(__file__) / "input_pipeline.json"
 
 
 def _steps_per_second(model, dataset, steps: int, warmup_steps: int) -> float:
@@ -33,14 +33,14 @@ def run(split: Path, model_name: str, profile: str, steps: int, rounds: int = 2)
     from components import domain, settings
     from components.train import input as train_input
     from components.train import models
-    from components.train.executor import _compile
+    from components.train.fitting import compile_model
 
     config = settings.model_config(profile, model_name, weights="none")
     keras.utils.set_random_seed(config.seed)
     model = models.build_model(config)
     if models.base_layer(model) is not None:
         models.set_fine_tune(model, 10_000)  # time full training steps, not a frozen base
-    _compile(model, config.learning_rate, 0.0)
+    compile_model(model, config.learning_rate, 0.0)
     size, batch = config.image_size, config.batch_size
     count = len(train_input.labels(split, "train"))
 
@@ -72,11 +72,9 @@ def run(split: Path, model_name: str, profile: str, steps: int, rounds: int = 2)
         "ratio_tf_data": rows["tf_data"] / rows["in_memory"],
         "ratio_tf_data_augmented": rows["tf_data_augmented"] / rows["in_memory"],
         "target_ratio": 0.95,
-        "cpu_count": os.cpu_count(),
-        "load_average_1m": os.getloadavg()[0],
-        "machine": platform.platform(),
+        "host": harness.host_facts(),
         "devices": [d.name for d in tf.config.list_logical_devices()],
-        "note": "shared 2-core machine; other processes compete for CPU (see load_average_1m)",
+        "note": "shared machine; other processes compete for CPU (see host.load_average_1m)",
     }
     return result
 
@@ -110,8 +108,8 @@ def markdown(result: dict) -> str:
         "## Input pipeline: tf.data vs in-memory tensors",
         "",
         f"{result['model']} ({result['profile']} profile, {result['image_size']} px, batch {result['batch_size']}), "
-        f"{result['steps']} timed training steps per row; load average {result['load_average_1m']:.1f} on "
-        f"{result['cpu_count']} CPUs.",
+        f"{result['steps']} timed training steps per row; load average {result['host']['load_average_1m']:.1f} on "
+        f"{result['host']['cpus']} CPUs.",
         "",
         "| input | steps/s | vs in-memory |",
         "|---|---|---|",
@@ -142,7 +140,7 @@ def main() -> None:
     verdict = "meets" if result["ratio_tf_data"] >= result["target_ratio"] else "misses"
     print(
         f"tf.data / in-memory = {result['ratio_tf_data']:.3f} ({verdict} the {result['target_ratio']} target); "
-        f"load average {result['load_average_1m']:.1f} on {result['cpu_count']} CPUs"
+        f"load average {result['host']['load_average_1m']:.1f} on {result['host']['cpus']} CPUs"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")

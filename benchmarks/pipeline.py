@@ -4,7 +4,7 @@
 
 Runs the pipeline locally (kfp.local.SubprocessRunner) with its logs captured, reads each
 task's start and finish from the runner's log lines, and writes benchmarks/results/pipeline.json
-and pipeline.md. The reference beside each step is the issue's budget for the whole run
+and pipeline.md. The reference beside each step is the budget for the whole run
 (20 minutes on 2 CPU cores for `quick`).
 """
 
@@ -20,10 +20,11 @@ from contextlib import redirect_stdout
 from datetime import datetime
 from pathlib import Path
 
+from benchmarks import harness
+from benchmarks.harness import REPO
 from components import home
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = harness.results_dir(__file__)
 BUDGET_S = {"quick": 20 * 60}
 
 _LINE = re.compile(

@@ -1,34 +1,25 @@
-"""`make bench`: every benchmark, then one Markdown summary of their tables.
+"""`make bench`: every performance benchmark, then one Markdown summary of their tables.
 
 Each benchmark is a module here that writes benchmarks/results/<name>.json and <name>.md;
 this runs them one after another (they measure speed, so never in parallel) and joins the
-Markdown into benchmarks/results/summary.md.
+Markdown into benchmarks/results/summary.md. Acceptance checks (checks/) and one-off
+experiments (experiments/) are not benchmarks and do not run here.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
-# served_checks last: it measures the model the pipeline benchmark (or `make run`) promoted.
-BENCHMARKS = (
-    "dedup",
-    "input_pipeline",
-    "normalisation",
-    "recipe_cv",
-    "drift",
-    "serving",
-    "abuse",
-    "pipeline",
-    "served_checks",
-)
+from benchmarks import harness
+from benchmarks.harness import REPO
+
+RESULTS = harness.results_dir(__file__)
+# host_speed first: the machine's speed at the time, beside which the other wall times read.
+BENCHMARKS = ("host_speed", "dedup", "input_pipeline", "serving", "abuse", "pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: exit {code} in {time.time() - started:.0f} s", flush=True)
         if code:
             failures.append(name)
+    host = harness.host_facts()
     parts = [
         "# Benchmark summary",
         "",
@@ -63,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             if summary_only
             else "Written by `make bench`"
         )
-        + f" on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.machine()} CPU, "
-        f"{len(__import__('os').sched_getaffinity(0))} cores, no GPU. Each figure stands beside its reference, measured in the same run;"
+        + f" on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {host['machine']} CPU, {host['cpus']} cores."
+        " Each figure stands beside its reference, measured in the same run;"
         " each section says when and under what load its benchmark ran.",
         "",
     ]

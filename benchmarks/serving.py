@@ -23,9 +23,7 @@ import base64
 import http.client
 import json
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,8 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+from benchmarks import harness
+from benchmarks.harness import REPO, start_server, stop_server
+
+RESULTS = harness.results_dir(__file__)
 MODEL = "leukemia"
 TARGET_GRPC_OVERHEAD_MS = 3.0
 TARGET_BATCHED_FRACTION = 0.8
@@ -223,7 +223,7 @@ def in_process(model_dir: Path, jpegs: list[bytes], iterations: int, duration_s:
     return {"latency": latency, "throughput_by_batch": throughput, "best_batch_throughput": max(throughput.values())}
 
 
-BATCHING_CONFIG = REPO / "serving" / "batching.config"
+BATCHING_CONFIG = harness.BATCHING_CONFIG
 
 
 def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Path, str]:
@@ -250,64 +250,8 @@ def host_batching_config(workdir: Path, threads: int | None = None) -> tuple[Pat
 # and throughput at 32 clients falls by a fifth on 2 cores (docs/operations.md, "Serving throughput");
 # `--batched-intra-op 0` measures that default.
 BATCHED_INTRA_OP = 1
-
-
-def start_server(
-    config: Path,
-    batching: bool,
-    log_path: Path,
-    batching_config: Path = BATCHING_CONFIG,
-    batched_intra_op: int = BATCHED_INTRA_OP,
-    request_log: Path | None = None,
-) -> tuple[subprocess.Popen, int, int]:
-    """`leukoflow serve` in its own process on free loopback ports; returns once both versions are loaded.
-
-    The request log is on (its default) when `request_log` is a folder.
-    """
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "serve",
-        "--port",
-        "0",
-        "--rest_api_port",
-        "0",
-        "--model_config_file",
-        str(config),
-        "--monitoring_config_file",
-        str(REPO / "serving/monitoring.config"),
-        "--request_log_dir",
-        str(request_log) if request_log else "none",
-        "--file_system_poll_wait_seconds",
-        "0",
-        "--json",
-    ]
-    if batching:
-        cmd += [
-            "--enable_batching",
-            "--batching_parameters_file",
-            str(batching_config),
-            "--tensorflow_intra_op_parallelism",
-            str(batched_intra_op),
-        ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=log_path.open("w"), text=True, env=env)
-    line = proc.stdout.readline()  # one JSON object once serving
-    if not line:
-        proc.wait(30)
-        raise RuntimeError(f"server did not start (exit {proc.returncode}); see {log_path}")
-    info = json.loads(line)
-    return proc, info["grpc_port"], info["rest_port"]
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+# The store is written once before each server starts: no need to poll it for new versions.
+NO_VERSION_POLLING = ("--file_system_poll_wait_seconds", "0")
 
 
 def grpc_caller(port: int, jpegs: list[bytes], batch: int = 1):
@@ -384,7 +328,13 @@ def serve_and_measure(
 ) -> dict:
     tag = f"batching-{batching}-log-{request_log is not None}"
     proc, grpc_port, rest_port = start_server(
-        config, batching, workdir / f"server-{tag}.log", batching_config, batched_intra_op, request_log
+        config,
+        workdir / f"server-{tag}.log",
+        request_log=request_log,
+        batching=batching,
+        batching_config=batching_config,
+        intra_op_threads=batched_intra_op,
+        extra_flags=NO_VERSION_POLLING,
     )
     try:
         result: dict = {"rss_mb_two_versions": rss_mb(proc.pid), "request_log": request_log is not None}
@@ -439,19 +389,8 @@ def start_proxy(grpc_port: int, rest_port: int, request_log: Path, log_path: Pat
         str(request_log),
         "--json",
     ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=log_path.open("w"),
-        text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(30)
-        raise RuntimeError(f"proxy did not start (exit {proc.returncode}); see {log_path}")
-    return proc, json.loads(line)["grpc_port"], metrics_port
+    proc, info = harness.launch(cmd, log_path, 120.0, "the proxy")
+    return proc, info["grpc_port"], metrics_port
 
 
 def proxy_and_measure(
@@ -470,7 +409,9 @@ def proxy_and_measure(
     load drift on the shared machine hits both. Throughput: a batched server through the proxy.
     """
     out: dict = {}
-    server, grpc_port, rest_port = start_server(config, False, workdir / "server-for-proxy.log")
+    server, grpc_port, rest_port = start_server(
+        config, workdir / "server-for-proxy.log", extra_flags=NO_VERSION_POLLING
+    )
     proxy, proxy_port, metrics_port = start_proxy(grpc_port, rest_port, workdir / "proxy-log", workdir / "proxy.log")
     try:
         paired = paired_latency(grpc_caller(grpc_port, jpegs), grpc_caller(proxy_port, jpegs), iterations)
@@ -479,7 +420,12 @@ def proxy_and_measure(
         stop_server(proxy)
         stop_server(server)
     server, grpc_port, rest_port = start_server(
-        config, True, workdir / "server-batched-for-proxy.log", batching_config, batched_intra_op
+        config,
+        workdir / "server-batched-for-proxy.log",
+        batching=True,
+        batching_config=batching_config,
+        intra_op_threads=batched_intra_op,
+        extra_flags=NO_VERSION_POLLING,
     )
     proxy, proxy_port, metrics_port = start_proxy(
         grpc_port, rest_port, workdir / "proxy-log-batched", workdir / "proxy-batched.log"
@@ -635,12 +581,8 @@ def run(
         "duration_s": duration_s,
         "clients": clients,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "load_avg_1m": [load_before, os.getloadavg()[0]],
-        },  # other work on the machine skews every figure
+        # other work on the machine skews every figure: the load before and after
+        "host": {**harness.host_facts(), "load_avg_1m": [load_before, os.getloadavg()[0]]},
         "in_process": reference,
         "server": server,
         "proxy": proxy,

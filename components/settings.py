@@ -1,7 +1,8 @@
 """Configuration in one place: data-step defaults, training profiles, gate floors.
 
 Every executor takes its parameters explicitly; these are the defaults the CLI,
-the pipeline and the tests share. Values measured on the real data say so.
+the pipeline and the tests share. Each value says what it is and why in a line; how the
+measured ones were found is in docs/experiments.md ("Settings history").
 """
 
 from __future__ import annotations
@@ -14,28 +15,24 @@ from components import domain
 # The component image every KFP component names as base_image (built from infra/docker/).
 COMPONENT_IMAGE: str = os.environ.get("LEUKOFLOW_IMAGE", "ghcr.io/leukoflow/leukoflow:0.1.0")
 
-SEED: int = 42
+SEED: int = 42  # one seed for splits, initial weights and augmentation draws, so runs repeat
 
 # ---------------------------------------------------------------- data steps
-SPLIT_RATIOS: tuple[float, float, float] = (0.70, 0.15, 0.15)
+SPLIT_RATIOS: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train, val, test; stratified by class
 MIN_IMAGES_PER_CLASS: int = 20  # validation: per-class minimum count (critical)
 MIN_SIDE, MAX_SIDE = 32, 8192  # validation: plausible image sides in pixels
 BLANK_STD_MAX: float = 2.0  # a pixel std below this (0-255) is a blank image
 SATURATED_MEAN_MIN: float = 250.0  # a mean brightness above this is a saturated image
-# pHash distance at or below which images are near-duplicates. Tuned on the real data
-# (pairs of 3,256 images; pHash distances there are even): 0: 63 pairs (40 byte-identical),
-# 2: 26, 4: 6, 6: 6, 8: 4, 10: 8, all same-label and, looked at, the same field of view
-# re-encoded or shifted by a few pixels; 12: 19 pairs, 10 of them across labels (unrelated
-# smears with similar background ramps); 14: 235. So 10 is the widest threshold that is
-# still only duplicates. Groups at 10: 39 exact + 70 near, none larger than 3, no conflicts.
+# pHash distance at or below which images are near-duplicates: on the real data the widest at which
+# every pair is the same field of view (at 12, unrelated smears of different labels pair up).
 DEDUP_HAMMING: int = 10
-NUM_SHARDS: int = 8
+NUM_SHARDS: int = 8  # TFRecord shards per split: parallel reads without many tiny files
 # Split by pseudo-slide (images grouped by the smear around their leukocytes, components/split/slides.py), so a
 # slide's images do not sit in train and in test; False: the image-level split (duplicate groups only).
 SPLIT_BY_SLIDE: bool = True
 
 # ---------------------------------------------------------------- models and profiles
-MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")
+MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")  # the candidates every run trains and compares
 VIEW_COUNTS: tuple[int, ...] = (1, 2, 4, 8)  # ModelConfig.views: the first n symmetries of the square (models.py)
 
 
@@ -54,12 +51,12 @@ class ModelConfig:
     image_size: int = domain.IMAGE_SIZE  # the model's input side; the graph resizes every image to it, once
     weights: str = "imagenet"  # "imagenet" (standard Keras path), "none", or a file path
     brightness: str = "none"  # domain.BRIGHTNESS_METHODS, applied inside the model graph
-    batch_size: int = 32
+    batch_size: int = 32  # per replica
     epochs: int = 50  # phase 1 (frozen base for transfer models)
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # phase 1 (Adam)
     fine_tune_epochs: int = 0  # phase 2: unfreeze the top of the base
     fine_tune_layers: int = 0  # how many layers at the top of the base to unfreeze
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = 1e-5  # phase 2: small, so the pretrained base is nudged, not overwritten
     patience: int = 8  # early stopping on validation loss, best weights restored
     cache_features: bool = False  # frozen base: compute base features once, train the head on them
     augment: bool = True  # geometry and another lab's stain/lamp/camera (components/train/augment.py)
@@ -68,11 +65,9 @@ class ModelConfig:
     # background clips (components/train/augment.py)
     cache_cut: str | None = None  # cache_features: the base layer whose activations are cached; the layers
     # above it train on them (fine-tuning the top); None: the head alone
-    dropout: float = 0.3
-    label_smoothing: float = 0.0
-    benign_weight: float = 1.0  # factor on Benign's balanced class weight; 1 in every profile: x2 on the
-    # quick MobileNetV2 missed about as many Benign, answered more Early Benign
-    # out of fold (benchmarks/results/recipe_cv_benign2.md)
+    dropout: float = 0.3  # before the head
+    label_smoothing: float = 0.0  # 0.1 did not make the quick CNN more robust
+    benign_weight: float = 1.0  # factor on Benign's balanced class weight; x2 did not raise Benign recall
     cosine_decay: bool = False  # phase 1: the learning rate falls along a cosine to 5% over `epochs`
     views: int = 1  # orientations (symmetries of the square) whose pooled features the model
     # averages: 1, 2, 4 or 8; cached-activation training sees one at a time
@@ -114,12 +109,9 @@ def _quick() -> Profile:
         # Stored at the source size: every model resizes 224 -> its input size once, as serving does.
         source_size=domain.IMAGE_SIZE,
         models={
-            # Every model normalises white balance and exposure to the smear's background in its graph
-            # and trains on another lab's stain, lamp and camera (components/train/augment.py).
-            # 30% of its images also overexposed until the background clips (augment.py); without it and with
-            # BatchNorm statistics of clean images it lost 8-11 points on val at 15% more light
-            # (benchmarks/results/cnn_robustness.md). The rate falls along a cosine over the 8 epochs: the kept
-            # epoch's weights vary less from run to run (val, 3 seeds: worst plausible 92.4-93.7%, 90.9-92.4% constant).
+            # Every model normalises white balance and exposure to the smear's background in its graph and
+            # trains on another lab's stain, lamp and camera (components/train/augment.py).
+            # CNN: 30% overexposed and a cosine rate, the most robust to another lab's light of the variants tried.
             "cnn": ModelConfig(
                 "cnn",
                 image_size=96,
@@ -131,11 +123,8 @@ def _quick() -> Profile:
                 overexposure=0.3,
                 cosine_decay=True,
             ),
-            # No ResNet50 ImageNet weights exist offline here, and 23M parameters from scratch do not
-            # train in minutes on 2 CPU cores: a random-init frozen base, the head trained on cached
-            # features of the clean and one augmented copy of every image, at 48 px to fit the budget
-            # (measured alone on 2 cores: 48 px and one copy 188 s of training and evaluation, 73.0% on test;
-            # 64 px and two copies 224 s, 73.0%). Honest, and weak; `full` trains the whole network on a GPU.
+            # No ImageNet ResNet50 weights offline and 23M parameters do not train in minutes on 2 cores: a
+            # frozen random base, the head on cached features at 48 px (a weak baseline; `full` trains it whole).
             "resnet50": ModelConfig(
                 "resnet50",
                 image_size=48,
@@ -146,15 +135,9 @@ def _quick() -> Profile:
                 cache_features=True,
                 augment_copies=1,
             ),
-            # ImageNet MobileNetV2 at 192 px: the base below block 12 stays frozen and runs once per cached copy
-            # (the clean image and 4 augmented labs); blocks 13-16 and the head fine-tune on those activations.
-            # Chosen by 5-fold cross-validation on train+val (benchmarks/recipe_cv.py, the test split untouched):
-            # 192 px with one view made 10 errors in 2,674 (Benign recall 98.6%), 160 px with four views 22
-            # (Benign 96.9%). One view at 192 px also costs 1.44x one 160-px pass where four views cost 4x.
-            # 224 px (the images' own size) made 16 errors, Benign 98.1%, for 1.17x the time; fine-tuning from
-            # block_9_add 10 errors, Benign 98.6%, for 1.84x: neither better beyond the spread (10-15 errors).
-            # The whole cosine schedule runs (patience 12; the best epoch is kept): one of three seeds stopped
-            # at epoch 8 with patience 3, at a validation loss 10x the others'.
+            # Chosen by cross-validation on train + val (experiments/README.md): 192 px and one view; the base
+            # below block 12 frozen and run once per cached copy (clean + 4 augmented), blocks 13-16 and the
+            # head fine-tuned on them. Patience 12: the whole cosine schedule runs and the best epoch is kept.
             "mobilenetv2": ModelConfig(
                 "mobilenetv2",
                 image_size=192,
@@ -211,10 +194,8 @@ def _smoke() -> Profile:
         name="smoke",
         source_size=size,
         models={
-            # The CNN is the smoke run's learner (the gate needs one model past its floors): two epochs of
-            # about five steps left it short of them in 2 of 7 runs here, four in none of 6 until its lab
-            # augmentation reached BatchNorm's statistics (9c7175c); then one CI run of 2026-12-07 failed
-            # (Benign recall 0.25 on the four test Benigns). Eight epochs.
+            # The CNN is the smoke run's learner (the gate needs one model past its floors): 8 epochs, as
+            # fewer sometimes left it short of them.
             name: ModelConfig(
                 name,
                 image_size=size,
@@ -265,16 +246,16 @@ OOD_VAL_REFERRAL_RATE: float = 0.02  # the OOD threshold refers this share of in
 CONFORMAL_COVERAGE: float = 0.98  # target coverage of the prediction sets
 # The served graph refers an image in which it finds no leukocyte ("no white cell in view"; components/leukocytes.py).
 REFER_WITHOUT_LEUKOCYTE: bool = True
-# Smears from another lab (none an ALL-stage image): half choose, half report (components/evaluate/external.py).
+# Smears from another lab (none an ALL-stage image): half choose, half report (components/evaluate/trust.py).
 EXTERNAL_OOD_DIR: str = os.environ.get("LEUKOFLOW_EXTERNAL_OOD_DIR", "")
 
 # ---------------------------------------------------------------- gate
-GATE_MIN_MACRO_F1: float = 0.85
-GATE_MIN_CLASS_RECALL: float = 0.75
+GATE_MIN_MACRO_F1: float = 0.85  # below this no candidate is promoted
+GATE_MIN_CLASS_RECALL: float = 0.75  # no stage may be missed often, whatever the average
 GATE_MIN_ROBUST_ACCURACY: float = 0.95  # worst accuracy under the evaluation's plausible perturbations
 GATE_ROBUSTNESS_EXCLUDED: tuple[str, ...] = ("grayscale",)  # no lab's stain or lamp produces it: its own floor
-GATE_MIN_GRAYSCALE_ACCURACY: float = 0.90
-# Knowing when it does not know (issue 12): measured through the served signature on the test split and
+GATE_MIN_GRAYSCALE_ACCURACY: float = 0.90  # a grayscale scan loses the stain: a lower floor of its own
+# Knowing when it does not know: measured through the served signature on the test split and
 # the held-out half of the external smears (components/evaluate/executor.py).
 GATE_MAX_TEST_REFERRAL: float = 0.05  # in-distribution test images referred (OOD or a set not one class)
 GATE_MAX_ECE: float = 0.03  # expected calibration error of the calibrated probabilities, 15 bins
@@ -296,5 +277,5 @@ GATE_MAX_REGRESSION: float = 0.01  # a challenger may lose at most this much mac
 # the trainer writes it into each model's metadata (components/model_metadata.py).
 LOW_CONFIDENCE_THRESHOLD: float = 0.6
 
-REGISTERED_MODEL_NAME: str = "leukemia-classifier"
-SERVED_MODEL_NAME: str = "leukemia"
+REGISTERED_MODEL_NAME: str = "leukemia-classifier"  # the MLflow registry name
+SERVED_MODEL_NAME: str = "leukemia"  # the TF Serving model name clients call

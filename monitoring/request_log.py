@@ -1,6 +1,8 @@
 """The request log: one JSON line per prediction, in rotating files, read back by the drift monitor.
 
-Serving calls ``RequestLog(directory).append(record)`` for every image it scores.
+Serving and the logging proxy hand every response to a ``RequestLogWriter`` (injected into the server by
+the `leukoflow serve` entry point, pipelines/serve_cli.py), which turns it into one record per image off
+the request path and appends the lines with ``RequestLog(directory)``.
 A record holds what the monitor needs and nothing that identifies a patient:
 
     {"timestamp": "2026-11-25T21:00:00+00:00",   # UTC ISO 8601, filled in when absent

@@ -7,9 +7,11 @@ another lab's smears (referral, calibration and OOD figures from components/eval
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +146,151 @@ def _external(run, external_dir: str | Path, clean: dict, encoded: list[bytes], 
     return result
 
 
+class _StageTimes:
+    """Seconds per named stage of an evaluation, in the order they ran (metrics.json `timings_s`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = time.perf_counter() - started
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 2) for k, v in self.seconds.items()}
+
+
+@dataclass
+class _Loaded:
+    """The model under test (its SavedModel, metadata and `serving_default`) and the test split, encoded."""
+
+    saved_model: Path
+    meta: model_metadata.ModelMetadata
+    train_info: dict
+    loaded: object
+    serve: object
+    encoded: list[bytes]
+    y_true: np.ndarray
+
+    def run(self, images: list[bytes]) -> dict[str, np.ndarray]:
+        """serving_default over encoded images, in batches: the outputs evaluation reads."""
+        import tensorflow as tf
+
+        parts: dict[str, list[np.ndarray]] = {}
+        for i in range(0, len(images), 32):
+            result = self.serve(images=tf.constant(images[i : i + 32]))
+            for key in TRUST_OUTPUTS:
+                if key in result:
+                    parts.setdefault(key, []).append(result[key].numpy())
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _load(split_dir: Path, model_dir: Path, out_dir: Path) -> _Loaded:
+    import tensorflow as tf
+
+    saved_model = find_saved_model(model_dir)
+    train_input.split_shards(split_dir, "test")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = model_metadata.read(saved_model)
+    train_info = {}
+    if (saved_model.parent / "train.json").is_file():
+        train_info = json.loads((saved_model.parent / "train.json").read_text())
+    loaded = tf.saved_model.load(str(saved_model))
+    examples = list(records.iter_examples(split_dir / "test"))
+    return _Loaded(
+        saved_model=saved_model,
+        meta=meta,
+        train_info=train_info,
+        loaded=loaded,
+        serve=loaded.signatures["serving_default"],
+        encoded=[e["encoded"] for e in examples],
+        y_true=np.array([e["label"] for e in examples], dtype=np.int64),
+    )
+
+
+# The documented schema's order: the intervals beside their point estimates.
+_CLASSIFICATION_KEYS = (
+    "model",
+    "accuracy",
+    "accuracy_ci",
+    "macro_f1",
+    "macro_f1_ci",
+    "weighted_f1",
+    "per_class",
+    "confusion_matrix",
+    "class_names",
+)
+
+
+def _classification(model: _Loaded, clean: dict[str, np.ndarray], bootstrap: int, seed: int) -> dict:
+    """Accuracy, F1 and the confusion matrix with bootstrap intervals; the model's parameters and size."""
+    from components.train.export import dir_size
+
+    y_pred = clean["probabilities"].argmax(axis=1)
+    metrics = {"model": model.meta.model}
+    metrics.update(classification_metrics(model.y_true, y_pred))
+    metrics.update(bootstrap_ci(model.y_true, y_pred, bootstrap, seed))
+    metrics = {k: metrics[k] for k in _CLASSIFICATION_KEYS}
+    variables = getattr(model.loaded, "variables", [])
+    metrics["params"] = int(model.train_info.get("params") or sum(int(np.prod(v.shape)) for v in variables))
+    # What TF Serving loads (graph, variables, warmup); the Keras copy for Grad-CAM is reported apart.
+    keras_copy = model.saved_model / "assets.extra" / "model.keras"
+    keras_bytes = keras_copy.stat().st_size if keras_copy.is_file() else 0
+    metrics["size_bytes"] = dir_size(model.saved_model) - keras_bytes
+    metrics["keras_copy_bytes"] = keras_bytes
+    return metrics
+
+
+def _trust(model: _Loaded, clean: dict[str, np.ndarray]) -> dict:
+    """Referral and calibration figures, for a calibrated export (components/train/calibration.py); else none."""
+    from components.evaluate import trust
+
+    if "refer" not in clean:
+        return {}
+    probs, y_true, meta = clean["probabilities"], model.y_true, model.meta
+    before = trust.uncalibrated(probs, meta.temperature or 1.0)
+    return {
+        "referral": trust.referral_summary(
+            probs, y_true, clean["refer"], clean["in_distribution"], clean["prediction_set"], meta.conformal_coverage
+        ),
+        "calibration": {
+            "temperature": meta.temperature,
+            "bins": calibration.ECE_BINS,
+            "ece_before": calibration.expected_calibration_error(before, y_true),
+            "ece_after": calibration.expected_calibration_error(probs, y_true),
+            "reliability_before": calibration.reliability(before, y_true),
+            "reliability_after": calibration.reliability(probs, y_true),
+        },
+    }
+
+
+def _robustness(model: _Loaded, clean_accuracy: float) -> tuple[dict, dict[str, list[bytes]]]:
+    """Accuracy (and referral) on every perturbed copy of the test images; the worst plausible one gates."""
+    from components.evaluate.robustness import PERTURBATIONS, perturbed_sets, plausible
+
+    rgb = [domain.load_rgb(e) for e in model.encoded]
+    perturbed: dict[str, list[bytes]] = {}
+    accuracy, referred = {}, {}
+    for name, images in perturbed_sets(rgb, PERTURBATIONS):
+        perturbed[name] = images
+        out = model.run(images)
+        accuracy[name] = float((out["probabilities"].argmax(axis=1) == model.y_true).mean())
+        if "refer" in out:
+            referred[name] = float(out["refer"].mean())
+    metrics: dict = {"robustness": accuracy}
+    gated = {k: v for k, v in accuracy.items() if k in plausible()}
+    metrics["robustness_worst_name"] = min(gated, key=gated.get)
+    metrics["robustness_worst"] = gated[metrics["robustness_worst_name"]]
+    metrics["robustness_clean"] = clean_accuracy
+    if referred:
+        metrics["robustness_referred"] = referred
+    return metrics, perturbed
+
+
 def run_evaluate(
     split_dir: str | Path,
     model_dir: str | Path,
@@ -156,126 +303,46 @@ def run_evaluate(
     robust: bool = True,
     external_dir: str | Path | None = None,
 ) -> dict:
-    """Evaluate the exported model in `model_dir` on split_dir/test; writes out_dir/metrics.json and confusion_matrix.png."""
-    import tensorflow as tf
+    """Evaluate the exported model in `model_dir` on split_dir/test; writes out_dir/metrics.json and confusion_matrix.png.
 
-    from components.evaluate import trust
-    from components.evaluate.robustness import PERTURBATIONS, perturbed_sets, plausible
-    from components.train.export import dir_size
-
+    Stages (each timed into `timings_s`): load, predict (clean test images), latency, trust (referral and
+    calibration), robustness (perturbed copies), shortcut (the non-CNN baseline), external (another lab).
+    """
     started = time.perf_counter()
     split_dir, model_dir, out_dir = Path(split_dir), Path(model_dir), Path(out_dir)
-    saved_model = find_saved_model(model_dir)
-    train_input.split_shards(split_dir, "test")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = model_metadata.read(saved_model)
-    size = meta.image_size
-    train_info = {}
-    if (saved_model.parent / "train.json").is_file():
-        train_info = json.loads((saved_model.parent / "train.json").read_text())
-
-    loaded = tf.saved_model.load(str(saved_model))
-    serve = loaded.signatures["serving_default"]
-
-    def run(images: list[bytes]) -> dict[str, np.ndarray]:
-        """serving_default over encoded images, in batches: the outputs evaluation reads."""
-        parts: dict[str, list[np.ndarray]] = {}
-        for i in range(0, len(images), 32):
-            result = serve(images=tf.constant(images[i : i + 32]))
-            for key in TRUST_OUTPUTS:
-                if key in result:
-                    parts.setdefault(key, []).append(result[key].numpy())
-        return {k: np.concatenate(v) for k, v in parts.items()}
-
-    examples = list(records.iter_examples(split_dir / "test"))
-    encoded = [e["encoded"] for e in examples]
-    y_true = np.array([e["label"] for e in examples], dtype=np.int64)
-
-    timings = {"load": time.perf_counter() - started}
-    mark = time.perf_counter()
-    clean = run(encoded)
-    probs = clean["probabilities"]
-    y_pred = probs.argmax(axis=1)
-    metrics = {"model": meta.model}
-    metrics.update(classification_metrics(y_true, y_pred))
-    metrics.update(bootstrap_ci(y_true, y_pred, bootstrap, seed))
-    # Reorder so the intervals sit beside their point estimates, as in the documented schema.
-    metrics = {
-        k: metrics[k]
-        for k in (
-            "model",
-            "accuracy",
-            "accuracy_ci",
-            "macro_f1",
-            "macro_f1_ci",
-            "weighted_f1",
-            "per_class",
-            "confusion_matrix",
-            "class_names",
-        )
-    }
-    variables = getattr(loaded, "variables", [])
-    metrics["params"] = int(train_info.get("params") or sum(int(np.prod(v.shape)) for v in variables))
-    # What TF Serving loads (graph, variables, warmup); the Keras copy for Grad-CAM is reported apart.
-    keras_copy = saved_model / "assets.extra" / "model.keras"
-    keras_bytes = keras_copy.stat().st_size if keras_copy.is_file() else 0
-    metrics["size_bytes"] = dir_size(saved_model) - keras_bytes
-    metrics["keras_copy_bytes"] = keras_bytes
-    timings["predict"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    metrics.update(latency(serve, encoded, runs=latency_runs))
-    timings["latency"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-
-    if "refer" in clean:  # a calibrated export (components/train/calibration.py)
-        metrics["referral"] = trust.referral_summary(
-            probs, y_true, clean["refer"], clean["in_distribution"], clean["prediction_set"], meta.conformal_coverage
-        )
-        before = trust.uncalibrated(probs, meta.temperature or 1.0)
-        metrics["calibration"] = {
-            "temperature": meta.temperature,
-            "bins": calibration.ECE_BINS,
-            "ece_before": calibration.expected_calibration_error(before, y_true),
-            "ece_after": calibration.expected_calibration_error(probs, y_true),
-            "reliability_before": calibration.reliability(before, y_true),
-            "reliability_after": calibration.reliability(probs, y_true),
-        }
-    timings["trust"] = time.perf_counter() - mark
-    mark = time.perf_counter()
+    times = _StageTimes()
+    model = _load(split_dir, model_dir, out_dir)
+    times.seconds["load"] = time.perf_counter() - started
+    with times.stage("predict"):
+        clean = model.run(model.encoded)
+        metrics = _classification(model, clean, bootstrap, seed)
+    with times.stage("latency"):
+        metrics.update(latency(model.serve, model.encoded, runs=latency_runs))
+    with times.stage("trust"):
+        metrics.update(_trust(model, clean))
     perturbed: dict[str, list[bytes]] = {}
-    if robust:
-        rgb = [domain.load_rgb(e) for e in encoded]
-        accuracy, referred = {}, {}
-        for name, images in perturbed_sets(rgb, PERTURBATIONS):
-            perturbed[name] = images
-            out = run(images)
-            accuracy[name] = float((out["probabilities"].argmax(axis=1) == y_true).mean())
-            if "refer" in out:
-                referred[name] = float(out["refer"].mean())
-        metrics["robustness"] = accuracy
-        gated = {k: v for k, v in accuracy.items() if k in plausible()}
-        metrics["robustness_worst_name"] = min(gated, key=gated.get)
-        metrics["robustness_worst"] = gated[metrics["robustness_worst_name"]]
-        metrics["robustness_clean"] = metrics["accuracy"]
-        if referred:
-            metrics["robustness_referred"] = referred
-    timings["robustness"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    if shortcut:
-        from components.evaluate.shortcut import shortcut_on_split
+    with times.stage("robustness"):
+        if robust:
+            robustness, perturbed = _robustness(model, metrics["accuracy"])
+            metrics.update(robustness)
+    with times.stage("shortcut"):
+        if shortcut:
+            from components.evaluate.shortcut import shortcut_on_split
 
-        metrics["shortcut_baseline"] = shortcut_on_split(split_dir, seed, perturbed=perturbed or None, labels=y_true)
-    timings["shortcut"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    if external_dir:
-        metrics["external"] = _external(run, external_dir, clean, encoded, saved_model, meta)
-    timings["external"] = time.perf_counter() - mark
-    metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    metrics["saved_model"] = str(saved_model.resolve())
-    metrics["test_images"] = int(len(y_true))
-    metrics["image_size"] = size
-    metrics["weights_used"] = train_info.get("weights_used")
-    metrics["train_wall_time_s"] = train_info.get("wall_time_s")
+            metrics["shortcut_baseline"] = shortcut_on_split(
+                split_dir, seed, perturbed=perturbed or None, labels=model.y_true
+            )
+    with times.stage("external"):
+        if external_dir:
+            metrics["external"] = _external(
+                model.run, external_dir, clean, model.encoded, model.saved_model, model.meta
+            )
+    metrics["timings_s"] = times.rounded()
+    metrics["saved_model"] = str(model.saved_model.resolve())
+    metrics["test_images"] = int(len(model.y_true))
+    metrics["image_size"] = model.meta.image_size
+    metrics["weights_used"] = model.train_info.get("weights_used")
+    metrics["train_wall_time_s"] = model.train_info.get("wall_time_s")
     metrics["bootstrap_resamples"] = bootstrap
     metrics["eval_wall_time_s"] = round(time.perf_counter() - started, 2)
 
@@ -290,7 +357,7 @@ def run_evaluate(
         metrics["model"],
         metrics["accuracy"],
         metrics["macro_f1"],
-        len(y_true),
+        len(model.y_true),
         metrics["eval_wall_time_s"],
     )
     return metrics

@@ -50,8 +50,8 @@ def labels(split_dir: str | Path, split: str) -> np.ndarray:
     return np.fromiter(ds.as_numpy_iterator(), dtype=np.int64)
 
 
-def _geometry(seed: int):
-    """A batch -> batch geometric augmentation (Keras layers, reflect fill)."""
+def geometry_augmentation(seed: int):
+    """A batch -> batch geometric augmentation (Keras layers, reflect fill): flips, rotation, zoom, shift."""
     import keras
 
     return keras.Sequential(
@@ -120,7 +120,7 @@ def dataset(
         ds = ds.map(lambda x, y: (photometric(x, overexposure), y), num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=False)
     if augment:
-        geometry = _geometry(seed)
+        geometry = geometry_augmentation(seed)
         ds = ds.map(
             lambda x, y: (tf.clip_by_value(geometry(x, training=True), 0.0, 1.0), y), num_parallel_calls=autotune
         )

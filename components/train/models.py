@@ -72,18 +72,22 @@ def keras_cache_dir() -> Path:
     return Path(base) / "models"
 
 
-class _GraphLayers(NamedTuple):
+class GraphLayers(NamedTuple):
+    """The classes of the project's own graph layers (see graph_layers)."""
+
     brightness: type
     normalize: type
     views: type
     combine_views: type
 
 
-_LAYER_CACHE: _GraphLayers | None = None
+_LAYER_CACHE: GraphLayers | None = None
 
 
-def _layers() -> _GraphLayers:
-    """The project's own graph layers, defined lazily so importing this module does not import Keras."""
+def graph_layers() -> GraphLayers:
+    """The project's own graph layers (Brightness, Normalize, Views, CombineViews), defined lazily so importing
+    this module does not import Keras. build_model reads them from here at call time, so an experiment may
+    swap `graph_layers` for a variant of one layer."""
     global _LAYER_CACHE
     if _LAYER_CACHE is not None:
         return _LAYER_CACHE
@@ -178,7 +182,7 @@ def _layers() -> _GraphLayers:
         def get_config(self):
             return {**super().get_config(), "count": self.count, "how": self.how}
 
-    _LAYER_CACHE = _GraphLayers(Brightness, Normalize, Views, CombineViews)
+    _LAYER_CACHE = GraphLayers(Brightness, Normalize, Views, CombineViews)
     return _LAYER_CACHE
 
 
@@ -297,7 +301,7 @@ def build_model(config: ModelConfig) -> keras.Model:
     import keras
     from keras import layers
 
-    Brightness, Normalize, Views, CombineViews = _layers()
+    Brightness, Normalize, Views, CombineViews = graph_layers()
     size = config.image_size
     inputs = keras.Input((size, size, domain.CHANNELS), dtype="float32", name="pixels")
     x = Brightness(config.brightness, name="brightness")(inputs)
@@ -340,7 +344,7 @@ def calibration_features_model(model: keras.Model) -> keras.Model:
     pooled_mid = keras.layers.GlobalAveragePooling2D(name="ood_gap")(mid)
     count = views(model)
     if count > 1:  # the OOD statistics are fitted on single upright images: score the identity view alone
-        pooled_mid = _layers().combine_views(count, how="first", name="ood_identity_view")(pooled_mid)
+        pooled_mid = graph_layers().combine_views(count, how="first", name="ood_identity_view")(pooled_mid)
     head = model.get_layer("combine_views" if _has_layer(model, "combine_views") else "gap")  # older models: none
     return keras.Model(model.input, [head.output, pooled_mid])
 
@@ -388,5 +392,5 @@ def load_keras_model(path: str | Path) -> keras.Model:
     """Load a saved model.keras (registers the custom layers first)."""
     import keras
 
-    _layers()
+    graph_layers()
     return keras.saving.load_model(str(path), compile=False)

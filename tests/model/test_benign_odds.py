@@ -1,4 +1,4 @@
-"""benchmarks/benign_odds: the Benign target's arithmetic and the hard-smear lists from out-of-fold logits."""
+"""experiments/benign_odds: the Benign target's arithmetic and the hard-smear lists from out-of-fold logits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import benign_odds
+from experiments import benign_odds
 
 
 def test_the_target_allows_one_miss_of_74_and_none_of_49():
@@ -59,8 +59,8 @@ def test_sets_of_other_images_are_refused(tmp_path, monkeypatch):
 
 
 def test_pooled_images_come_in_the_order_the_cross_validation_scores_them(tiny_split, tmp_path):
-    from benchmarks import recipe_cv
     from components.train import input as train_input
+    from experiments import recipe_cv
 
     pool = recipe_cv._pool(tiny_split, tmp_path / "pool")  # train + val: 4 shards, interleaved as training reads them
     pooled = recipe_cv.pooled_images(pool)

@@ -39,7 +39,7 @@ def test_cached_feature_base_starts_frozen():
 def test_normalisation_matches_keras_preprocess_input(mode, app):
     import keras
 
-    normalize = models._layers().normalize
+    normalize = models.graph_layers().normalize
     x = np.random.default_rng(1).random((2, 8, 8, 3), dtype=np.float32)
     expected = getattr(keras.applications, app).preprocess_input(x * 255.0)
     np.testing.assert_allclose(np.asarray(normalize(mode)(x)), expected, atol=1e-3)
@@ -121,7 +121,7 @@ def test_imagenet_weights_of_a_model_without_a_rule_are_an_error(tmp_path, monke
 
 
 def test_views_are_the_symmetries_of_the_square():
-    views_layer = models._layers().views
+    views_layer = models.graph_layers().views
     x = np.random.default_rng(2).random((2, 5, 5, 3), dtype=np.float32)
     stacked = np.asarray(views_layer(8)(x)).reshape(8, 2, 5, 5, 3)
     np.testing.assert_array_equal(stacked[0], x)  # identity first: CombineViews(how="first") relies on it
@@ -140,7 +140,7 @@ def test_views_average_the_pooled_features_of_each_orientation(name, tmp_path):
     four = models.build_model(ModelConfig(name, image_size=32, weights="none", seed=3, views=4))
     four.set_weights(single.get_weights())
     x = np.random.default_rng(4).random((3, 32, 32, 3), dtype=np.float32)
-    oriented = np.asarray(models._layers().views(4)(x)).reshape(4, 3, 32, 32, 3)
+    oriented = np.asarray(models.graph_layers().views(4)(x)).reshape(4, 3, 32, 32, 3)
     head_1 = models.calibration_features_model(single)
     per_view = [np.asarray(head_1(v, training=False)[0]) for v in oriented]
     head, mid = (np.asarray(t) for t in models.calibration_features_model(four)(x, training=False))

@@ -147,7 +147,7 @@ def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny
     per_view = np.stack(
         [
             np.asarray(head(v, training=False)[0]) @ kernel + bias
-            for v in np.asarray(models._layers().views(4)(x)).reshape(4, 2, 32, 32, 3)
+            for v in np.asarray(models.graph_layers().views(4)(x)).reshape(4, 2, 32, 32, 3)
         ]
     )
     assert np.ptp(per_view, axis=0).max() > 1e-2  # the views disagree: serving one of them would fail below
@@ -160,7 +160,7 @@ def test_cached_top_trains_on_one_view_and_the_served_model_answers_on_four(tiny
 def test_precise_batchnorm_sets_exact_statistics():
     import keras
 
-    from components.train.executor import recompute_batchnorm
+    from components.train.fitting import recompute_batchnorm
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
@@ -197,10 +197,10 @@ def test_cached_head_folds_into_the_full_model(tiny_split, tmp_path, cosine_deca
 
 
 def test_learning_rate_is_constant_or_a_cosine_to_five_percent():
-    from components.train.executor import _learning_rate
+    from components.train.fitting import learning_rate
 
-    assert _learning_rate(ModelConfig("cnn", learning_rate=1e-3, epochs=4), 10) == 1e-3
-    schedule = _learning_rate(ModelConfig("cnn", learning_rate=1e-3, epochs=4, cosine_decay=True), 10)
+    assert learning_rate(ModelConfig("cnn", learning_rate=1e-3, epochs=4), 10) == 1e-3
+    schedule = learning_rate(ModelConfig("cnn", learning_rate=1e-3, epochs=4, cosine_decay=True), 10)
     assert float(schedule(0)) == pytest.approx(1e-3)
     assert float(schedule(20)) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5), rel=1e-5)  # half way down the cosine
     assert float(schedule(40)) == pytest.approx(5e-5, rel=1e-5)  # the end of the last epoch
@@ -210,16 +210,16 @@ def test_end_to_end_training_follows_the_cosine(tiny_split, tmp_path, monkeypatc
     """The CNN path (no cached features) compiles with the schedule, so the rate falls within its epochs."""
     import keras
 
-    from components.train import executor
+    from components.train import fitting
 
     rates = []
-    original = executor._compile
+    original = fitting.compile_model
 
     def recording(model, rate, smoothing):
         rates.append(rate)
         original(model, rate, smoothing)
 
-    monkeypatch.setattr(executor, "_compile", recording)
+    monkeypatch.setattr(fitting, "compile_model", recording)
     config = ModelConfig(
         "cnn", image_size=32, weights="none", batch_size=16, epochs=2, patience=2, augment=False, cosine_decay=True
     )
@@ -234,16 +234,16 @@ def test_precise_batchnorm_statistics_come_from_batches_augmented_as_training_se
     tiny_split, tmp_path, monkeypatch, augment
 ):
     """Before each validation BatchNorm gets the statistics of the training distribution: augmented when training is."""
-    from components.train import executor
+    from components.train import fitting
 
     seen = []
-    original = executor.recompute_batchnorm
+    original = fitting.recompute_batchnorm
 
     def recording(model, batches):
         seen.append([x.numpy() for x, _ in batches])
         return original(model, batches)
 
-    monkeypatch.setattr(executor, "recompute_batchnorm", recording)
+    monkeypatch.setattr(fitting, "recompute_batchnorm", recording)
     config = ModelConfig(
         "cnn", image_size=32, weights="none", batch_size=16, epochs=1, patience=1, augment=augment, overexposure=0.5
     )

@@ -1,8 +1,8 @@
-"""benchmarks/served_checks names the run its figures come from, not merely the latest one."""
+"""checks/served_checks names the run its figures come from, not merely the latest one."""
 
 from __future__ import annotations
 
-from benchmarks.served_checks import run_containing
+from checks.served_checks import run_containing
 
 
 def test_the_run_is_the_one_holding_the_given_metrics_or_split(tmp_path):
