@@ -244,6 +244,9 @@ def model_config(profile_name: str, model: str, **overrides) -> ModelConfig:
 # Fitted per model on the validation split (components/train/calibration.py), stored in the graph.
 OOD_VAL_REFERRAL_RATE: float = 0.02  # the OOD threshold refers this share of in-distribution val images
 CONFORMAL_COVERAGE: float = 0.98  # target coverage of the prediction sets
+# Benign recall is judged out of fold: the latest cross-validation of the quick recipe (repository-relative),
+# shown by evaluation beside each run's test figure.
+CROSS_VALIDATION_RESULTS: str = "experiments/results/recipe_cv_rerun2.json"
 # The served graph refers an image in which it finds no leukocyte ("no white cell in view"; components/leukocytes.py).
 REFER_WITHOUT_LEUKOCYTE: bool = True
 # Smears from another lab (none an ALL-stage image): half choose, half report (components/evaluate/trust.py).
