@@ -117,6 +117,19 @@ def paste_leukocytes(source: np.ndarray, background: np.ndarray) -> np.ndarray:
     return out
 
 
+def swap_partners(labels: np.ndarray, seed: int) -> np.ndarray:
+    """For each image, the index of a seeded random image of another class (its background donor)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    partners = np.empty(len(labels), dtype=np.int64)
+    for i, label in enumerate(labels):
+        others = np.flatnonzero(labels != label)
+        if not len(others):
+            raise ValueError("context swapping needs images of at least two classes")
+        partners[i] = others[rng.integers(len(others))]
+    return partners
+
+
 # ---------------------------------------------------------------- graph side (TensorFlow)
 
 

@@ -61,6 +61,8 @@ class ModelConfig:
     cache_features: bool = False  # frozen base: compute base features once, train the head on them
     augment: bool = True  # geometry and another lab's stain/lamp/camera (components/train/augment.py)
     augment_copies: int = 4  # cache_features + augment: augmented copies of each training image cached
+    context_swap_copies: int = 0  # cache_features + augment: copies with each image's leukocytes pasted on another
+    # class's training image (components/train/cached.py), labelled by the leukocytes
     overexposure: float = 0.0  # augment: how often a lab's image is also overexposed until its
     # background clips (components/train/augment.py)
     cache_cut: str | None = None  # cache_features: the base layer whose activations are cached; the layers

@@ -55,19 +55,6 @@ def leukocytes_removed(run: Run, images: Sequence[np.ndarray], labels: np.ndarra
     }
 
 
-def swap_partners(labels: np.ndarray, seed: int = SWAP_SEED) -> np.ndarray:
-    """For each image, the index of a seeded random image of another class (its background donor)."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    partners = np.empty(len(labels), dtype=np.int64)
-    for i, label in enumerate(labels):
-        others = np.flatnonzero(labels != label)
-        if not len(others):
-            raise ValueError("context swapping needs images of at least two classes")
-        partners[i] = others[rng.integers(len(others))]
-    return partners
-
-
 def _same_size(image: np.ndarray, like: np.ndarray) -> np.ndarray:
     if image.shape == like.shape:
         return image
@@ -79,7 +66,7 @@ def _same_size(image: np.ndarray, like: np.ndarray) -> np.ndarray:
 def context_swapped(run: Run, images: Sequence[np.ndarray], labels: np.ndarray, seed: int = SWAP_SEED) -> dict:
     """Leukocytes of image i on the background of another class's image j: follows i's class, or j's?"""
     labels = np.asarray(labels)
-    partners = swap_partners(labels, seed)
+    partners = leukocytes.swap_partners(labels, seed)
     swapped = [
         encode(leukocytes.paste_leukocytes(images[i], _same_size(images[j], images[i]))) for i, j in enumerate(partners)
     ]

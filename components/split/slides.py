@@ -6,7 +6,7 @@ test without reading a single leukocyte. The slide is what is left once the leuk
 
 1. **context features** of each image: components/leukocytes.py removes its leukocytes (filled with the
    background colour), and the shortcut baseline's colour statistics (RGB mean and spread, 16-bin HSV
-   histograms; components/evaluate/shortcut.py) are taken on what remains, at SHORTCUT_SIZE;
+   histograms; components/colour_statistics.py) are taken on what remains, at FEATURE_SIDE;
 2. standardised, then **clustered within each class** (a slide shows one patient, so one stage) by Ward's
    agglomerative clustering into round(images / IMAGES_PER_SLIDE) clusters, at least `min_groups`;
 3. **duplicate groups stay whole**: a dedup group joins the pseudo-slide of most of its members.
@@ -28,15 +28,18 @@ from components import domain
 IMAGES_PER_SLIDE: int = 37  # 3,256 images / 89 patients in the public dataset's description
 
 
+FEATURE_SIDE: int = 96  # global colour statistics hardly depend on resolution (the shortcut baseline's size)
+
+
 def context_features(rgb: np.ndarray) -> np.ndarray:
-    """Colour statistics of an image with its leukocytes removed (one row of 54 numbers)."""
+    """Colour statistics (components/colour_statistics.py, 54 numbers) of an image with its leukocytes removed."""
     from PIL import Image
 
     from components import leukocytes
-    from components.evaluate.shortcut import SHORTCUT_SIZE, colour_features
+    from components.colour_statistics import colour_features
 
     removed = leukocytes.remove_leukocytes(rgb)
-    small = np.asarray(Image.fromarray(removed, "RGB").resize((SHORTCUT_SIZE, SHORTCUT_SIZE), Image.BILINEAR))
+    small = np.asarray(Image.fromarray(removed, "RGB").resize((FEATURE_SIDE, FEATURE_SIDE), Image.BILINEAR))
     return colour_features(small[None])[0]
 
 

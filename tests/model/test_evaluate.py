@@ -271,7 +271,7 @@ def test_bootstrap_macro_f1_agrees_with_sklearn():
 
 
 def test_colour_features_by_hand():
-    from components.evaluate.shortcut import HSV_BINS, colour_features
+    from components.colour_statistics import HSV_BINS, colour_features
 
     red = np.zeros((1, 4, 4, 3), np.uint8)
     red[..., 0] = 255
@@ -289,7 +289,7 @@ def test_colour_features_by_hand():
 def test_hsv_histograms_bin_for_bin_as_scikit_image():
     from skimage.color import rgb2hsv
 
-    from components.evaluate.shortcut import HSV_BINS, hsv_histograms
+    from components.colour_statistics import HSV_BINS, hsv_histograms
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)

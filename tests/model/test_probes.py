@@ -82,11 +82,11 @@ def test_a_model_reading_the_cells_refers_the_removed_and_follows_the_pasted_cel
 
 def test_swap_partners_are_of_another_class_and_seeded():
     labels = np.array([0, 0, 1, 2, 2, 3])
-    partners = probes.swap_partners(labels)
+    partners = leukocytes.swap_partners(labels, 11)
     assert np.all(labels[partners] != labels)
-    assert np.array_equal(partners, probes.swap_partners(labels))
+    assert np.array_equal(partners, leukocytes.swap_partners(labels, 11))
     with pytest.raises(ValueError, match="two classes"):
-        probes.swap_partners(np.zeros(3, int))
+        leukocytes.swap_partners(np.zeros(3, int), 11)
 
 
 def test_attention_ratio_by_hand():
@@ -136,3 +136,17 @@ def test_out_of_fold_benign_recall_reads_the_quick_recipe(tmp_path):
     assert right_reason.out_of_fold_benign_recall(tmp_path / "missing.json") is None
     with pytest.raises(ValueError, match="no recipe"):
         right_reason.out_of_fold_benign_recall(path, "160px/4v")
+
+
+def test_context_swapped_training_copies_keep_the_leukocytes_label(tiny_split):
+    from components import records
+    from components.settings import ModelConfig
+    from components.train.cached import context_swapped
+
+    config = ModelConfig("mobilenetv2", image_size=24, context_swap_copies=1, overexposure=0.0)
+    batches = list(context_swapped(tiny_split, config, batch=16, seed=3))
+    images = np.concatenate([x.numpy() for x, _ in batches])
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    stored = [e["label"] for e in records.iter_examples(tiny_split / "train")]
+    assert images.shape == (len(stored), 24, 24, 3) and 0.0 <= images.min() and images.max() <= 1.0
+    assert sorted(labels.tolist()) == sorted(stored)  # one swapped copy per training image, labelled by its cells
