@@ -52,12 +52,12 @@ NO_WHITE_CELL = "no white cell in view"
 
 
 def refer_reason(in_distribution: bool, prediction_set: Sequence[str], leukocyte_in_view: bool = True) -> str:
-    """Why the model refers an image, in words: no white cell to read, unlike its training images, or not exactly
-    one stage fits."""
-    if not leukocyte_in_view:
-        return NO_WHITE_CELL
+    """Why the model refers an image, in words: unlike its training images, no white cell to read, or not exactly
+    one stage fits (in that order: an image unlike any smear is said to be so before its cells are looked for)."""
     if not in_distribution:
         return NOT_LIKE_TRAINING
+    if not leukocyte_in_view:
+        return NO_WHITE_CELL
     if not prediction_set:
         return "no stage fits with the required confidence"
     if len(prediction_set) == 1:  # not referred by the set rule; the graph said refer all the same

@@ -136,7 +136,8 @@ def test_no_white_cell_in_view_is_named(tmp_path):
 
 
 def test_refer_reason_wording():
-    assert refer_reason(True, ["Pre"], leukocyte_in_view=False) == NO_WHITE_CELL  # nothing to read wins
+    assert refer_reason(True, ["Pre"], leukocyte_in_view=False) == NO_WHITE_CELL  # nothing to read
+    assert refer_reason(False, ["Pre"], leukocyte_in_view=False) == NOT_LIKE_TRAINING  # unlike any smear first
     assert refer_reason(False, ["Pre"]) == NOT_LIKE_TRAINING  # out of distribution wins over the set
     assert refer_reason(True, ["Early", "Pre", "Pro"]) == "could be Early, Pre or Pro"
     assert refer_reason(True, []) == "no stage fits with the required confidence"

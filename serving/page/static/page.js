@@ -188,13 +188,13 @@
 
   // Why the model refers an image, in a clinician's words (the same reasons as `leukoflow predict`).
   function referReason(prediction) {
-    if (prediction.leukocyteInView === false) {
-      return "No white cell in view: the stage is read from the leukocytes, and the model finds none in this image. " +
-        "Choose a field with white cells, or have a pathologist review it.";
-    }
     if (!prediction.inDistribution) {
       return "This image is not like the images the model was trained on, so the model cannot judge it. " +
         "Check the image (stain, magnification, microscope) and have a pathologist review it.";
+    }
+    if (prediction.leukocyteInView === false) {
+      return "No white cell in view: the stage is read from the leukocytes, and the model finds none in this image. " +
+        "Choose a field with white cells, or have a pathologist review it.";
     }
     var set = prediction.predictionSet || [];
     if (!set.length) return "No stage fits with the required confidence.";
@@ -211,9 +211,9 @@
     box.setAttribute("data-testid", "refer");
     box.setAttribute(
       "data-reason",
-      prediction.leukocyteInView === false
-        ? "no_white_cell"
-        : prediction.inDistribution ? "prediction_set" : "out_of_distribution"
+      !prediction.inDistribution
+        ? "out_of_distribution"
+        : prediction.leukocyteInView === false ? "no_white_cell" : "prediction_set"
     );
     var icon = el("span", "icon", "\u26a0");
     icon.setAttribute("aria-hidden", "true");
