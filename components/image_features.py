@@ -103,7 +103,7 @@ def _masked_mean_std(values: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.
     return mean, tf.sqrt(var)
 
 
-def _otsu(values: tf.Tensor) -> tf.Tensor:
+def otsu_threshold(values: tf.Tensor) -> tf.Tensor:
     """scikit-image's threshold_otsu (256 bins over [min, max], bin centres), in float64."""
     import tensorflow as tf
 
@@ -140,7 +140,7 @@ def tf_image_features(image: tf.Tensor) -> tf.Tensor:
     grey = tf.linalg.matvec(rgb, tf.constant(_GREY_FROM_RGB, tf.float32))
 
     # Stained foreground: the more saturated pixels (cells), Otsu-separated from plasma and glass.
-    foreground = tf.cast(saturation > _otsu(saturation), tf.float32)
+    foreground = tf.cast(saturation > otsu_threshold(saturation), tf.float32)
     foreground = foreground * tf.cast(tf.reduce_sum(foreground) >= MIN_FOREGROUND_PIXELS, tf.float32)
     background = 1.0 - foreground
 

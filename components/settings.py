@@ -27,6 +27,9 @@ SATURATED_MEAN_MIN: float = 250.0  # a mean brightness above this is a saturated
 # every pair is the same field of view (at 12, unrelated smears of different labels pair up).
 DEDUP_HAMMING: int = 10
 NUM_SHARDS: int = 8  # TFRecord shards per split: parallel reads without many tiny files
+# Split by pseudo-slide (images grouped by the smear around their leukocytes, components/split/slides.py), so a
+# slide's images do not sit in train and in test; False: the image-level split (duplicate groups only).
+SPLIT_BY_SLIDE: bool = True
 
 # ---------------------------------------------------------------- models and profiles
 MODEL_NAMES: tuple[str, ...] = ("cnn", "resnet50", "mobilenetv2")  # the candidates every run trains and compares
@@ -58,6 +61,8 @@ class ModelConfig:
     cache_features: bool = False  # frozen base: compute base features once, train the head on them
     augment: bool = True  # geometry and another lab's stain/lamp/camera (components/train/augment.py)
     augment_copies: int = 4  # cache_features + augment: augmented copies of each training image cached
+    context_swap_copies: int = 0  # cache_features + augment: copies with each image's leukocytes pasted on another
+    # class's training image (components/train/cached.py), labelled by the leukocytes
     overexposure: float = 0.0  # augment: how often a lab's image is also overexposed until its
     # background clips (components/train/augment.py)
     cache_cut: str | None = None  # cache_features: the base layer whose activations are cached; the layers
@@ -213,6 +218,8 @@ def _smoke() -> Profile:
             "max_ece": 1.0,
             "coverage_tolerance": 1.0,
             "min_ood_detection": None,
+            "max_missed_malignancy": None,
+            "min_magnification_accuracy": None,
         },
     )
 
@@ -239,6 +246,11 @@ def model_config(profile_name: str, model: str, **overrides) -> ModelConfig:
 # Fitted per model on the validation split (components/train/calibration.py), stored in the graph.
 OOD_VAL_REFERRAL_RATE: float = 0.02  # the OOD threshold refers this share of in-distribution val images
 CONFORMAL_COVERAGE: float = 0.98  # target coverage of the prediction sets
+# Benign recall is judged out of fold: the latest cross-validation of the quick recipe (repository-relative),
+# shown by evaluation beside each run's test figure.
+CROSS_VALIDATION_RESULTS: str = "experiments/results/recipe_cv_rerun2.json"
+# The served graph refers an image in which it finds no leukocyte ("no white cell in view"; components/leukocytes.py).
+REFER_WITHOUT_LEUKOCYTE: bool = True
 # Smears from another lab (none an ALL-stage image): half choose, half report (components/evaluate/trust.py).
 EXTERNAL_OOD_DIR: str = os.environ.get("LEUKOFLOW_EXTERNAL_OOD_DIR", "")
 
@@ -254,6 +266,14 @@ GATE_MAX_TEST_REFERRAL: float = 0.05  # in-distribution test images referred (OO
 GATE_MAX_ECE: float = 0.03  # expected calibration error of the calibrated probabilities, 15 bins
 GATE_COVERAGE_TOLERANCE: float = 0.02  # |empirical coverage of the prediction sets - CONFORMAL_COVERAGE|
 GATE_MIN_OOD_DETECTION: float = 0.95  # external smears referred, on the half used to choose nothing
+# Missed malignancy: malignant test images (Early, Pre, Pro) answered Benign and not referred, the error that sends
+# a leukemia patient home; at most this share of them, clean, under every plausible perturbation and at every
+# magnification (components/evaluate/malignancy.py).
+GATE_MAX_MISSED_MALIGNANCY: float = 0.005
+# Another objective or camera (x0.6-x2, components/evaluate/robustness.py MAGNIFICATIONS): at every scale the
+# model is at least this accurate, or refers enough that what it answers is at least the second figure right.
+GATE_MIN_MAGNIFICATION_ACCURACY: float = 0.95
+GATE_MIN_MAGNIFICATION_ANSWERED_ACCURACY: float = 0.98
 GATE_MACRO_F1_MARGIN: float = 0.02  # candidates within this of the best are "as good"
 GATE_MAX_REGRESSION: float = 0.01  # a challenger may lose at most this much macro-F1 vs the champion
 

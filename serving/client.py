@@ -46,13 +46,18 @@ class ServerUnavailable(ServingError):
 
 # The outputs a calibrated export adds (docs/architecture.md, "The serving contract"); older models lack them.
 REFER_OUTPUTS = ("ood_score", "in_distribution", "prediction_set", "refer")
+LEUKOCYTE_OUTPUT = "leukocyte_in_view"  # exports that refer smears without a white cell add it
 NOT_LIKE_TRAINING = "not like the training images"
+NO_WHITE_CELL = "no white cell in view"
 
 
-def refer_reason(in_distribution: bool, prediction_set: Sequence[str]) -> str:
-    """Why the model refers an image, in words: unlike its training images, or not exactly one stage fits."""
+def refer_reason(in_distribution: bool, prediction_set: Sequence[str], leukocyte_in_view: bool = True) -> str:
+    """Why the model refers an image, in words: unlike its training images, no white cell to read, or not exactly
+    one stage fits (in that order: an image unlike any smear is said to be so before its cells are looked for)."""
     if not in_distribution:
         return NOT_LIKE_TRAINING
+    if not leukocyte_in_view:
+        return NO_WHITE_CELL
     if not prediction_set:
         return "no stage fits with the required confidence"
     if len(prediction_set) == 1:  # not referred by the set rule; the graph said refer all the same
@@ -75,13 +80,16 @@ class Prediction:
     in_distribution: bool | None = None
     prediction_set: tuple[str, ...] | None = None  # class names, in class order
     refer: bool | None = None
+    leukocyte_in_view: bool | None = None  # None: a model exported without the leukocyte check
 
     @property
     def reason(self) -> str | None:
         """Why the image is referred (None when it is not, or the model cannot say)."""
         if not self.refer:
             return None
-        return refer_reason(self.in_distribution is not False, self.prediction_set or ())
+        return refer_reason(
+            self.in_distribution is not False, self.prediction_set or (), self.leukocyte_in_view is not False
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,6 +105,8 @@ class Prediction:
                 refer=self.refer,
                 reason=self.reason,
             )
+            if self.leukocyte_in_view is not None:
+                out["leukocyte_in_view"] = self.leukocyte_in_view
         return out
 
 
@@ -116,12 +126,18 @@ def _refer_outputs(response: Any, count: int) -> list[dict[str, Any]]:
             "the referral outputs do not have one value (one row) per image: "
             + ", ".join(f"{k} {v.shape}" for k, v in values.items()),
         )
+    in_view = None
+    if LEUKOCYTE_OUTPUT in response.outputs:
+        in_view = np.asarray(tensor_util.MakeNdarray(response.outputs[LEUKOCYTE_OUTPUT]))
+        if in_view.shape != (count,):
+            raise ServingError("INTERNAL", f"{LEUKOCYTE_OUTPUT} has shape {in_view.shape}, not one value per image")
     return [
         {
             "ood_score": float(values["ood_score"][i]),
             "in_distribution": bool(values["in_distribution"][i]),
             "prediction_set": tuple(n for n, inside in zip(domain.CLASS_NAMES, values["prediction_set"][i]) if inside),
             "refer": bool(values["refer"][i]),
+            **({} if in_view is None else {"leukocyte_in_view": bool(in_view[i])}),
         }
         for i in range(count)
     ]

@@ -29,6 +29,12 @@ def _human(result: dict) -> str:
     ]
     if "robustness_worst" in result:
         lines.append(f"worst perturbed accuracy {result['robustness_worst']:.4f}")
+    missed = result.get("missed_malignancy")
+    if missed and missed.get("malignant_images"):
+        lines.append(
+            f"missed malignancy {missed['missed']} of {missed['malignant_images']} malignant "
+            f"({missed['missed_share']:.4f}), sensitivity {missed['sensitivity']:.4f}"
+        )
     if "shortcut_baseline" in result:
         sb = result["shortcut_baseline"]
         lines.append(
@@ -55,6 +61,9 @@ def evaluate(
     latency_runs: int = typer.Option(50, "--latency-runs", help="Batch-1 calls timed for latency percentiles."),
     no_shortcut: bool = typer.Option(False, "--no-shortcut", help="Skip the colour-statistics shortcut baseline."),
     no_robustness: bool = typer.Option(False, "--no-robustness", help="Skip the perturbation robustness check."),
+    no_probes: bool = typer.Option(
+        False, "--no-probes", help="Skip the leukocyte probes (removed, context swapped, Grad-CAM attention)."
+    ),
     external_dir: Path = typer.Option(
         None,
         "--external-dir",
@@ -83,6 +92,7 @@ def evaluate(
             latency_runs=latency_runs,
             shortcut=not no_shortcut,
             robust=not no_robustness,
+            probes=not no_probes,
             external_dir=external_dir or settings.EXTERNAL_OOD_DIR or None,
         )
     except (FileNotFoundError, ValueError) as exc:

@@ -80,7 +80,15 @@ def save_confusion_png(matrix: list[list[int]], path: Path, title: str) -> None:
         plt.close(fig)
 
 
-TRUST_OUTPUTS = ("probabilities", "refer", "in_distribution", "prediction_set", "ood_score")
+TRUST_OUTPUTS = (
+    "probabilities",
+    "refer",
+    "in_distribution",
+    "prediction_set",
+    "ood_score",
+    "leukocyte_fraction",
+    "leukocyte_in_view",
+)
 
 
 def _keras_logits_fn(saved_model: Path, meta):
@@ -268,20 +276,23 @@ def _trust(model: _Loaded, clean: dict[str, np.ndarray]) -> dict:
     }
 
 
-def _robustness(model: _Loaded, clean_accuracy: float) -> tuple[dict, dict[str, list[bytes]]]:
-    """Accuracy (and referral) on every perturbed copy of the test images; the worst plausible one gates."""
+def _robustness(model: _Loaded, clean_accuracy: float, rgb: list[np.ndarray]) -> tuple[dict, dict[str, list[bytes]]]:
+    """Accuracy (and referral, missed malignancy) on every perturbed copy of the test images; the worst plausible
+    one gates."""
+    from components.evaluate.right_reason import answered_figures
     from components.evaluate.robustness import PERTURBATIONS, perturbed_sets, plausible
 
-    rgb = [domain.load_rgb(e) for e in model.encoded]
     perturbed: dict[str, list[bytes]] = {}
-    accuracy, referred = {}, {}
+    accuracy, referred, missed = {}, {}, {}
     for name, images in perturbed_sets(rgb, PERTURBATIONS):
         perturbed[name] = images
         out = model.run(images)
-        accuracy[name] = float((out["probabilities"].argmax(axis=1) == model.y_true).mean())
+        figures = answered_figures(out, model.y_true)
+        accuracy[name] = figures["accuracy"]
+        missed[name] = figures["missed_malignancy"]
         if "refer" in out:
-            referred[name] = float(out["refer"].mean())
-    metrics: dict = {"robustness": accuracy}
+            referred[name] = figures["referred"]
+    metrics: dict = {"robustness": accuracy, "robustness_missed_malignancy": missed}
     gated = {k: v for k, v in accuracy.items() if k in plausible()}
     metrics["robustness_worst_name"] = min(gated, key=gated.get)
     metrics["robustness_worst"] = gated[metrics["robustness_worst_name"]]
@@ -289,6 +300,34 @@ def _robustness(model: _Loaded, clean_accuracy: float) -> tuple[dict, dict[str, 
     if referred:
         metrics["robustness_referred"] = referred
     return metrics, perturbed
+
+
+def _malignancy(model: _Loaded, clean: dict[str, np.ndarray]) -> dict:
+    """Missed malignancy and malignancy sensitivity on the clean test images; Benign recall with its interval,
+    on this test split and out of fold (the cross-validation named in settings)."""
+    from components.evaluate import malignancy, right_reason
+    from components.home import REPO_ROOT
+
+    y_pred = clean["probabilities"].argmax(axis=1)
+    return {
+        "missed_malignancy": malignancy.missed_malignancy(model.y_true, y_pred, clean.get("refer")),
+        "benign_recall": malignancy.benign_recall(model.y_true, y_pred),
+        "benign_recall_out_of_fold": right_reason.out_of_fold_benign_recall(
+            REPO_ROOT / settings.CROSS_VALIDATION_RESULTS
+        ),
+    }
+
+
+def _worst_missed(metrics: dict) -> dict:
+    """The largest missed-malignancy share among the plausible perturbations and the magnifications."""
+    from components.evaluate.right_reason import worst_missed
+    from components.evaluate.robustness import plausible
+
+    shares = dict(metrics.get("robustness_missed_malignancy") or {})
+    shares.update({name: m["missed_malignancy"] for name, m in (metrics.get("magnification") or {}).items()})
+    names = [n for n in shares if n in plausible(list(shares)) and n not in settings.GATE_ROBUSTNESS_EXCLUDED]
+    name, share = worst_missed(shares, names)
+    return {"name": name, "missed_share": share, "missed": shares[name]["missed"] if name else None}
 
 
 def run_evaluate(
@@ -301,12 +340,14 @@ def run_evaluate(
     latency_runs: int = 50,
     shortcut: bool = True,
     robust: bool = True,
+    probes: bool = True,
     external_dir: str | Path | None = None,
 ) -> dict:
     """Evaluate the exported model in `model_dir` on split_dir/test; writes out_dir/metrics.json and confusion_matrix.png.
 
     Stages (each timed into `timings_s`): load, predict (clean test images), latency, trust (referral and
-    calibration), robustness (perturbed copies), shortcut (the non-CNN baseline), external (another lab).
+    calibration, missed malignancy), robustness (perturbed copies), magnification (x0.6-x2), probes (leukocytes
+    removed, context swapped, Grad-CAM attention), shortcut (the non-CNN baseline), external (another lab).
     """
     started = time.perf_counter()
     split_dir, model_dir, out_dir = Path(split_dir), Path(model_dir), Path(out_dir)
@@ -320,11 +361,25 @@ def run_evaluate(
         metrics.update(latency(model.serve, model.encoded, runs=latency_runs))
     with times.stage("trust"):
         metrics.update(_trust(model, clean))
+        metrics.update(_malignancy(model, clean))
     perturbed: dict[str, list[bytes]] = {}
+    rgb = [domain.load_rgb(e) for e in model.encoded] if robust or probes else []
     with times.stage("robustness"):
         if robust:
-            robustness, perturbed = _robustness(model, metrics["accuracy"])
+            robustness, perturbed = _robustness(model, metrics["accuracy"], rgb)
             metrics.update(robustness)
+    with times.stage("magnification"):
+        if robust:
+            from components.evaluate import right_reason
+
+            metrics["magnification"] = right_reason.magnification(model.run, rgb, model.y_true)
+            metrics["missed_malignancy_worst"] = _worst_missed(metrics)
+    with times.stage("probes"):
+        if probes:
+            from components.evaluate.probes import run_probes
+
+            keras_copy = model.saved_model / "assets.extra" / "model.keras"
+            metrics["probes"] = run_probes(model.run, rgb, model.y_true, keras_copy if keras_copy.is_file() else None)
     with times.stage("shortcut"):
         if shortcut:
             from components.evaluate.shortcut import shortcut_on_split

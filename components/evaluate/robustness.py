@@ -41,6 +41,15 @@ PERTURBATIONS: dict[str, tuple[str, float]] = {
 SEPARATE_FLOOR: tuple[str, ...] = ("grayscale",)
 NOISE_SEED = 7
 
+# Another objective or camera adapter: the field of view scaled by this factor, with its own gate rule
+# (at each scale the model is accurate or refers; components/promote/gate/policy.py). Below 1 the
+# image shrinks and the field around it is the smear mirrored at its edges (more cells in view, as at a
+# lower power; a flat border would be a frame no microscope draws); above 1 a centre crop is resized back.
+MAGNIFICATIONS: dict[str, tuple[str, float]] = {
+    f"magnification x{scale:g}": ("magnification", scale) for scale in (0.6, 0.8, 1.25, 1.5, 2.0)
+}
+_ALL: dict[str, tuple[str, float]] = {**PERTURBATIONS, **MAGNIFICATIONS}
+
 
 def plausible(names: Sequence[str] | None = None) -> list[str]:
     """The perturbations a lab's stain, lamp or camera plausibly produces (the gated set)."""
@@ -52,9 +61,11 @@ def perturb(rgb: np.ndarray, name: str, index: int = 0) -> np.ndarray:
     from PIL import Image, ImageEnhance, ImageFilter
 
     try:
-        kind, strength = PERTURBATIONS[name]
+        kind, strength = _ALL[name]
     except KeyError:
-        raise ValueError(f"unknown perturbation {name!r}; expected one of {', '.join(PERTURBATIONS)}") from None
+        raise ValueError(f"unknown perturbation {name!r}; expected one of {', '.join(_ALL)}") from None
+    if kind == "magnification":
+        return magnify(rgb, strength)
     img = Image.fromarray(rgb, "RGB")
     if kind == "brightness":
         return np.asarray(ImageEnhance.Brightness(img).enhance(strength))
@@ -84,6 +95,24 @@ def perturb(rgb: np.ndarray, name: str, index: int = 0) -> np.ndarray:
     elif kind == "jpeg":
         return rgb  # the loss happens in encode()
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def magnify(rgb: np.ndarray, scale: float) -> np.ndarray:
+    """uint8 [H, W, 3] as seen at `scale` times the magnification, the same size: zoom in or out about the centre."""
+    from PIL import Image
+
+    if not scale > 0:
+        raise ValueError(f"magnification must be positive, got {scale!r}")
+    height, width = rgb.shape[:2]
+    img = Image.fromarray(rgb, "RGB")
+    if scale >= 1:
+        crop_h, crop_w = max(1, round(height / scale)), max(1, round(width / scale))
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        return np.asarray(img.crop((left, top, left + crop_w, top + crop_h)).resize((width, height), Image.BILINEAR))
+    small = np.asarray(img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR))
+    top, left = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
+    pad = ((top, height - small.shape[0] - top), (left, width - small.shape[1] - left), (0, 0))
+    return np.pad(small, pad, mode="symmetric")
 
 
 def encode(rgb: np.ndarray, name: str | None = None) -> bytes:

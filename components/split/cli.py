@@ -21,7 +21,8 @@ def default_out() -> Path:
 def _human(result: dict) -> str:
     return "\n".join(
         [
-            f"images: {result['images']} in {result['groups']} groups, seed {result['seed']}, ratios {result['ratios']}",
+            f"images: {result['images']} in {result['groups']} groups ({result.get('grouping', 'duplicate groups')}), "
+            f"seed {result['seed']}, ratios {result['ratios']}",
             result["table"].rstrip(),
             result["leakage_check"],
             f"split manifest: {result['split_csv']}",
@@ -45,6 +46,11 @@ def split(
     val: float = typer.Option(settings.SPLIT_RATIOS[1], "--val", help="Fraction of each class for validation."),
     test: float = typer.Option(settings.SPLIT_RATIOS[2], "--test", help="Fraction of each class for testing."),
     num_shards: int = typer.Option(settings.NUM_SHARDS, "--num-shards", help="TFRecord shards per split."),
+    image_level: bool = typer.Option(
+        not settings.SPLIT_BY_SLIDE,
+        "--image-level/--by-slide",
+        help="Group by duplicates only (the image-level split), or by pseudo-slide (the default).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print exactly one JSON object on stdout."),
 ) -> None:
     """Split the deduplicated images 70/15/15 per class, keeping duplicate groups whole."""
@@ -62,6 +68,7 @@ def split(
             ratios=(train, val, test),
             seed=seed,
             num_shards=num_shards,
+            by_slide=not image_level,
         )
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), as_json)

@@ -4,7 +4,9 @@ Signatures: `serving_default` (encoded bytes), `predict_pixels` (float pixels) a
 (tf.Example, TF Serving's Classify API). The two predict signatures also return the monitoring
 features (components/image_features.py, one `feature_<name>` output each) for the request log.
 With a fitted calibration (components/train/calibration.py) they return calibrated
-`probabilities` and, per image, `ood_score`, `in_distribution`, `prediction_set` and `refer`;
+`probabilities` and, per image, `ood_score`, `in_distribution`, `prediction_set`, `leukocyte_fraction`,
+`leukocyte_in_view` and `refer` (out of distribution, not exactly one stage in the set, or no white cell in
+view: components/leukocytes.py, when settings.REFER_WITHOUT_LEUKOCYTE);
 `classify` returns the calibrated scores. Decoding and resizing use the domain module's graph
 functions, so serving cannot drift from training. `assets.extra/` holds TF Serving warmup
 requests, `leukoflow.json` (components/model_metadata.py) and a copy of the Keras model (for Grad-CAM
@@ -78,6 +80,7 @@ def export_saved_model(
     import keras
     import tensorflow as tf
 
+    from components import leukocytes
     from components.image_features import FEATURE_NAMES, feature_outputs, tf_batch_features, tf_image_features
 
     export_dir = Path(export_dir)
@@ -105,13 +108,21 @@ def export_saved_model(
         in_distribution = ood_score <= calibration.ood_threshold
         prediction_set = probabilities >= 1.0 - calibration.conformal_quantile
         single = tf.equal(tf.reduce_sum(tf.cast(prediction_set, tf.int32), axis=1), 1)
+        # No stage of ALL can be read from a smear without a white cell: the graph refers it, whatever it scores.
+        leukocyte_fraction = leukocytes.tf_leukocyte_fraction(pixels)
+        in_view = leukocyte_fraction >= leukocytes.MIN_LEUKOCYTE_FRACTION
+        refer = tf.logical_or(tf.logical_not(in_distribution), tf.logical_not(single))
+        if settings.REFER_WITHOUT_LEUKOCYTE:
+            refer = tf.logical_or(refer, tf.logical_not(in_view))
         return {
             "probabilities": probabilities,
             "label": tf.gather(names, tf.argmax(probabilities, axis=1)),
             "ood_score": ood_score,
             "in_distribution": in_distribution,
             "prediction_set": prediction_set,
-            "refer": tf.logical_or(tf.logical_not(in_distribution), tf.logical_not(single)),
+            "leukocyte_fraction": leukocyte_fraction,
+            "leukocyte_in_view": in_view,
+            "refer": refer,
         }
 
     def decode_batch(images):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from client.test_client import PROBS, FlakyServer
 from components import domain
-from serving.client import NOT_LIKE_TRAINING, refer_reason
+from serving.client import NO_WHITE_CELL, NOT_LIKE_TRAINING, refer_reason
 from serving.predict import app
 
 pytestmark = pytest.mark.timeout(300)
@@ -106,7 +106,34 @@ def test_a_set_of_two_stages_is_named(tmp_path):
     assert item["prediction_set"] == ["Early", "Pre"] and item["reason"] == "could be Early or Pre"
 
 
+class NoWhiteCellServer(TwoStageServer):
+    """A calibrated-looking response whose graph found no leukocyte in the image."""
+
+    @staticmethod
+    def _predict_response(request):
+        import tensorflow as tf
+
+        response = TwoStageServer._predict_response(request)
+        n = request.inputs["images"].tensor_shape.dim[0].size
+        response.outputs["leukocyte_in_view"].CopyFrom(tf.make_tensor_proto(np.zeros(n, bool)))
+        return response
+
+
+def test_no_white_cell_in_view_is_named(tmp_path):
+    image = tmp_path / "smear.png"
+    image.write_bytes(encode_png(smear_images(1)[0][0]))
+    with NoWhiteCellServer() as fake:
+        human = CliRunner().invoke(app, [str(image), "--server", fake.target])
+        as_json = CliRunner().invoke(app, [str(image), "--server", fake.target, "--json"])
+    assert human.exit_code == 0, human.output
+    assert f"{image}: refer: {NO_WHITE_CELL}" in human.stdout
+    item = json.loads(as_json.stdout)["predictions"][0]
+    assert item["reason"] == NO_WHITE_CELL and item["leukocyte_in_view"] is False
+
+
 def test_refer_reason_wording():
+    assert refer_reason(True, ["Pre"], leukocyte_in_view=False) == NO_WHITE_CELL  # nothing to read
+    assert refer_reason(False, ["Pre"], leukocyte_in_view=False) == NOT_LIKE_TRAINING  # unlike any smear first
     assert refer_reason(False, ["Pre"]) == NOT_LIKE_TRAINING  # out of distribution wins over the set
     assert refer_reason(True, ["Early", "Pre", "Pro"]) == "could be Early, Pre or Pro"
     assert refer_reason(True, []) == "no stage fits with the required confidence"

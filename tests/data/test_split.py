@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -103,3 +104,35 @@ def test_leakage_check_catches_near_duplicates_across_splits():
     frame.loc[1, "group_id"] = "g1"
     with pytest.raises(SplitError, match="group_id"):
         check_no_leakage(frame, hamming=4)
+
+
+def test_pseudo_slides_follow_the_context_and_keep_duplicates_whole():
+    """Two drawn 'slides' per class (a pink and a blue background): the clusters are the slides."""
+    from components.split import slides
+
+    rng = np.random.default_rng(0)
+    pink, blue = np.array([0.9, 0.1, 0.3]), np.array([0.1, 0.2, 0.9])
+    features = np.stack([(pink if i % 2 else blue) + rng.normal(0, 0.01, 3) for i in range(12)])
+    labels = ["Benign"] * 6 + ["Early"] * 6
+    ids = slides.cluster_slides(features, labels, min_groups=2, images_per_slide=3)
+    assert len(set(ids)) == 4 and all(i.startswith(("Benign-slide", "Early-slide")) for i in ids)
+    for a in range(12):
+        for b in range(12):
+            same_context = (a % 2 == b % 2) and (labels[a] == labels[b])
+            assert (ids[a] == ids[b]) == same_context
+    merged = slides.merge_duplicate_groups(["s1", "s2", "s2", "s3"], ["g1", "g1", "g1", "g2"])
+    assert merged == ["s2", "s2", "s2", "s3"]
+    with pytest.raises(ValueError, match="labels"):
+        slides.cluster_slides(features, labels[:3], min_groups=2)
+
+
+def test_split_by_slide_keeps_pseudo_slides_and_duplicate_groups_whole(deduped, tmp_path):
+    by_slide = run_split(deduped["kept_csv"], None, tmp_path / "slides", seed=7)
+    image_level = run_split(deduped["kept_csv"], None, tmp_path / "images", seed=7, by_slide=False)
+    assert by_slide["grouping"].startswith("pseudo-slides") and image_level["grouping"].startswith("duplicate")
+    frame = pd.read_csv(tmp_path / "slides" / "split.csv")
+    assert (frame.groupby("group_id")["split"].nunique() == 1).all()
+    assert (frame.groupby("dedup_group")["split"].nunique() == 1).all()
+    assert frame["group_id"].str.contains("-slide-").all()
+    # A dozen images a class: each class's 14 pseudo-slides (twice the 7 a 15% split needs) take all of them.
+    assert by_slide["groups"] <= image_level["groups"] == by_slide["duplicate_groups"]

@@ -11,7 +11,15 @@ import pytest
 from components.evaluate.compare import compare
 from components.evaluate.executor import run_evaluate
 from components.evaluate.metrics import bootstrap_ci, classification_metrics
-from components.evaluate.robustness import PERTURBATIONS, encode, perturb, perturbed_bytes, perturbed_sets, plausible
+from components.evaluate.robustness import (
+    MAGNIFICATIONS,
+    PERTURBATIONS,
+    encode,
+    perturb,
+    perturbed_bytes,
+    perturbed_sets,
+    plausible,
+)
 
 SCHEMA_KEYS = {
     "model",
@@ -152,6 +160,24 @@ def test_evaluate_trained_model_and_compare(trained, tiny_split, tmp_path):
     assert c["temperature"] > 0 and 0 <= c["ece_after"] <= 1 and len(c["reliability_after"]) == 15
     assert m["latency_ms"]["batch1_p50"] > 0 and m["throughput_b32"] > 0 and m["size_bytes"] > 100_000
     assert m["weights_used"] == "random init" and m["params"] == trained["params"]
+    # Missed malignancy clean, per perturbation and per magnification, from the same served outputs.
+    malignant = int((np.array(m["confusion_matrix"])[1:]).sum())
+    assert m["missed_malignancy"]["malignant_images"] == malignant
+    assert m["missed_malignancy"]["missed"] <= sum(row[0] for row in m["confusion_matrix"][1:])
+    assert set(m["robustness_missed_malignancy"]) == set(PERTURBATIONS)
+    assert set(m["magnification"]) == set(MAGNIFICATIONS)
+    for figures in m["magnification"].values():
+        assert 0 <= figures["accuracy"] <= 1 and figures["missed_malignancy"]["malignant_images"] == malignant
+    assert m["missed_malignancy_worst"]["name"] in set(plausible()) | set(MAGNIFICATIONS)
+    assert m["benign_recall"]["images"] == m["per_class"]["Benign"]["support"]
+    # The probes: every test image altered and sent through the served signature; Grad-CAM from the Keras copy.
+    probes = m["probes"]
+    assert probes["leukocytes_removed"]["images"] == probes["context_swapped"]["images"] == m["test_images"]
+    assert 0 <= probes["leukocytes_removed"]["referred"] <= 1
+    swapped = probes["context_swapped"]
+    if swapped["answered"]:
+        assert swapped["follows_leukocytes"] + swapped["follows_background"] <= 1
+    assert probes["attention"]["measured"] >= 1 and probes["attention"]["median_ratio"] > 0
     table = compare([tmp_path / "eval", tmp_path / "eval" / "metrics.json"], tmp_path / "compare.md")
     assert table.count("| cnn |") == 4 and "grayscale" in table and "shortcut" in table
     assert Path(tmp_path / "compare.md").read_text() == table
@@ -233,7 +259,7 @@ def test_bootstrap_macro_f1_agrees_with_sklearn():
 
 
 def test_colour_features_by_hand():
-    from components.evaluate.shortcut import HSV_BINS, colour_features
+    from components.colour_statistics import HSV_BINS, colour_features
 
     red = np.zeros((1, 4, 4, 3), np.uint8)
     red[..., 0] = 255
@@ -251,7 +277,7 @@ def test_colour_features_by_hand():
 def test_hsv_histograms_bin_for_bin_as_scikit_image():
     from skimage.color import rgb2hsv
 
-    from components.evaluate.shortcut import HSV_BINS, hsv_histograms
+    from components.colour_statistics import HSV_BINS, hsv_histograms
 
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)

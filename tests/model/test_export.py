@@ -147,7 +147,7 @@ def test_referral_outputs_follow_the_fitted_calibration(exported, trained, tiny_
     """Sets, in_distribution and refer follow the numbers stored in the model's metadata."""
     import tensorflow as tf
 
-    from components import model_metadata
+    from components import leukocytes, model_metadata
 
     meta = model_metadata.read(exported["dir"])
     assert meta.temperature and meta.temperature > 0 and meta.ood_threshold is not None
@@ -159,7 +159,10 @@ def test_referral_outputs_follow_the_fitted_calibration(exported, trained, tiny_
     np.testing.assert_array_equal(sets, probs >= 1.0 - meta.conformal_quantile)
     in_dist = out["in_distribution"].numpy()
     np.testing.assert_array_equal(in_dist, out["ood_score"].numpy() <= meta.ood_threshold)
-    np.testing.assert_array_equal(out["refer"].numpy(), ~in_dist | (sets.sum(axis=1) != 1))
+    in_view = out["leukocyte_in_view"].numpy()
+    np.testing.assert_array_equal(in_view, out["leukocyte_fraction"].numpy() >= leukocytes.MIN_LEUKOCYTE_FRACTION)
+    assert in_view.mean() >= 0.9  # the synthetic smears' dark nuclei are white cells to the segmentation
+    np.testing.assert_array_equal(out["refer"].numpy(), ~in_dist | (sets.sum(axis=1) != 1) | ~in_view)
     assert out["ood_score"].numpy().shape == (len(encoded),) and np.isfinite(out["ood_score"].numpy()).all()
     # The threshold is the validation split's 98% quantile: at most one validation image lies above it here.
     val = [e["encoded"] for e in records.iter_examples(Path(tiny_split) / "val")]

@@ -239,6 +239,60 @@ def test_each_trust_floor_blocks_promotion(path, value, expected):
     assert "**NOT PROMOTED**" in md and f"| fail: {'; '.join(expected)} |" in md
 
 
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        pytest.param(
+            ("missed_malignancy",), H.missed(1, 100), ["missed malignancy clean 0.0100 (1 of 100) > 0.0050"], id="clean"
+        ),
+        pytest.param(("missed_malignancy",), None, ["no missed-malignancy figure clean"], id="clean-not-measured"),
+        pytest.param(
+            ("robustness_missed_malignancy", "brightness+15%"),
+            H.missed(1, 9),
+            ["missed malignancy under brightness+15% 0.1111 (1 of 9) > 0.0050"],
+            id="plausible-perturbation",
+        ),
+        pytest.param(("robustness_missed_malignancy", "grayscale"), H.missed(5, 9), [], id="grayscale-not-gated"),
+        pytest.param(
+            ("robustness_missed_malignancy",), None, ["no missed-malignancy figure under the perturbations"], id="none"
+        ),
+        pytest.param(
+            ("magnification", "magnification x2", "missed_malignancy"),
+            H.missed(2, 9),
+            ["missed malignancy at magnification x2 0.2222 (2 of 9) > 0.0050"],
+            id="magnified",
+        ),
+        pytest.param(
+            ("magnification", "magnification x2", "answered_accuracy"),
+            0.90,
+            ["magnification x2: accuracy 0.8000 < 0.9500 and answered accuracy 0.9000 < 0.9800 (referred 0.3000)"],
+            id="magnified-neither-accurate-nor-referring",
+        ),
+        pytest.param(
+            ("magnification", "magnification x0.6", "answered_accuracy"), 0.5, [], id="accurate-enough-answers-any"
+        ),
+        pytest.param(
+            ("magnification",),
+            None,
+            ["no missed-malignancy figure at the magnifications", "no magnification figures"],
+            id="magnification-not-measured",
+        ),
+    ],
+)
+def test_missed_malignancy_and_magnification_floors(path, value, expected):
+    c = Candidate.from_metrics(_put(_passing(), path, value))
+    assert gate.floor_failures(c, Policy()) == expected
+    smoke = Policy(**settings.profile("smoke").gate)
+    assert [f for f in gate.floor_failures(c, smoke) if "malignancy" in f or "magnification" in f] == []
+
+
+def test_decision_table_shows_missed_malignancy():
+    decision = gate.decide(
+        gate.select([Candidate.from_metrics(_put(_passing(), ("missed_malignancy",), H.missed(0, 397)))])
+    )
+    assert "| 0 of 397 |" in gate.to_markdown(decision)
+
+
 def test_external_detection_is_gated_on_the_report_half_only():
     """The choose half picked the thresholds: a good figure there does not stand in for the report half."""
     chose_badly = _put(_passing(), ("external", "choose", "referred"), 0.10)

@@ -64,6 +64,7 @@ def test_first_promotion_writes_store_config_and_registry(tmp_path, models, spli
     card = (tmp_path / "out" / "model_card.md").read_text()
     assert "10.34740/KAGGLE/DSV/2175623" in card and "not a diagnosis" in card and "patient IDs" in card
     assert "Low-confidence threshold: 0.60" in card and "| Benign | 0.9000 | 0.9000 |" in card
+    assert "Malignant test images answered Benign and not referred: 0 of 9 (0.00%)" in card
     # registry, read back through a fresh client on the same sqlite file
     assert registry.get_aliases() == {"champion": 1}
     (v,) = registry.versions()

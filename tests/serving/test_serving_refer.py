@@ -31,6 +31,8 @@ REFER_OUTPUTS = {
     "in_distribution": ("DT_BOOL", [-1]),
     "prediction_set": ("DT_BOOL", [-1, domain.NUM_CLASSES]),
     "refer": ("DT_BOOL", [-1]),
+    "leukocyte_fraction": ("DT_FLOAT", [-1]),
+    "leukocyte_in_view": ("DT_BOOL", [-1]),
 }
 IN_DIST = [encode_png(x) for x in smear_images(12, seed=21)[0]]
 OOD = [encode_png(x) for x in ood_images(seed=21).values()]
@@ -128,7 +130,8 @@ def test_grpc_predict_refers_what_the_model_does_not_know(grpc_answer):
     assert out["in_distribution"][:n].mean() >= 0.75
     single = out["prediction_set"].sum(axis=1) == 1
     assert single[:n].mean() >= 0.6 and not out["refer"][:n].all()
-    np.testing.assert_array_equal(out["refer"], ~out["in_distribution"] | ~single)  # the documented rule
+    # the documented rule
+    np.testing.assert_array_equal(out["refer"], ~out["in_distribution"] | ~single | ~out["leukocyte_in_view"])
     # A one-class set holds the top class.
     rows = np.flatnonzero(single)
     np.testing.assert_array_equal(out["prediction_set"][rows].argmax(axis=1), probabilities[rows].argmax(axis=1))

@@ -10,6 +10,10 @@ The rule, in one place:
    Knowing when it does not know: test referral <= `max_test_referral`, ECE <= `max_ece`, the prediction
    sets' coverage within `coverage_tolerance` of its target, and the external smears' held-out half
    referred >= `min_ood_detection` (None disables that floor, for the smoke profile's synthetic data).
+   Missed malignancy (malignant answered Benign, not referred) <= `max_missed_malignancy` of the malignant
+   test images, clean, under every plausible perturbation and at every magnification; at every
+   magnification accuracy >= `min_magnification_accuracy`, or the answered images' accuracy >=
+   `min_magnification_answered_accuracy` (None disables these, for the smoke profile).
    Missing figures fail the floor they feed.
 2. **As good as the best.** Among eligible candidates, those whose macro-F1 is within `margin` of the best
    eligible macro-F1 (inclusive) are "as good".
@@ -40,7 +44,8 @@ from components import domain, settings
 
 RULE = (
     "floors (macro-F1, every class's recall, worst plausible-perturbation accuracy, grayscale accuracy, test referral, "
-    "calibration error, prediction-set coverage, external out-of-distribution detection) and no regression vs the "
+    "calibration error, prediction-set coverage, external out-of-distribution detection, missed malignancy clean, "
+    "perturbed and magnified, accurate-or-referring at every magnification) and no regression vs the "
     "champion beyond "
     "max_regression on the same test split; among those passing, the ones whose macro-F1 is within the margin of "
     "the best; of those the cheapest by params/min(params) + latency_p50/min(latency_p50); then infra validation"
@@ -62,6 +67,9 @@ class Policy:
     max_ece: float = settings.GATE_MAX_ECE
     coverage_tolerance: float = settings.GATE_COVERAGE_TOLERANCE
     min_ood_detection: float | None = settings.GATE_MIN_OOD_DETECTION
+    max_missed_malignancy: float | None = settings.GATE_MAX_MISSED_MALIGNANCY
+    min_magnification_accuracy: float | None = settings.GATE_MIN_MAGNIFICATION_ACCURACY
+    min_magnification_answered_accuracy: float = settings.GATE_MIN_MAGNIFICATION_ANSWERED_ACCURACY
 
 
 @dataclass
@@ -131,6 +139,7 @@ class Row:
     passes_floors: bool
     failures: list[str]
     within_margin: bool = False
+    missed_malignancy: str | None = None  # "k of n" clean, malignant answered Benign and not referred
     cost: float | None = None
     chosen: bool = False
     vs_champion: str | None = None
@@ -154,6 +163,61 @@ def floor_failures(c: Candidate, policy: Policy) -> list[str]:
     elif c.robustness_worst < policy.min_robust_accuracy - _EPS:
         out.append(f"worst robustness accuracy {c.robustness_worst:.4f} < {policy.min_robust_accuracy:.4f}")
     out += _trust_failures(c.metrics, policy)
+    out += _malignancy_failures(c.metrics, policy)
+    out += _magnification_failures(c.metrics, policy)
+    return out
+
+
+def _missed_failure(figures: Any, where: str, policy: Policy) -> str | None:
+    share = _opt_float((figures or {}).get("missed_share"))
+    if share is None:
+        return f"no missed-malignancy figure {where}"
+    if share > policy.max_missed_malignancy + _EPS:
+        return (
+            f"missed malignancy {where} {share:.4f} ({figures.get('missed')} of {figures.get('malignant_images')}) "
+            f"> {policy.max_missed_malignancy:.4f}"
+        )
+    return None
+
+
+def _malignancy_failures(metrics: dict[str, Any], policy: Policy) -> list[str]:
+    """Missed malignancy clean, under each plausible perturbation and at each magnification."""
+    if policy.max_missed_malignancy is None:
+        return []
+    checks = [(metrics.get("missed_malignancy"), "clean")]
+    perturbed = metrics.get("robustness_missed_malignancy")
+    if perturbed is None:
+        checks.append((None, "under the perturbations"))
+    else:
+        plausible = [n for n in perturbed if n not in settings.GATE_ROBUSTNESS_EXCLUDED]
+        checks += [(perturbed[n], f"under {n}") for n in plausible]
+    magnification = metrics.get("magnification")
+    if magnification is None:
+        checks.append((None, "at the magnifications"))
+    else:
+        checks += [(m.get("missed_malignancy"), f"at {n}") for n, m in magnification.items()]
+    return [f for f in (_missed_failure(figures, where, policy) for figures, where in checks) if f]
+
+
+def _magnification_failures(metrics: dict[str, Any], policy: Policy) -> list[str]:
+    """At every magnification: accurate, or what it answers is right (it refers the rest)."""
+    if policy.min_magnification_accuracy is None:
+        return []
+    magnification = metrics.get("magnification")
+    if not magnification:
+        return ["no magnification figures"]
+    out = []
+    for name, m in magnification.items():
+        accuracy, answered = _opt_float(m.get("accuracy")), _opt_float(m.get("answered_accuracy"))
+        if accuracy is None:
+            out.append(f"no accuracy at {name}")
+        elif accuracy < policy.min_magnification_accuracy - _EPS and (
+            answered is not None and answered < policy.min_magnification_answered_accuracy - _EPS
+        ):
+            out.append(
+                f"{name}: accuracy {accuracy:.4f} < {policy.min_magnification_accuracy:.4f} and answered accuracy "
+                f"{answered:.4f} < {policy.min_magnification_answered_accuracy:.4f} (referred {_fmt(m.get('referred'))})"
+            )
     return out
 
 
@@ -255,6 +319,7 @@ def select(
             latency_p50_ms=c.latency_p50_ms,
             passes_floors=not failures,
             failures=failures,
+            missed_malignancy=_missed_text(c.metrics.get("missed_malignancy")),
             vs_champion=checks[c.name][1] if c.name in checks else None,
         )
         if not failures:
@@ -278,6 +343,12 @@ def select(
         + (f" [{', '.join(others)} also within the margin]" if others else "")
     )
     return Selection(chosen, list(rows.values()), best, reason)
+
+
+def _missed_text(figures: Any) -> str | None:
+    if not figures or figures.get("missed") is None:
+        return None
+    return f"{figures['missed']} of {figures.get('malignant_images')}"
 
 
 def check_regression(candidate_f1: float, champion_f1: float, policy: Policy = Policy()) -> tuple[bool, str]:
@@ -388,19 +459,24 @@ def to_markdown(decision: Decision) -> str:
         f"worst robustness accuracy >= {p['min_robust_accuracy']}, grayscale accuracy >= "
         f"{p.get('min_grayscale_accuracy')}, test referral <= {p.get('max_test_referral')}, ECE <= {p.get('max_ece')}, "
         f"prediction-set coverage within {p.get('coverage_tolerance')} of its target, external smears referred >= "
-        f"{p.get('min_ood_detection') if p.get('min_ood_detection') is not None else 'not gated'}; "
+        f"{p.get('min_ood_detection') if p.get('min_ood_detection') is not None else 'not gated'}, "
+        f"missed malignancy <= {p.get('max_missed_malignancy') if p.get('max_missed_malignancy') is not None else '(not gated)'}"
+        " of malignant images clean, perturbed and magnified, at every magnification accuracy >= "
+        f"{p.get('min_magnification_accuracy') if p.get('min_magnification_accuracy') is not None else '(not gated)'} "
+        f"or answered accuracy >= {p.get('min_magnification_answered_accuracy')}; "
         f"margin {p['margin']}; "
         f"max regression vs champion {p['max_regression']}.",
         "",
-        "| model | macro-F1 | accuracy | min recall (class) | worst robustness | params | latency p50 ms | floors and champion check | within margin | cost | chosen |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | macro-F1 | accuracy | min recall (class) | worst robustness | missed malignancy (clean) | params | "
+        "latency p50 ms | floors and champion check | within margin | cost | chosen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decision.rows:
         floors = "pass" if r.passes_floors else "fail: " + "; ".join(r.failures)
         recall = f"{_fmt(r.min_recall)} ({r.min_recall_class})" if r.min_recall_class else "–"
         lines.append(
             f"| {r.name} | {_fmt(r.macro_f1)} | {_fmt(r.accuracy)} | {recall} | {_fmt(r.robustness_worst)} | "
-            f"{_fmt(r.params)} | {_fmt(r.latency_p50_ms, 2)} | {floors} | {_fmt(r.within_margin)} | "
+            f"{_fmt(r.missed_malignancy)} | {_fmt(r.params)} | {_fmt(r.latency_p50_ms, 2)} | {floors} | {_fmt(r.within_margin)} | "
             f"{_fmt(r.cost, 3)} | {'**yes**' if r.chosen else ''} |"
         )
     lines += ["", "## Champion", ""]

@@ -46,6 +46,52 @@ def _weights_note(model: str, weights: str) -> str:
     return "- ResNet50 runs here without ImageNet weights (none are available offline), unlike the paper's."
 
 
+def _right_reason(metrics: dict[str, Any]) -> list[str]:
+    """Missed malignancy (clean, worst perturbed or magnified), sensitivity and the leukocyte probes, when measured."""
+    missed = metrics.get("missed_malignancy")
+    if not missed or not missed.get("malignant_images"):
+        return []
+    worst = metrics.get("missed_malignancy_worst") or {}
+    probes = metrics.get("probes") or {}
+    removed, swapped = probes.get("leukocytes_removed") or {}, probes.get("context_swapped") or {}
+    attention = probes.get("attention") or {}
+    benign = metrics.get("benign_recall") or {}
+    oof = metrics.get("benign_recall_out_of_fold") or {}
+    lines = [
+        "### Missed malignancy",
+        "",
+        f"- Malignant test images answered Benign and not referred: {missed['missed']} of {missed['malignant_images']} "
+        f"({_pct(missed.get('missed_share'))}{_ci(missed.get('missed_share_ci'))}); malignancy sensitivity (answered "
+        f"malignant or referred) {_pct(missed.get('sensitivity'))}{_ci(missed.get('sensitivity_ci'))}.",
+        f"- Worst under a plausible perturbation or another magnification: {worst.get('name') or '–'}, "
+        f"{_pct(worst.get('missed_share'))}.",
+    ]
+    if benign.get("recall") is not None:
+        lines.append(
+            f"- Benign recall on this test split {_pct(benign['recall'])}{_ci(benign.get('ci'))} ({benign['correct']} of "
+            f"{benign['images']}; no target)"
+            + (
+                f"; out of fold {_pct(oof['recall'])}{_ci(oof.get('ci'))} ({oof['correct']} of {oof['images']})."
+                if oof.get("recall") is not None
+                else "."
+            )
+        )
+    if removed:
+        lines += [
+            "",
+            "### Does the stage come from the leukocytes?",
+            "",
+            f"- Leukocytes removed (filled with the smear's background): {_pct(removed.get('referred'))} referred; the "
+            f"answered ones {_pct(removed.get('answered_accuracy'))} right (a model reading the cells would refer all).",
+            f"- One image's leukocytes on another class's background: {_pct(swapped.get('referred'))} referred; of the "
+            f"answered, {_pct(swapped.get('follows_leukocytes'))} follow the leukocytes, "
+            f"{_pct(swapped.get('follows_background'))} the background.",
+            f"- Grad-CAM mass on the leukocytes over the area they cover, median: "
+            f"{_num(attention.get('median_ratio'), 2)} (1: no more attention than anywhere else).",
+        ]
+    return lines + [""]
+
+
 def render(
     version: int | None,
     metrics: dict[str, Any],
@@ -109,9 +155,9 @@ def render(
     ]
     for k, v in (metrics.get("robustness") or {}).items():
         lines.append(f"| {k} | {_pct(v)} |")
+    lines += [f"| worst | {_pct(metrics.get('robustness_worst'))} |", ""]
+    lines += _right_reason(metrics)
     lines += [
-        f"| worst | {_pct(metrics.get('robustness_worst'))} |",
-        "",
         "## Intended use",
         "",
         "Decision support for a pathologist reviewing peripheral blood smear images for acute lymphoblastic "
@@ -123,8 +169,9 @@ def render(
         "",
         "## Limitations",
         "",
-        "- Image-level split: the public data has no patient IDs, so images of one patient may fall in both train and "
-        "test; the scores are likely optimistic for new patients. Near-duplicates were removed before the split.",
+        "- No patient IDs (nor slide IDs) in the public data: the split groups images into pseudo-slides by the smear around "
+        "their leukocytes, which keeps most of a slide's images together but cannot promise it; the scores may still be "
+        "optimistic for new patients. Near-duplicates were removed before the split.",
         "- The images come from a single laboratory's staining and imaging setup: a different stain batch, lamp or "
         "camera shifts colour and brightness, which the model relies on heavily; the drift monitor watches for this.",
         _weights_note(str(model), str(weights)),

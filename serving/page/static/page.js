@@ -299,6 +299,7 @@
     if (row && !Array.isArray(row) && typeof row.refer === "boolean") {
       result.refer = row.refer;
       result.inDistribution = row.in_distribution !== false;
+      result.leukocyteInView = row.leukocyte_in_view !== false; // absent from models without the check
       result.oodScore = row.ood_score;
       result.predictionSet = [];
       (row.prediction_set || []).forEach(function (inside, i) {
@@ -314,6 +315,10 @@
       return "This image is not like the images the model was trained on, so the model cannot judge it. " +
         "Check the image (stain, magnification, microscope) and have a pathologist review it.";
     }
+    if (prediction.leukocyteInView === false) {
+      return "No white cell in view: the stage is read from the leukocytes, and the model finds none in this image. " +
+        "Choose a field with white cells, or have a pathologist review it.";
+    }
     var set = prediction.predictionSet || [];
     if (!set.length) return "No stage fits with the required confidence.";
     if (set.length > 1) {
@@ -327,7 +332,12 @@
     var box = el("div", "refer");
     box.setAttribute("role", "status");
     box.setAttribute("data-testid", "refer");
-    box.setAttribute("data-reason", prediction.inDistribution ? "prediction_set" : "out_of_distribution");
+    box.setAttribute(
+      "data-reason",
+      !prediction.inDistribution
+        ? "out_of_distribution"
+        : prediction.leukocyteInView === false ? "no_white_cell" : "prediction_set"
+    );
     var icon = el("span", "icon", "\u26a0");
     icon.setAttribute("aria-hidden", "true");
     var title = el("strong", "refer-title");
