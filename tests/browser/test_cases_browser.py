@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 from fixtures.calibrated_model import encode_png, ood_images
+from fixtures.model_base import start_server
 from fixtures.synthetic import make_synthetic_dataset
 
 from browser.test_page_browser import run_spec, screenshot_path
@@ -23,24 +24,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def cases_server(calibrated_export, tmp_path_factory):
-    from serving.server import Server, ServerOptions
-
     root = tmp_path_factory.mktemp("cases-page")
     base = root / "models" / "leukemia"
     base.mkdir(parents=True)
     shutil.copytree(calibrated_export, base / "1")
     make_synthetic_dataset(root / "data", per_class=3, size=64, seed=5, defects=False)
-    server = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0,
-            cases_dir=str(root / "cases"),
-            cases_base_data=str(root / "data"),
-        )
-    ).start()
+    server = start_server(base, cases_dir=str(root / "cases"), cases_base_data=str(root / "data"))
     yield server, root / "cases"
     server.stop()
 

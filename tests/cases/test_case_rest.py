@@ -13,6 +13,7 @@ import urllib.request
 import pandas as pd
 import pytest
 from fixtures.calibrated_model import encode_png, ood_images
+from fixtures.model_base import serve_refusal, start_server
 
 from components.cases import store
 from serving.limits import Limits
@@ -25,22 +26,11 @@ MAX_IMAGE_PIXELS = 100 * 100
 
 
 def _server(root, calibrated_export, **options):
-    from serving.server import Server, ServerOptions
-
     base = root / "models" / "leukemia"
     base.mkdir(parents=True)
     shutil.copytree(calibrated_export, base / "1")
-    return Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0,
-            limits=Limits(max_message_bytes=MAX_MESSAGE_BYTES, max_image_pixels=MAX_IMAGE_PIXELS),
-            **options,
-        )
-    ).start()
+    limits = Limits(max_message_bytes=MAX_MESSAGE_BYTES, max_image_pixels=MAX_IMAGE_PIXELS)
+    return start_server(base, limits=limits, **options)
 
 
 def _post(port: int, path: str, payload: dict | bytes, method: str = "POST") -> tuple[int, dict, dict]:
@@ -205,31 +195,12 @@ def test_case_capture_is_off_by_default(calibrated_export, tmp_path):
 
 def test_serve_refuses_cases_without_the_base_data(calibrated_export, tmp_path):
     """`leukoflow serve --cases_dir` needs the base data cases are deduplicated against, and says so."""
-    import os
-    import subprocess
-    import sys
-
-    base = tmp_path / "models" / "leukemia"
-    base.mkdir(parents=True)
-    shutil.copytree(calibrated_export, base / "1")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "serve",
-            "--port=0",
-            "--rest_api_port=0",
-            "--model_name=leukemia",
-            f"--model_base_path={base}",
-            f"--cases_dir={tmp_path / 'cases'}",
-            f"--cases_base_data={tmp_path / 'no-data'}",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")},
+    done = serve_refusal(
+        calibrated_export,
+        tmp_path,
+        "--rest_api_port=0",
+        f"--cases_dir={tmp_path / 'cases'}",
+        f"--cases_base_data={tmp_path / 'no-data'}",
     )
     assert done.returncode == 1, done.stdout
     assert f"--cases_dir needs the base data to deduplicate cases against: {tmp_path / 'no-data'} is not a folder" in (

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 from fixtures.calibrated_model import encode_png, ood_images, smear_images
+from fixtures.model_base import serve_refusal
 
 from components.cases import referred, store
 from tests.cases.conftest import render_jpeg
@@ -176,29 +177,11 @@ def test_size_and_age_limits(tmp_path):
 
 def test_serve_flags_reach_the_keeper_and_bad_limits_are_clear(calibrated_export, tmp_path):
     """`leukoflow serve --keep_referred_images` with a zero size limit refuses to start and says why."""
-    import subprocess
-    import sys
-
-    base = tmp_path / "models" / "leukemia"
-    base.mkdir(parents=True)
-    shutil.copytree(calibrated_export, base / "1")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipelines.cli",
-            "serve",
-            "--port=0",
-            "--rest_api_port=-1",
-            "--model_name=leukemia",
-            f"--model_base_path={base}",
-            f"--keep_referred_images={tmp_path / 'kept'}",
-            "--keep_referred_max_mb=0",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "LEUKOFLOW_HOME": str(tmp_path / "home")},
+    done = serve_refusal(
+        calibrated_export,
+        tmp_path,
+        "--rest_api_port=-1",
+        f"--keep_referred_images={tmp_path / 'kept'}",
+        "--keep_referred_max_mb=0",
     )
     assert done.returncode == 1 and "the size limit must be positive" in done.stderr

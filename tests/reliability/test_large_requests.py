@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from fixtures.images import encode_png, sample_image
-from fixtures.model_base import install_version
+from fixtures.model_base import install_version, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -67,21 +67,9 @@ class RunRecorder:
 
 @pytest.fixture(scope="module")
 def server(exported_versions, tmp_path_factory):
-    from serving.server import Server, ServerOptions
-
     base = tmp_path_factory.mktemp("large") / "leukemia"
     install_version(exported_versions, base, 1)
-    srv = Server(
-        ServerOptions(
-            port=0,
-            rest_api_port=0,
-            model_name="leukemia",
-            model_base_path=str(base),
-            file_system_poll_wait_seconds=0,
-            request_log_dir=None,
-            warmup=False,
-        )
-    ).start()
+    srv = start_server(base, warmup=False)
     yield srv
     srv.stop()
 
