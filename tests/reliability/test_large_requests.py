@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from fixtures.images import encode_png, sample_image
-from fixtures.model_base import install_version, start_server
+from fixtures.model_base import install_version
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,15 +63,6 @@ class RunRecorder:
 
     def restore(self) -> None:
         self.servable.run_prepared = self.real
-
-
-@pytest.fixture(scope="module")
-def server(exported_versions, tmp_path_factory):
-    base = tmp_path_factory.mktemp("large") / "leukemia"
-    install_version(exported_versions, base, 1)
-    srv = start_server(base, warmup=False)
-    yield srv
-    srv.stop()
 
 
 @pytest.fixture

@@ -8,20 +8,10 @@ import time
 
 import pytest
 import requests
-from fixtures.model_base import install_version, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
 SLOW = 1100  # more than the old server's 1,024-connection semaphore
-
-
-@pytest.fixture(scope="module")
-def server(exported_versions, tmp_path_factory):
-    base = tmp_path_factory.mktemp("rest") / "leukemia"
-    install_version(exported_versions, base, 1)
-    srv = start_server(base, warmup=False)
-    yield srv
-    srv.stop()
 
 
 def _slow_connections(port: int, n: int) -> list[socket.socket]:
