@@ -9,8 +9,8 @@ with `canaryTrafficPercent` across two revisions instead (infra/k8s/kserve).
 Choosing a label means changing the request, which the byte relay (monitoring/grpc_tap.py) cannot do: with
 routing on, gRPC goes through `LabelRouter`, a gRPC server that forwards each call's bytes upstream with its
 metadata, deadline, status, details and trailing metadata. It costs more per call than the relay (a Python
-gRPC server, about 0.8-0.95 ms p50 on 2 cores, docs/architecture.md), so it is an option for the rollout, not
-the default. Finished calls reach the proxy's logging and shadow in the same form as the tap's, off the
+gRPC server, about 0.8-0.95 ms p50 on 2 cores, docs/architecture.md): the CLI relays unless asked, and the TF
+Serving Deployment asks (`--canary-percent=0`), so that clients naming no label keep reading stable. Finished calls reach the proxy's logging and shadow in the same form as the tap's, off the
 calling thread.
 """
 
