@@ -162,20 +162,7 @@ class ShadowSender:
         canary = self.canary_version
         if canary is None or exchange.request is None or exchange.response is None:
             return
-        self.offered += 1
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
-            return
-        with self._lock:
-            self._pending += 1
-        try:
-            self._queue.put_nowait((exchange, request_id, canary))
-            self.queued += 1
-        except queue.Full:
-            with self._lock:
-                self._pending -= 1
-                self.dropped += 1
-            if self.metrics is not None:
-                self.metrics.shadow_dropped.inc()
+        self._enqueue((exchange, request_id, canary))
 
     def offer_rest(self, call: RestCall, label: str | None, request_id: str) -> None:
         """A successful live REST call (after the proxy answered it): queue it like a gRPC one.
@@ -188,13 +175,17 @@ class ShadowSender:
             return
         if label is None and (call.version is None or call.version == canary):
             return
+        self._enqueue((call, request_id, canary))
+
+    def _enqueue(self, item: tuple) -> None:
+        """Sample an offered call, then queue it for the worker, or drop and count it when the queue is full."""
         self.offered += 1
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         with self._lock:
             self._pending += 1
         try:
-            self._queue.put_nowait((call, request_id, canary))
+            self._queue.put_nowait(item)
             self.queued += 1
         except queue.Full:
             with self._lock:
